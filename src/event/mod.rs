@@ -1,0 +1,254 @@
+//! The three input payloads of SPEC 3 as Rust types, shared by every edge (JSON, Avro, Kafka, files).
+//!
+//! Decoding and validation live in `crate::codec` and `validate`; the fold only ever sees values
+//! that passed both, so it never has to defend against bad input.
+
+pub mod validate;
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use serde::de::{MapAccess, Visitor};
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use smallvec::SmallVec;
+
+pub use validate::{RejectKind, Rejection};
+
+/// The input topics, by role. Names are configurable; the role is what the fold cares about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Topic {
+    Outcomes,
+    Forecasts,
+    FeatureImportances,
+}
+
+impl Topic {
+    pub const ALL: [Topic; 3] = [Topic::Outcomes, Topic::Forecasts, Topic::FeatureImportances];
+
+    /// The default topic name of SPEC 2.
+    pub fn default_name(self) -> &'static str {
+        match self {
+            Topic::Outcomes => "outcomes",
+            Topic::Forecasts => "forecasts",
+            Topic::FeatureImportances => "feature-importances",
+        }
+    }
+}
+
+/// What spend and revenue really were for one (tenant, date, channel, campaign, source).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Outcome {
+    pub tenant: String,
+    pub date: NaiveDate,
+    pub channel: String,
+    #[serde(default)]
+    pub campaign_id: String,
+    pub spend: f64,
+    pub revenue: f64,
+    #[serde(default = "default_source")]
+    pub source: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_at: Option<DateTime<Utc>>,
+}
+
+pub fn default_source() -> String {
+    "default".to_owned()
+}
+
+/// One plan: many forecast lines issued together.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Forecast {
+    pub tenant: String,
+    pub plan_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_version: Option<String>,
+    pub issued_at: DateTime<Utc>,
+    pub lines: Vec<ForecastLine>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForecastLine {
+    pub date: NaiveDate,
+    pub channel: String,
+    #[serde(default)]
+    pub campaign_id: String,
+    /// Planned spend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spend: Option<f64>,
+    pub revenue: Quantiles,
+}
+
+/// The model's feature importances, with optional samples of feature values.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeatureImportance {
+    pub tenant: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_version: Option<String>,
+    pub computed_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    pub importances: BTreeMap<String, f64>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub samples: BTreeMap<String, Vec<f64>>,
+}
+
+/// A decoded, validated record of one of the input topics.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    Outcome(Outcome),
+    Forecast(Forecast),
+    FeatureImportance(FeatureImportance),
+}
+
+impl Event {
+    pub fn tenant(&self) -> &str {
+        match self {
+            Event::Outcome(o) => &o.tenant,
+            Event::Forecast(f) => &f.tenant,
+            Event::FeatureImportance(f) => &f.tenant,
+        }
+    }
+
+    pub fn topic(&self) -> Topic {
+        match self {
+            Event::Outcome(_) => Topic::Outcomes,
+            Event::Forecast(_) => Topic::Forecasts,
+            Event::FeatureImportance(_) => Topic::FeatureImportances,
+        }
+    }
+}
+
+/// Forecast quantiles keyed by level in percent (`p10` is level 10), sorted by level.
+///
+/// On the wire it is a map `{"p10": 300, "p50": 420, "p90": 560}`. Keys that are not `pNN` with
+/// NN in 01..99 are a schema error; whether p50 is present is checked by validation.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Quantiles(pub SmallVec<[(u8, f64); 3]>);
+
+impl Quantiles {
+    pub fn from_pairs(pairs: impl IntoIterator<Item = (u8, f64)>) -> Self {
+        let mut v: SmallVec<[(u8, f64); 3]> = pairs.into_iter().collect();
+        v.sort_by_key(|&(level, _)| level);
+        v.dedup_by_key(|&mut (level, _)| level);
+        Quantiles(v)
+    }
+
+    pub fn get(&self, level: u8) -> Option<f64> {
+        self.0.iter().find(|&&(l, _)| l == level).map(|&(_, v)| v)
+    }
+
+    pub fn p50(&self) -> Option<f64> {
+        self.get(50)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (u8, f64)> + '_ {
+        self.0.iter().copied()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// True when some higher quantile is below a lower one (p10 > p50, say).
+    pub fn crosses(&self) -> bool {
+        self.0.windows(2).any(|w| w[0].1 > w[1].1)
+    }
+}
+
+/// `p07` for level 7: the wire name of a quantile level.
+pub fn quantile_key(level: u8) -> String {
+    format!("p{level:02}")
+}
+
+/// Parses `pNN` (NN in 01..99) into the level NN.
+pub fn parse_quantile_key(key: &str) -> Option<u8> {
+    let digits = key.strip_prefix('p')?;
+    if digits.len() != 2 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let level: u8 = digits.parse().ok()?;
+    (1..=99).contains(&level).then_some(level)
+}
+
+impl Serialize for Quantiles {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for &(level, value) in &self.0 {
+            map.serialize_entry(&quantile_key(level), &value)?;
+        }
+        map.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for Quantiles {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct QuantilesVisitor;
+
+        impl<'de> Visitor<'de> for QuantilesVisitor {
+            type Value = Quantiles;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a map of quantile keys pNN to numbers")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Quantiles, A::Error> {
+                let mut pairs: SmallVec<[(u8, f64); 3]> = SmallVec::new();
+                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    let level = parse_quantile_key(&key).ok_or_else(|| {
+                        serde::de::Error::custom(format_args!(
+                            "quantile key `{key}` is not pNN with NN in 01..99"
+                        ))
+                    })?;
+                    let value: f64 = map.next_value()?;
+                    if pairs.iter().any(|&(l, _)| l == level) {
+                        return Err(serde::de::Error::custom(format_args!(
+                            "quantile `{key}` given twice"
+                        )));
+                    }
+                    pairs.push((level, value));
+                }
+                pairs.sort_by_key(|&(level, _)| level);
+                Ok(Quantiles(pairs))
+            }
+        }
+
+        deserializer.deserialize_map(QuantilesVisitor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantile_keys_parse_only_two_digit_levels() {
+        assert_eq!(parse_quantile_key("p10"), Some(10));
+        assert_eq!(parse_quantile_key("p01"), Some(1));
+        assert_eq!(parse_quantile_key("p99"), Some(99));
+        assert_eq!(parse_quantile_key("p00"), None);
+        assert_eq!(parse_quantile_key("p5"), None);
+        assert_eq!(parse_quantile_key("p100"), None);
+        assert_eq!(parse_quantile_key("q10"), None);
+        assert_eq!(quantile_key(5), "p05");
+    }
+
+    #[test]
+    fn quantiles_deserialize_sorted_and_detect_crossings() {
+        let q: Quantiles = serde_json::from_str(r#"{"p90": 5, "p10": 7, "p50": 6}"#).unwrap();
+        assert_eq!(q.iter().map(|(l, _)| l).collect::<Vec<_>>(), vec![10, 50, 90]);
+        assert!(q.crosses());
+        assert!(serde_json::from_str::<Quantiles>(r#"{"mean": 1}"#).is_err());
+        assert!(serde_json::from_str::<Quantiles>(r#"{"p10": 1, "p10": 2}"#).is_err());
+    }
+}

@@ -1,0 +1,6 @@
+//! model-feedback: a stream processor that tells, per tenant, whether a forecasting model still deserves trust.
+//!
+//! The crate is a pure core (`event`, `fold`) with I/O edges around it (`codec`, `storage`,
+//! `offline`, and the CLI in `main.rs`). See ARCHITECTURE.md for the map and its invariants.
+
+pub mod event;
