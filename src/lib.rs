@@ -1,6 +1,8 @@
 //! model-feedback: a stream processor that tells, per tenant, whether a forecasting model still deserves trust.
 //!
-//! The crate is a pure core (`event`, `fold`) with I/O edges around it (`codec`, `storage`,
-//! `offline`, and the CLI in `main.rs`). See ARCHITECTURE.md for the map and its invariants.
+//! The crate is a pure core (`event`, `fold`, `alert`) with I/O edges around it (`codec`,
+//! `storage`, `offline`, and the CLI in `main.rs`). See ARCHITECTURE.md for the map and its invariants.
 
+pub mod alert;
 pub mod event;
+pub mod fold;

@@ -1,0 +1,64 @@
+//! Per-tenant string interning: channels, campaigns, sources and plans become small integers so
+//! that the state holds 4-byte ids instead of strings, once per distinct name.
+
+use rustc_hash::FxHashMap;
+
+#[derive(Debug, Clone, Default)]
+pub struct Interner {
+    ids: FxHashMap<Box<str>, u32>,
+    names: Vec<Box<str>>,
+}
+
+impl Interner {
+    /// An interner where the empty string is id 0 (the channel-level campaign).
+    pub fn with_empty() -> Self {
+        let mut i = Interner::default();
+        i.intern("");
+        i
+    }
+
+    pub fn intern(&mut self, name: &str) -> u32 {
+        if let Some(&id) = self.ids.get(name) {
+            return id;
+        }
+        let id = self.names.len() as u32;
+        self.names.push(name.into());
+        self.ids.insert(name.into(), id);
+        id
+    }
+
+    pub fn get(&self, name: &str) -> Option<u32> {
+        self.ids.get(name).copied()
+    }
+
+    pub fn name(&self, id: u32) -> &str {
+        &self.names[id as usize]
+    }
+
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.names.iter().map(|n| 2 * n.len() + 48).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_stable_and_empty_is_zero() {
+        let mut i = Interner::with_empty();
+        assert_eq!(i.get(""), Some(0));
+        let a = i.intern("meta");
+        assert_eq!(i.intern("meta"), a);
+        assert_eq!(i.name(a), "meta");
+        assert_eq!(i.len(), 2);
+    }
+}

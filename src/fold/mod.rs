@@ -1,0 +1,86 @@
+//! The fold: validated events in, per-tenant state and alert transitions out.
+//!
+//! Architecture Invariant: this module knows nothing of Kafka, files, HTTP or the clock. It cannot
+//! fail on I/O, and every rule can be tested with plain data. The Kafka processor and the
+//! offline `fold` command both drive the same [`Engine`].
+
+pub mod config;
+pub mod drift;
+mod intern;
+pub mod report;
+pub mod rules;
+pub mod stats;
+pub mod tenant;
+
+use std::collections::BTreeMap;
+
+use crate::alert::Alert;
+use crate::event::{Event, Rejection};
+pub use config::FoldConfig;
+pub use report::TenantDocuments;
+use tenant::{Shared, TenantState};
+
+/// Every tenant's state, and the settings they share.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    shared: Shared,
+    tenants: BTreeMap<String, TenantState>,
+}
+
+impl Engine {
+    pub fn new(config: FoldConfig) -> Self {
+        let drift = drift::DriftConfig {
+            baseline_events: config.drift.baseline_events,
+            key_features: config.drift.key_features.clone(),
+            ..drift::DriftConfig::default()
+        };
+        Engine { shared: Shared { config, drift }, tenants: BTreeMap::new() }
+    }
+
+    pub fn config(&self) -> &FoldConfig {
+        &self.shared.config
+    }
+
+    fn tenant_mut(&mut self, name: &str) -> &mut TenantState {
+        if !self.tenants.contains_key(name) {
+            self.tenants.insert(name.to_owned(), TenantState::new(name, &self.shared));
+        }
+        self.tenants.get_mut(name).expect("inserted above")
+    }
+
+    /// Folds one validated event; the alert transitions it causes are appended to `alerts`.
+    pub fn apply(&mut self, event: &Event, alerts: &mut Vec<Alert>) {
+        let shared = &self.shared;
+        let name = event.tenant();
+        let state = match self.tenants.get_mut(name) {
+            Some(s) => s,
+            None => self.tenants.entry(name.to_owned()).or_insert_with(|| TenantState::new(name, shared)),
+        };
+        match event {
+            Event::Outcome(o) => state.apply_outcome(o, shared, alerts),
+            Event::Forecast(f) => state.apply_forecast(f, shared, alerts),
+            Event::FeatureImportance(fi) => state.apply_feature_importance(fi, shared, alerts),
+        }
+    }
+
+    /// Counts a refused record against its tenant, when it named a valid one.
+    pub fn record_rejection(&mut self, rejection: &Rejection) {
+        if let Some(tenant) = &rejection.tenant {
+            self.tenant_mut(tenant).counters.rejected += 1;
+        }
+    }
+
+    /// Tenant names, sorted.
+    pub fn tenants(&self) -> impl Iterator<Item = &str> {
+        self.tenants.keys().map(String::as_str)
+    }
+
+    pub fn tenant(&self, name: &str) -> Option<&TenantState> {
+        self.tenants.get(name)
+    }
+
+    /// The storage documents of SPEC 6 for one tenant.
+    pub fn documents(&self, name: &str) -> Option<TenantDocuments> {
+        self.tenants.get(name).map(|s| report::documents(s, &self.shared))
+    }
+}

@@ -1,0 +1,359 @@
+//! The storage documents of SPEC 6, computed from a tenant's state.
+//!
+//! Window figures are recomputed from the stored pairs, not read from running sums, so the
+//! documents are exact whatever path the state took; this is the slow, plain path, run when a
+//! document is written rather than on every record.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::rules::{CalStatus, DriftEntry};
+use super::stats::{ratio, CoverageCounts, Pair, Stats, WindowDoc};
+use super::tenant::{date_of, line_actual, Day, Shared, TenantState};
+
+/// The three documents of a tenant.
+#[derive(Debug, Clone, Serialize)]
+pub struct TenantDocuments {
+    pub performance: PerformanceDoc,
+    pub calibration: CalibrationDoc,
+    pub drift: DriftDoc,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PerformanceDoc {
+    pub tenant: String,
+    pub as_of: Option<String>,
+    /// Keyed `7d`, `28d`, `90d`.
+    pub windows: BTreeMap<String, WindowDoc>,
+    pub by_channel: BTreeMap<String, BTreeMap<String, WindowDoc>>,
+    pub by_horizon: BTreeMap<String, BTreeMap<String, WindowDoc>>,
+    pub plans: BTreeMap<String, PlanDoc>,
+    pub status: StatusDoc,
+    pub tags: Vec<String>,
+    pub counts: CountsDoc,
+    /// Per channel: how far apart the sources that both report revenue are, over the calibration window.
+    pub source_gap: BTreeMap<String, SourceGapDoc>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PlanDoc {
+    pub model_version: Option<String>,
+    pub issued_at: Option<String>,
+    pub lines: u64,
+    pub matched: u64,
+    /// Sums over the matched lines, so that planned and actual ROAS compare like with like.
+    pub planned_spend: f64,
+    pub predicted_revenue: f64,
+    pub actual_spend: f64,
+    pub actual_revenue: f64,
+    pub planned_roas: Option<f64>,
+    pub actual_roas: Option<f64>,
+    pub roas_delta: Option<f64>,
+    pub roas_delta_pct: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StatusDoc {
+    /// Per scope (`tenant`, `channel:meta`): `firing` or `ok`.
+    pub performance: BTreeMap<String, String>,
+    /// Per scope (`tenant`, `horizon:0-7`): `ok`, `warn_low`, `warn_high` or `insufficient_data`.
+    pub calibration: BTreeMap<String, String>,
+    /// `firing` or `ok`.
+    pub drift: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CountsDoc {
+    /// Outcome records stored now (one per upsert key).
+    pub outcomes: u64,
+    /// Forecast lines stored now (one per upsert key).
+    pub forecast_lines: u64,
+    /// Feature-importance events folded.
+    pub feature_importances: u64,
+    /// Stored lines matched to actuals.
+    pub pairs: u64,
+    /// Stored lines whose quantiles cross.
+    pub crossings: u64,
+    /// Records of this tenant refused by validation.
+    pub rejected: u64,
+    /// Records dropped by retention.
+    pub expired: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SourceGapDoc {
+    /// (date, campaign) keys where two or more sources reported revenue.
+    pub n: u64,
+    pub mean: Option<f64>,
+    pub max: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CalibrationDoc {
+    pub tenant: String,
+    pub window_days: u32,
+    pub history: Vec<CalibrationEntry>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CalibrationEntry {
+    pub as_of: String,
+    pub n: u64,
+    pub coverage: BTreeMap<String, f64>,
+    pub ci: BTreeMap<String, [f64; 2]>,
+    pub status: String,
+    pub by_horizon: BTreeMap<String, CalibrationScope>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CalibrationScope {
+    pub n: u64,
+    pub coverage: BTreeMap<String, f64>,
+    pub ci: BTreeMap<String, [f64; 2]>,
+    pub status: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DriftDoc {
+    pub tenant: String,
+    pub history: Vec<DriftEntry>,
+}
+
+/// Coverage counts over days `from..=to`, for the tenant (`bucket` None) or one horizon bucket.
+pub fn coverage_counts(state: &TenantState, from: Day, to: Day, bucket: Option<u8>) -> CoverageCounts {
+    let i = bucket.map_or(0, |b| 1 + b as usize);
+    let mut counts = CoverageCounts::default();
+    for data in state.days.range(from..=to).map(|(_, d)| d) {
+        if let Some(c) = data.coverage.get(i) {
+            counts.merge(c);
+        }
+    }
+    counts
+}
+
+fn window_key(days: u32) -> String {
+    format!("{days}d")
+}
+
+pub fn documents(state: &TenantState, shared: &Shared) -> TenantDocuments {
+    TenantDocuments {
+        performance: performance(state, shared),
+        calibration: calibration(state, shared),
+        drift: DriftDoc { tenant: state.name.clone(), history: state.drift_history.clone() },
+    }
+}
+
+pub fn performance(state: &TenantState, shared: &Shared) -> PerformanceDoc {
+    let config = &shared.config;
+    let labels = config.horizon_labels();
+    let mut windows = BTreeMap::new();
+    let mut by_channel: BTreeMap<String, BTreeMap<String, WindowDoc>> = BTreeMap::new();
+    let mut by_horizon: BTreeMap<String, BTreeMap<String, WindowDoc>> = BTreeMap::new();
+    let ranks = &state.source_ranks;
+
+    if let Some(as_of) = state.as_of {
+        for &w in &config.windows {
+            let from = as_of - w as Day + 1;
+            let mut tenant = Stats::default();
+            let mut channels: BTreeMap<&str, Stats> = BTreeMap::new();
+            let mut horizons: Vec<Stats> = vec![Stats::default(); labels.len()];
+            for (_, data) in state.days.range(from..=as_of) {
+                for (&channel, cd) in &data.channels {
+                    let ch = channels.entry(state.channels.name(channel)).or_default();
+                    for line in &cd.lines {
+                        let Some(actual) = line_actual(ranks, data, channel, line.campaign) else { continue };
+                        let set = &state.level_sets[line.levels as usize];
+                        let quantiles: smallvec::SmallVec<[(u8, f64); 4]> = set.pairs(&line.values).collect();
+                        let pair = Pair { y: actual.revenue, quantiles: &quantiles };
+                        tenant.add(&pair);
+                        ch.add(&pair);
+                        horizons[line.bucket as usize].add(&pair);
+                    }
+                }
+            }
+            let key = window_key(w);
+            windows.insert(key.clone(), tenant.window());
+            for (name, s) in channels {
+                by_channel.entry(name.to_owned()).or_default().insert(key.clone(), s.window());
+            }
+            for (b, s) in horizons.iter().enumerate() {
+                by_horizon.entry(labels[b].clone()).or_default().insert(key.clone(), s.window());
+            }
+        }
+        // Channels with no pair in any window still get their (empty) window objects.
+        for name in by_channel.values_mut() {
+            for &w in &config.windows {
+                name.entry(window_key(w)).or_insert_with(|| Stats::default().window());
+            }
+        }
+    }
+
+    let mut plans: BTreeMap<u32, PlanAcc> = BTreeMap::new();
+    let mut pairs = 0;
+    let mut crossings = 0;
+    for data in state.days.values() {
+        for (&channel, cd) in &data.channels {
+            for line in &cd.lines {
+                let plan = plans.entry(line.plan).or_default();
+                plan.lines += 1;
+                if line.values.windows(2).any(|w| w[0] > w[1]) {
+                    crossings += 1;
+                }
+                let Some(actual) = line_actual(ranks, data, channel, line.campaign) else { continue };
+                pairs += 1;
+                let p50 = line.values[state.level_sets[line.levels as usize].p50];
+                plan.matched += 1;
+                if !line.spend.is_nan() {
+                    plan.planned_spend.add(line.spend);
+                }
+                plan.predicted.add(p50);
+                plan.actual_spend.add(actual.spend);
+                plan.actual_revenue.add(actual.revenue);
+            }
+        }
+    }
+    let plans = plans
+        .into_iter()
+        .map(|(id, p)| {
+            let meta = state.plan_meta.get(id as usize);
+            let planned_roas = ratio(p.predicted.value(), p.planned_spend.value());
+            let actual_roas = ratio(p.actual_revenue.value(), p.actual_spend.value());
+            let roas_delta = planned_roas.zip(actual_roas).map(|(plan, act)| act - plan);
+            let doc = PlanDoc {
+                model_version: meta.and_then(|m| m.model_version.clone()),
+                issued_at: meta.and_then(|m| m.issued_at).map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)),
+                lines: p.lines,
+                matched: p.matched,
+                planned_spend: p.planned_spend.value(),
+                predicted_revenue: p.predicted.value(),
+                actual_spend: p.actual_spend.value(),
+                actual_revenue: p.actual_revenue.value(),
+                planned_roas,
+                actual_roas,
+                roas_delta,
+                roas_delta_pct: roas_delta.zip(planned_roas).and_then(|(d, plan)| ratio(d, plan)),
+            };
+            (state.plans.name(id).to_owned(), doc)
+        })
+        .collect();
+
+    let (outcomes, forecast_lines) = state.stored_records();
+    let rules = &state.rules;
+    let mut perf_status = BTreeMap::from([("tenant".to_owned(), firing(rules.perf_tenant))]);
+    for (c, &f) in rules.perf_channels.iter().enumerate() {
+        perf_status.insert(format!("channel:{}", state.channels.name(c as u32)), firing(f));
+    }
+    let mut cal_status = BTreeMap::from([("tenant".to_owned(), rules.cal_tenant.as_str().to_owned())]);
+    for (b, s) in rules.cal_horizons.iter().enumerate() {
+        cal_status.insert(format!("horizon:{}", labels[b]), s.as_str().to_owned());
+    }
+
+    PerformanceDoc {
+        tenant: state.name.clone(),
+        as_of: state.as_of.map(|d| date_of(d).to_string()),
+        windows,
+        by_channel,
+        by_horizon,
+        plans,
+        status: StatusDoc { performance: perf_status, calibration: cal_status, drift: firing(rules.drift) },
+        tags: rules.tags().into_iter().map(str::to_owned).collect(),
+        counts: CountsDoc {
+            outcomes,
+            forecast_lines,
+            feature_importances: state.counters.feature_importances,
+            pairs,
+            crossings,
+            rejected: state.counters.rejected,
+            expired: state.counters.expired,
+        },
+        source_gap: source_gap(state),
+    }
+}
+
+fn firing(f: bool) -> String {
+    if f { "firing" } else { "ok" }.to_owned()
+}
+
+#[derive(Default)]
+struct PlanAcc {
+    lines: u64,
+    matched: u64,
+    planned_spend: super::stats::Sum,
+    predicted: super::stats::Sum,
+    actual_spend: super::stats::Sum,
+    actual_revenue: super::stats::Sum,
+}
+
+/// Relative gap between the sources reporting revenue for the same key: (max - min) / max, which
+/// is |a - b| / max(a, b) for two sources.
+fn source_gap(state: &TenantState) -> BTreeMap<String, SourceGapDoc> {
+    let mut gaps: BTreeMap<&str, (u64, f64, f64)> = BTreeMap::new();
+    let Some(as_of) = state.as_of else { return BTreeMap::new() };
+    let from = as_of - state.limits.calibration.window_days as Day + 1;
+    for (_, data) in state.days.range(from..=as_of) {
+        for (&(channel, _), cell) in &data.cells {
+            if cell.reports.len() < 2 {
+                continue;
+            }
+            let max = cell.reports.iter().map(|r| r.revenue).fold(f64::MIN, f64::max);
+            let min = cell.reports.iter().map(|r| r.revenue).fold(f64::MAX, f64::min);
+            let gap = if max > 0.0 { (max - min) / max } else { 0.0 };
+            let g = gaps.entry(state.channels.name(channel)).or_insert((0, 0.0, 0.0));
+            g.0 += 1;
+            g.1 += gap;
+            g.2 = g.2.max(gap);
+        }
+    }
+    gaps.into_iter()
+        .map(|(name, (n, sum, max))| {
+            (name.to_owned(), SourceGapDoc { n, mean: ratio(sum, n as f64), max: (n > 0).then_some(max) })
+        })
+        .collect()
+}
+
+pub fn calibration(state: &TenantState, shared: &Shared) -> CalibrationDoc {
+    let l = &state.limits.calibration;
+    let labels = shared.config.horizon_labels();
+    let mut history = Vec::new();
+    let first = state.days.iter().find(|(_, d)| !d.cells.is_empty()).map(|(day, _)| *day);
+    if let (Some(first), Some(as_of)) = (first, state.as_of) {
+        let w = l.window_days as Day;
+        let scopes = labels.len() + 1;
+        let mut window: Vec<CoverageCounts> = vec![CoverageCounts::default(); scopes];
+        let at = |day: Day, i: usize| state.days.get(&day).and_then(|d| d.coverage.get(i));
+        for day in first - w + 1..first {
+            for (i, acc) in window.iter_mut().enumerate() {
+                if let Some(c) = at(day, i) {
+                    acc.merge(c);
+                }
+            }
+        }
+        for day in first..=as_of {
+            for (i, acc) in window.iter_mut().enumerate() {
+                if let Some(c) = at(day, i) {
+                    acc.merge(c);
+                }
+                if let Some(c) = at(day - w, i) {
+                    acc.unmerge(c);
+                }
+            }
+            let scope = |c: &CoverageCounts| {
+                let (coverage, ci) = c.shares();
+                let int = c.interval(l.interval[0]);
+                let status = CalStatus::of(int.hits, int.n, l).as_str().to_owned();
+                CalibrationScope { n: c.n, coverage, ci, status }
+            };
+            let tenant = scope(&window[0]);
+            history.push(CalibrationEntry {
+                as_of: date_of(day).to_string(),
+                n: tenant.n,
+                coverage: tenant.coverage,
+                ci: tenant.ci,
+                status: tenant.status,
+                by_horizon: labels.iter().enumerate().map(|(b, label)| (label.clone(), scope(&window[b + 1]))).collect(),
+            });
+        }
+    }
+    CalibrationDoc { tenant: state.name.clone(), window_days: l.window_days, history }
+}

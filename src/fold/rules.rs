@@ -1,0 +1,392 @@
+//! The rules of SPEC 5: when performance, calibration and drift alerts fire and resolve, and the
+//! alert events that carry each transition.
+//!
+//! Rules read the running windows of `tenant`, never the clock; an alert's time is event time.
+
+use std::collections::BTreeMap;
+
+use chrono::SecondsFormat;
+use rustc_hash::FxHashMap;
+use serde::Serialize;
+use serde_json::json;
+
+use super::config::{CalibrationLimits, PerformanceLimits};
+use super::drift::{DriftFigures, FeatureDrift};
+use super::report;
+use super::tenant::{date_of, Day, Dirty, RuleWindows, Shared, TenantState, Window};
+use crate::alert::{Alert, AlertType};
+use crate::event::FeatureImportance;
+
+/// Status of a calibration scope (SPEC 5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CalStatus {
+    InsufficientData,
+    Ok,
+    WarnLow,
+    WarnHigh,
+}
+
+impl CalStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CalStatus::InsufficientData => "insufficient_data",
+            CalStatus::Ok => "ok",
+            CalStatus::WarnLow => "warn_low",
+            CalStatus::WarnHigh => "warn_high",
+        }
+    }
+
+    /// The status of an interval coverage of `hits` out of `n` pairs.
+    pub fn of(hits: u64, n: u64, l: &CalibrationLimits) -> CalStatus {
+        if n < l.min_n || n == 0 {
+            return CalStatus::InsufficientData;
+        }
+        let coverage = hits as f64 / n as f64;
+        if coverage < l.low {
+            CalStatus::WarnLow
+        } else if coverage > l.high {
+            CalStatus::WarnHigh
+        } else {
+            CalStatus::Ok
+        }
+    }
+}
+
+/// Where the rules stand for one tenant: hysteresis lives here.
+#[derive(Debug, Clone)]
+pub struct RuleState {
+    pub perf_tenant: bool,
+    pub perf_channels: Vec<bool>,
+    pub cal_tenant: CalStatus,
+    pub cal_horizons: Vec<CalStatus>,
+    pub drift: bool,
+    /// Alerts already published per (type, scope, status) at the current as_of, so that a
+    /// repeated transition at the same time still gets a fresh id.
+    occurrences: FxHashMap<(AlertType, String, &'static str), u64>,
+}
+
+impl RuleState {
+    pub fn new(buckets: usize) -> Self {
+        RuleState {
+            perf_tenant: false,
+            perf_channels: Vec::new(),
+            cal_tenant: CalStatus::InsufficientData,
+            cal_horizons: vec![CalStatus::InsufficientData; buckets],
+            drift: false,
+            occurrences: FxHashMap::default(),
+        }
+    }
+
+    pub fn ensure_channels(&mut self, n: usize) {
+        if self.perf_channels.len() < n {
+            self.perf_channels.resize(n, false);
+        }
+    }
+
+    fn occurrence(&mut self, kind: AlertType, scope: &str, status: &'static str) -> u64 {
+        let n = self.occurrences.entry((kind, scope.to_owned(), status)).or_insert(0);
+        *n += 1;
+        *n - 1
+    }
+
+    /// The context tags of SPEC 5: a tag is active while any scope of its rule holds it.
+    pub fn tags(&self) -> Vec<&'static str> {
+        let mut tags = Vec::new();
+        if self.perf_tenant || self.perf_channels.iter().any(|&f| f) {
+            tags.push("model.performance.degraded");
+        }
+        let cal = || std::iter::once(&self.cal_tenant).chain(&self.cal_horizons);
+        if cal().any(|&s| s == CalStatus::WarnLow) {
+            tags.push("model.calibration.warn_low");
+        }
+        if cal().any(|&s| s == CalStatus::WarnHigh) {
+            tags.push("model.calibration.warn_high");
+        }
+        if self.drift {
+            tags.push("model.drift_detected");
+        }
+        tags
+    }
+}
+
+/// One entry of the drift history (SPEC 6, `_drift.json`).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct DriftEntry {
+    pub computed_at: String,
+    pub model_version: Option<String>,
+    pub importance_shift: Option<f64>,
+    pub spearman: Option<f64>,
+    /// How many features of the current top 5 are not in the baseline's top 5.
+    pub top_k_churn: Option<usize>,
+    /// Which features those are.
+    pub top_k_entered: Vec<String>,
+    pub baseline_events: usize,
+    pub features: BTreeMap<String, FeatureDrift>,
+    /// `firing` or `ok`; `insufficient_data` for a tenant's first event, which has no baseline.
+    pub status: &'static str,
+}
+
+/// Whether the performance rule holds, given whether it held before (hysteresis).
+pub fn performance_firing(was_firing: bool, recent: &Window, baseline: &Window, l: &PerformanceLimits) -> bool {
+    let enough = recent.n as u64 >= l.min_n;
+    let mae = recent.mae().unwrap_or(0.0);
+    let baseline_mae = (baseline.n as u64 >= l.baseline_min_n).then(|| baseline.mae()).flatten();
+    if !was_firing {
+        enough
+            && (recent.mape().is_some_and(|m| m > l.mape)
+                || baseline_mae.is_some_and(|b| mae > l.mae_ratio * b))
+    } else {
+        // Without enough recent pairs there is no evidence of recovery: stay firing.
+        let f = l.resolve_fraction;
+        let recovered = enough
+            && recent.mape().is_none_or(|m| m < f * l.mape)
+            && baseline_mae.is_none_or(|b| mae < f * l.mae_ratio * b);
+        !recovered
+    }
+}
+
+fn as_of_time(day: Day) -> String {
+    format!("{}T00:00:00Z", date_of(day))
+}
+
+fn scope_channel(state: &TenantState, channel: u32) -> String {
+    format!("channel:{}", state.channels.name(channel))
+}
+
+fn scope_horizon(shared: &Shared, bucket: usize) -> String {
+    format!("horizon:{}", shared.config.horizon_labels()[bucket])
+}
+
+fn evaluate_performance(state: &mut TenantState, channel: Option<u32>, out: &mut Vec<Alert>) {
+    let Some(as_of) = state.as_of else { return };
+    let (windows, was, scope) = match channel {
+        None => (state.windows.tenant, state.rules.perf_tenant, "tenant".to_owned()),
+        Some(c) => (
+            state.windows.channels[c as usize],
+            state.rules.perf_channels[c as usize],
+            scope_channel(state, c),
+        ),
+    };
+    let l = &state.limits.performance;
+    let now = performance_firing(was, &windows.recent, &windows.baseline, l);
+    if now == was {
+        return;
+    }
+    match channel {
+        None => state.rules.perf_tenant = now,
+        Some(c) => state.rules.perf_channels[c as usize] = now,
+    }
+    let status = if now { "firing" } else { "resolved" };
+    let data = performance_data(state, &scope, status, as_of, &windows);
+    let occurrence = state.rules.occurrence(AlertType::PerformanceDegraded, &scope, status);
+    out.push(Alert::new(AlertType::PerformanceDegraded, &state.name, &scope, as_of_time(as_of), status, occurrence, data));
+}
+
+fn performance_data(state: &TenantState, scope: &str, status: &str, as_of: Day, w: &RuleWindows) -> serde_json::Value {
+    let l = &state.limits.performance;
+    json!({
+        "tenant": state.name,
+        "status": status,
+        "scope": scope,
+        "as_of": date_of(as_of).to_string(),
+        "window_days": l.window_days,
+        "n": w.recent.n,
+        "mae": w.recent.mae(),
+        "mape": w.recent.mape(),
+        "wape": w.recent.wape(),
+        "bias": w.recent.bias(),
+        "baseline_days": l.baseline_days,
+        "baseline_n": w.baseline.n,
+        "baseline_mae": w.baseline.mae(),
+        "limits": {"mape": l.mape, "mae_ratio": l.mae_ratio, "min_n": l.min_n},
+    })
+}
+
+/// Evaluates a calibration scope; publishes on a change of status, or always for the as_of report.
+fn evaluate_calibration(state: &mut TenantState, shared: &Shared, bucket: Option<usize>, as_of_report: bool, out: &mut Vec<Alert>) {
+    let Some(as_of) = state.as_of else { return };
+    let l = &state.limits.calibration;
+    let w = match bucket {
+        None => state.windows.tenant.calibration,
+        Some(b) => state.windows.horizons[b].calibration,
+    };
+    let now = CalStatus::of(w.int_hits as u64, w.int_n as u64, l);
+    let was = match bucket {
+        None => state.rules.cal_tenant,
+        Some(b) => state.rules.cal_horizons[b],
+    };
+    if now == was && !as_of_report {
+        return;
+    }
+    match bucket {
+        None => state.rules.cal_tenant = now,
+        Some(b) => state.rules.cal_horizons[b] = now,
+    }
+    let scope = match bucket {
+        None => "tenant".to_owned(),
+        Some(b) => scope_horizon(shared, b),
+    };
+    let from = as_of - l.window_days as Day + 1;
+    let counts = report::coverage_counts(state, from, as_of, bucket.map(|b| b as u8));
+    let (coverage, ci) = counts.shares();
+    let trigger = if as_of_report { "as_of" } else { "status_change" };
+    let data = json!({
+        "tenant": state.name,
+        "status": now.as_str(),
+        "scope": scope,
+        "as_of": date_of(as_of).to_string(),
+        "window_days": l.window_days,
+        "n": counts.n,
+        "coverage": coverage,
+        "ci": ci,
+        "trigger": trigger,
+        "limits": {"low": l.low, "high": l.high, "min_n": l.min_n},
+    });
+    let occurrence = state.rules.occurrence(AlertType::Calibration, &format!("{scope}/{trigger}"), now.as_str());
+    out.push(Alert::new(AlertType::Calibration, &state.name, &scope, as_of_time(as_of), now.as_str(), occurrence, data));
+}
+
+/// Channels in name order, so alerts come out in the same order whatever the interning order.
+fn channels_by_name(state: &TenantState, ids: impl IntoIterator<Item = u32>) -> Vec<u32> {
+    let mut ids: Vec<u32> = ids.into_iter().collect();
+    ids.sort_by(|a, b| state.channels.name(*a).cmp(state.channels.name(*b)));
+    ids
+}
+
+/// After a record changed pairs without moving as_of: re-evaluate the scopes it touched.
+pub fn on_change(state: &mut TenantState, dirty: &Dirty, shared: &Shared, out: &mut Vec<Alert>) {
+    evaluate_performance(state, None, out);
+    for c in channels_by_name(state, dirty.channels.iter().copied()) {
+        evaluate_performance(state, Some(c), out);
+    }
+    evaluate_calibration(state, shared, None, false, out);
+    for b in 0..state.windows.horizons.len() {
+        if dirty.horizons & (1 << b) != 0 {
+            evaluate_calibration(state, shared, Some(b), false, out);
+        }
+    }
+}
+
+/// After as_of moved: every window moved, so every scope is re-evaluated, and the tenant's daily
+/// calibration report is published whatever its status.
+pub fn on_as_of_advance(state: &mut TenantState, shared: &Shared, out: &mut Vec<Alert>) {
+    state.rules.occurrences.clear();
+    evaluate_performance(state, None, out);
+    for c in channels_by_name(state, 0..state.channels.len() as u32) {
+        evaluate_performance(state, Some(c), out);
+    }
+    evaluate_calibration(state, shared, None, true, out);
+    for b in 0..state.windows.horizons.len() {
+        evaluate_calibration(state, shared, Some(b), false, out);
+    }
+}
+
+/// After a feature-importance event: record its drift figures and publish a transition.
+pub fn on_drift(state: &mut TenantState, fi: &FeatureImportance, figures: Option<DriftFigures>, out: &mut Vec<Alert>) {
+    let computed_at = fi.computed_at.to_rfc3339_opts(SecondsFormat::AutoSi, true);
+    let l = &state.limits.drift;
+    let Some(fig) = figures else {
+        state.drift_history.push(DriftEntry {
+            computed_at,
+            model_version: fi.model_version.clone(),
+            importance_shift: None,
+            spearman: None,
+            top_k_churn: None,
+            top_k_entered: Vec::new(),
+            baseline_events: 0,
+            features: BTreeMap::new(),
+            status: "insufficient_data",
+        });
+        return;
+    };
+    let breaching: Vec<&String> = fig
+        .features
+        .iter()
+        .filter(|(_, f)| f.key && f.psi.is_some_and(|p| p >= l.psi && f.psi_critical.is_none_or(|c| p > c)))
+        .map(|(name, _)| name)
+        .collect();
+    let firing = fig.importance_shift >= l.importance_shift || !breaching.is_empty();
+    let entry = DriftEntry {
+        computed_at: computed_at.clone(),
+        model_version: fi.model_version.clone(),
+        importance_shift: Some(fig.importance_shift),
+        spearman: fig.spearman,
+        top_k_churn: Some(fig.top_k_churn.len()),
+        top_k_entered: fig.top_k_churn.clone(),
+        baseline_events: fig.baseline_events,
+        features: fig.features.clone(),
+        status: if firing { "firing" } else { "ok" },
+    };
+    if firing != state.rules.drift {
+        state.rules.drift = firing;
+        let status = if firing { "firing" } else { "resolved" };
+        let data = json!({
+            "tenant": state.name,
+            "status": status,
+            "scope": "tenant",
+            "computed_at": computed_at,
+            "model_version": fi.model_version,
+            "importance_shift": fig.importance_shift,
+            "spearman": fig.spearman,
+            "top_k_churn": fig.top_k_churn.len(),
+            "top_k_entered": fig.top_k_churn,
+            "breaching_features": breaching,
+            "features": fig.features,
+            "limits": {"importance_shift": l.importance_shift, "psi": l.psi},
+        });
+        // The event's position in the tenant's feature-importance log tells repeats apart.
+        let occurrence = state.counters.feature_importances;
+        out.push(Alert::new(AlertType::DriftDetected, &state.name, "tenant", computed_at, status, occurrence, data));
+    }
+    state.drift_history.push(entry);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn window(n: i64, abs_err: f64, ape: f64) -> Window {
+        let mut w = Window { n, n_pos: n, ..Window::default() };
+        w.abs_err.add(abs_err);
+        w.ape.add(ape);
+        w
+    }
+
+    #[test]
+    fn performance_fires_on_mape_and_resolves_below_ninety_percent() {
+        let l = PerformanceLimits::default();
+        let none = Window::default();
+        // 20 pairs, mape 0.31 -> fires
+        assert!(performance_firing(false, &window(20, 100.0, 6.2), &none, &l));
+        // 19 pairs: not enough
+        assert!(!performance_firing(false, &window(19, 100.0, 19.0 * 0.5), &none, &l));
+        // firing, mape 0.28: still above 0.27, stays firing
+        assert!(performance_firing(true, &window(20, 100.0, 5.6), &none, &l));
+        // firing, mape 0.26: resolves
+        assert!(!performance_firing(true, &window(20, 100.0, 5.2), &none, &l));
+    }
+
+    #[test]
+    fn performance_fires_on_mae_ratio_only_with_enough_baseline() {
+        let l = PerformanceLimits::default();
+        // recent mae 16, baseline mae 10 -> ratio 1.6 > 1.5
+        let recent = window(20, 320.0, 0.0);
+        assert!(performance_firing(false, &recent, &window(20, 200.0, 0.0), &l));
+        assert!(!performance_firing(false, &recent, &window(19, 190.0, 0.0), &l));
+        // firing; recent mae 14 < 1.35 * 10 = 13.5? no: 14 > 13.5 stays firing
+        assert!(performance_firing(true, &window(20, 280.0, 0.0), &window(20, 200.0, 0.0), &l));
+        // recent mae 13 < 13.5 resolves
+        assert!(!performance_firing(true, &window(20, 260.0, 0.0), &window(20, 200.0, 0.0), &l));
+    }
+
+    #[test]
+    fn calibration_status_bands() {
+        let l = CalibrationLimits::default();
+        assert_eq!(CalStatus::of(20, 29, &l), CalStatus::InsufficientData);
+        assert_eq!(CalStatus::of(20, 30, &l), CalStatus::WarnLow); // 0.667
+        assert_eq!(CalStatus::of(21, 30, &l), CalStatus::Ok); // 0.70 is inside
+        assert_eq!(CalStatus::of(27, 30, &l), CalStatus::Ok); // 0.90 is inside
+        assert_eq!(CalStatus::of(28, 30, &l), CalStatus::WarnHigh);
+    }
+}

@@ -1,0 +1,655 @@
+//! One tenant's state: outcome cells with their sources, forecast lines joined to actuals, the
+//! running windows the rules read, rule status and the drift baseline.
+//!
+//! Architecture Invariant: the state after a sequence of records depends only on the order of
+//! records within each topic, never on how the three topics interleave. Every join is symmetric
+//! (whichever side arrives second scores the pair) and every aggregate retracts what it replaces.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Datelike, NaiveDate, Utc};
+use rustc_hash::FxHashMap;
+use smallvec::SmallVec;
+
+use super::config::{FoldConfig, Limits};
+use super::drift::{DriftConfig, DriftState};
+use super::intern::Interner;
+use super::rules::{DriftEntry, RuleState};
+use super::stats::{CoverageCounts, Sum};
+use crate::alert::Alert;
+use crate::event::{FeatureImportance, Forecast, Outcome, Quantiles};
+
+/// A date as days since the common era: the fold's unit of event time.
+pub type Day = i32;
+
+pub fn day_of(date: NaiveDate) -> Day {
+    date.num_days_from_ce()
+}
+
+pub fn date_of(day: Day) -> NaiveDate {
+    NaiveDate::from_num_days_from_ce_opt(day).unwrap_or_default()
+}
+
+/// Reconciled actuals of a cell or of a channel-day.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Actual {
+    pub revenue: f64,
+    pub spend: f64,
+}
+
+/// What one source reported for one (date, channel, campaign).
+#[derive(Debug, Clone, Copy)]
+pub struct Report {
+    pub source: u32,
+    /// How many records this report absorbed (upserts), so expiry counts every record once.
+    pub records: u32,
+    /// Position in the tenant's outcome log: among sources of equal rank the latest wins.
+    pub seq: u64,
+    pub spend: f64,
+    pub revenue: f64,
+}
+
+/// The outcomes of one (date, channel, campaign): one report per source.
+#[derive(Debug, Clone, Default)]
+pub struct Cell {
+    pub reports: SmallVec<[Report; 1]>,
+}
+
+/// The sum of a channel-day's reconciled cells, kept incrementally.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Total {
+    revenue: Sum,
+    spend: Sum,
+    cells: u32,
+}
+
+impl Total {
+    pub fn get(&self) -> Option<Actual> {
+        (self.cells > 0).then(|| Actual { revenue: self.revenue.value(), spend: self.spend.value() })
+    }
+
+    fn replace(&mut self, old: Option<Actual>, new: Option<Actual>) {
+        if let Some(a) = old {
+            self.revenue.sub(a.revenue);
+            self.spend.sub(a.spend);
+            self.cells -= 1;
+        }
+        if let Some(a) = new {
+            self.revenue.add(a.revenue);
+            self.spend.add(a.spend);
+            self.cells += 1;
+        }
+    }
+}
+
+/// One forecast line: 64 bytes, most of a tenant's memory is these and the cells.
+#[derive(Debug, Clone)]
+pub struct Line {
+    pub campaign: u32,
+    pub plan: u32,
+    pub horizon: u32,
+    /// Index into the tenant's level sets: which quantiles `values` holds.
+    pub levels: u32,
+    pub records: u32,
+    pub bucket: u8,
+    /// Planned spend, NaN when the line had none (kept as NaN to stay at 64 bytes).
+    pub spend: f64,
+    pub values: SmallVec<[f64; 3]>,
+}
+
+/// The lines of one (date, channel), sorted by (campaign, plan), the channel's total actuals, and
+/// the day's rule sums of the channel scope.
+#[derive(Debug, Clone, Default)]
+pub struct ChannelDay {
+    pub total: Total,
+    pub lines: Vec<Line>,
+    pub window: Window,
+}
+
+/// Everything stored for one date. The per-day sums (`tenant`, `horizons`, `coverage`) let the
+/// windows be rebuilt from 35 small sums when as_of moves, instead of from every pair.
+#[derive(Debug, Clone, Default)]
+pub struct DayData {
+    pub cells: FxHashMap<(u32, u32), Cell>,
+    pub channels: FxHashMap<u32, ChannelDay>,
+    pub tenant: Window,
+    pub horizons: Vec<Window>,
+    /// Coverage counts of the day's pairs: index 0 the tenant, 1 + b horizon bucket b.
+    pub coverage: Vec<CoverageCounts>,
+}
+
+/// Which quantiles a line carries, and where p50 and the watched interval sit among them.
+#[derive(Debug, Clone)]
+pub struct LevelSet {
+    pub levels: Box<[u8]>,
+    pub p50: usize,
+    pub interval: Option<(usize, usize)>,
+}
+
+impl LevelSet {
+    pub fn pairs<'a>(&'a self, values: &'a [f64]) -> impl Iterator<Item = (u8, f64)> + Clone + 'a {
+        self.levels.iter().copied().zip(values.iter().copied())
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct PlanMeta {
+    pub issued_at: Option<DateTime<Utc>>,
+    pub model_version: Option<String>,
+}
+
+/// Running sums over one window, enough for the rules: error figures and interval coverage.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Window {
+    pub n: i64,
+    pub n_pos: i64,
+    pub abs_err: Sum,
+    pub ape: Sum,
+    pub y: Sum,
+    pub bias: Sum,
+    pub int_n: i64,
+    pub int_hits: i64,
+}
+
+impl Window {
+    pub fn merge(&mut self, o: &Window) {
+        self.n += o.n;
+        self.n_pos += o.n_pos;
+        self.abs_err.merge(&o.abs_err);
+        self.ape.merge(&o.ape);
+        self.y.merge(&o.y);
+        self.bias.merge(&o.bias);
+        self.int_n += o.int_n;
+        self.int_hits += o.int_hits;
+    }
+
+    #[inline]
+    fn apply(&mut self, sign: f64, s: &Scored) {
+        let err = (s.y - s.p50).abs();
+        let k = sign as i64;
+        self.n += k;
+        self.abs_err.add(sign * err);
+        self.y.add(sign * s.y);
+        self.bias.add(sign * (s.p50 - s.y));
+        if s.y > 0.0 {
+            self.n_pos += k;
+            self.ape.add(sign * err / s.y);
+        }
+        if let Some((lo, hi)) = s.interval {
+            self.int_n += k;
+            self.int_hits += k * i64::from(lo <= s.y && s.y <= hi);
+        }
+    }
+
+    pub fn mae(&self) -> Option<f64> {
+        super::stats::ratio(self.abs_err.value(), self.n as f64)
+    }
+
+    pub fn mape(&self) -> Option<f64> {
+        super::stats::ratio(self.ape.value(), self.n_pos as f64)
+    }
+
+    pub fn wape(&self) -> Option<f64> {
+        super::stats::ratio(self.abs_err.value(), self.y.value())
+    }
+
+    pub fn bias(&self) -> Option<f64> {
+        super::stats::ratio(self.bias.value(), self.n as f64)
+    }
+
+    pub fn interval_coverage(&self) -> Option<f64> {
+        super::stats::ratio(self.int_hits as f64, self.int_n as f64)
+    }
+}
+
+/// The three windows the rules read, for one scope.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RuleWindows {
+    pub recent: Window,
+    pub baseline: Window,
+    pub calibration: Window,
+}
+
+/// The rule windows of every scope of a tenant.
+#[derive(Debug, Clone, Default)]
+pub struct WindowSet {
+    pub tenant: RuleWindows,
+    pub channels: Vec<RuleWindows>,
+    pub horizons: Vec<RuleWindows>,
+}
+
+impl WindowSet {
+    fn clear(&mut self) {
+        self.tenant = RuleWindows::default();
+        self.channels.iter_mut().for_each(|w| *w = RuleWindows::default());
+        self.horizons.iter_mut().for_each(|w| *w = RuleWindows::default());
+    }
+}
+
+/// Which rule windows hold a day, given as_of.
+#[derive(Debug, Clone, Copy)]
+struct InWindows {
+    recent: bool,
+    baseline: bool,
+    calibration: bool,
+}
+
+impl InWindows {
+    fn of(limits: &Limits, as_of: Option<Day>, day: Day) -> InWindows {
+        let Some(as_of) = as_of else { return InWindows { recent: false, baseline: false, calibration: false } };
+        let p = &limits.performance;
+        let recent = day > as_of - p.window_days as Day;
+        InWindows {
+            recent,
+            baseline: !recent && day > as_of - (p.window_days + p.baseline_days) as Day,
+            calibration: day > as_of - limits.calibration.window_days as Day,
+        }
+    }
+
+    fn add(&self, w: &mut RuleWindows, day: &Window) {
+        if self.recent {
+            w.recent.merge(day);
+        }
+        if self.baseline {
+            w.baseline.merge(day);
+        }
+        if self.calibration {
+            w.calibration.merge(day);
+        }
+    }
+
+    fn apply(&self, w: &mut RuleWindows, sign: f64, s: &Scored) {
+        if self.recent {
+            w.recent.apply(sign, s);
+        }
+        if self.baseline {
+            w.baseline.apply(sign, s);
+        }
+        if self.calibration {
+            w.calibration.apply(sign, s);
+        }
+    }
+}
+
+/// Scores pairs into the day sums and the running rule windows.
+struct Scorer<'a> {
+    limits: &'a Limits,
+    as_of: Option<Day>,
+    sets: &'a [LevelSet],
+    windows: &'a mut WindowSet,
+}
+
+impl Scorer<'_> {
+    /// Adds (sign 1) or removes (sign -1) the pair of `line` with actual revenue `y`.
+    #[allow(clippy::too_many_arguments)]
+    fn pair(&mut self, data: &mut DayData, day: Day, channel: u32, line: &Line, y: f64, sign: f64, dirty: &mut Dirty) {
+        let set = &self.sets[line.levels as usize];
+        let s = Scored {
+            y,
+            p50: line.values[set.p50],
+            interval: set.interval.map(|(lo, hi)| (line.values[lo], line.values[hi])),
+        };
+        let b = line.bucket as usize;
+        let buckets = self.windows.horizons.len();
+        if data.horizons.len() < buckets {
+            data.horizons.resize(buckets, Window::default());
+            data.coverage.resize(buckets + 1, CoverageCounts::default());
+        }
+        data.tenant.apply(sign, &s);
+        data.horizons[b].apply(sign, &s);
+        if let Some(cd) = data.channels.get_mut(&channel) {
+            cd.window.apply(sign, &s);
+        }
+        for i in [0, 1 + b] {
+            data.coverage[i].apply(set.pairs(&line.values), y, sign > 0.0);
+        }
+        let inw = InWindows::of(self.limits, self.as_of, day);
+        inw.apply(&mut self.windows.tenant, sign, &s);
+        inw.apply(&mut self.windows.channels[channel as usize], sign, &s);
+        inw.apply(&mut self.windows.horizons[b], sign, &s);
+        dirty.mark(channel, line.bucket);
+    }
+}
+
+/// Reconciles a cell (SPEC 3): per figure, the best-ranked source; among equals, the latest record.
+pub fn reconcile(ranks: &[(u16, u16)], cell: &Cell) -> Option<Actual> {
+    let best = |rank: fn(&(u16, u16)) -> u16| {
+        cell.reports.iter().min_by_key(|r| (rank(&ranks[r.source as usize]), std::cmp::Reverse(r.seq)))
+    };
+    let revenue = best(|r| r.0)?.revenue;
+    let spend = best(|r| r.1)?.spend;
+    Some(Actual { revenue, spend })
+}
+
+/// The actual a line is compared with: its campaign's cell, or the channel total for campaign `""`.
+pub fn line_actual(ranks: &[(u16, u16)], day: &DayData, channel: u32, campaign: u32) -> Option<Actual> {
+    if campaign == 0 {
+        day.channels.get(&channel).and_then(|cd| cd.total.get())
+    } else {
+        day.cells.get(&(channel, campaign)).and_then(|c| reconcile(ranks, c))
+    }
+}
+
+/// A scored pair reduced to what the rule windows need.
+struct Scored {
+    y: f64,
+    p50: f64,
+    interval: Option<(f64, f64)>,
+}
+
+/// Scopes whose windows changed since the rules last looked.
+#[derive(Debug, Default)]
+pub struct Dirty {
+    pub tenant: bool,
+    pub channels: SmallVec<[u32; 4]>,
+    pub horizons: u64,
+}
+
+impl Dirty {
+    fn mark(&mut self, channel: u32, bucket: u8) {
+        self.tenant = true;
+        if !self.channels.contains(&channel) {
+            self.channels.push(channel);
+        }
+        self.horizons |= 1 << bucket;
+    }
+
+    pub fn is_empty(&self) -> bool {
+        !self.tenant
+    }
+}
+
+/// Counters that are not derived from the stored records.
+#[derive(Debug, Clone, Default)]
+pub struct Counters {
+    pub feature_importances: u64,
+    pub rejected: u64,
+    pub expired: u64,
+}
+
+/// Settings shared by every tenant, resolved once from the config.
+#[derive(Debug, Clone)]
+pub struct Shared {
+    pub config: FoldConfig,
+    pub drift: DriftConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct TenantState {
+    pub name: String,
+    pub limits: Limits,
+    pub channels: Interner,
+    pub campaigns: Interner,
+    pub sources: Interner,
+    /// Per source id: (revenue rank, spend rank).
+    pub source_ranks: Vec<(u16, u16)>,
+    pub plans: Interner,
+    pub plan_meta: Vec<PlanMeta>,
+    pub level_sets: Vec<LevelSet>,
+    level_set_ids: FxHashMap<Box<[u8]>, u32>,
+    pub as_of: Option<Day>,
+    pub days: BTreeMap<Day, DayData>,
+    outcome_seq: u64,
+    pub counters: Counters,
+    pub windows: WindowSet,
+    pub rules: RuleState,
+    pub drift: DriftState,
+    pub drift_history: Vec<DriftEntry>,
+}
+
+impl TenantState {
+    pub fn new(name: &str, shared: &Shared) -> Self {
+        let buckets = shared.config.horizon_buckets.len();
+        TenantState {
+            name: name.to_owned(),
+            limits: shared.config.limits_for(name),
+            channels: Interner::default(),
+            campaigns: Interner::with_empty(),
+            sources: Interner::default(),
+            source_ranks: Vec::new(),
+            plans: Interner::default(),
+            plan_meta: Vec::new(),
+            level_sets: Vec::new(),
+            level_set_ids: FxHashMap::default(),
+            as_of: None,
+            days: BTreeMap::new(),
+            outcome_seq: 0,
+            counters: Counters::default(),
+            windows: WindowSet { horizons: vec![RuleWindows::default(); buckets], ..WindowSet::default() },
+            rules: RuleState::new(buckets),
+            drift: DriftState::default(),
+            drift_history: Vec::new(),
+        }
+    }
+
+    /// The first day still retained, once an outcome set as_of.
+    pub fn cutoff(&self, shared: &Shared) -> Option<Day> {
+        self.as_of.map(|a| a - shared.config.retention_days as Day + 1)
+    }
+
+    fn channel(&mut self, name: &str) -> u32 {
+        let id = self.channels.intern(name);
+        if self.windows.channels.len() <= id as usize {
+            self.windows.channels.resize(id as usize + 1, RuleWindows::default());
+            self.rules.ensure_channels(id as usize + 1);
+        }
+        id
+    }
+
+    fn source(&mut self, name: &str, shared: &Shared) -> u32 {
+        let id = self.sources.intern(name);
+        if self.source_ranks.len() <= id as usize {
+            let r = &shared.config.reconcile;
+            self.source_ranks.push((
+                super::config::ReconcileConfig::rank(&r.revenue_sources, name),
+                super::config::ReconcileConfig::rank(&r.spend_sources, name),
+            ));
+        }
+        id
+    }
+
+    fn level_set(&mut self, q: &Quantiles, shared: &Shared) -> u32 {
+        let levels: SmallVec<[u8; 8]> = q.iter().map(|(l, _)| l).collect();
+        if let Some(&id) = self.level_set_ids.get(levels.as_slice()) {
+            return id;
+        }
+        let [lo, hi] = shared.config.limits.calibration.interval;
+        let pos = |l: u8| levels.iter().position(|&x| x == l);
+        let set = LevelSet {
+            levels: levels.as_slice().into(),
+            p50: pos(50).unwrap_or(0),
+            interval: pos(lo).zip(pos(hi)),
+        };
+        let id = self.level_sets.len() as u32;
+        self.level_sets.push(set);
+        self.level_set_ids.insert(levels.as_slice().into(), id);
+        id
+    }
+
+    fn scorer(&mut self) -> (Scorer<'_>, &mut BTreeMap<Day, DayData>) {
+        (
+            Scorer { limits: &self.limits, as_of: self.as_of, sets: &self.level_sets, windows: &mut self.windows },
+            &mut self.days,
+        )
+    }
+
+    pub fn apply_outcome(&mut self, o: &Outcome, shared: &Shared, out: &mut Vec<Alert>) {
+        let day = day_of(o.date);
+        let advanced = self.as_of.is_none_or(|a| day > a);
+        if !advanced && self.cutoff(shared).is_some_and(|c| day < c) {
+            self.counters.expired += 1;
+            return;
+        }
+        let channel = self.channel(&o.channel);
+        let campaign = self.campaigns.intern(&o.campaign_id);
+        let source = self.source(&o.source, shared);
+        self.outcome_seq += 1;
+        let report = Report { source, records: 1, seq: self.outcome_seq, spend: o.spend, revenue: o.revenue };
+
+        let ranks = &self.source_ranks;
+        let cell = self.days.entry(day).or_default().cells.entry((channel, campaign)).or_default();
+        let old = reconcile(ranks, cell);
+        match cell.reports.iter_mut().find(|r| r.source == source) {
+            Some(r) => *r = Report { records: r.records + 1, ..report },
+            None => cell.reports.push(report),
+        }
+        let new = reconcile(ranks, cell);
+
+        let mut dirty = Dirty::default();
+        if old != new {
+            self.actual_changed(day, channel, campaign, old, new, &mut dirty);
+        }
+        if advanced {
+            self.as_of = Some(day);
+            self.expire(shared);
+            self.recompute_windows();
+            super::rules::on_as_of_advance(self, shared, out);
+        } else if !dirty.is_empty() {
+            super::rules::on_change(self, &dirty, shared, out);
+        }
+    }
+
+    /// A cell's reconciled actual changed: rescore the campaign's lines and the channel's lines.
+    #[allow(clippy::too_many_arguments)]
+    fn actual_changed(&mut self, day: Day, channel: u32, campaign: u32, old: Option<Actual>, new: Option<Actual>, dirty: &mut Dirty) {
+        let (mut scorer, days) = self.scorer();
+        let Some(data) = days.get_mut(&day) else { return };
+        let cd = data.channels.entry(channel).or_default();
+        let old_total = cd.total.get();
+        cd.total.replace(old, new);
+        let new_total = cd.total.get();
+        let lines = std::mem::take(&mut cd.lines);
+        let channel_lines = lines.partition_point(|l| l.campaign == 0);
+        let mut rescore = |line: &Line, old: Option<Actual>, new: Option<Actual>| {
+            if let Some(a) = old {
+                scorer.pair(data, day, channel, line, a.revenue, -1.0, dirty);
+            }
+            if let Some(a) = new {
+                scorer.pair(data, day, channel, line, a.revenue, 1.0, dirty);
+            }
+        };
+        if campaign != 0 {
+            let from = lines.partition_point(|l| l.campaign < campaign);
+            let to = lines.partition_point(|l| l.campaign <= campaign);
+            for line in &lines[from..to] {
+                rescore(line, old, new);
+            }
+        }
+        for line in &lines[..channel_lines] {
+            rescore(line, old_total, new_total);
+        }
+        if let Some(cd) = data.channels.get_mut(&channel) {
+            cd.lines = lines;
+        }
+    }
+
+    pub fn apply_forecast(&mut self, f: &Forecast, shared: &Shared, out: &mut Vec<Alert>) {
+        let plan = self.plans.intern(&f.plan_id);
+        if self.plan_meta.len() <= plan as usize {
+            self.plan_meta.resize(plan as usize + 1, PlanMeta::default());
+        }
+        self.plan_meta[plan as usize] =
+            PlanMeta { issued_at: Some(f.issued_at), model_version: f.model_version.clone() };
+        let issued = day_of(f.issued_at.date_naive());
+        let cutoff = self.cutoff(shared);
+        let mut dirty = Dirty::default();
+        for fl in &f.lines {
+            let day = day_of(fl.date);
+            if cutoff.is_some_and(|c| day < c) {
+                self.counters.expired += 1;
+                continue;
+            }
+            let horizon = (day - issued).max(0) as u32;
+            let channel = self.channel(&fl.channel);
+            let campaign = self.campaigns.intern(&fl.campaign_id);
+            let levels = self.level_set(&fl.revenue, shared);
+            let mut line = Line {
+                campaign,
+                plan,
+                horizon,
+                levels,
+                records: 1,
+                bucket: shared.config.horizon_bucket(horizon),
+                spend: fl.spend.unwrap_or(f64::NAN),
+                values: fl.revenue.iter().map(|(_, v)| v).collect(),
+            };
+            let ranks = &self.source_ranks;
+            let (mut scorer, days) = (
+                Scorer { limits: &self.limits, as_of: self.as_of, sets: &self.level_sets, windows: &mut self.windows },
+                &mut self.days,
+            );
+            let data = days.entry(day).or_default();
+            let actual = line_actual(ranks, data, channel, campaign);
+            let cd = data.channels.entry(channel).or_default();
+            let old = match cd.lines.binary_search_by_key(&(campaign, plan), |l| (l.campaign, l.plan)) {
+                Ok(i) => {
+                    line.records += cd.lines[i].records;
+                    Some(std::mem::replace(&mut cd.lines[i], line.clone()))
+                }
+                Err(i) => {
+                    cd.lines.insert(i, line.clone());
+                    None
+                }
+            };
+            if let Some(a) = actual {
+                if let Some(old) = &old {
+                    scorer.pair(data, day, channel, old, a.revenue, -1.0, &mut dirty);
+                }
+                scorer.pair(data, day, channel, &line, a.revenue, 1.0, &mut dirty);
+            }
+        }
+        if !dirty.is_empty() {
+            super::rules::on_change(self, &dirty, shared, out);
+        }
+    }
+
+    pub fn apply_feature_importance(&mut self, fi: &FeatureImportance, shared: &Shared, out: &mut Vec<Alert>) {
+        self.counters.feature_importances += 1;
+        let figures = self.drift.observe(fi, &shared.drift);
+        super::rules::on_drift(self, fi, figures, out);
+    }
+
+    /// Drops every day before the retention cutoff, counting the records it held.
+    fn expire(&mut self, shared: &Shared) {
+        let Some(cutoff) = self.cutoff(shared) else { return };
+        while let Some(entry) = self.days.first_entry() {
+            if *entry.key() >= cutoff {
+                break;
+            }
+            let data = entry.remove();
+            let records: u64 = data.cells.values().flat_map(|c| &c.reports).map(|r| u64::from(r.records)).sum::<u64>()
+                + data.channels.values().flat_map(|cd| &cd.lines).map(|l| u64::from(l.records)).sum::<u64>();
+            self.counters.expired += records;
+        }
+    }
+
+    /// Rebuilds the rule windows from the stored pairs: on every as_of advance the windows move,
+    /// and rebuilding then also keeps the running sums from collecting rounding over time.
+    fn recompute_windows(&mut self) {
+        self.windows.clear();
+        let Some(as_of) = self.as_of else { return };
+        let p = &self.limits.performance;
+        let span = (p.window_days + p.baseline_days).max(self.limits.calibration.window_days) as Day;
+        for (&day, data) in self.days.range(as_of - span + 1..=as_of) {
+            let inw = InWindows::of(&self.limits, self.as_of, day);
+            inw.add(&mut self.windows.tenant, &data.tenant);
+            for (b, w) in data.horizons.iter().enumerate() {
+                inw.add(&mut self.windows.horizons[b], w);
+            }
+            for (&channel, cd) in &data.channels {
+                inw.add(&mut self.windows.channels[channel as usize], &cd.window);
+            }
+        }
+    }
+
+    /// The stored outcome records and forecast lines, for the counts of the storage document.
+    pub fn stored_records(&self) -> (u64, u64) {
+        let mut outcomes = 0;
+        let mut lines = 0;
+        for data in self.days.values() {
+            outcomes += data.cells.values().map(|c| c.reports.len() as u64).sum::<u64>();
+            lines += data.channels.values().map(|cd| cd.lines.len() as u64).sum::<u64>();
+        }
+        (outcomes, lines)
+    }
+}
