@@ -4,3 +4,4 @@
 //! `offline`, and the CLI in `main.rs`). See ARCHITECTURE.md for the map and its invariants.
 
 pub mod event;
+pub mod fold;
