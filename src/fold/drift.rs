@@ -1,0 +1,862 @@
+//! Feature drift (SPEC 4, "Drift"): how far a tenant's latest feature importances and feature
+//! samples have moved from a rolling baseline of its previous events.
+//!
+//! The figures are a pure function of the tenant's FeatureImportance events in log order, so a
+//! replay, or a restore of [`DriftState`] from the changelog, yields the same numbers. Every map
+//! is walked in feature-name order and every float sum in a fixed order for the same reason.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use serde::{Deserialize, Serialize};
+use statrs::distribution::{ChiSquared, ContinuousCDF};
+
+use crate::event::FeatureImportance;
+
+/// The chi-squared quantile of `psi_critical`.
+const PSI_CRITICAL_LEVEL: f64 = 0.999;
+
+/// Shares of total absolute importance: |v_f| / sum |v|, all 0 when the sum is 0.
+pub fn shares(importances: &BTreeMap<String, f64>) -> BTreeMap<String, f64> {
+    let sum: f64 = importances.values().map(|v| v.abs()).sum();
+    if sum.is_finite() {
+        return importances
+            .iter()
+            .map(|(f, v)| (f.clone(), if sum > 0.0 { v.abs() / sum } else { 0.0 }))
+            .collect();
+    }
+    // The sum overflowed: scale by the largest magnitude first.
+    let max = importances.values().fold(0.0_f64, |m, v| m.max(v.abs()));
+    let scaled: f64 = importances.values().map(|v| v.abs() / max).sum();
+    importances
+        .iter()
+        .map(|(f, v)| (f.clone(), v.abs() / max / scaled))
+        .collect()
+}
+
+/// Every feature of either map with its two values, absent = 0, in name order.
+fn union_pairs<'a>(
+    a: &'a BTreeMap<String, f64>,
+    b: &'a BTreeMap<String, f64>,
+) -> Vec<(&'a str, f64, f64)> {
+    let names: BTreeSet<&str> = a.keys().chain(b.keys()).map(String::as_str).collect();
+    names
+        .into_iter()
+        .map(|f| {
+            let x = a.get(f).copied().unwrap_or(0.0);
+            let y = b.get(f).copied().unwrap_or(0.0);
+            (f, x, y)
+        })
+        .collect()
+}
+
+/// Total variation between two share maps: 1/2 sum |s_f - b_f| over the union, absent = 0.
+pub fn importance_shift(current: &BTreeMap<String, f64>, baseline: &BTreeMap<String, f64>) -> f64 {
+    0.5 * union_pairs(current, baseline)
+        .iter()
+        .map(|&(_, s, b)| (s - b).abs())
+        .sum::<f64>()
+}
+
+/// Spearman rank correlation over the union of features (absent = 0, ties get average ranks).
+///
+/// None with fewer than two features or when either side's ranks are all equal.
+pub fn spearman(current: &BTreeMap<String, f64>, baseline: &BTreeMap<String, f64>) -> Option<f64> {
+    let pairs = union_pairs(current, baseline);
+    if pairs.len() < 2 {
+        return None;
+    }
+    let x: Vec<f64> = pairs.iter().map(|&(_, s, _)| s).collect();
+    let y: Vec<f64> = pairs.iter().map(|&(_, _, b)| b).collect();
+    pearson(&average_ranks(&x), &average_ranks(&y))
+}
+
+/// 1-based ranks, tied values sharing the mean of their positions.
+fn average_ranks(values: &[f64]) -> Vec<f64> {
+    let n = values.len();
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by(|&i, &j| values[i].total_cmp(&values[j]));
+    let mut ranks = vec![0.0; n];
+    let mut start = 0;
+    while start < n {
+        let mut end = start + 1;
+        while end < n && values[order[end]] == values[order[start]] {
+            end += 1;
+        }
+        // Positions start..end hold ranks start + 1 ..= end.
+        let rank = (start + 1 + end) as f64 / 2.0;
+        for &i in &order[start..end] {
+            ranks[i] = rank;
+        }
+        start = end;
+    }
+    ranks
+}
+
+fn pearson(x: &[f64], y: &[f64]) -> Option<f64> {
+    let n = x.len().min(y.len());
+    if n < 2 {
+        return None;
+    }
+    let mx = x.iter().take(n).sum::<f64>() / n as f64;
+    let my = y.iter().take(n).sum::<f64>() / n as f64;
+    let (mut sxy, mut sxx, mut syy) = (0.0, 0.0, 0.0);
+    for (a, b) in x.iter().zip(y) {
+        let (dx, dy) = (a - mx, b - my);
+        sxy += dx * dy;
+        sxx += dx * dx;
+        syy += dy * dy;
+    }
+    if sxx > 0.0 && syy > 0.0 {
+        Some((sxy / (sxx * syy).sqrt()).clamp(-1.0, 1.0))
+    } else {
+        None
+    }
+}
+
+/// The `k` features with the largest positive shares, largest first, ties by name.
+///
+/// A feature with share 0 is in no top k.
+pub fn top_k(shares: &BTreeMap<String, f64>, k: usize) -> Vec<String> {
+    let mut ranked: Vec<(&String, f64)> = shares
+        .iter()
+        .filter(|(_, &s)| s > 0.0)
+        .map(|(f, &s)| (f, s))
+        .collect();
+    let by_rank =
+        |a: &(&String, f64), b: &(&String, f64)| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(b.0));
+    if k == 0 {
+        return Vec::new();
+    }
+    if ranked.len() > k {
+        ranked.select_nth_unstable_by(k - 1, by_rank);
+        ranked.truncate(k);
+    }
+    ranked.sort_by(by_rank);
+    ranked.into_iter().map(|(f, _)| f.clone()).collect()
+}
+
+/// Features in the current top `k` that are not in the baseline top `k`, in current rank order.
+pub fn top_k_churn(
+    current: &BTreeMap<String, f64>,
+    baseline: &BTreeMap<String, f64>,
+    k: usize,
+) -> Vec<String> {
+    let before: BTreeSet<String> = top_k(baseline, k).into_iter().collect();
+    top_k(current, k)
+        .into_iter()
+        .filter(|f| !before.contains(f))
+        .collect()
+}
+
+/// Sorts `values` and keeps at most `max` order statistics: all of them when n <= max, else
+/// x[round(i (n - 1) / (max - 1))] for i = 0..max-1, rounding halves up. `max` is at least 2.
+pub fn thin_order_statistics(values: &[f64], max: usize) -> Vec<f64> {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let max = max.max(2);
+    let n = sorted.len();
+    if n <= max {
+        return sorted;
+    }
+    // Exact rational rounding: floor((2 i (n - 1) + (max - 1)) / (2 (max - 1))).
+    let (n1, m1) = ((n - 1) as u128, (max - 1) as u128);
+    (0..max as u128)
+        .filter_map(|i| {
+            let idx = (2 * i * n1 + m1) / (2 * m1);
+            sorted.get(idx as usize).copied()
+        })
+        .collect()
+}
+
+/// The R type-7 (numpy default) quantile of sorted values; None when empty or p is not in [0, 1].
+pub fn type7_quantile(sorted: &[f64], p: f64) -> Option<f64> {
+    if sorted.is_empty() || !(0.0..=1.0).contains(&p) {
+        return None;
+    }
+    let h = (sorted.len() - 1) as f64 * p;
+    let lo = h.floor();
+    type7_at(sorted, lo as usize, h - lo)
+}
+
+/// x[lo] + frac (x[lo + 1] - x[lo]), kept inside [x[lo], x[lo + 1]].
+fn type7_at(sorted: &[f64], lo: usize, frac: f64) -> Option<f64> {
+    let a = *sorted.get(lo)?;
+    match sorted.get(lo + 1) {
+        Some(&b) if frac > 0.0 => {
+            let d = b - a;
+            let v = if d.is_finite() {
+                a + frac * d
+            } else {
+                a * (1.0 - frac) + b * frac
+            };
+            Some(v.max(a).min(b))
+        }
+        _ => Some(a),
+    }
+}
+
+/// The inner PSI bin edges: type-7 deciles p = 0.1..0.9 of the sorted baseline, equal edges
+/// merged. The outer edges are -inf and +inf, so there are `len() + 1` bins.
+pub fn decile_edges(sorted_baseline: &[f64]) -> Vec<f64> {
+    let n1 = sorted_baseline.len().saturating_sub(1);
+    let mut edges: Vec<f64> = (1..10)
+        .filter_map(|tenths: usize| {
+            // h = (n - 1) * tenths / 10, split exactly into its integer and fractional parts.
+            let h10 = n1 * tenths;
+            type7_at(sorted_baseline, h10 / 10, (h10 % 10) as f64 / 10.0)
+        })
+        .collect();
+    edges.dedup();
+    edges
+}
+
+/// Share of `values` in each bin (-inf, e1], (e1, e2], ..., (ek, +inf); all 0 when empty.
+pub fn bin_shares(values: &[f64], inner_edges: &[f64]) -> Vec<f64> {
+    let mut counts = vec![0_usize; inner_edges.len() + 1];
+    for &v in values {
+        let bin = inner_edges.partition_point(|&e| e < v);
+        if let Some(c) = counts.get_mut(bin) {
+            *c += 1;
+        }
+    }
+    let n = values.len();
+    counts
+        .into_iter()
+        .map(|c| if n > 0 { c as f64 / n as f64 } else { 0.0 })
+        .collect()
+}
+
+/// Population stability index: sum (a_i - e_i) ln(a_i / e_i), each share floored at `floor`
+/// (no renormalisation); a missing bin counts as share 0.
+pub fn psi(actual_shares: &[f64], expected_shares: &[f64], floor: f64) -> f64 {
+    let bins = actual_shares.len().max(expected_shares.len());
+    (0..bins)
+        .map(|i| {
+            let a = actual_shares.get(i).copied().unwrap_or(0.0).max(floor);
+            let e = expected_shares.get(i).copied().unwrap_or(0.0).max(floor);
+            if a == e {
+                0.0
+            } else {
+                (a - e) * (a / e).ln()
+            }
+        })
+        .sum()
+}
+
+/// The chance level of PSI: chi2_{0.999, B-1} (1/N + 1/M) for B bins and sample sizes N and M.
+///
+/// 0 with fewer than two bins (PSI is then always 0); infinite when N or M is 0.
+pub fn psi_critical(bins: usize, n: usize, m: usize) -> f64 {
+    if bins < 2 {
+        return 0.0;
+    }
+    let scale = 1.0 / n as f64 + 1.0 / m as f64;
+    match ChiSquared::new((bins - 1) as f64) {
+        Ok(chi2) => chi2.inverse_cdf(PSI_CRITICAL_LEVEL) * scale,
+        Err(_) => f64::INFINITY,
+    }
+}
+
+/// Drift settings; `Default` gives SPEC 4's values.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DriftConfig {
+    /// K, the number of previous events in the baseline (at least 1 is used).
+    pub baseline_events: usize,
+    /// Key features on top of the baseline's top `key_top`.
+    pub key_features: Vec<String>,
+    pub key_top: usize,
+    pub churn_top: usize,
+    pub max_order_statistics: usize,
+    pub psi_floor: f64,
+}
+
+impl Default for DriftConfig {
+    fn default() -> Self {
+        DriftConfig {
+            baseline_events: 4,
+            key_features: Vec::new(),
+            key_top: 10,
+            churn_top: 5,
+            max_order_statistics: 1000,
+            psi_floor: 1e-4,
+        }
+    }
+}
+
+/// The drift figures of one FeatureImportance event against its baseline.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DriftFigures {
+    pub importance_shift: f64,
+    pub spearman: Option<f64>,
+    pub top_k_churn: Vec<String>,
+    /// The key features and the current top `key_top`, so the size stays bounded.
+    pub features: BTreeMap<String, FeatureDrift>,
+    /// How many previous events the baseline holds.
+    pub baseline_events: usize,
+}
+
+/// One feature's figures; the PSI fields are None where PSI was not computed.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FeatureDrift {
+    pub share: f64,
+    pub baseline_share: f64,
+    pub key: bool,
+    pub psi: Option<f64>,
+    pub psi_critical: Option<f64>,
+    pub bins: Option<usize>,
+}
+
+/// One tenant's drift baseline: the previous K events, oldest first.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct DriftState {
+    baseline: VecDeque<KeptEvent>,
+    seen: u64,
+}
+
+/// What the baseline keeps of an event: all its shares and its thinned samples.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+struct KeptEvent {
+    shares: BTreeMap<String, f64>,
+    order_statistics: BTreeMap<String, Vec<f64>>,
+}
+
+impl KeptEvent {
+    fn new(event: &FeatureImportance, max_order_statistics: usize) -> Self {
+        KeptEvent {
+            shares: shares(&event.importances),
+            order_statistics: event
+                .samples
+                .iter()
+                .filter(|(_, values)| !values.is_empty())
+                .map(|(f, values)| {
+                    (
+                        f.clone(),
+                        thin_order_statistics(values, max_order_statistics),
+                    )
+                })
+                .collect(),
+        }
+    }
+}
+
+impl DriftState {
+    /// Folds one event in log order: the figures against the previous (up to K) events, None
+    /// for the tenant's first event; then the event joins the baseline, evicting the oldest.
+    pub fn observe(
+        &mut self,
+        event: &FeatureImportance,
+        config: &DriftConfig,
+    ) -> Option<DriftFigures> {
+        let k = config.baseline_events.max(1);
+        let current = KeptEvent::new(event, config.max_order_statistics);
+        let skip = self.baseline.len().saturating_sub(k);
+        let previous: Vec<&KeptEvent> = self.baseline.iter().skip(skip).collect();
+        let figures = (!previous.is_empty()).then(|| figures(&current, &previous, config));
+        self.baseline.push_back(current);
+        while self.baseline.len() > k {
+            self.baseline.pop_front();
+        }
+        self.seen += 1;
+        figures
+    }
+
+    /// How many events this state has folded.
+    pub fn events_seen(&self) -> u64 {
+        self.seen
+    }
+}
+
+fn figures(current: &KeptEvent, previous: &[&KeptEvent], config: &DriftConfig) -> DriftFigures {
+    let mut baseline: BTreeMap<String, f64> = BTreeMap::new();
+    for event in previous {
+        for (f, s) in &event.shares {
+            *baseline.entry(f.clone()).or_insert(0.0) += s;
+        }
+    }
+    let count = previous.len() as f64;
+    for b in baseline.values_mut() {
+        *b /= count;
+    }
+
+    let mut key: BTreeSet<String> = top_k(&baseline, config.key_top).into_iter().collect();
+    key.extend(config.key_features.iter().cloned());
+    let mut shown = key.clone();
+    shown.extend(top_k(&current.shares, config.key_top));
+
+    let features = shown
+        .into_iter()
+        .map(|name| {
+            let is_key = key.contains(&name);
+            let psi = if is_key {
+                feature_psi(&name, current, previous, config.psi_floor)
+            } else {
+                None
+            };
+            let drift = FeatureDrift {
+                share: current.shares.get(&name).copied().unwrap_or(0.0),
+                baseline_share: baseline.get(&name).copied().unwrap_or(0.0),
+                key: is_key,
+                psi: psi.map(|p| p.psi),
+                psi_critical: psi.map(|p| p.critical),
+                bins: psi.map(|p| p.bins),
+            };
+            (name, drift)
+        })
+        .collect();
+
+    DriftFigures {
+        importance_shift: importance_shift(&current.shares, &baseline),
+        spearman: spearman(&current.shares, &baseline),
+        top_k_churn: top_k_churn(&current.shares, &baseline, config.churn_top),
+        features,
+        baseline_events: previous.len(),
+    }
+}
+
+#[derive(Clone, Copy)]
+struct FeaturePsi {
+    psi: f64,
+    critical: f64,
+    bins: usize,
+}
+
+/// PSI of the current event's kept samples of `name` against the pooled baseline samples, None
+/// when either side has none.
+fn feature_psi(
+    name: &str,
+    current: &KeptEvent,
+    previous: &[&KeptEvent],
+    floor: f64,
+) -> Option<FeaturePsi> {
+    let actual = current
+        .order_statistics
+        .get(name)
+        .filter(|v| !v.is_empty())?;
+    let mut pool: Vec<f64> = previous
+        .iter()
+        .filter_map(|e| e.order_statistics.get(name))
+        .flatten()
+        .copied()
+        .collect();
+    if pool.is_empty() {
+        return None;
+    }
+    pool.sort_by(f64::total_cmp);
+    let edges = decile_edges(&pool);
+    let bins = edges.len() + 1;
+    Some(FeaturePsi {
+        psi: psi(
+            &bin_shares(actual, &edges),
+            &bin_shares(&pool, &edges),
+            floor,
+        ),
+        critical: psi_critical(bins, actual.len(), pool.len()),
+        bins,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Expected numbers below were computed by hand or in Python (mpmath for chi-squared), not
+    // with this module.
+
+    fn map(pairs: &[(&str, f64)]) -> BTreeMap<String, f64> {
+        pairs.iter().map(|&(f, v)| (f.to_owned(), v)).collect()
+    }
+
+    fn close(actual: f64, expected: f64) {
+        assert!(
+            (actual - expected).abs() <= 1e-12,
+            "{actual} is not {expected}"
+        );
+    }
+
+    fn close_all(actual: &[f64], expected: &[f64]) {
+        assert_eq!(actual.len(), expected.len(), "{actual:?} vs {expected:?}");
+        for (a, e) in actual.iter().zip(expected) {
+            close(*a, *e);
+        }
+    }
+
+    fn event(importances: &[(&str, f64)], samples: &[(&str, Vec<f64>)]) -> FeatureImportance {
+        FeatureImportance {
+            tenant: "acme".to_owned(),
+            model_version: None,
+            computed_at: "2026-11-15T00:00:00Z".parse().unwrap(),
+            method: None,
+            importances: map(importances),
+            samples: samples
+                .iter()
+                .map(|(f, v)| ((*f).to_owned(), v.clone()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn shares_are_of_absolute_importance() {
+        let s = shares(&map(&[("a", 2.0), ("b", -1.0), ("c", 1.0)]));
+        assert_eq!(s, map(&[("a", 0.5), ("b", 0.25), ("c", 0.25)]));
+        let zero = shares(&map(&[("a", 0.0), ("b", -0.0)]));
+        assert_eq!(zero, map(&[("a", 0.0), ("b", 0.0)]));
+        let huge = shares(&map(&[("a", f64::MAX), ("b", f64::MAX)]));
+        assert_eq!(huge, map(&[("a", 0.5), ("b", 0.5)]));
+    }
+
+    #[test]
+    fn importance_shift_is_total_variation_over_the_union() {
+        let current = map(&[("a", 0.5), ("b", 0.25), ("c", 0.25)]);
+        let baseline = map(&[("a", 0.25), ("b", 0.25), ("d", 0.5)]);
+        // 1/2 (0.25 + 0 + 0.25 + 0.5)
+        close(importance_shift(&current, &baseline), 0.5);
+        close(importance_shift(&current, &current), 0.0);
+        close(
+            importance_shift(&map(&[("a", 1.0)]), &map(&[("b", 1.0)])),
+            1.0,
+        );
+    }
+
+    #[test]
+    fn spearman_uses_average_ranks_over_the_union() {
+        let reversed = spearman(
+            &map(&[("a", 0.5), ("b", 0.3), ("c", 0.2)]),
+            &map(&[("a", 0.2), ("b", 0.3), ("c", 0.5)]),
+        );
+        close(reversed.unwrap(), -1.0);
+        // Union a, b, c, d; ranks (4, 2.5, 2.5, 1) against (2.5, 2.5, 1, 4): r = -2.25 / 4.5.
+        let tied = spearman(
+            &map(&[("a", 0.5), ("b", 0.25), ("c", 0.25)]),
+            &map(&[("a", 0.25), ("b", 0.25), ("d", 0.5)]),
+        );
+        close(tied.unwrap(), -0.5);
+        let same = map(&[("a", 0.1), ("b", 0.2), ("c", 0.7)]);
+        close(spearman(&same, &same).unwrap(), 1.0);
+    }
+
+    #[test]
+    fn spearman_is_none_without_rank_variance_or_two_features() {
+        assert_eq!(spearman(&map(&[("a", 1.0)]), &map(&[("a", 1.0)])), None);
+        assert_eq!(
+            spearman(
+                &map(&[("a", 0.5), ("b", 0.5)]),
+                &map(&[("a", 0.9), ("b", 0.1)])
+            ),
+            None
+        );
+        assert_eq!(spearman(&BTreeMap::new(), &BTreeMap::new()), None);
+    }
+
+    #[test]
+    fn top_k_breaks_ties_by_name_and_skips_zero_shares() {
+        let s = map(&[("d", 0.2), ("c", 0.3), ("b", 0.3), ("a", 0.2), ("e", 0.0)]);
+        assert_eq!(top_k(&s, 3), vec!["b", "c", "a"]);
+        assert_eq!(top_k(&s, 10), vec!["b", "c", "a", "d"]);
+        assert!(top_k(&s, 0).is_empty());
+    }
+
+    #[test]
+    fn churn_lists_new_entrants_in_current_rank_order() {
+        let current = map(&[("a", 0.4), ("b", 0.3), ("c", 0.2), ("d", 0.1)]);
+        let baseline = map(&[("b", 0.5), ("e", 0.3), ("a", 0.2)]);
+        assert_eq!(top_k_churn(&current, &baseline, 2), vec!["a"]);
+        assert_eq!(top_k_churn(&current, &baseline, 5), vec!["c", "d"]);
+        assert!(top_k_churn(&baseline, &baseline, 5).is_empty());
+    }
+
+    #[test]
+    fn thinning_keeps_rounded_order_statistics() {
+        let small = [3.0, -1.0, 2.0];
+        assert_eq!(thin_order_statistics(&small, 1000), vec![-1.0, 2.0, 3.0]);
+
+        // 0..2000 in reverse: index round(i * 1999 / 999).
+        let values: Vec<f64> = (0..2000).rev().map(f64::from).collect();
+        let kept = thin_order_statistics(&values, 1000);
+        assert_eq!(kept.len(), 1000);
+        assert_eq!(&kept[..3], &[0.0, 2.0, 4.0]);
+        assert_eq!(kept[499], 998.0); // 998.4995 rounds down
+        assert_eq!(kept[500], 1001.0); // 1000.5005 rounds up
+        assert_eq!(kept[998], 1997.0);
+        assert_eq!(kept[999], 1999.0);
+
+        let big: Vec<f64> = (0..100_000).map(f64::from).collect();
+        let kept = thin_order_statistics(&big, 1000);
+        // 100.099, 200.198, 50049.55, 99898.90
+        assert_eq!(
+            (kept[1], kept[2], kept[500], kept[998]),
+            (100.0, 200.0, 50050.0, 99899.0)
+        );
+
+        // An exact half (i (n - 1) / (max - 1) = 3 / 2) rounds up.
+        assert_eq!(
+            thin_order_statistics(&[0.0, 1.0, 2.0, 3.0], 3),
+            vec![0.0, 2.0, 3.0]
+        );
+    }
+
+    #[test]
+    fn type7_interpolates_like_numpy() {
+        let x = [1.0, 2.0, 3.0, 4.0];
+        close(type7_quantile(&x, 0.5).unwrap(), 2.5);
+        close(type7_quantile(&x, 0.1).unwrap(), 1.3);
+        assert_eq!(type7_quantile(&x, 0.0), Some(1.0));
+        assert_eq!(type7_quantile(&x, 1.0), Some(4.0));
+        assert_eq!(type7_quantile(&[7.0], 0.3), Some(7.0));
+        assert_eq!(type7_quantile(&[], 0.5), None);
+        assert_eq!(type7_quantile(&x, 1.5), None);
+    }
+
+    #[test]
+    fn decile_edges_of_distinct_values() {
+        let x: Vec<f64> = (0..=10).map(f64::from).collect();
+        close_all(
+            &decile_edges(&x),
+            &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0],
+        );
+        assert!(decile_edges(&[]).is_empty());
+        assert_eq!(decile_edges(&[2.0, 2.0, 2.0]), vec![2.0]);
+    }
+
+    #[test]
+    fn a_value_on_an_edge_goes_to_the_lower_bin() {
+        let shares = bin_shares(&[1.0, 2.0, 2.5, 3.0], &[1.0, 2.0]);
+        assert_eq!(shares, vec![0.25, 0.25, 0.5]);
+        assert_eq!(bin_shares(&[], &[1.0]), vec![0.0, 0.0]);
+    }
+
+    #[test]
+    fn psi_with_tied_baseline_merged_edges_and_an_empty_bin() {
+        // n = 10, h = 9p: deciles 0, 0, 0, 0, 0, 0.4, 1.3, 2.2, 3.1; five zeros merge into one.
+        let baseline = [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 2.0, 3.0, 4.0];
+        let edges = decile_edges(&baseline);
+        close_all(&edges, &[0.0, 0.4, 1.3, 2.2, 3.1]);
+        let expected = bin_shares(&baseline, &edges);
+        close_all(&expected, &[0.6, 0.0, 0.1, 0.1, 0.1, 0.1]);
+        // 0.4 and 1.3 sit exactly on edges and go to the lower bin.
+        let actual = bin_shares(&[1.3, 0.0, 0.2, 0.4, 5.0, 0.0], &edges);
+        close_all(
+            &actual,
+            &[1.0 / 3.0, 1.0 / 3.0, 1.0 / 6.0, 0.0, 0.0, 1.0 / 6.0],
+        );
+        close(psi(&actual, &expected, 1e-4), 4.308120886844355);
+    }
+
+    #[test]
+    fn psi_floors_empty_bins() {
+        // (0.5 - 0.25) ln 2 + (1e-4 - 0.25) ln(1e-4 / 0.25)
+        close(
+            psi(&[0.5, 0.5, 0.0], &[0.5, 0.25, 0.25], 1e-4),
+            2.1285158932529735,
+        );
+        close(psi(&[1.0, 0.0], &[1.0, 0.0], 1e-4), 0.0);
+        close(psi(&[0.5, 0.5], &[0.5, 0.5], 0.0), 0.0);
+    }
+
+    #[test]
+    fn psi_critical_is_the_chi2_quantile_times_the_sample_terms() {
+        let chi2 = |b| psi_critical(b, 1, 1) / 2.0;
+        assert!(
+            (chi2(10) - 27.877_164_871_256_57).abs() < 1e-6,
+            "{}",
+            chi2(10)
+        );
+        assert!(
+            (chi2(2) - 10.827_566_170_662_732).abs() < 1e-6,
+            "{}",
+            chi2(2)
+        );
+        assert!(
+            (chi2(6) - 20.515_005_652_432_88).abs() < 1e-6,
+            "{}",
+            chi2(6)
+        );
+        assert!((psi_critical(6, 6, 10) - 5.470_668_173_982_101).abs() < 1e-6);
+        assert_eq!(psi_critical(1, 10, 10), 0.0);
+        assert_eq!(psi_critical(3, 0, 10), f64::INFINITY);
+    }
+
+    fn k2() -> DriftConfig {
+        DriftConfig {
+            baseline_events: 2,
+            ..DriftConfig::default()
+        }
+    }
+
+    fn tied_baseline() -> Vec<f64> {
+        vec![0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 2.0, 3.0, 4.0]
+    }
+
+    #[test]
+    fn observe_compares_with_the_previous_k_events_and_evicts() {
+        let config = k2();
+        let mut state = DriftState::default();
+
+        let e1 = event(&[("a", 3.0), ("b", 1.0)], &[("a", tied_baseline())]);
+        assert_eq!(state.observe(&e1, &config), None);
+
+        // Against e1 alone: a 0.75, b 0.25.
+        let e2 = event(
+            &[("a", 1.0), ("b", 1.0)],
+            &[("a", vec![0.0, 0.0, 0.2, 0.4, 1.3, 5.0])],
+        );
+        let f2 = state.observe(&e2, &config).unwrap();
+        close(f2.importance_shift, 0.25);
+        assert_eq!(f2.spearman, None);
+        assert!(f2.top_k_churn.is_empty());
+        assert_eq!(f2.baseline_events, 1);
+        assert_eq!(f2.features.keys().collect::<Vec<_>>(), ["a", "b"]);
+        let a = &f2.features["a"];
+        assert!(a.key);
+        close(a.share, 0.5);
+        close(a.baseline_share, 0.75);
+        assert_eq!(a.bins, Some(6));
+        close(a.psi.unwrap(), 4.308120886844355);
+        // chi2_{0.999, 5} (1/6 + 1/10)
+        assert!((a.psi_critical.unwrap() - 5.470668173982101).abs() < 1e-6);
+        assert_eq!(f2.features["b"].psi, None);
+
+        // Against mean(e1, e2): a 0.625, b 0.375.
+        let e3 = event(&[("a", 1.0), ("c", 3.0)], &[]);
+        let f3 = state.observe(&e3, &config).unwrap();
+        close(f3.importance_shift, 0.75);
+        close(f3.spearman.unwrap(), -0.5);
+        assert_eq!(f3.top_k_churn, vec!["c"]);
+        assert_eq!(f3.baseline_events, 2);
+        assert_eq!(f3.features["a"].psi, None);
+        assert!(!f3.features["c"].key);
+
+        // K = 2: e1 is gone, the baseline is mean(e2, e3) = a 0.375, b 0.25, c 0.375 and the
+        // sample pool is e2's six values alone.
+        let e4 = event(&[("b", 1.0)], &[("a", vec![10.0, 2.0, 0.25, -1.0])]);
+        let f4 = state.observe(&e4, &config).unwrap();
+        close(f4.importance_shift, 0.75);
+        close(f4.spearman.unwrap(), -1.0);
+        assert!(f4.top_k_churn.is_empty());
+        assert_eq!(f4.baseline_events, 2);
+        let baseline_shares: Vec<f64> = f4.features.values().map(|f| f.baseline_share).collect();
+        close_all(&baseline_shares, &[0.375, 0.25, 0.375]);
+        // Edges of e2's samples: 0, 0.1, 0.2, 0.3, 0.4, 0.85, 1.3, 3.15 (nine bins).
+        let a = &f4.features["a"];
+        assert_eq!(a.bins, Some(9));
+        close(a.psi.unwrap(), 7.6752853383758755);
+        // chi2_{0.999, 8} (1/4 + 1/6)
+        assert!((a.psi_critical.unwrap() - 10.885200649323393).abs() < 1e-6);
+        assert_eq!(state.events_seen(), 4);
+    }
+
+    #[test]
+    fn key_features_are_the_baseline_top_plus_configured_ones() {
+        let config = DriftConfig {
+            key_top: 1,
+            key_features: vec!["c".to_owned(), "z".to_owned()],
+            ..DriftConfig::default()
+        };
+        let values: Vec<f64> = (0..20).map(f64::from).collect();
+        let samples = [
+            ("a", values.clone()),
+            ("b", values.clone()),
+            ("c", values.clone()),
+        ];
+        let mut state = DriftState::default();
+        let e1 = event(&[("a", 3.0), ("b", 2.0), ("c", 1.0)], &samples);
+        assert_eq!(state.observe(&e1, &config), None);
+        let shifted: Vec<f64> = values.iter().map(|v| v + 5.0).collect();
+        let e2 = event(
+            &[("a", 1.0), ("b", 1.0), ("c", 1.0), ("d", 5.0)],
+            &[("a", shifted), ("b", values.clone()), ("c", values)],
+        );
+        let f = state.observe(&e2, &config).unwrap();
+        // a: baseline top 1; c, z: configured; d: current top 1; b: none of these.
+        assert_eq!(f.features.keys().collect::<Vec<_>>(), ["a", "c", "d", "z"]);
+        assert!(f.features["a"].psi.unwrap() > 0.0);
+        assert_eq!(f.features["c"].psi, Some(0.0));
+        assert!(f.features["c"].key);
+        let d = &f.features["d"];
+        assert!(!d.key);
+        assert_eq!((d.psi, d.psi_critical, d.bins), (None, None, None));
+        let z = &f.features["z"];
+        assert!(z.key);
+        assert_eq!((z.share, z.baseline_share, z.psi), (0.0, 0.0, None));
+    }
+
+    /// The same events built in other orders: importances inserted backwards, samples shuffled,
+    /// and one event decoded from JSON with its keys out of order.
+    #[test]
+    fn figures_do_not_depend_on_key_or_sample_order() {
+        let names = ["f3", "f1", "f4", "f0", "f2"];
+        let values: Vec<f64> = (0..2500).map(|i| f64::from(i) * 0.37).collect();
+        let shuffled: Vec<f64> = (0..2500).map(|i| values[(i * 7919) % 2500]).collect();
+        let build = |forward: bool, step: usize| {
+            let mut importances = BTreeMap::new();
+            let mut samples = BTreeMap::new();
+            let order: Vec<usize> = if forward {
+                (0..names.len()).collect()
+            } else {
+                (0..names.len()).rev().collect()
+            };
+            for i in order {
+                let w = ((i + step) % names.len()) as f64 + 0.5;
+                importances.insert(names[i].to_owned(), w);
+                let base = if forward { &values } else { &shuffled };
+                samples.insert(
+                    names[i].to_owned(),
+                    base.iter().map(|v| v + step as f64).collect(),
+                );
+            }
+            FeatureImportance {
+                importances,
+                samples,
+                ..event(&[], &[])
+            }
+        };
+        let json = r#"{"tenant": "acme", "computed_at": "2026-11-15T00:00:00Z",
+            "importances": {"b": 1.0, "a": 2.0, "c": 0.5}}"#;
+        let json_reordered = r#"{"importances": {"c": 0.5, "a": 2.0, "b": 1.0},
+            "computed_at": "2026-11-15T00:00:00Z", "tenant": "acme"}"#;
+        let run = |forward: bool, json: &str| {
+            let config = DriftConfig::default();
+            let mut state = DriftState::default();
+            let mut out: Vec<Option<DriftFigures>> = (0..6)
+                .map(|step| state.observe(&build(forward, step), &config))
+                .collect();
+            let decoded: FeatureImportance = serde_json::from_str(json).unwrap();
+            out.push(state.observe(&decoded, &config));
+            out
+        };
+        let forward = run(true, json);
+        assert!(forward[1..].iter().all(Option::is_some));
+        assert!(forward[1].as_ref().unwrap().features["f0"].psi.is_some());
+        assert_eq!(forward, run(false, json_reordered));
+    }
+
+    #[test]
+    fn state_survives_a_json_round_trip() {
+        let config = k2();
+        let events: Vec<FeatureImportance> = (0..5)
+            .map(|i| {
+                let w = f64::from(i);
+                event(
+                    &[("a", 1.0 + w), ("b", 2.0 / (1.0 + w)), ("c", 4.0 / 3.0)],
+                    &[(
+                        "a",
+                        (0..1500).map(|j| f64::from(j).sqrt() / (3.0 + w)).collect(),
+                    )],
+                )
+            })
+            .collect();
+        let mut straight = DriftState::default();
+        let mut restored = DriftState::default();
+        for (i, e) in events.iter().enumerate() {
+            let expected = straight.observe(e, &config);
+            let got = restored.observe(e, &config);
+            assert_eq!(got, expected, "event {i}");
+            let json = serde_json::to_string(&restored).unwrap();
+            restored = serde_json::from_str(&json).unwrap();
+            // serde_json needs its `float_roundtrip` feature for this to hold.
+            assert!(
+                restored == straight,
+                "event {i}: the state changed in a JSON round trip"
+            );
+        }
+    }
+}
