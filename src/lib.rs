@@ -6,3 +6,7 @@
 pub mod alert;
 pub mod event;
 pub mod fold;
+pub mod config;
+pub mod offline;
+pub mod storage;
+pub mod simulate;

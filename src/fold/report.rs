@@ -13,7 +13,7 @@ use super::stats::{ratio, CoverageCounts, Pair, Stats, WindowDoc};
 use super::tenant::{date_of, line_actual, Day, Shared, TenantState};
 
 /// The three documents of a tenant.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct TenantDocuments {
     pub performance: PerformanceDoc,
     pub calibration: CalibrationDoc,
@@ -114,7 +114,7 @@ pub struct CalibrationScope {
     pub status: String,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct DriftDoc {
     pub tenant: String,
     pub history: Vec<DriftEntry>,

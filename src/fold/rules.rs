@@ -111,7 +111,7 @@ impl RuleState {
 }
 
 /// One entry of the drift history (SPEC 6, `_drift.json`).
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
 pub struct DriftEntry {
     pub computed_at: String,
     pub model_version: Option<String>,
@@ -124,7 +124,7 @@ pub struct DriftEntry {
     pub baseline_events: usize,
     pub features: BTreeMap<String, FeatureDrift>,
     /// `firing` or `ok`; `insufficient_data` for a tenant's first event, which has no baseline.
-    pub status: &'static str,
+    pub status: String,
 }
 
 /// Whether the performance rule holds, given whether it held before (hysteresis).
@@ -296,7 +296,7 @@ pub fn on_drift(state: &mut TenantState, fi: &FeatureImportance, figures: Option
             top_k_entered: Vec::new(),
             baseline_events: 0,
             features: BTreeMap::new(),
-            status: "insufficient_data",
+            status: "insufficient_data".to_owned(),
         });
         return;
     };
@@ -316,7 +316,7 @@ pub fn on_drift(state: &mut TenantState, fi: &FeatureImportance, figures: Option
         top_k_entered: fig.top_k_churn.clone(),
         baseline_events: fig.baseline_events,
         features: fig.features.clone(),
-        status: if firing { "firing" } else { "ok" },
+        status: if firing { "firing" } else { "ok" }.to_owned(),
     };
     if firing != state.rules.drift {
         state.rules.drift = firing;

@@ -1,0 +1,289 @@
+//! The offline runner behind `feedback fold`: the same fold as the processor, over JSONL files of
+//! `{"topic", "payload"}` records (the shape `kcat -J` prints), writing the storage documents,
+//! the alerts and the refused records.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::alert::Alert;
+use crate::codec::{decode, AvroSchemas};
+use crate::config::TopicNames;
+use crate::event::{RejectKind, Rejection};
+use crate::fold::{Engine, FoldConfig};
+use crate::storage::{Storage, StorageError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum OfflineError {
+    #[error("cannot open input {path}: {source}")]
+    OpenInput { path: PathBuf, source: std::io::Error },
+    #[error("cannot read input {path}: {source}")]
+    ReadInput { path: PathBuf, source: std::io::Error },
+    #[error("cannot write {path}: {source}")]
+    WriteOutput { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+/// What `feedback fold` was asked to do.
+#[derive(Debug, Clone)]
+pub struct FoldJob {
+    pub inputs: Vec<PathBuf>,
+    pub storage_dir: PathBuf,
+    pub alerts_out: Option<PathBuf>,
+    pub dlq_out: Option<PathBuf>,
+    pub topics: TopicNames,
+    pub config: FoldConfig,
+    pub progress: bool,
+}
+
+/// What it did.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct FoldSummary {
+    pub records: u64,
+    pub accepted: u64,
+    pub rejected: u64,
+    pub rejected_by_kind: BTreeMap<String, u64>,
+    pub tenants: u64,
+    pub alerts: u64,
+    pub alerts_by_type: BTreeMap<String, u64>,
+    #[serde(skip)]
+    pub elapsed: Duration,
+}
+
+impl std::fmt::Display for FoldSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let secs = self.elapsed.as_secs_f64();
+        let rate = if secs > 0.0 { self.records as f64 / secs } else { 0.0 };
+        writeln!(f, "records   {} read, {} accepted, {} rejected ({:.1}s, {:.0} records/s)", self.records, self.accepted, self.rejected, secs, rate)?;
+        for (kind, n) in &self.rejected_by_kind {
+            writeln!(f, "          {n} {kind}")?;
+        }
+        writeln!(f, "tenants   {}", self.tenants)?;
+        write!(f, "alerts    {}", self.alerts)?;
+        for (kind, n) in &self.alerts_by_type {
+            write!(f, "\n          {n} {kind}")?;
+        }
+        Ok(())
+    }
+}
+
+/// One input line as `kcat -J` prints it; fields other than these are ignored.
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(borrow)]
+    topic: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    payload: Option<&'a RawValue>,
+    partition: Option<i64>,
+    offset: Option<i64>,
+}
+
+/// A refused record as written to `--dlq-out`: the DLQ headers of SPEC 3 and the original payload.
+#[derive(Serialize)]
+struct DlqRecord<'a> {
+    #[serde(rename = "error.kind")]
+    kind: RejectKind,
+    #[serde(rename = "error.message")]
+    message: &'a str,
+    #[serde(rename = "source.topic")]
+    topic: Option<&'a str>,
+    #[serde(rename = "source.partition")]
+    partition: Option<i64>,
+    #[serde(rename = "source.offset")]
+    offset: Option<i64>,
+    #[serde(rename = "source.file")]
+    file: &'a Path,
+    #[serde(rename = "source.line")]
+    line: u64,
+    payload: &'a str,
+}
+
+struct Outputs {
+    alerts: Option<(PathBuf, BufWriter<File>)>,
+    dlq: Option<(PathBuf, BufWriter<File>)>,
+}
+
+fn create(path: &Option<PathBuf>) -> Result<Option<(PathBuf, BufWriter<File>)>, OfflineError> {
+    let Some(path) = path else { return Ok(None) };
+    let file = File::create(path).map_err(|source| OfflineError::WriteOutput { path: path.clone(), source })?;
+    Ok(Some((path.clone(), BufWriter::with_capacity(1 << 16, file))))
+}
+
+fn write_line<T: Serialize>(out: &mut Option<(PathBuf, BufWriter<File>)>, value: &T) -> Result<(), OfflineError> {
+    let Some((path, w)) = out else { return Ok(()) };
+    let err = |source| OfflineError::WriteOutput { path: path.clone(), source };
+    serde_json::to_writer(&mut *w, value).map_err(|e| err(e.into()))?;
+    w.write_all(b"\n").map_err(err)
+}
+
+/// Runs the fold over the input files, in the order given, and writes every output.
+pub fn fold_files(job: &FoldJob) -> Result<FoldSummary, OfflineError> {
+    let started = Instant::now();
+    // Open everything first: a missing input fails before any output is touched.
+    let mut readers = Vec::new();
+    let mut total_bytes = 0;
+    for path in &job.inputs {
+        let file = File::open(path).map_err(|source| OfflineError::OpenInput { path: path.clone(), source })?;
+        total_bytes += file.metadata().map(|m| m.len()).unwrap_or(0);
+        readers.push((path.clone(), BufReader::with_capacity(1 << 20, file)));
+    }
+    let mut outputs = Outputs { alerts: create(&job.alerts_out)?, dlq: create(&job.dlq_out)? };
+    let progress = if job.progress { progress_bar(total_bytes) } else { indicatif::ProgressBar::hidden() };
+
+    let schemas = AvroSchemas::builtin();
+    let mut engine = Engine::new(job.config.clone());
+    let mut summary = FoldSummary::default();
+    let mut alerts: Vec<Alert> = Vec::new();
+    let mut buf = Vec::with_capacity(1 << 12);
+    for (path, mut reader) in readers {
+        let mut line_no = 0u64;
+        loop {
+            buf.clear();
+            let n = reader
+                .read_until(b'\n', &mut buf)
+                .map_err(|source| OfflineError::ReadInput { path: path.clone(), source })?;
+            if n == 0 {
+                break;
+            }
+            progress.inc(n as u64);
+            line_no += 1;
+            let line = trim(&buf);
+            if line.is_empty() {
+                continue;
+            }
+            summary.records += 1;
+            match fold_line(line, &job.topics, &schemas, &mut engine, &mut alerts) {
+                Ok(()) => summary.accepted += 1,
+                Err(refused) => {
+                    summary.rejected += 1;
+                    *summary.rejected_by_kind.entry(refused.rejection.kind.to_string()).or_default() += 1;
+                    engine.record_rejection(&refused.rejection);
+                    let payload = String::from_utf8_lossy(refused.payload.unwrap_or(line));
+                    write_line(
+                        &mut outputs.dlq,
+                        &DlqRecord {
+                            kind: refused.rejection.kind,
+                            message: &refused.rejection.message,
+                            topic: refused.topic.as_deref(),
+                            partition: refused.partition,
+                            offset: refused.offset,
+                            file: &path,
+                            line: line_no,
+                            payload: &payload,
+                        },
+                    )?;
+                }
+            }
+            for alert in alerts.drain(..) {
+                summary.alerts += 1;
+                *summary.alerts_by_type.entry(alert.kind.to_string()).or_default() += 1;
+                write_line(&mut outputs.alerts, &alert)?;
+            }
+        }
+    }
+    progress.finish_and_clear();
+
+    let storage = Storage::new(&job.storage_dir);
+    let names: Vec<String> = engine.tenants().map(str::to_owned).collect();
+    for name in &names {
+        if let Some(docs) = engine.documents(name) {
+            storage.write_tenant(&docs)?;
+        }
+    }
+    for out in [&mut outputs.alerts, &mut outputs.dlq].into_iter().flatten() {
+        let (path, w) = out;
+        w.flush().map_err(|source| OfflineError::WriteOutput { path: path.clone(), source })?;
+    }
+    summary.tenants = names.len() as u64;
+    summary.elapsed = started.elapsed();
+    Ok(summary)
+}
+
+fn progress_bar(total: u64) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(total);
+    let style = indicatif::ProgressStyle::with_template(
+        "{spinner} folding [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+    );
+    if let Ok(style) = style {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar
+}
+
+fn trim(line: &[u8]) -> &[u8] {
+    let end = line.iter().rposition(|b| !b.is_ascii_whitespace()).map_or(0, |i| i + 1);
+    let start = line[..end].iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(end);
+    &line[start..end]
+}
+
+struct Refused<'a> {
+    rejection: Rejection,
+    topic: Option<String>,
+    partition: Option<i64>,
+    offset: Option<i64>,
+    payload: Option<&'a [u8]>,
+}
+
+fn fold_line<'a>(
+    line: &'a [u8],
+    topics: &TopicNames,
+    schemas: &AvroSchemas,
+    engine: &mut Engine,
+    alerts: &mut Vec<Alert>,
+) -> Result<(), Refused<'a>> {
+    let refuse = |kind, message: String| Refused {
+        rejection: Rejection::new(kind, message),
+        topic: None,
+        partition: None,
+        offset: None,
+        payload: None,
+    };
+    let envelope: Envelope = serde_json::from_slice(line).map_err(|e| {
+        refuse(RejectKind::Malformed, format!("line is not a JSON object with topic and payload: {e}"))
+    })?;
+    let topic_name = envelope.topic.as_deref().unwrap_or_default();
+    let with_source = |mut r: Refused<'a>, payload: Option<&'a [u8]>| {
+        r.topic = envelope.topic.as_deref().map(str::to_owned);
+        r.partition = envelope.partition;
+        r.offset = envelope.offset;
+        r.payload = payload;
+        r
+    };
+    let Some(raw) = envelope.payload else {
+        return Err(with_source(refuse(RejectKind::Malformed, "record has no payload".into()), None));
+    };
+    let raw_bytes = raw.get().as_bytes();
+    let Some(topic) = topics.input(topic_name) else {
+        let message = format!("topic {topic_name:?} is not one of the input topics");
+        return Err(with_source(refuse(RejectKind::UnknownTopic, message), Some(raw_bytes)));
+    };
+    // A payload given as a string (as kcat -J prints it) is the record's bytes; an object is the record.
+    let unescaped: String;
+    let bytes = if raw_bytes.first() == Some(&b'"') {
+        unescaped = serde_json::from_str(raw.get()).map_err(|e| {
+            with_source(refuse(RejectKind::Malformed, format!("payload string: {e}")), Some(raw_bytes))
+        })?;
+        unescaped.as_bytes()
+    } else if raw_bytes == b"null" {
+        return Err(with_source(refuse(RejectKind::Malformed, "payload is null".into()), None));
+    } else {
+        raw_bytes
+    };
+    match decode(topic, bytes, schemas) {
+        Ok(event) => {
+            engine.apply(&event, alerts);
+            Ok(())
+        }
+        Err(rejection) => {
+            let mut r = with_source(refuse(rejection.kind, String::new()), Some(raw_bytes));
+            r.rejection = rejection;
+            Err(r)
+        }
+    }
+}

@@ -1,0 +1,130 @@
+//! The storage directory of SPEC 6: tenant documents written atomically (temporary file, fsync,
+//! rename), so a reader never sees half a document and a crash never leaves one.
+
+use std::fs::{self, File};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::event::validate::valid_tenant;
+use crate::fold::TenantDocuments;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("cannot create directory {path}: {source}")]
+    CreateDir { path: PathBuf, source: std::io::Error },
+    #[error("cannot write {path}: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
+    #[error("cannot encode {path}: {source}")]
+    Encode { path: PathBuf, source: serde_json::Error },
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path} is not a valid document: {source}")]
+    Decode { path: PathBuf, source: serde_json::Error },
+    #[error("invalid tenant name {0:?}")]
+    InvalidTenant(String),
+}
+
+/// The storage directory (default `./storage`).
+#[derive(Debug, Clone)]
+pub struct Storage {
+    root: PathBuf,
+}
+
+/// Which of a tenant's documents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Document {
+    Performance,
+    Calibration,
+    Drift,
+}
+
+impl Storage {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Storage { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn performance_dir(&self) -> PathBuf {
+        self.root.join("metadata").join("performance")
+    }
+
+    /// The path of one document. Tenant names are checked first: they become file names.
+    pub fn path(&self, tenant: &str, doc: Document) -> Result<PathBuf, StorageError> {
+        if !valid_tenant(tenant) {
+            return Err(StorageError::InvalidTenant(tenant.to_owned()));
+        }
+        let name = match doc {
+            Document::Performance => format!("{tenant}.json"),
+            Document::Calibration => format!("{tenant}_calibration.json"),
+            Document::Drift => format!("{tenant}_drift.json"),
+        };
+        Ok(self.performance_dir().join(name))
+    }
+
+    /// Writes the three documents of a tenant.
+    pub fn write_tenant(&self, docs: &TenantDocuments) -> Result<(), StorageError> {
+        let tenant = &docs.performance.tenant;
+        let dir = self.performance_dir();
+        fs::create_dir_all(&dir).map_err(|source| StorageError::CreateDir { path: dir.clone(), source })?;
+        write_atomic(&self.path(tenant, Document::Performance)?, &docs.performance)?;
+        write_atomic(&self.path(tenant, Document::Calibration)?, &docs.calibration)?;
+        write_atomic(&self.path(tenant, Document::Drift)?, &docs.drift)?;
+        Ok(())
+    }
+
+    /// Reads one document as JSON.
+    pub fn read<T: serde::de::DeserializeOwned>(&self, tenant: &str, doc: Document) -> Result<T, StorageError> {
+        let path = self.path(tenant, doc)?;
+        let bytes = fs::read(&path).map_err(|source| StorageError::Read { path: path.clone(), source })?;
+        serde_json::from_slice(&bytes).map_err(|source| StorageError::Decode { path, source })
+    }
+}
+
+/// Temporary file in the same directory, fsync, rename over the target, fsync the directory.
+pub fn write_atomic<T: Serialize>(path: &Path, value: &T) -> Result<(), StorageError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let write_err = |source| StorageError::Write { path: path.to_owned(), source };
+    let tmp = tempfile::NamedTempFile::new_in(dir).map_err(write_err)?;
+    {
+        let mut w = BufWriter::new(tmp.as_file());
+        serde_json::to_writer_pretty(&mut w, value)
+            .map_err(|source| StorageError::Encode { path: path.to_owned(), source })?;
+        w.write_all(b"\n").map_err(write_err)?;
+        w.flush().map_err(write_err)?;
+    }
+    tmp.as_file().sync_all().map_err(write_err)?;
+    tmp.persist(path).map_err(|e| write_err(e.error))?;
+    if let Ok(d) = File::open(dir) {
+        // Makes the rename itself durable; not every platform can fsync a directory.
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_tenant_names_that_are_not_file_safe() {
+        let s = Storage::new("/tmp/x");
+        assert!(matches!(s.path("../etc", Document::Performance), Err(StorageError::InvalidTenant(_))));
+        assert!(s.path("acme", Document::Drift).unwrap().ends_with("metadata/performance/acme_drift.json"));
+    }
+
+    #[test]
+    fn atomic_write_replaces_whole_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.json");
+        write_atomic(&path, &serde_json::json!({"a": 1})).unwrap();
+        write_atomic(&path, &serde_json::json!({"a": 2})).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+        assert_eq!(v["a"], 2);
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1, "no temporary file left behind");
+    }
+}
