@@ -246,7 +246,10 @@ mod tests {
     #[test]
     fn quantiles_deserialize_sorted_and_detect_crossings() {
         let q: Quantiles = serde_json::from_str(r#"{"p90": 5, "p10": 7, "p50": 6}"#).unwrap();
-        assert_eq!(q.iter().map(|(l, _)| l).collect::<Vec<_>>(), vec![10, 50, 90]);
+        assert_eq!(
+            q.iter().map(|(l, _)| l).collect::<Vec<_>>(),
+            vec![10, 50, 90]
+        );
         assert!(q.crosses());
         assert!(serde_json::from_str::<Quantiles>(r#"{"mean": 1}"#).is_err());
         assert!(serde_json::from_str::<Quantiles>(r#"{"p10": 1, "p10": 2}"#).is_err());
