@@ -3,4 +3,5 @@
 //! The crate is a pure core (`event`, `fold`) with I/O edges around it (`codec`, `storage`,
 //! `offline`, and the CLI in `main.rs`). See ARCHITECTURE.md for the map and its invariants.
 
+pub mod codec;
 pub mod event;
