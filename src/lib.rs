@@ -4,9 +4,10 @@
 //! `storage`, `offline`, and the CLI in `main.rs`). See ARCHITECTURE.md for the map and its invariants.
 
 pub mod alert;
+pub mod codec;
+pub mod config;
 pub mod event;
 pub mod fold;
-pub mod config;
 pub mod offline;
-pub mod storage;
 pub mod simulate;
+pub mod storage;

@@ -68,6 +68,7 @@ pub struct Forecast {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model_version: Option<String>,
     pub issued_at: DateTime<Utc>,
+    #[serde(deserialize_with = "objects")]
     pub lines: Vec<ForecastLine>,
 }
 
@@ -123,6 +124,39 @@ impl Event {
             Event::FeatureImportance(_) => Topic::FeatureImportances,
         }
     }
+}
+
+/// A payload read from a map only (a JSON object).
+///
+/// Derived `Deserialize` impls also accept a struct as a sequence of its fields in order, so
+/// `["acme", "2026-11-20", ...]` would read as an Outcome; the wire shape of SPEC 3 is an
+/// object, and anything else is a schema mismatch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ObjectOnly<T>(pub T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for ObjectOnly<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ObjectVisitor<T>(std::marker::PhantomData<T>);
+
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for ObjectVisitor<T> {
+            type Value = ObjectOnly<T>;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<ObjectOnly<T>, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(ObjectOnly)
+            }
+        }
+
+        deserializer.deserialize_map(ObjectVisitor(std::marker::PhantomData))
+    }
+}
+
+fn objects<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Vec<T>, D::Error> {
+    let items = Vec::<ObjectOnly<T>>::deserialize(d)?;
+    Ok(items.into_iter().map(|ObjectOnly(item)| item).collect())
 }
 
 /// Forecast quantiles keyed by level in percent (`p10` is level 10), sorted by level.
@@ -204,16 +238,12 @@ impl<'de> Deserialize<'de> for Quantiles {
 
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Quantiles, A::Error> {
                 let mut pairs: SmallVec<[(u8, f64); 3]> = SmallVec::new();
-                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-                    let level = parse_quantile_key(&key).ok_or_else(|| {
-                        serde::de::Error::custom(format_args!(
-                            "quantile key `{key}` is not pNN with NN in 01..99"
-                        ))
-                    })?;
+                while let Some(QuantileLevel(level)) = map.next_key()? {
                     let value: f64 = map.next_value()?;
                     if pairs.iter().any(|&(l, _)| l == level) {
                         return Err(serde::de::Error::custom(format_args!(
-                            "quantile `{key}` given twice"
+                            "quantile `{}` given twice",
+                            quantile_key(level)
                         )));
                     }
                     pairs.push((level, value));
@@ -224,6 +254,33 @@ impl<'de> Deserialize<'de> for Quantiles {
         }
 
         deserializer.deserialize_map(QuantilesVisitor)
+    }
+}
+
+/// A `pNN` map key read as its level, without allocating the key (it is on the hot path).
+struct QuantileLevel(u8);
+
+impl<'de> Deserialize<'de> for QuantileLevel {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+
+        impl Visitor<'_> for KeyVisitor {
+            type Value = QuantileLevel;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a quantile key pNN")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, key: &str) -> Result<QuantileLevel, E> {
+                parse_quantile_key(key).map(QuantileLevel).ok_or_else(|| {
+                    E::custom(format_args!(
+                        "quantile key `{key}` is not pNN with NN in 01..99"
+                    ))
+                })
+            }
+        }
+
+        deserializer.deserialize_str(KeyVisitor)
     }
 }
 
@@ -246,9 +303,26 @@ mod tests {
     #[test]
     fn quantiles_deserialize_sorted_and_detect_crossings() {
         let q: Quantiles = serde_json::from_str(r#"{"p90": 5, "p10": 7, "p50": 6}"#).unwrap();
-        assert_eq!(q.iter().map(|(l, _)| l).collect::<Vec<_>>(), vec![10, 50, 90]);
+        assert_eq!(
+            q.iter().map(|(l, _)| l).collect::<Vec<_>>(),
+            vec![10, 50, 90]
+        );
         assert!(q.crosses());
         assert!(serde_json::from_str::<Quantiles>(r#"{"mean": 1}"#).is_err());
         assert!(serde_json::from_str::<Quantiles>(r#"{"p10": 1, "p10": 2}"#).is_err());
+    }
+
+    #[test]
+    fn payloads_are_objects_never_positional_arrays() {
+        let line = r#"{"date": "2026-11-20", "channel": "meta", "revenue": {"p50": 1}}"#;
+        let ObjectOnly(parsed) = serde_json::from_str::<ObjectOnly<ForecastLine>>(line).unwrap();
+        assert_eq!(parsed.revenue.p50(), Some(1.0));
+        let positional = r#"["2026-11-20", "meta", "", null, {"p50": 1}]"#;
+        assert!(serde_json::from_str::<ForecastLine>(positional).is_ok());
+        assert!(serde_json::from_str::<ObjectOnly<ForecastLine>>(positional).is_err());
+        let forecast = format!(
+            r#"{{"tenant": "acme", "plan_id": "p", "issued_at": "2026-11-15T00:00:00Z", "lines": [{positional}]}}"#
+        );
+        assert!(serde_json::from_str::<Forecast>(&forecast).is_err());
     }
 }

@@ -4,7 +4,7 @@ use std::fmt;
 
 use serde::Serialize;
 
-use super::{Event, FeatureImportance, Forecast, Outcome};
+use super::{Event, FeatureImportance, Forecast, ForecastLine, Outcome};
 
 /// A record larger than this is refused before it is parsed.
 pub const MAX_RECORD_BYTES: usize = 1 << 20;
@@ -63,7 +63,11 @@ pub struct Rejection {
 
 impl Rejection {
     pub fn new(kind: RejectKind, message: impl Into<String>) -> Self {
-        Rejection { kind, message: message.into(), tenant: None }
+        Rejection {
+            kind,
+            message: message.into(),
+            tenant: None,
+        }
     }
 
     pub fn with_tenant(mut self, tenant: Option<&str>) -> Self {
@@ -86,7 +90,9 @@ pub fn valid_tenant(tenant: &str) -> bool {
     !b.is_empty()
         && b.len() <= 64
         && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
-        && b[1..].iter().all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_' || c == b'-')
+        && b[1..]
+            .iter()
+            .all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_' || c == b'-')
 }
 
 pub fn validate(event: &Event) -> Result<(), Rejection> {
@@ -97,14 +103,663 @@ pub fn validate(event: &Event) -> Result<(), Rejection> {
     }
 }
 
-pub fn validate_outcome(_o: &Outcome) -> Result<(), Rejection> {
-    todo!("filled in by the validation work")
+/// Lines per forecast record (SPEC 3).
+pub const MAX_FORECAST_LINES: usize = 10_000;
+/// Features per FeatureImportance record (SPEC 3).
+pub const MAX_FEATURES: usize = 10_000;
+/// Values per sample of one feature (SPEC 3).
+pub const MAX_SAMPLE_VALUES: usize = 100_000;
+/// channel and source: 1 to this many of `[A-Za-z0-9_.-]`.
+pub const MAX_NAME_CHARS: usize = 64;
+/// campaign_id, plan_id, model_version and method: at most this many printable characters.
+pub const MAX_ID_CHARS: usize = 128;
+/// Feature names: non-empty, at most this many characters, no control characters. SPEC 3 is
+/// silent on feature names; they end up as JSON keys in the drift document, so they get the same
+/// "printable" rule as ids with a roomier limit for long generated names.
+pub const MAX_FEATURE_NAME_CHARS: usize = 256;
+
+pub fn validate_outcome(o: &Outcome) -> Result<(), Rejection> {
+    check_tenant(&o.tenant)?;
+    outcome_fields(o).map_err(|m| invalid(&o.tenant, m))
 }
 
-pub fn validate_forecast(_f: &Forecast) -> Result<(), Rejection> {
-    todo!("filled in by the validation work")
+/// Checks a plan whole: the first bad line rejects the record, naming the line's index.
+pub fn validate_forecast(f: &Forecast) -> Result<(), Rejection> {
+    check_tenant(&f.tenant)?;
+    forecast_fields(f).map_err(|m| invalid(&f.tenant, m))
 }
 
-pub fn validate_feature_importance(_f: &FeatureImportance) -> Result<(), Rejection> {
-    todo!("filled in by the validation work")
+pub fn validate_feature_importance(f: &FeatureImportance) -> Result<(), Rejection> {
+    check_tenant(&f.tenant)?;
+    feature_importance_fields(f).map_err(|m| invalid(&f.tenant, m))
+}
+
+type Check = Result<(), String>;
+
+fn check_tenant(tenant: &str) -> Result<(), Rejection> {
+    if valid_tenant(tenant) {
+        Ok(())
+    } else {
+        Err(Rejection::new(
+            RejectKind::InvalidField,
+            format!(
+                "tenant: {} does not match ^[a-z0-9][a-z0-9_-]{{0,63}}$",
+                Shown(tenant)
+            ),
+        ))
+    }
+}
+
+fn invalid(tenant: &str, message: String) -> Rejection {
+    Rejection::new(RejectKind::InvalidField, message).with_tenant(Some(tenant))
+}
+
+fn outcome_fields(o: &Outcome) -> Check {
+    name(&"channel", &o.channel)?;
+    text(&"campaign_id", &o.campaign_id, MAX_ID_CHARS)?;
+    non_negative(&"spend", o.spend)?;
+    non_negative(&"revenue", o.revenue)?;
+    name(&"source", &o.source)
+}
+
+fn forecast_fields(f: &Forecast) -> Check {
+    required_text(&"plan_id", &f.plan_id, MAX_ID_CHARS)?;
+    if let Some(v) = &f.model_version {
+        text(&"model_version", v, MAX_ID_CHARS)?;
+    }
+    count(&"lines", "lines", f.lines.len(), MAX_FORECAST_LINES)?;
+    let issued = f.issued_at.date_naive();
+    for (i, line) in f.lines.iter().enumerate() {
+        forecast_line(i, line, issued)?;
+    }
+    Ok(())
+}
+
+fn forecast_line(i: usize, line: &ForecastLine, issued: chrono::NaiveDate) -> Check {
+    let horizon = (line.date - issued).num_days();
+    if horizon < 0 {
+        return Err(format!(
+            "{}: {} is before the issue date {issued} (horizon {horizon} days)",
+            At(i, "date"),
+            line.date
+        ));
+    }
+    name(&At(i, "channel"), &line.channel)?;
+    text(&At(i, "campaign_id"), &line.campaign_id, MAX_ID_CHARS)?;
+    if let Some(spend) = line.spend {
+        non_negative(&At(i, "spend"), spend)?;
+    }
+    if line.revenue.p50().is_none() {
+        return Err(format!("{}: p50 is missing", At(i, "revenue")));
+    }
+    // Crossing quantiles are accepted: the fold counts them (SPEC 3).
+    for (level, value) in line.revenue.iter() {
+        if !value.is_finite() {
+            return Err(format!(
+                "{}.{}: {value} is not a finite number",
+                At(i, "revenue"),
+                super::quantile_key(level)
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn feature_importance_fields(f: &FeatureImportance) -> Check {
+    if let Some(v) = &f.model_version {
+        text(&"model_version", v, MAX_ID_CHARS)?;
+    }
+    if let Some(v) = &f.method {
+        text(&"method", v, MAX_ID_CHARS)?;
+    }
+    count(
+        &"importances",
+        "features",
+        f.importances.len(),
+        MAX_FEATURES,
+    )?;
+    for (feature, &value) in &f.importances {
+        feature_name("importances", feature)?;
+        finite(&Key("importances", feature), value)?;
+    }
+    for (feature, values) in &f.samples {
+        feature_name("samples", feature)?;
+        let field = Key("samples", feature);
+        count(&field, "values", values.len(), MAX_SAMPLE_VALUES)?;
+        if let Some(j) = values.iter().position(|v| !v.is_finite()) {
+            return Err(format!(
+                "{field}[{j}]: {} is not a finite number",
+                values[j]
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// channel, source: 1 to 64 of `[A-Za-z0-9_.-]`.
+fn name(field: &dyn fmt::Display, v: &str) -> Check {
+    let ok = !v.is_empty()
+        && v.len() <= MAX_NAME_CHARS
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{field}: {} is not 1 to {MAX_NAME_CHARS} characters of [A-Za-z0-9_.-]",
+            Shown(v)
+        ))
+    }
+}
+
+/// At most `max` printable characters (no control characters); empty is allowed.
+fn text(field: &dyn fmt::Display, v: &str, max: usize) -> Check {
+    if let Some(c) = v.chars().find(|c| c.is_control()) {
+        return Err(format!(
+            "{field}: {} contains the control character U+{:04X}",
+            Shown(v),
+            c as u32
+        ));
+    }
+    if v.len() > max {
+        let n = v.chars().count();
+        if n > max {
+            return Err(format!(
+                "{field}: {} has {n} characters, at most {max} allowed",
+                Shown(v)
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn required_text(field: &dyn fmt::Display, v: &str, max: usize) -> Check {
+    if v.is_empty() {
+        return Err(format!("{field} is empty"));
+    }
+    text(field, v, max)
+}
+
+fn feature_name(map: &'static str, feature: &str) -> Check {
+    required_text(&FeatureName(map), feature, MAX_FEATURE_NAME_CHARS)
+}
+
+fn count(field: &dyn fmt::Display, what: &str, n: usize, max: usize) -> Check {
+    if (1..=max).contains(&n) {
+        Ok(())
+    } else {
+        Err(format!("{field}: {n} {what}, expected 1 to {max}"))
+    }
+}
+
+fn finite(field: &dyn fmt::Display, v: f64) -> Check {
+    if v.is_finite() {
+        Ok(())
+    } else {
+        Err(format!("{field}: {v} is not a finite number"))
+    }
+}
+
+fn non_negative(field: &dyn fmt::Display, v: f64) -> Check {
+    finite(field, v)?;
+    if v < 0.0 {
+        return Err(format!("{field}: {v} is negative"));
+    }
+    Ok(())
+}
+
+/// `lines[3].revenue`: the path of a field of one forecast line.
+struct At(usize, &'static str);
+
+impl fmt::Display for At {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "lines[{}].{}", self.0, self.1)
+    }
+}
+
+/// `samples["meta_spend"]`: one entry of a feature map.
+struct Key<'a>(&'static str, &'a str);
+
+impl fmt::Display for Key<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}[{}]", self.0, Shown(self.1))
+    }
+}
+
+/// `importances feature name`: the key of a feature map, as a field of its own.
+struct FeatureName(&'static str);
+
+impl fmt::Display for FeatureName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} feature name", self.0)
+    }
+}
+
+/// A value quoted for a message, cut short so a 1 MiB field cannot bloat a DLQ header.
+struct Shown<'a>(&'a str);
+
+impl fmt::Display for Shown<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const MAX: usize = 64;
+        match self.0.char_indices().nth(MAX) {
+            None => write!(f, "{:?}", self.0),
+            Some((cut, _)) => write!(f, "{:?}...", &self.0[..cut]),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use chrono::{NaiveDate, TimeZone, Utc};
+
+    use super::*;
+    use crate::event::Quantiles;
+
+    fn outcome() -> Outcome {
+        Outcome {
+            tenant: "acme".into(),
+            date: NaiveDate::from_ymd_opt(2026, 11, 20).unwrap(),
+            channel: "meta".into(),
+            campaign_id: "cmp-1".into(),
+            spend: 120.5,
+            revenue: 480.0,
+            source: "meta_ads".into(),
+            observed_at: None,
+        }
+    }
+
+    fn line() -> ForecastLine {
+        ForecastLine {
+            date: NaiveDate::from_ymd_opt(2026, 11, 20).unwrap(),
+            channel: "meta".into(),
+            campaign_id: "cmp-1".into(),
+            spend: Some(100.0),
+            revenue: Quantiles::from_pairs([(10, 300.0), (50, 420.0), (90, 560.0)]),
+        }
+    }
+
+    fn forecast() -> Forecast {
+        Forecast {
+            tenant: "acme".into(),
+            plan_id: "plan-2026-11-15".into(),
+            model_version: Some("mmm-v12".into()),
+            issued_at: Utc.with_ymd_and_hms(2026, 11, 15, 0, 0, 0).unwrap(),
+            lines: vec![line()],
+        }
+    }
+
+    fn importance() -> FeatureImportance {
+        FeatureImportance {
+            tenant: "acme".into(),
+            model_version: Some("mmm-v12".into()),
+            computed_at: Utc.with_ymd_and_hms(2026, 11, 15, 0, 0, 0).unwrap(),
+            method: Some("shap".into()),
+            importances: BTreeMap::from([
+                ("meta_spend".into(), 0.41),
+                ("seasonality".into(), -0.12),
+            ]),
+            samples: BTreeMap::from([("meta_spend".into(), vec![120.0, 98.5])]),
+        }
+    }
+
+    /// Asserts an InvalidField rejection whose message contains `needle`, counted against acme.
+    #[track_caller]
+    fn rejected(result: Result<(), Rejection>, needle: &str) {
+        let r = result.expect_err("expected a rejection");
+        assert_eq!(r.kind, RejectKind::InvalidField, "{r}");
+        assert!(
+            r.message.contains(needle),
+            "message {:?} lacks {needle:?}",
+            r.message
+        );
+        assert_eq!(r.tenant.as_deref(), Some("acme"), "{r}");
+    }
+
+    fn with_outcome(edit: impl FnOnce(&mut Outcome)) -> Result<(), Rejection> {
+        let mut o = outcome();
+        edit(&mut o);
+        validate_outcome(&o)
+    }
+
+    fn with_forecast(edit: impl FnOnce(&mut Forecast)) -> Result<(), Rejection> {
+        let mut f = forecast();
+        edit(&mut f);
+        validate_forecast(&f)
+    }
+
+    fn with_line(edit: impl FnOnce(&mut ForecastLine)) -> Result<(), Rejection> {
+        with_forecast(|f| {
+            f.lines.push(line());
+            edit(&mut f.lines[1]);
+        })
+    }
+
+    fn with_importance(edit: impl FnOnce(&mut FeatureImportance)) -> Result<(), Rejection> {
+        let mut f = importance();
+        edit(&mut f);
+        validate_feature_importance(&f)
+    }
+
+    #[test]
+    fn the_spec_examples_are_valid() {
+        assert_eq!(validate(&Event::Outcome(outcome())), Ok(()));
+        assert_eq!(validate(&Event::Forecast(forecast())), Ok(()));
+        assert_eq!(validate(&Event::FeatureImportance(importance())), Ok(()));
+    }
+
+    #[test]
+    fn tenant_must_match_the_pattern_and_is_not_reported_when_bad() {
+        for good in ["a", "0", "acme_eu-1", &"a".repeat(64)] {
+            assert_eq!(
+                with_outcome(|o| o.tenant = good.to_string()),
+                Ok(()),
+                "{good}"
+            );
+        }
+        for bad in [
+            "",
+            "../etc",
+            "Acme",
+            "_acme",
+            "-acme",
+            "ac me",
+            "acmé",
+            &"a".repeat(65),
+        ] {
+            for r in [
+                with_outcome(|o| o.tenant = bad.to_string()),
+                with_forecast(|f| f.tenant = bad.to_string()),
+                with_importance(|f| f.tenant = bad.to_string()),
+            ] {
+                let r = r.expect_err(bad);
+                assert_eq!(r.kind, RejectKind::InvalidField);
+                assert!(r.message.starts_with("tenant: "), "{}", r.message);
+                assert_eq!(r.tenant, None);
+            }
+        }
+    }
+
+    #[test]
+    fn channel_is_1_to_64_of_the_name_alphabet() {
+        for good in ["m", "Meta.Ads_2-x", &"c".repeat(64)] {
+            assert_eq!(with_outcome(|o| o.channel = good.to_string()), Ok(()));
+            assert_eq!(with_line(|l| l.channel = good.to_string()), Ok(()));
+        }
+        for bad in ["", "me ta", "meta/ads", "métà", &"c".repeat(65)] {
+            rejected(with_outcome(|o| o.channel = bad.to_string()), "channel: ");
+            rejected(
+                with_line(|l| l.channel = bad.to_string()),
+                "lines[1].channel: ",
+            );
+        }
+    }
+
+    #[test]
+    fn source_is_1_to_64_of_the_name_alphabet() {
+        assert_eq!(with_outcome(|o| o.source = "shopify".into()), Ok(()));
+        rejected(with_outcome(|o| o.source = String::new()), "source: \"\"");
+        rejected(
+            with_outcome(|o| o.source = "shop ify".into()),
+            "source: \"shop ify\"",
+        );
+        rejected(with_outcome(|o| o.source = "s".repeat(65)), "source: ");
+    }
+
+    #[test]
+    fn campaign_id_is_at_most_128_printable_characters_and_may_be_empty() {
+        for good in [String::new(), "cmp 1 / été".into(), "é".repeat(128)] {
+            assert_eq!(with_outcome(|o| o.campaign_id = good.clone()), Ok(()));
+            assert_eq!(with_line(|l| l.campaign_id = good.clone()), Ok(()));
+        }
+        rejected(
+            with_outcome(|o| o.campaign_id = "é".repeat(129)),
+            "129 characters, at most 128",
+        );
+        rejected(
+            with_outcome(|o| o.campaign_id = "cmp\n1".into()),
+            "control character U+000A",
+        );
+        rejected(
+            with_line(|l| l.campaign_id = "cmp\u{7f}".into()),
+            "lines[1].campaign_id: ",
+        );
+    }
+
+    #[test]
+    fn plan_id_is_required_and_at_most_128_printable_characters() {
+        assert_eq!(with_forecast(|f| f.plan_id = "p".repeat(128)), Ok(()));
+        rejected(
+            with_forecast(|f| f.plan_id = String::new()),
+            "plan_id is empty",
+        );
+        rejected(with_forecast(|f| f.plan_id = "p".repeat(129)), "plan_id: ");
+        rejected(with_forecast(|f| f.plan_id = "plan\t1".into()), "U+0009");
+    }
+
+    #[test]
+    fn model_version_and_method_are_at_most_128_printable_characters() {
+        assert_eq!(with_forecast(|f| f.model_version = None), Ok(()));
+        assert_eq!(
+            with_importance(|f| f.method = Some("m".repeat(128))),
+            Ok(())
+        );
+        rejected(
+            with_forecast(|f| f.model_version = Some("v".repeat(129))),
+            "model_version: ",
+        );
+        rejected(
+            with_importance(|f| f.model_version = Some("v\u{0}".into())),
+            "model_version: ",
+        );
+        rejected(
+            with_importance(|f| f.method = Some("m".repeat(129))),
+            "method: ",
+        );
+    }
+
+    #[test]
+    fn outcome_spend_and_revenue_are_finite_and_not_negative() {
+        assert_eq!(with_outcome(|o| o.spend = 0.0), Ok(()));
+        assert_eq!(with_outcome(|o| o.revenue = 0.0), Ok(()));
+        rejected(
+            with_outcome(|o| o.spend = -0.01),
+            "spend: -0.01 is negative",
+        );
+        rejected(
+            with_outcome(|o| o.revenue = -1.0),
+            "revenue: -1 is negative",
+        );
+        rejected(
+            with_outcome(|o| o.spend = f64::NAN),
+            "spend: NaN is not a finite number",
+        );
+        rejected(
+            with_outcome(|o| o.revenue = f64::INFINITY),
+            "revenue: inf is not a finite",
+        );
+    }
+
+    #[test]
+    fn forecast_has_1_to_10000_lines() {
+        assert_eq!(
+            with_forecast(|f| f.lines = vec![line(); MAX_FORECAST_LINES]),
+            Ok(())
+        );
+        rejected(
+            with_forecast(|f| f.lines.clear()),
+            "lines: 0 lines, expected 1 to 10000",
+        );
+        rejected(
+            with_forecast(|f| f.lines = vec![line(); MAX_FORECAST_LINES + 1]),
+            "10001 lines",
+        );
+    }
+
+    #[test]
+    fn every_line_needs_a_p50() {
+        assert_eq!(
+            with_line(|l| l.revenue = Quantiles::from_pairs([(50, 1.0)])),
+            Ok(())
+        );
+        let no_p50 = Quantiles::from_pairs([(10, 1.0), (90, 2.0)]);
+        rejected(
+            with_line(|l| l.revenue = no_p50),
+            "lines[1].revenue: p50 is missing",
+        );
+        rejected(
+            with_line(|l| l.revenue = Quantiles::default()),
+            "lines[1].revenue: p50 is missing",
+        );
+    }
+
+    #[test]
+    fn planned_spend_is_optional_finite_and_not_negative() {
+        assert_eq!(with_line(|l| l.spend = None), Ok(()));
+        assert_eq!(with_line(|l| l.spend = Some(0.0)), Ok(()));
+        rejected(
+            with_line(|l| l.spend = Some(-5.0)),
+            "lines[1].spend: -5 is negative",
+        );
+        rejected(
+            with_line(|l| l.spend = Some(f64::NAN)),
+            "lines[1].spend: NaN",
+        );
+    }
+
+    #[test]
+    fn quantile_values_are_finite_but_may_cross_or_be_negative() {
+        let crossing = Quantiles::from_pairs([(10, 600.0), (50, 420.0), (90, -1.0)]);
+        assert!(crossing.crosses());
+        assert_eq!(with_line(|l| l.revenue = crossing), Ok(()));
+        let nan = Quantiles::from_pairs([(10, f64::NAN), (50, 420.0)]);
+        rejected(
+            with_line(|l| l.revenue = nan),
+            "lines[1].revenue.p10: NaN is not a finite number",
+        );
+        let inf = Quantiles::from_pairs([(50, f64::NEG_INFINITY)]);
+        rejected(with_line(|l| l.revenue = inf), "lines[1].revenue.p50: -inf");
+    }
+
+    #[test]
+    fn horizon_may_be_zero_but_not_negative() {
+        let issue_day = NaiveDate::from_ymd_opt(2026, 11, 15).unwrap();
+        assert_eq!(with_line(|l| l.date = issue_day), Ok(()));
+        // issued late on the 15th UTC: the 15th is still horizon 0.
+        let late = Utc.with_ymd_and_hms(2026, 11, 15, 23, 59, 59).unwrap();
+        assert_eq!(
+            with_forecast(|f| {
+                f.issued_at = late;
+                f.lines[0].date = issue_day;
+            }),
+            Ok(())
+        );
+        let before = NaiveDate::from_ymd_opt(2026, 11, 14).unwrap();
+        rejected(
+            with_line(|l| l.date = before),
+            "lines[1].date: 2026-11-14 is before the issue date 2026-11-15",
+        );
+    }
+
+    #[test]
+    fn one_bad_line_rejects_the_whole_plan_and_names_the_first_bad_line() {
+        let r = with_forecast(|f| {
+            f.lines = vec![line(); 5];
+            f.lines[3].revenue = Quantiles::from_pairs([(10, 1.0)]);
+            f.lines[4].channel = String::new();
+        });
+        rejected(r, "lines[3].revenue: p50 is missing");
+    }
+
+    #[test]
+    fn importances_have_1_to_10000_finite_values() {
+        let many: BTreeMap<String, f64> =
+            (0..MAX_FEATURES).map(|i| (format!("f{i}"), 1.0)).collect();
+        assert_eq!(with_importance(|f| f.importances = many.clone()), Ok(()));
+        rejected(
+            with_importance(|f| f.importances.clear()),
+            "importances: 0 features, expected 1 to 10000",
+        );
+        let mut too_many = many;
+        too_many.insert("one_more".into(), 1.0);
+        rejected(
+            with_importance(|f| f.importances = too_many),
+            "10001 features",
+        );
+        rejected(
+            with_importance(|f| {
+                f.importances.insert("meta_spend".into(), f64::NAN);
+            }),
+            "importances[\"meta_spend\"]: NaN is not a finite number",
+        );
+    }
+
+    #[test]
+    fn feature_names_are_non_empty_printable_and_at_most_256_characters() {
+        assert_eq!(
+            with_importance(|f| {
+                f.importances.insert("x".repeat(256), 0.1);
+                f.importances.insert("spend (meta) / ads".into(), 0.1);
+            }),
+            Ok(())
+        );
+        rejected(
+            with_importance(|f| {
+                f.importances.insert(String::new(), 0.1);
+            }),
+            "importances feature name is empty",
+        );
+        rejected(
+            with_importance(|f| {
+                f.importances.insert("x".repeat(257), 0.1);
+            }),
+            "257 characters, at most 256",
+        );
+        rejected(
+            with_importance(|f| {
+                f.samples.insert("a\u{1b}b".into(), vec![1.0]);
+            }),
+            "samples feature name: \"a\\u{1b}b\" contains the control character U+001B",
+        );
+    }
+
+    #[test]
+    fn samples_are_optional_with_1_to_100000_finite_values_each() {
+        assert_eq!(with_importance(|f| f.samples.clear()), Ok(()));
+        assert_eq!(
+            with_importance(|f| {
+                f.samples
+                    .insert("other".into(), vec![0.5; MAX_SAMPLE_VALUES]);
+            }),
+            Ok(())
+        );
+        rejected(
+            with_importance(|f| {
+                f.samples.insert("other".into(), Vec::new());
+            }),
+            "samples[\"other\"]: 0 values, expected 1 to 100000",
+        );
+        rejected(
+            with_importance(|f| {
+                f.samples
+                    .insert("other".into(), vec![0.5; MAX_SAMPLE_VALUES + 1]);
+            }),
+            "100001 values",
+        );
+        rejected(
+            with_importance(|f| {
+                f.samples
+                    .insert("other".into(), vec![1.0, 2.0, f64::INFINITY]);
+            }),
+            "samples[\"other\"][2]: inf is not a finite number",
+        );
+    }
+
+    #[test]
+    fn long_values_are_cut_short_in_messages() {
+        let r = with_outcome(|o| o.channel = "x".repeat(100_000)).unwrap_err();
+        assert!(r.message.len() < 200, "{}", r.message);
+        assert!(r.message.contains("..."));
+    }
 }
