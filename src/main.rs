@@ -3,6 +3,9 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use std::io::Write;
+
+use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
 use feedback::config::Config;
@@ -29,6 +32,43 @@ enum Command {
     /// Exit code 0 on success (refused records included), 2 when an input cannot be read or an
     /// output cannot be written.
     Fold(FoldArgs),
+    /// Generate a seeded synthetic history of the three input topics as JSONL for `fold`.
+    ///
+    /// Day by day: a plan every 7 days for the next 28 days, each day's outcomes the next
+    /// morning (from the ad platform, and from Shopify for every other campaign), and weekly
+    /// feature importances with samples. Scenarios change the last third of the history:
+    /// `degraded` makes actuals fall below the forecasts, `miscalibrated` makes the p10..p90
+    /// intervals far too narrow, `drift` rotates the importances, `mixed` gives tenants each
+    /// scenario in turn. The same seed and flags give the same bytes.
+    Simulate(SimulateArgs),
+}
+
+#[derive(Args)]
+struct SimulateArgs {
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    #[arg(long, default_value_t = 4)]
+    tenants: usize,
+    /// Channels per tenant (meta, google, tiktok, pinterest, snap, email, then channel6...).
+    #[arg(long, default_value_t = 3)]
+    channels: usize,
+    /// Campaigns per channel.
+    #[arg(long, default_value_t = 2)]
+    campaigns: usize,
+    /// Days of history.
+    #[arg(long, default_value_t = 90)]
+    days: u32,
+    /// First day of the history.
+    #[arg(long, default_value = "2026-08-01")]
+    start: chrono::NaiveDate,
+    #[arg(long, value_enum, default_value = "mixed")]
+    scenario: feedback::simulate::Scenario,
+    /// Share of records replaced by poison records that validation must refuse (0 to 1).
+    #[arg(long, default_value_t = 0.0)]
+    poison_rate: f64,
+    /// Write to this file instead of standard output.
+    #[arg(long, short, value_name = "FILE")]
+    out: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -93,6 +133,35 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 println!("{summary}");
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Simulate(args) => {
+            anyhow::ensure!((0.0..=1.0).contains(&args.poison_rate), "--poison-rate must be between 0 and 1");
+            let sim = feedback::simulate::SimConfig {
+                seed: args.seed,
+                tenants: args.tenants,
+                channels: args.channels,
+                campaigns: args.campaigns,
+                days: args.days,
+                start: args.start,
+                scenario: args.scenario,
+                poison_rate: args.poison_rate,
+            };
+            let topics = feedback::config::TopicNames::default();
+            let out: Box<dyn std::io::Write> = match &args.out {
+                Some(path) => Box::new(std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?),
+                None => Box::new(std::io::stdout().lock()),
+            };
+            let mut out = std::io::BufWriter::new(out);
+            for record in feedback::simulate::generate(&sim) {
+                let name = match record.topic {
+                    feedback::event::Topic::Outcomes => &topics.outcomes,
+                    feedback::event::Topic::Forecasts => &topics.forecasts,
+                    feedback::event::Topic::FeatureImportances => &topics.feature_importances,
+                };
+                writeln!(out, "{}", record.jsonl(name))?;
+            }
+            out.flush()?;
             Ok(ExitCode::SUCCESS)
         }
     }
