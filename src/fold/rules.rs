@@ -12,7 +12,6 @@ use serde_json::json;
 
 use super::config::{CalibrationLimits, PerformanceLimits};
 use super::drift::{DriftFigures, FeatureDrift};
-use super::report;
 use super::tenant::{date_of, Day, Dirty, RuleWindows, Shared, TenantState, Window};
 use crate::alert::{Alert, AlertType};
 use crate::event::FeatureImportance;
@@ -227,8 +226,7 @@ fn evaluate_calibration(state: &mut TenantState, shared: &Shared, bucket: Option
         None => "tenant".to_owned(),
         Some(b) => scope_horizon(shared, b),
     };
-    let from = as_of - l.window_days as Day + 1;
-    let counts = report::coverage_counts(state, from, as_of, bucket.map(|b| b as u8));
+    let counts = &state.windows.coverage[bucket.map_or(0, |b| b + 1)];
     let (coverage, ci) = counts.shares();
     let trigger = if as_of_report { "as_of" } else { "status_change" };
     let data = json!({

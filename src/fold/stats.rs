@@ -36,6 +36,12 @@ impl Sum {
     }
 
     #[inline]
+    pub fn unmerge(&mut self, other: &Sum) {
+        self.sub(other.hi);
+        self.sub(other.lo);
+    }
+
+    #[inline]
     pub fn value(&self) -> f64 {
         self.hi + self.lo
     }

@@ -163,6 +163,17 @@ impl Window {
         self.int_hits += o.int_hits;
     }
 
+    pub fn unmerge(&mut self, o: &Window) {
+        self.n -= o.n;
+        self.n_pos -= o.n_pos;
+        self.abs_err.unmerge(&o.abs_err);
+        self.ape.unmerge(&o.ape);
+        self.y.unmerge(&o.y);
+        self.bias.unmerge(&o.bias);
+        self.int_n -= o.int_n;
+        self.int_hits -= o.int_hits;
+    }
+
     #[inline]
     fn apply(&mut self, sign: f64, s: &Scored) {
         let err = (s.y - s.p50).abs();
@@ -216,6 +227,8 @@ pub struct WindowSet {
     pub tenant: RuleWindows,
     pub channels: Vec<RuleWindows>,
     pub horizons: Vec<RuleWindows>,
+    /// Coverage counts over the calibration window: index 0 the tenant, 1 + b horizon bucket b.
+    pub coverage: Vec<CoverageCounts>,
 }
 
 impl WindowSet {
@@ -223,6 +236,66 @@ impl WindowSet {
         self.tenant = RuleWindows::default();
         self.channels.iter_mut().for_each(|w| *w = RuleWindows::default());
         self.horizons.iter_mut().for_each(|w| *w = RuleWindows::default());
+        self.coverage.iter_mut().for_each(|c| *c = CoverageCounts::default());
+    }
+
+    /// Adds (or with `add` false removes) a whole day's sums to the windows of `kind`.
+    fn day(&mut self, kind: WindowKind, data: &DayData, add: bool) {
+        let apply = |w: &mut RuleWindows, day: &Window| {
+            let target = kind.of(w);
+            if add {
+                target.merge(day)
+            } else {
+                target.unmerge(day)
+            }
+        };
+        apply(&mut self.tenant, &data.tenant);
+        for (b, w) in data.horizons.iter().enumerate() {
+            apply(&mut self.horizons[b], w);
+        }
+        for (&channel, cd) in &data.channels {
+            apply(&mut self.channels[channel as usize], &cd.window);
+        }
+        if kind == WindowKind::Calibration {
+            for (i, c) in data.coverage.iter().enumerate() {
+                if add {
+                    self.coverage[i].merge(c)
+                } else {
+                    self.coverage[i].unmerge(c)
+                }
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WindowKind {
+    Recent,
+    Baseline,
+    Calibration,
+}
+
+impl WindowKind {
+    const ALL: [WindowKind; 3] = [WindowKind::Recent, WindowKind::Baseline, WindowKind::Calibration];
+
+    fn of(self, w: &mut RuleWindows) -> &mut Window {
+        match self {
+            WindowKind::Recent => &mut w.recent,
+            WindowKind::Baseline => &mut w.baseline,
+            WindowKind::Calibration => &mut w.calibration,
+        }
+    }
+
+    /// The window's days relative to as_of, inclusive: recent is `[-(w-1), 0]`.
+    fn offsets(self, limits: &Limits) -> (Day, Day) {
+        let w = limits.performance.window_days as Day;
+        let b = limits.performance.baseline_days as Day;
+        let c = limits.calibration.window_days as Day;
+        match self {
+            WindowKind::Recent => (-(w - 1), 0),
+            WindowKind::Baseline => (-(w + b - 1), -w),
+            WindowKind::Calibration => (-(c - 1), 0),
+        }
     }
 }
 
@@ -236,25 +309,16 @@ struct InWindows {
 
 impl InWindows {
     fn of(limits: &Limits, as_of: Option<Day>, day: Day) -> InWindows {
-        let Some(as_of) = as_of else { return InWindows { recent: false, baseline: false, calibration: false } };
+        let outside = InWindows { recent: false, baseline: false, calibration: false };
+        // A day past as_of is in no window yet: the record that brings it also moves as_of,
+        // and the slide then takes the whole day in.
+        let Some(as_of) = as_of.filter(|&a| day <= a) else { return outside };
         let p = &limits.performance;
         let recent = day > as_of - p.window_days as Day;
         InWindows {
             recent,
             baseline: !recent && day > as_of - (p.window_days + p.baseline_days) as Day,
             calibration: day > as_of - limits.calibration.window_days as Day,
-        }
-    }
-
-    fn add(&self, w: &mut RuleWindows, day: &Window) {
-        if self.recent {
-            w.recent.merge(day);
-        }
-        if self.baseline {
-            w.baseline.merge(day);
-        }
-        if self.calibration {
-            w.calibration.merge(day);
         }
     }
 
@@ -304,6 +368,11 @@ impl Scorer<'_> {
             data.coverage[i].apply(set.pairs(&line.values), y, sign > 0.0);
         }
         let inw = InWindows::of(self.limits, self.as_of, day);
+        if inw.calibration {
+            for i in [0, 1 + b] {
+                self.windows.coverage[i].apply(set.pairs(&line.values), y, sign > 0.0);
+            }
+        }
         inw.apply(&mut self.windows.tenant, sign, &s);
         inw.apply(&mut self.windows.channels[channel as usize], sign, &s);
         inw.apply(&mut self.windows.horizons[b], sign, &s);
@@ -415,7 +484,11 @@ impl TenantState {
             days: BTreeMap::new(),
             outcome_seq: 0,
             counters: Counters::default(),
-            windows: WindowSet { horizons: vec![RuleWindows::default(); buckets], ..WindowSet::default() },
+            windows: WindowSet {
+                horizons: vec![RuleWindows::default(); buckets],
+                coverage: vec![CoverageCounts::default(); buckets + 1],
+                ..WindowSet::default()
+            },
             rules: RuleState::new(buckets),
             drift: DriftState::default(),
             drift_history: Vec::new(),
@@ -500,9 +573,9 @@ impl TenantState {
             self.actual_changed(day, channel, campaign, old, new, &mut dirty);
         }
         if advanced {
-            self.as_of = Some(day);
+            let old = self.as_of.replace(day);
+            self.slide_windows(old);
             self.expire(shared);
-            self.recompute_windows();
             super::rules::on_as_of_advance(self, shared, out);
         } else if !dirty.is_empty() {
             super::rules::on_change(self, &dirty, shared, out);
@@ -616,30 +689,58 @@ impl TenantState {
             if *entry.key() >= cutoff {
                 break;
             }
+            let day = *entry.key();
             let data = entry.remove();
+            let inw = InWindows::of(&self.limits, self.as_of, day);
+            for (kind, inside) in [
+                (WindowKind::Recent, inw.recent),
+                (WindowKind::Baseline, inw.baseline),
+                (WindowKind::Calibration, inw.calibration),
+            ] {
+                if inside {
+                    self.windows.day(kind, &data, false);
+                }
+            }
             let records: u64 = data.cells.values().flat_map(|c| &c.reports).map(|r| u64::from(r.records)).sum::<u64>()
                 + data.channels.values().flat_map(|cd| &cd.lines).map(|l| u64::from(l.records)).sum::<u64>();
             self.counters.expired += records;
         }
     }
 
-    /// Rebuilds the rule windows from the stored pairs: on every as_of advance the windows move,
-    /// and rebuilding then also keeps the running sums from collecting rounding over time.
-    fn recompute_windows(&mut self) {
-        self.windows.clear();
-        let Some(as_of) = self.as_of else { return };
-        let p = &self.limits.performance;
-        let span = (p.window_days + p.baseline_days).max(self.limits.calibration.window_days) as Day;
-        for (&day, data) in self.days.range(as_of - span + 1..=as_of) {
-            let inw = InWindows::of(&self.limits, self.as_of, day);
-            inw.add(&mut self.windows.tenant, &data.tenant);
-            for (b, w) in data.horizons.iter().enumerate() {
-                inw.add(&mut self.windows.horizons[b], w);
+    /// Moves the rule windows from the old as_of to the current one: the days that left a
+    /// window come out of it, the days that entered go in. Integer counts move exactly and the
+    /// sums are compensated, so this agrees with a rebuild (`rebuilt_windows`, used by the tests).
+    fn slide_windows(&mut self, old: Option<Day>) {
+        let Some(new) = self.as_of else { return };
+        let Some(old) = old else {
+            self.windows = self.rebuilt_windows();
+            return;
+        };
+        for kind in WindowKind::ALL {
+            let (lo, hi) = kind.offsets(&self.limits);
+            let leaving = (old + lo)..=(old + hi).min(new + lo - 1);
+            let entering = (old + hi + 1).max(new + lo)..=(new + hi);
+            for (_, data) in self.days.range(leaving) {
+                self.windows.day(kind, data, false);
             }
-            for (&channel, cd) in &data.channels {
-                inw.add(&mut self.windows.channels[channel as usize], &cd.window);
+            for (_, data) in self.days.range(entering) {
+                self.windows.day(kind, data, true);
             }
         }
+    }
+
+    /// The rule windows rebuilt from the per-day sums.
+    pub fn rebuilt_windows(&self) -> WindowSet {
+        let mut windows = self.windows.clone();
+        windows.clear();
+        let Some(as_of) = self.as_of else { return windows };
+        for kind in WindowKind::ALL {
+            let (lo, hi) = kind.offsets(&self.limits);
+            for (_, data) in self.days.range(as_of + lo..=as_of + hi) {
+                windows.day(kind, data, true);
+            }
+        }
+        windows
     }
 
     /// The stored outcome records and forecast lines, for the counts of the storage document.
@@ -651,5 +752,79 @@ impl TenantState {
             lines += data.channels.values().map(|cd| cd.lines.len() as u64).sum::<u64>();
         }
         (outcomes, lines)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Event;
+    use crate::fold::{Engine, FoldConfig};
+    use crate::simulate::{generate, Scenario, SimConfig, SimPayload};
+
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0)
+    }
+
+    fn same(a: &Window, b: &Window) -> bool {
+        a.n == b.n
+            && a.n_pos == b.n_pos
+            && a.int_n == b.int_n
+            && a.int_hits == b.int_hits
+            && close(a.abs_err.value(), b.abs_err.value())
+            && close(a.ape.value(), b.ape.value())
+            && close(a.y.value(), b.y.value())
+            && close(a.bias.value(), b.bias.value())
+    }
+
+    fn check(state: &TenantState) {
+        let rebuilt = state.rebuilt_windows();
+        let pairs = std::iter::once((&state.windows.tenant, &rebuilt.tenant))
+            .chain(state.windows.channels.iter().zip(&rebuilt.channels))
+            .chain(state.windows.horizons.iter().zip(&rebuilt.horizons));
+        for (running, fresh) in pairs {
+            assert!(same(&running.recent, &fresh.recent), "recent: {running:?} vs {fresh:?}");
+            assert!(same(&running.baseline, &fresh.baseline), "baseline: {running:?} vs {fresh:?}");
+            assert!(same(&running.calibration, &fresh.calibration), "calibration");
+        }
+        assert_eq!(state.windows.coverage, rebuilt.coverage);
+    }
+
+    /// The running windows, moved by every record and slid on every as_of advance, always equal
+    /// windows rebuilt from the per-day sums, also when retention is shorter than the windows.
+    #[test]
+    fn running_windows_equal_rebuilt_windows() {
+        for retention_days in [548, 20] {
+            let config = FoldConfig { retention_days, ..FoldConfig::default() };
+            let mut engine = Engine::new(config);
+            let sim = SimConfig { tenants: 2, days: 75, scenario: Scenario::Degraded, ..SimConfig::default() };
+            let mut records = generate(&sim);
+            // Late and corrected records: replay every 5th outcome at the end with a new revenue.
+            let late: Vec<_> = records
+                .iter()
+                .filter_map(|r| match &r.payload {
+                    SimPayload::Event(Event::Outcome(o)) => Some(o.clone()),
+                    _ => None,
+                })
+                .step_by(5)
+                .map(|mut o| {
+                    o.revenue *= 1.7;
+                    o
+                })
+                .collect();
+            records.extend(late.into_iter().map(|o| crate::simulate::SimRecord {
+                topic: crate::event::Topic::Outcomes,
+                tenant: o.tenant.clone(),
+                payload: SimPayload::Event(Event::Outcome(o)),
+            }));
+            let mut alerts = Vec::new();
+            for (i, r) in records.iter().enumerate() {
+                let SimPayload::Event(event) = &r.payload else { continue };
+                engine.apply(event, &mut alerts);
+                if i % 7 == 0 || i + 1 == records.len() {
+                    check(engine.tenant(event.tenant()).unwrap());
+                }
+            }
+        }
     }
 }
