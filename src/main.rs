@@ -114,6 +114,14 @@ fn main() -> ExitCode {
     }
 }
 
+/// Prints a line to standard output; a closed pipe (`| head`) is not an error.
+fn print_stdout(text: &str) -> std::io::Result<()> {
+    match writeln!(std::io::stdout().lock(), "{text}") {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
+    }
+}
+
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Fold(args) => {
@@ -128,11 +136,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 progress: !args.quiet && !args.json,
             };
             let summary = fold_files(&job)?;
-            if args.json {
-                println!("{}", serde_json::to_string_pretty(&summary)?);
-            } else {
-                println!("{summary}");
-            }
+            let text = if args.json { serde_json::to_string_pretty(&summary)? } else { summary.to_string() };
+            print_stdout(&text)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Simulate(args) => {
@@ -159,9 +164,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     feedback::event::Topic::Forecasts => &topics.forecasts,
                     feedback::event::Topic::FeatureImportances => &topics.feature_importances,
                 };
-                writeln!(out, "{}", record.jsonl(name))?;
+                if let Err(e) = writeln!(out, "{}", record.jsonl(name)) {
+                    if e.kind() == std::io::ErrorKind::BrokenPipe {
+                        return Ok(ExitCode::SUCCESS);
+                    }
+                    return Err(e.into());
+                }
             }
-            out.flush()?;
+            match out.flush() {
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+                other => other?,
+            }
             Ok(ExitCode::SUCCESS)
         }
     }

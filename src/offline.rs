@@ -190,12 +190,8 @@ pub fn fold_files(job: &FoldJob) -> Result<FoldSummary, OfflineError> {
     progress.finish_and_clear();
 
     let storage = Storage::new(&job.storage_dir);
-    let names: Vec<String> = engine.tenants().map(str::to_owned).collect();
-    for name in &names {
-        if let Some(docs) = engine.documents(name) {
-            storage.write_tenant(&docs)?;
-        }
-    }
+    let names = engine.tenants();
+    storage.write_tenants(names.iter().filter_map(|name| engine.documents(name)))?;
     for out in [&mut outputs.alerts, &mut outputs.dlq].into_iter().flatten() {
         let (path, w) = out;
         w.flush().map_err(|source| OfflineError::WriteOutput { path: path.clone(), source })?;

@@ -68,12 +68,29 @@ impl Storage {
 
     /// Writes the three documents of a tenant.
     pub fn write_tenant(&self, docs: &TenantDocuments) -> Result<(), StorageError> {
-        let tenant = &docs.performance.tenant;
+        self.write_tenants(std::iter::once(docs.clone()))
+    }
+
+    /// Writes the documents of many tenants atomically, with one filesystem sync for all of
+    /// them instead of one fsync per file: every temporary file is written, the filesystem is
+    /// synced once, then each is renamed over its target. A reader sees each document old or
+    /// new, never partial, and a crash leaves no target file empty.
+    pub fn write_tenants(&self, docs: impl IntoIterator<Item = TenantDocuments>) -> Result<(), StorageError> {
         let dir = self.performance_dir();
         fs::create_dir_all(&dir).map_err(|source| StorageError::CreateDir { path: dir.clone(), source })?;
-        write_atomic(&self.path(tenant, Document::Performance)?, &docs.performance)?;
-        write_atomic(&self.path(tenant, Document::Calibration)?, &docs.calibration)?;
-        write_atomic(&self.path(tenant, Document::Drift)?, &docs.drift)?;
+        let mut staged = Vec::new();
+        for d in docs {
+            let tenant = &d.performance.tenant;
+            staged.push(stage(&self.path(tenant, Document::Performance)?, &d.performance)?);
+            staged.push(stage(&self.path(tenant, Document::Calibration)?, &d.calibration)?);
+            staged.push(stage(&self.path(tenant, Document::Drift)?, &d.drift)?);
+        }
+        let Some((first, path)) = staged.first() else { return Ok(()) };
+        rustix::fs::syncfs(first.as_file()).map_err(|e| StorageError::Write { path: path.clone(), source: e.into() })?;
+        for (tmp, path) in staged {
+            tmp.persist(&path).map_err(|e| StorageError::Write { path: path.clone(), source: e.error })?;
+        }
+        sync_dir(&dir);
         Ok(())
     }
 
@@ -85,8 +102,8 @@ impl Storage {
     }
 }
 
-/// Temporary file in the same directory, fsync, rename over the target, fsync the directory.
-pub fn write_atomic<T: Serialize>(path: &Path, value: &T) -> Result<(), StorageError> {
+/// Writes a value to a temporary file beside `path`, not yet synced nor renamed.
+fn stage<T: Serialize>(path: &Path, value: &T) -> Result<(tempfile::NamedTempFile, PathBuf), StorageError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let write_err = |source| StorageError::Write { path: path.to_owned(), source };
     let tmp = tempfile::NamedTempFile::new_in(dir).map_err(write_err)?;
@@ -97,12 +114,23 @@ pub fn write_atomic<T: Serialize>(path: &Path, value: &T) -> Result<(), StorageE
         w.write_all(b"\n").map_err(write_err)?;
         w.flush().map_err(write_err)?;
     }
-    tmp.as_file().sync_all().map_err(write_err)?;
-    tmp.persist(path).map_err(|e| write_err(e.error))?;
+    Ok((tmp, path.to_owned()))
+}
+
+/// Makes renames in `dir` durable; not every platform can fsync a directory, hence no error.
+fn sync_dir(dir: &Path) {
     if let Ok(d) = File::open(dir) {
-        // Makes the rename itself durable; not every platform can fsync a directory.
         let _ = d.sync_all();
     }
+}
+
+/// Temporary file in the same directory, fsync, rename over the target, fsync the directory.
+pub fn write_atomic<T: Serialize>(path: &Path, value: &T) -> Result<(), StorageError> {
+    let (tmp, path) = stage(path, value)?;
+    let write_err = |source| StorageError::Write { path: path.clone(), source };
+    tmp.as_file().sync_all().map_err(write_err)?;
+    tmp.persist(&path).map_err(|e| write_err(e.error))?;
+    sync_dir(path.parent().unwrap_or(Path::new(".")));
     Ok(())
 }
 

@@ -12,7 +12,7 @@ pub mod rules;
 pub mod stats;
 pub mod tenant;
 
-use std::collections::BTreeMap;
+use rustc_hash::FxHashMap;
 
 use crate::alert::Alert;
 use crate::event::{Event, Rejection};
@@ -24,7 +24,7 @@ use tenant::{Shared, TenantState};
 #[derive(Debug, Clone)]
 pub struct Engine {
     shared: Shared,
-    tenants: BTreeMap<String, TenantState>,
+    tenants: FxHashMap<String, TenantState>,
 }
 
 impl Engine {
@@ -34,7 +34,7 @@ impl Engine {
             key_features: config.drift.key_features.clone(),
             ..drift::DriftConfig::default()
         };
-        Engine { shared: Shared { config, drift }, tenants: BTreeMap::new() }
+        Engine { shared: Shared { config, drift }, tenants: FxHashMap::default() }
     }
 
     pub fn config(&self) -> &FoldConfig {
@@ -71,8 +71,10 @@ impl Engine {
     }
 
     /// Tenant names, sorted.
-    pub fn tenants(&self) -> impl Iterator<Item = &str> {
-        self.tenants.keys().map(String::as_str)
+    pub fn tenants(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.tenants.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        names
     }
 
     pub fn tenant(&self, name: &str) -> Option<&TenantState> {
