@@ -120,10 +120,26 @@ mod tests {
     #[test]
     fn ids_are_deterministic_and_tell_occurrences_apart() {
         let a = || {
-            Alert::new(AlertType::Calibration, "acme", "tenant", "2026-11-20T00:00:00Z".into(), "ok", 0, serde_json::json!({}))
+            Alert::new(
+                AlertType::Calibration,
+                "acme",
+                "tenant",
+                "2026-11-20T00:00:00Z".into(),
+                "ok",
+                0,
+                serde_json::json!({}),
+            )
         };
         assert_eq!(a().id, a().id);
-        let b = Alert::new(AlertType::Calibration, "acme", "tenant", "2026-11-20T00:00:00Z".into(), "ok", 1, serde_json::json!({}));
+        let b = Alert::new(
+            AlertType::Calibration,
+            "acme",
+            "tenant",
+            "2026-11-20T00:00:00Z".into(),
+            "ok",
+            1,
+            serde_json::json!({}),
+        );
         assert_ne!(a().id, b.id);
         let json = serde_json::to_value(a()).unwrap();
         assert_eq!(json["type"], "model.calibration");

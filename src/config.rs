@@ -14,9 +14,15 @@ use crate::fold::config::{DriftSettings, FoldConfig, LimitOverrides, Limits, Rec
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("config {path} is not valid: {source}")]
-    Parse { path: PathBuf, source: toml::de::Error },
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
     #[error("config {path} is not valid:\n{problems}")]
     Invalid { path: PathBuf, problems: String },
 }
@@ -84,15 +90,24 @@ pub struct Config {
 impl Config {
     /// Reads a config file, or the defaults when no path is given.
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
-        let Some(path) = path else { return Ok(Config::default()) };
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
-        let config: Config =
-            toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.to_owned(), source })?;
+        let Some(path) = path else {
+            return Ok(Config::default());
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let config: Config = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source,
+        })?;
         config
             .fold()
             .check()
-            .map_err(|problems| ConfigError::Invalid { path: path.to_owned(), problems })?;
+            .map_err(|problems| ConfigError::Invalid {
+                path: path.to_owned(),
+                problems,
+            })?;
         Ok(config)
     }
 
@@ -127,5 +142,13 @@ mod tests {
         assert_eq!(c.topics.input("o"), Some(Topic::Outcomes));
         assert_eq!(c.topics.input("outcomes"), None);
         assert!(toml::from_str::<Config>("retention = 3").is_err());
+    }
+
+    #[test]
+    fn example_file_is_valid_and_holds_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/feedback.example.toml");
+        let c = Config::load(Some(&path)).unwrap();
+        assert_eq!(c.fold(), FoldConfig::default());
+        assert_eq!(c.topics, TopicNames::default());
     }
 }

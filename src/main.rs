@@ -77,7 +77,12 @@ struct FoldArgs {
     #[arg(required = true, value_name = "FILE")]
     inputs: Vec<PathBuf>,
     /// Where the storage documents go (metadata/performance/{tenant}.json and friends).
-    #[arg(long, env = "FEEDBACK_STORAGE_DIR", default_value = "storage", value_name = "DIR")]
+    #[arg(
+        long,
+        env = "FEEDBACK_STORAGE_DIR",
+        default_value = "storage",
+        value_name = "DIR"
+    )]
     storage_dir: PathBuf,
     /// Write the alerts (CloudEvents JSON, one per line) to this file.
     #[arg(long, value_name = "FILE")]
@@ -136,12 +141,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 progress: !args.quiet && !args.json,
             };
             let summary = fold_files(&job)?;
-            let text = if args.json { serde_json::to_string_pretty(&summary)? } else { summary.to_string() };
+            let text = if args.json {
+                serde_json::to_string_pretty(&summary)?
+            } else {
+                summary.to_string()
+            };
             print_stdout(&text)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Simulate(args) => {
-            anyhow::ensure!((0.0..=1.0).contains(&args.poison_rate), "--poison-rate must be between 0 and 1");
+            anyhow::ensure!(
+                (0.0..=1.0).contains(&args.poison_rate),
+                "--poison-rate must be between 0 and 1"
+            );
             let sim = feedback::simulate::SimConfig {
                 seed: args.seed,
                 tenants: args.tenants,
@@ -154,7 +166,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let topics = feedback::config::TopicNames::default();
             let out: Box<dyn std::io::Write> = match &args.out {
-                Some(path) => Box::new(std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?),
+                Some(path) => Box::new(
+                    std::fs::File::create(path)
+                        .with_context(|| format!("cannot create {}", path.display()))?,
+                ),
                 None => Box::new(std::io::stdout().lock()),
             };
             let mut out = std::io::BufWriter::new(out);

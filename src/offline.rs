@@ -21,11 +21,20 @@ use crate::storage::{Storage, StorageError};
 #[derive(Debug, thiserror::Error)]
 pub enum OfflineError {
     #[error("cannot open input {path}: {source}")]
-    OpenInput { path: PathBuf, source: std::io::Error },
+    OpenInput {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot read input {path}: {source}")]
-    ReadInput { path: PathBuf, source: std::io::Error },
+    ReadInput {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot write {path}: {source}")]
-    WriteOutput { path: PathBuf, source: std::io::Error },
+    WriteOutput {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Storage(#[from] StorageError),
 }
@@ -59,8 +68,16 @@ pub struct FoldSummary {
 impl std::fmt::Display for FoldSummary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let secs = self.elapsed.as_secs_f64();
-        let rate = if secs > 0.0 { self.records as f64 / secs } else { 0.0 };
-        writeln!(f, "records   {} read, {} accepted, {} rejected ({:.1}s, {:.0} records/s)", self.records, self.accepted, self.rejected, secs, rate)?;
+        let rate = if secs > 0.0 {
+            self.records as f64 / secs
+        } else {
+            0.0
+        };
+        writeln!(
+            f,
+            "records   {} read, {} accepted, {} rejected ({:.1}s, {:.0} records/s)",
+            self.records, self.accepted, self.rejected, secs, rate
+        )?;
         for (kind, n) in &self.rejected_by_kind {
             writeln!(f, "          {n} {kind}")?;
         }
@@ -111,13 +128,25 @@ struct Outputs {
 
 fn create(path: &Option<PathBuf>) -> Result<Option<(PathBuf, BufWriter<File>)>, OfflineError> {
     let Some(path) = path else { return Ok(None) };
-    let file = File::create(path).map_err(|source| OfflineError::WriteOutput { path: path.clone(), source })?;
-    Ok(Some((path.clone(), BufWriter::with_capacity(1 << 16, file))))
+    let file = File::create(path).map_err(|source| OfflineError::WriteOutput {
+        path: path.clone(),
+        source,
+    })?;
+    Ok(Some((
+        path.clone(),
+        BufWriter::with_capacity(1 << 16, file),
+    )))
 }
 
-fn write_line<T: Serialize>(out: &mut Option<(PathBuf, BufWriter<File>)>, value: &T) -> Result<(), OfflineError> {
+fn write_line<T: Serialize>(
+    out: &mut Option<(PathBuf, BufWriter<File>)>,
+    value: &T,
+) -> Result<(), OfflineError> {
     let Some((path, w)) = out else { return Ok(()) };
-    let err = |source| OfflineError::WriteOutput { path: path.clone(), source };
+    let err = |source| OfflineError::WriteOutput {
+        path: path.clone(),
+        source,
+    };
     serde_json::to_writer(&mut *w, value).map_err(|e| err(e.into()))?;
     w.write_all(b"\n").map_err(err)
 }
@@ -129,12 +158,22 @@ pub fn fold_files(job: &FoldJob) -> Result<FoldSummary, OfflineError> {
     let mut readers = Vec::new();
     let mut total_bytes = 0;
     for path in &job.inputs {
-        let file = File::open(path).map_err(|source| OfflineError::OpenInput { path: path.clone(), source })?;
+        let file = File::open(path).map_err(|source| OfflineError::OpenInput {
+            path: path.clone(),
+            source,
+        })?;
         total_bytes += file.metadata().map(|m| m.len()).unwrap_or(0);
         readers.push((path.clone(), BufReader::with_capacity(1 << 20, file)));
     }
-    let mut outputs = Outputs { alerts: create(&job.alerts_out)?, dlq: create(&job.dlq_out)? };
-    let progress = if job.progress { progress_bar(total_bytes) } else { indicatif::ProgressBar::hidden() };
+    let mut outputs = Outputs {
+        alerts: create(&job.alerts_out)?,
+        dlq: create(&job.dlq_out)?,
+    };
+    let progress = if job.progress {
+        progress_bar(total_bytes)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
 
     let schemas = AvroSchemas::builtin();
     let mut engine = Engine::new(job.config.clone());
@@ -145,9 +184,13 @@ pub fn fold_files(job: &FoldJob) -> Result<FoldSummary, OfflineError> {
         let mut line_no = 0u64;
         loop {
             buf.clear();
-            let n = reader
-                .read_until(b'\n', &mut buf)
-                .map_err(|source| OfflineError::ReadInput { path: path.clone(), source })?;
+            let n =
+                reader
+                    .read_until(b'\n', &mut buf)
+                    .map_err(|source| OfflineError::ReadInput {
+                        path: path.clone(),
+                        source,
+                    })?;
             if n == 0 {
                 break;
             }
@@ -162,7 +205,10 @@ pub fn fold_files(job: &FoldJob) -> Result<FoldSummary, OfflineError> {
                 Ok(()) => summary.accepted += 1,
                 Err(refused) => {
                     summary.rejected += 1;
-                    *summary.rejected_by_kind.entry(refused.rejection.kind.to_string()).or_default() += 1;
+                    *summary
+                        .rejected_by_kind
+                        .entry(refused.rejection.kind.to_string())
+                        .or_default() += 1;
                     engine.record_rejection(&refused.rejection);
                     let payload = String::from_utf8_lossy(refused.payload.unwrap_or(line));
                     write_line(
@@ -182,7 +228,10 @@ pub fn fold_files(job: &FoldJob) -> Result<FoldSummary, OfflineError> {
             }
             for alert in alerts.drain(..) {
                 summary.alerts += 1;
-                *summary.alerts_by_type.entry(alert.kind.to_string()).or_default() += 1;
+                *summary
+                    .alerts_by_type
+                    .entry(alert.kind.to_string())
+                    .or_default() += 1;
                 write_line(&mut outputs.alerts, &alert)?;
             }
         }
@@ -192,9 +241,15 @@ pub fn fold_files(job: &FoldJob) -> Result<FoldSummary, OfflineError> {
     let storage = Storage::new(&job.storage_dir);
     let names = engine.tenants();
     storage.write_tenants(names.iter().filter_map(|name| engine.documents(name)))?;
-    for out in [&mut outputs.alerts, &mut outputs.dlq].into_iter().flatten() {
+    for out in [&mut outputs.alerts, &mut outputs.dlq]
+        .into_iter()
+        .flatten()
+    {
         let (path, w) = out;
-        w.flush().map_err(|source| OfflineError::WriteOutput { path: path.clone(), source })?;
+        w.flush().map_err(|source| OfflineError::WriteOutput {
+            path: path.clone(),
+            source,
+        })?;
     }
     summary.tenants = names.len() as u64;
     summary.elapsed = started.elapsed();
@@ -213,8 +268,14 @@ fn progress_bar(total: u64) -> indicatif::ProgressBar {
 }
 
 fn trim(line: &[u8]) -> &[u8] {
-    let end = line.iter().rposition(|b| !b.is_ascii_whitespace()).map_or(0, |i| i + 1);
-    let start = line[..end].iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(end);
+    let end = line
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(0, |i| i + 1);
+    let start = line[..end]
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(end);
     &line[start..end]
 }
 
@@ -241,7 +302,10 @@ fn fold_line<'a>(
         payload: None,
     };
     let envelope: Envelope = serde_json::from_slice(line).map_err(|e| {
-        refuse(RejectKind::Malformed, format!("line is not a JSON object with topic and payload: {e}"))
+        refuse(
+            RejectKind::Malformed,
+            format!("line is not a JSON object with topic and payload: {e}"),
+        )
     })?;
     let topic_name = envelope.topic.as_deref().unwrap_or_default();
     let with_source = |mut r: Refused<'a>, payload: Option<&'a [u8]>| {
@@ -252,22 +316,34 @@ fn fold_line<'a>(
         r
     };
     let Some(raw) = envelope.payload else {
-        return Err(with_source(refuse(RejectKind::Malformed, "record has no payload".into()), None));
+        return Err(with_source(
+            refuse(RejectKind::Malformed, "record has no payload".into()),
+            None,
+        ));
     };
     let raw_bytes = raw.get().as_bytes();
     let Some(topic) = topics.input(topic_name) else {
         let message = format!("topic {topic_name:?} is not one of the input topics");
-        return Err(with_source(refuse(RejectKind::UnknownTopic, message), Some(raw_bytes)));
+        return Err(with_source(
+            refuse(RejectKind::UnknownTopic, message),
+            Some(raw_bytes),
+        ));
     };
     // A payload given as a string (as kcat -J prints it) is the record's bytes; an object is the record.
     let unescaped: String;
     let bytes = if raw_bytes.first() == Some(&b'"') {
         unescaped = serde_json::from_str(raw.get()).map_err(|e| {
-            with_source(refuse(RejectKind::Malformed, format!("payload string: {e}")), Some(raw_bytes))
+            with_source(
+                refuse(RejectKind::Malformed, format!("payload string: {e}")),
+                Some(raw_bytes),
+            )
         })?;
         unescaped.as_bytes()
     } else if raw_bytes == b"null" {
-        return Err(with_source(refuse(RejectKind::Malformed, "payload is null".into()), None));
+        return Err(with_source(
+            refuse(RejectKind::Malformed, "payload is null".into()),
+            None,
+        ));
     } else {
         raw_bytes
     };

@@ -91,13 +91,22 @@ impl SimRecord {
             SimPayload::Poison(p) => serde_json::Value::String(p.clone()).to_string(),
             _ => self.payload_json(),
         };
-        format!("{{\"topic\":{},\"payload\":{}}}", serde_json::Value::String(topic_name.to_owned()), payload)
+        format!(
+            "{{\"topic\":{},\"payload\":{}}}",
+            serde_json::Value::String(topic_name.to_owned()),
+            payload
+        )
     }
 }
 
 fn scenario_of(config: &SimConfig, tenant: usize) -> Scenario {
     match config.scenario {
-        Scenario::Mixed => [Scenario::Healthy, Scenario::Degraded, Scenario::Miscalibrated, Scenario::Drift][tenant % 4],
+        Scenario::Mixed => [
+            Scenario::Healthy,
+            Scenario::Degraded,
+            Scenario::Miscalibrated,
+            Scenario::Drift,
+        ][tenant % 4],
         s => s,
     }
 }
@@ -149,7 +158,8 @@ fn expected(cell: &Cell, day: u32) -> f64 {
 pub fn generate(config: &SimConfig) -> Vec<SimRecord> {
     let mut rng = Pcg64Mcg::seed_from_u64(config.seed);
     let noise_sd: f64 = 0.12;
-    let noise = Normal::new(0.0, noise_sd).unwrap_or_else(|_| Normal::new(0.0, 1.0).expect("valid"));
+    let noise =
+        Normal::new(0.0, noise_sd).unwrap_or_else(|_| Normal::new(0.0, 1.0).expect("valid"));
     let tenants: Vec<TenantSim> = (0..config.tenants)
         .map(|t| TenantSim {
             name: tenant_name(config, t),
@@ -204,16 +214,30 @@ pub fn generate(config: &SimConfig) -> Vec<SimRecord> {
                     issued_at: midnight(day),
                     lines,
                 };
-                push(&mut out, &mut rng, config, Topic::Forecasts, &tenant.name, Event::Forecast(forecast));
+                push(
+                    &mut out,
+                    &mut rng,
+                    config,
+                    Topic::Forecasts,
+                    &tenant.name,
+                    Event::Forecast(forecast),
+                );
             }
             // Outcomes of the day before.
             if day >= 1 {
                 let d = day - 1;
                 let odate = config.start + Days::new(u64::from(d));
                 for (i, cell) in tenant.cells.iter().enumerate() {
-                    let shock = if tenant.scenario == Scenario::Degraded && d >= onset { 0.45 } else { 1.0 };
-                    let revenue = round2(expected(cell, d) * shock * f64::exp(noise.sample(&mut rng)));
-                    let spend = round2(expected(cell, d) / cell.roas * (1.0 + 0.05 * noise.sample(&mut rng)));
+                    let shock = if tenant.scenario == Scenario::Degraded && d >= onset {
+                        0.45
+                    } else {
+                        1.0
+                    };
+                    let revenue =
+                        round2(expected(cell, d) * shock * f64::exp(noise.sample(&mut rng)));
+                    let spend = round2(
+                        expected(cell, d) / cell.roas * (1.0 + 0.05 * noise.sample(&mut rng)),
+                    );
                     let platform = format!("{}_ads", cell.channel);
                     let outcome = |source: &str, revenue: f64| Outcome {
                         tenant: tenant.name.clone(),
@@ -230,10 +254,31 @@ pub fn generate(config: &SimConfig) -> Vec<SimRecord> {
                     // the platform's figure is all there is.
                     if i % 2 == 0 {
                         let platform_revenue = round2(revenue * (1.05 + 0.1 * rng.gen::<f64>()));
-                        push(&mut out, &mut rng, config, Topic::Outcomes, &tenant.name, Event::Outcome(outcome(&platform, platform_revenue)));
-                        push(&mut out, &mut rng, config, Topic::Outcomes, &tenant.name, Event::Outcome(outcome("shopify", revenue)));
+                        push(
+                            &mut out,
+                            &mut rng,
+                            config,
+                            Topic::Outcomes,
+                            &tenant.name,
+                            Event::Outcome(outcome(&platform, platform_revenue)),
+                        );
+                        push(
+                            &mut out,
+                            &mut rng,
+                            config,
+                            Topic::Outcomes,
+                            &tenant.name,
+                            Event::Outcome(outcome("shopify", revenue)),
+                        );
                     } else {
-                        push(&mut out, &mut rng, config, Topic::Outcomes, &tenant.name, Event::Outcome(outcome(&platform, revenue)));
+                        push(
+                            &mut out,
+                            &mut rng,
+                            config,
+                            Topic::Outcomes,
+                            &tenant.name,
+                            Event::Outcome(outcome(&platform, revenue)),
+                        );
                     }
                 }
             }
@@ -242,17 +287,33 @@ pub fn generate(config: &SimConfig) -> Vec<SimRecord> {
                 let drifting = tenant.scenario == Scenario::Drift && late;
                 let mut importances = BTreeMap::new();
                 let mut samples = BTreeMap::new();
-                let mut channels: Vec<&str> = tenant.cells.iter().map(|c| c.channel.as_str()).collect();
+                let mut channels: Vec<&str> =
+                    tenant.cells.iter().map(|c| c.channel.as_str()).collect();
                 channels.dedup();
                 for (c, name) in channels.into_iter().enumerate() {
-                    let weight = if drifting { 0.05 + 0.6 * (c as f64) } else { 1.0 / (1.0 + c as f64) };
-                    importances.insert(format!("{name}_spend"), round4(weight * (1.0 + 0.05 * noise.sample(&mut rng))));
+                    let weight = if drifting {
+                        0.05 + 0.6 * (c as f64)
+                    } else {
+                        1.0 / (1.0 + c as f64)
+                    };
+                    importances.insert(
+                        format!("{name}_spend"),
+                        round4(weight * (1.0 + 0.05 * noise.sample(&mut rng))),
+                    );
                     let mean = if drifting { 260.0 } else { 200.0 };
-                    let values: Vec<f64> = (0..200).map(|_| round2(mean * (1.0 + noise.sample(&mut rng)))).collect();
+                    let values: Vec<f64> = (0..200)
+                        .map(|_| round2(mean * (1.0 + noise.sample(&mut rng))))
+                        .collect();
                     samples.insert(format!("{name}_spend"), values);
                 }
-                importances.insert("seasonality".into(), round4(0.3 * (1.0 + 0.05 * noise.sample(&mut rng))));
-                importances.insert("price".into(), round4(0.15 * (1.0 + 0.05 * noise.sample(&mut rng))));
+                importances.insert(
+                    "seasonality".into(),
+                    round4(0.3 * (1.0 + 0.05 * noise.sample(&mut rng))),
+                );
+                importances.insert(
+                    "price".into(),
+                    round4(0.15 * (1.0 + 0.05 * noise.sample(&mut rng))),
+                );
                 let fi = FeatureImportance {
                     tenant: tenant.name.clone(),
                     model_version: Some("mmm-v12".into()),
@@ -261,20 +322,38 @@ pub fn generate(config: &SimConfig) -> Vec<SimRecord> {
                     importances,
                     samples,
                 };
-                push(&mut out, &mut rng, config, Topic::FeatureImportances, &tenant.name, Event::FeatureImportance(fi));
+                push(
+                    &mut out,
+                    &mut rng,
+                    config,
+                    Topic::FeatureImportances,
+                    &tenant.name,
+                    Event::FeatureImportance(fi),
+                );
             }
         }
     }
     out
 }
 
-fn push(out: &mut Vec<SimRecord>, rng: &mut Pcg64Mcg, config: &SimConfig, topic: Topic, tenant: &str, event: Event) {
+fn push(
+    out: &mut Vec<SimRecord>,
+    rng: &mut Pcg64Mcg,
+    config: &SimConfig,
+    topic: Topic,
+    tenant: &str,
+    event: Event,
+) {
     let payload = if config.poison_rate > 0.0 && rng.gen::<f64>() < config.poison_rate {
         SimPayload::Poison(poison(rng, tenant))
     } else {
         SimPayload::Event(event)
     };
-    out.push(SimRecord { topic, tenant: tenant.to_owned(), payload });
+    out.push(SimRecord {
+        topic,
+        tenant: tenant.to_owned(),
+        payload,
+    });
 }
 
 /// A record validation must refuse, of one of the kinds a real connector gets wrong.
@@ -303,11 +382,17 @@ mod tests {
 
     #[test]
     fn same_seed_same_records() {
-        let c = SimConfig { days: 20, ..SimConfig::default() };
+        let c = SimConfig {
+            days: 20,
+            ..SimConfig::default()
+        };
         let a: Vec<String> = generate(&c).iter().map(|r| r.jsonl("t")).collect();
         let b: Vec<String> = generate(&c).iter().map(|r| r.jsonl("t")).collect();
         assert_eq!(a, b);
-        let other: Vec<String> = generate(&SimConfig { seed: 7, ..c }).iter().map(|r| r.jsonl("t")).collect();
+        let other: Vec<String> = generate(&SimConfig { seed: 7, ..c })
+            .iter()
+            .map(|r| r.jsonl("t"))
+            .collect();
         assert_ne!(a, other);
     }
 }

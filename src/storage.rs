@@ -13,15 +13,30 @@ use crate::fold::TenantDocuments;
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
     #[error("cannot create directory {path}: {source}")]
-    CreateDir { path: PathBuf, source: std::io::Error },
+    CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot write {path}: {source}")]
-    Write { path: PathBuf, source: std::io::Error },
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot encode {path}: {source}")]
-    Encode { path: PathBuf, source: serde_json::Error },
+    Encode {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
     #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path} is not a valid document: {source}")]
-    Decode { path: PathBuf, source: serde_json::Error },
+    Decode {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
     #[error("invalid tenant name {0:?}")]
     InvalidTenant(String),
 }
@@ -75,42 +90,77 @@ impl Storage {
     /// them instead of one fsync per file: every temporary file is written, the filesystem is
     /// synced once, then each is renamed over its target. A reader sees each document old or
     /// new, never partial, and a crash leaves no target file empty.
-    pub fn write_tenants(&self, docs: impl IntoIterator<Item = TenantDocuments>) -> Result<(), StorageError> {
+    pub fn write_tenants(
+        &self,
+        docs: impl IntoIterator<Item = TenantDocuments>,
+    ) -> Result<(), StorageError> {
         let dir = self.performance_dir();
-        fs::create_dir_all(&dir).map_err(|source| StorageError::CreateDir { path: dir.clone(), source })?;
+        fs::create_dir_all(&dir).map_err(|source| StorageError::CreateDir {
+            path: dir.clone(),
+            source,
+        })?;
         let mut staged = Vec::new();
         for d in docs {
             let tenant = &d.performance.tenant;
-            staged.push(stage(&self.path(tenant, Document::Performance)?, &d.performance)?);
-            staged.push(stage(&self.path(tenant, Document::Calibration)?, &d.calibration)?);
+            staged.push(stage(
+                &self.path(tenant, Document::Performance)?,
+                &d.performance,
+            )?);
+            staged.push(stage(
+                &self.path(tenant, Document::Calibration)?,
+                &d.calibration,
+            )?);
             staged.push(stage(&self.path(tenant, Document::Drift)?, &d.drift)?);
         }
-        let Some((first, path)) = staged.first() else { return Ok(()) };
-        rustix::fs::syncfs(first.as_file()).map_err(|e| StorageError::Write { path: path.clone(), source: e.into() })?;
+        let Some((first, path)) = staged.first() else {
+            return Ok(());
+        };
+        rustix::fs::syncfs(first.as_file()).map_err(|e| StorageError::Write {
+            path: path.clone(),
+            source: e.into(),
+        })?;
         for (tmp, path) in staged {
-            tmp.persist(&path).map_err(|e| StorageError::Write { path: path.clone(), source: e.error })?;
+            tmp.persist(&path).map_err(|e| StorageError::Write {
+                path: path.clone(),
+                source: e.error,
+            })?;
         }
         sync_dir(&dir);
         Ok(())
     }
 
     /// Reads one document as JSON.
-    pub fn read<T: serde::de::DeserializeOwned>(&self, tenant: &str, doc: Document) -> Result<T, StorageError> {
+    pub fn read<T: serde::de::DeserializeOwned>(
+        &self,
+        tenant: &str,
+        doc: Document,
+    ) -> Result<T, StorageError> {
         let path = self.path(tenant, doc)?;
-        let bytes = fs::read(&path).map_err(|source| StorageError::Read { path: path.clone(), source })?;
+        let bytes = fs::read(&path).map_err(|source| StorageError::Read {
+            path: path.clone(),
+            source,
+        })?;
         serde_json::from_slice(&bytes).map_err(|source| StorageError::Decode { path, source })
     }
 }
 
 /// Writes a value to a temporary file beside `path`, not yet synced nor renamed.
-fn stage<T: Serialize>(path: &Path, value: &T) -> Result<(tempfile::NamedTempFile, PathBuf), StorageError> {
+fn stage<T: Serialize>(
+    path: &Path,
+    value: &T,
+) -> Result<(tempfile::NamedTempFile, PathBuf), StorageError> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let write_err = |source| StorageError::Write { path: path.to_owned(), source };
+    let write_err = |source| StorageError::Write {
+        path: path.to_owned(),
+        source,
+    };
     let tmp = tempfile::NamedTempFile::new_in(dir).map_err(write_err)?;
     {
         let mut w = BufWriter::new(tmp.as_file());
-        serde_json::to_writer_pretty(&mut w, value)
-            .map_err(|source| StorageError::Encode { path: path.to_owned(), source })?;
+        serde_json::to_writer_pretty(&mut w, value).map_err(|source| StorageError::Encode {
+            path: path.to_owned(),
+            source,
+        })?;
         w.write_all(b"\n").map_err(write_err)?;
         w.flush().map_err(write_err)?;
     }
@@ -127,7 +177,10 @@ fn sync_dir(dir: &Path) {
 /// Temporary file in the same directory, fsync, rename over the target, fsync the directory.
 pub fn write_atomic<T: Serialize>(path: &Path, value: &T) -> Result<(), StorageError> {
     let (tmp, path) = stage(path, value)?;
-    let write_err = |source| StorageError::Write { path: path.clone(), source };
+    let write_err = |source| StorageError::Write {
+        path: path.clone(),
+        source,
+    };
     tmp.as_file().sync_all().map_err(write_err)?;
     tmp.persist(&path).map_err(|e| write_err(e.error))?;
     sync_dir(path.parent().unwrap_or(Path::new(".")));
@@ -141,8 +194,14 @@ mod tests {
     #[test]
     fn refuses_tenant_names_that_are_not_file_safe() {
         let s = Storage::new("/tmp/x");
-        assert!(matches!(s.path("../etc", Document::Performance), Err(StorageError::InvalidTenant(_))));
-        assert!(s.path("acme", Document::Drift).unwrap().ends_with("metadata/performance/acme_drift.json"));
+        assert!(matches!(
+            s.path("../etc", Document::Performance),
+            Err(StorageError::InvalidTenant(_))
+        ));
+        assert!(s
+            .path("acme", Document::Drift)
+            .unwrap()
+            .ends_with("metadata/performance/acme_drift.json"));
     }
 
     #[test]
@@ -153,6 +212,10 @@ mod tests {
         write_atomic(&path, &serde_json::json!({"a": 2})).unwrap();
         let v: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
         assert_eq!(v["a"], 2);
-        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1, "no temporary file left behind");
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no temporary file left behind"
+        );
     }
 }

@@ -29,7 +29,12 @@ fn fold_examples_matches_golden_files() {
     let out = tempfile::tempdir().unwrap();
     let result = Command::new(env!("CARGO_BIN_EXE_feedback"))
         .current_dir(manifest)
-        .args(["fold", "examples/history.jsonl", "examples/poison.jsonl", "--json"])
+        .args([
+            "fold",
+            "examples/history.jsonl",
+            "examples/poison.jsonl",
+            "--json",
+        ])
         .arg("--storage-dir")
         .arg(out.path().join("storage"))
         .arg("--alerts-out")
@@ -38,7 +43,11 @@ fn fold_examples_matches_golden_files() {
         .arg(out.path().join("dlq.jsonl"))
         .output()
         .unwrap();
-    assert!(result.status.success(), "fold failed: {}", String::from_utf8_lossy(&result.stderr));
+    assert!(
+        result.status.success(),
+        "fold failed: {}",
+        String::from_utf8_lossy(&result.stderr)
+    );
     fs::write(out.path().join("summary.json"), &result.stdout).unwrap();
 
     let golden = manifest.join("tests/golden");
@@ -51,13 +60,24 @@ fn fold_examples_matches_golden_files() {
         }
     }
     let produced = files_under(out.path());
-    assert_eq!(produced, files_under(&golden), "the set of files differs from tests/golden");
-    assert!(produced.len() >= 15, "expected documents for four tenants plus alerts, dlq, summary");
+    assert_eq!(
+        produced,
+        files_under(&golden),
+        "the set of files differs from tests/golden"
+    );
+    assert!(
+        produced.len() >= 15,
+        "expected documents for four tenants plus alerts, dlq, summary"
+    );
     for rel in produced {
         let got = fs::read_to_string(out.path().join(&rel)).unwrap();
         let want = fs::read_to_string(golden.join(&rel)).unwrap();
         if got != want {
-            let line = got.lines().zip(want.lines()).position(|(a, b)| a != b).unwrap_or(0);
+            let line = got
+                .lines()
+                .zip(want.lines())
+                .position(|(a, b)| a != b)
+                .unwrap_or(0);
             panic!(
                 "{} differs from the golden file at line {}:\n  got:  {}\n  want: {}",
                 rel.display(),

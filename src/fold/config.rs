@@ -78,7 +78,10 @@ pub struct DriftSettings {
 
 impl Default for DriftSettings {
     fn default() -> Self {
-        DriftSettings { baseline_events: 4, key_features: Vec::new() }
+        DriftSettings {
+            baseline_events: 4,
+            key_features: Vec::new(),
+        }
     }
 }
 
@@ -136,7 +139,13 @@ pub struct CalibrationLimits {
 
 impl Default for CalibrationLimits {
     fn default() -> Self {
-        CalibrationLimits { window_days: 28, min_n: 30, interval: [10, 90], low: 0.70, high: 0.90 }
+        CalibrationLimits {
+            window_days: 28,
+            min_n: 30,
+            interval: [10, 90],
+            low: 0.70,
+            high: 0.90,
+        }
     }
 }
 
@@ -149,7 +158,10 @@ pub struct DriftLimits {
 
 impl Default for DriftLimits {
     fn default() -> Self {
-        DriftLimits { importance_shift: 0.20, psi: 0.25 }
+        DriftLimits {
+            importance_shift: 0.20,
+            psi: 0.25,
+        }
     }
 }
 
@@ -192,7 +204,9 @@ impl FoldConfig {
     /// only the decision, so they are not overridable per tenant.
     pub fn limits_for(&self, tenant: &str) -> Limits {
         let mut limits = self.limits.clone();
-        let Some(o) = self.tenants.get(tenant) else { return limits };
+        let Some(o) = self.tenants.get(tenant) else {
+            return limits;
+        };
         if let Some(p) = &o.performance {
             let l = &mut limits.performance;
             l.min_n = p.min_n.unwrap_or(l.min_n);
@@ -239,10 +253,14 @@ impl FoldConfig {
         let mut check_limits = |who: &str, l: &Limits| {
             let p = &l.performance;
             if p.window_days == 0 || p.baseline_days == 0 {
-                problems.push(format!("{who}performance: window_days and baseline_days must be at least 1"));
+                problems.push(format!(
+                    "{who}performance: window_days and baseline_days must be at least 1"
+                ));
             }
             if !(p.resolve_fraction > 0.0 && p.resolve_fraction <= 1.0) {
-                problems.push(format!("{who}performance.resolve_fraction: must be in (0, 1]"));
+                problems.push(format!(
+                    "{who}performance.resolve_fraction: must be in (0, 1]"
+                ));
             }
             let c = &l.calibration;
             if c.window_days == 0 || !(c.interval[0] < 50 && c.interval[1] > 50) {
@@ -258,7 +276,11 @@ impl FoldConfig {
         for name in self.tenants.keys() {
             check_limits(&format!("tenants.{name}."), &self.limits_for(name));
         }
-        if problems.is_empty() { Ok(()) } else { Err(problems.join("\n")) }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("\n"))
+        }
     }
 
     /// The label of each horizon bucket: `0-7`, `8-14`, `15-28`, `29+`.
@@ -274,7 +296,11 @@ impl FoldConfig {
 
     /// The bucket a horizon (in days, >= 0) falls in.
     pub fn horizon_bucket(&self, horizon: u32) -> u8 {
-        (self.horizon_buckets.partition_point(|&lower| lower <= horizon).max(1) - 1) as u8
+        (self
+            .horizon_buckets
+            .partition_point(|&lower| lower <= horizon)
+            .max(1)
+            - 1) as u8
     }
 }
 

@@ -34,7 +34,10 @@ impl Engine {
             key_features: config.drift.key_features.clone(),
             ..drift::DriftConfig::default()
         };
-        Engine { shared: Shared { config, drift }, tenants: FxHashMap::default() }
+        Engine {
+            shared: Shared { config, drift },
+            tenants: FxHashMap::default(),
+        }
     }
 
     pub fn config(&self) -> &FoldConfig {
@@ -43,7 +46,8 @@ impl Engine {
 
     fn tenant_mut(&mut self, name: &str) -> &mut TenantState {
         if !self.tenants.contains_key(name) {
-            self.tenants.insert(name.to_owned(), TenantState::new(name, &self.shared));
+            self.tenants
+                .insert(name.to_owned(), TenantState::new(name, &self.shared));
         }
         self.tenants.get_mut(name).expect("inserted above")
     }
@@ -54,7 +58,10 @@ impl Engine {
         let name = event.tenant();
         let state = match self.tenants.get_mut(name) {
             Some(s) => s,
-            None => self.tenants.entry(name.to_owned()).or_insert_with(|| TenantState::new(name, shared)),
+            None => self
+                .tenants
+                .entry(name.to_owned())
+                .or_insert_with(|| TenantState::new(name, shared)),
         };
         match event {
             Event::Outcome(o) => state.apply_outcome(o, shared, alerts),
@@ -83,6 +90,8 @@ impl Engine {
 
     /// The storage documents of SPEC 6 for one tenant.
     pub fn documents(&self, name: &str) -> Option<TenantDocuments> {
-        self.tenants.get(name).map(|s| report::documents(s, &self.shared))
+        self.tenants
+            .get(name)
+            .map(|s| report::documents(s, &self.shared))
     }
 }

@@ -121,7 +121,12 @@ pub struct DriftDoc {
 }
 
 /// Coverage counts over days `from..=to`, for the tenant (`bucket` None) or one horizon bucket.
-pub fn coverage_counts(state: &TenantState, from: Day, to: Day, bucket: Option<u8>) -> CoverageCounts {
+pub fn coverage_counts(
+    state: &TenantState,
+    from: Day,
+    to: Day,
+    bucket: Option<u8>,
+) -> CoverageCounts {
     let i = bucket.map_or(0, |b| 1 + b as usize);
     let mut counts = CoverageCounts::default();
     for data in state.days.range(from..=to).map(|(_, d)| d) {
@@ -140,7 +145,10 @@ pub fn documents(state: &TenantState, shared: &Shared) -> TenantDocuments {
     TenantDocuments {
         performance: performance(state, shared),
         calibration: calibration(state, shared),
-        drift: DriftDoc { tenant: state.name.clone(), history: state.drift_history.clone() },
+        drift: DriftDoc {
+            tenant: state.name.clone(),
+            history: state.drift_history.clone(),
+        },
     }
 }
 
@@ -162,10 +170,16 @@ pub fn performance(state: &TenantState, shared: &Shared) -> PerformanceDoc {
                 for (&channel, cd) in &data.channels {
                     let ch = channels.entry(state.channels.name(channel)).or_default();
                     for line in &cd.lines {
-                        let Some(actual) = line_actual(ranks, data, channel, line.campaign) else { continue };
+                        let Some(actual) = line_actual(ranks, data, channel, line.campaign) else {
+                            continue;
+                        };
                         let set = &state.level_sets[line.levels as usize];
-                        let quantiles: smallvec::SmallVec<[(u8, f64); 4]> = set.pairs(&line.values).collect();
-                        let pair = Pair { y: actual.revenue, quantiles: &quantiles };
+                        let quantiles: smallvec::SmallVec<[(u8, f64); 4]> =
+                            set.pairs(&line.values).collect();
+                        let pair = Pair {
+                            y: actual.revenue,
+                            quantiles: &quantiles,
+                        };
                         tenant.add(&pair);
                         ch.add(&pair);
                         horizons[line.bucket as usize].add(&pair);
@@ -175,16 +189,23 @@ pub fn performance(state: &TenantState, shared: &Shared) -> PerformanceDoc {
             let key = window_key(w);
             windows.insert(key.clone(), tenant.window());
             for (name, s) in channels {
-                by_channel.entry(name.to_owned()).or_default().insert(key.clone(), s.window());
+                by_channel
+                    .entry(name.to_owned())
+                    .or_default()
+                    .insert(key.clone(), s.window());
             }
             for (b, s) in horizons.iter().enumerate() {
-                by_horizon.entry(labels[b].clone()).or_default().insert(key.clone(), s.window());
+                by_horizon
+                    .entry(labels[b].clone())
+                    .or_default()
+                    .insert(key.clone(), s.window());
             }
         }
         // Channels with no pair in any window still get their (empty) window objects.
         for name in by_channel.values_mut() {
             for &w in &config.windows {
-                name.entry(window_key(w)).or_insert_with(|| Stats::default().window());
+                name.entry(window_key(w))
+                    .or_insert_with(|| Stats::default().window());
             }
         }
     }
@@ -200,7 +221,9 @@ pub fn performance(state: &TenantState, shared: &Shared) -> PerformanceDoc {
                 if line.values.windows(2).any(|w| w[0] > w[1]) {
                     crossings += 1;
                 }
-                let Some(actual) = line_actual(ranks, data, channel, line.campaign) else { continue };
+                let Some(actual) = line_actual(ranks, data, channel, line.campaign) else {
+                    continue;
+                };
                 pairs += 1;
                 let p50 = line.values[state.level_sets[line.levels as usize].p50];
                 plan.matched += 1;
@@ -222,7 +245,9 @@ pub fn performance(state: &TenantState, shared: &Shared) -> PerformanceDoc {
             let roas_delta = planned_roas.zip(actual_roas).map(|(plan, act)| act - plan);
             let doc = PlanDoc {
                 model_version: meta.and_then(|m| m.model_version.clone()),
-                issued_at: meta.and_then(|m| m.issued_at).map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)),
+                issued_at: meta
+                    .and_then(|m| m.issued_at)
+                    .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)),
                 lines: p.lines,
                 matched: p.matched,
                 planned_spend: p.planned_spend.value(),
@@ -232,7 +257,9 @@ pub fn performance(state: &TenantState, shared: &Shared) -> PerformanceDoc {
                 planned_roas,
                 actual_roas,
                 roas_delta,
-                roas_delta_pct: roas_delta.zip(planned_roas).and_then(|(d, plan)| ratio(d, plan)),
+                roas_delta_pct: roas_delta
+                    .zip(planned_roas)
+                    .and_then(|(d, plan)| ratio(d, plan)),
             };
             (state.plans.name(id).to_owned(), doc)
         })
@@ -242,9 +269,13 @@ pub fn performance(state: &TenantState, shared: &Shared) -> PerformanceDoc {
     let rules = &state.rules;
     let mut perf_status = BTreeMap::from([("tenant".to_owned(), firing(rules.perf_tenant))]);
     for (c, &f) in rules.perf_channels.iter().enumerate() {
-        perf_status.insert(format!("channel:{}", state.channels.name(c as u32)), firing(f));
+        perf_status.insert(
+            format!("channel:{}", state.channels.name(c as u32)),
+            firing(f),
+        );
     }
-    let mut cal_status = BTreeMap::from([("tenant".to_owned(), rules.cal_tenant.as_str().to_owned())]);
+    let mut cal_status =
+        BTreeMap::from([("tenant".to_owned(), rules.cal_tenant.as_str().to_owned())]);
     for (b, s) in rules.cal_horizons.iter().enumerate() {
         cal_status.insert(format!("horizon:{}", labels[b]), s.as_str().to_owned());
     }
@@ -256,7 +287,11 @@ pub fn performance(state: &TenantState, shared: &Shared) -> PerformanceDoc {
         by_channel,
         by_horizon,
         plans,
-        status: StatusDoc { performance: perf_status, calibration: cal_status, drift: firing(rules.drift) },
+        status: StatusDoc {
+            performance: perf_status,
+            calibration: cal_status,
+            drift: firing(rules.drift),
+        },
         tags: rules.tags().into_iter().map(str::to_owned).collect(),
         counts: CountsDoc {
             outcomes,
@@ -289,17 +324,29 @@ struct PlanAcc {
 /// is |a - b| / max(a, b) for two sources.
 fn source_gap(state: &TenantState) -> BTreeMap<String, SourceGapDoc> {
     let mut gaps: BTreeMap<&str, (u64, f64, f64)> = BTreeMap::new();
-    let Some(as_of) = state.as_of else { return BTreeMap::new() };
+    let Some(as_of) = state.as_of else {
+        return BTreeMap::new();
+    };
     let from = as_of - state.limits.calibration.window_days as Day + 1;
     for (_, data) in state.days.range(from..=as_of) {
         for (&(channel, _), cell) in &data.cells {
             if cell.reports.len() < 2 {
                 continue;
             }
-            let max = cell.reports.iter().map(|r| r.revenue).fold(f64::MIN, f64::max);
-            let min = cell.reports.iter().map(|r| r.revenue).fold(f64::MAX, f64::min);
+            let max = cell
+                .reports
+                .iter()
+                .map(|r| r.revenue)
+                .fold(f64::MIN, f64::max);
+            let min = cell
+                .reports
+                .iter()
+                .map(|r| r.revenue)
+                .fold(f64::MAX, f64::min);
             let gap = if max > 0.0 { (max - min) / max } else { 0.0 };
-            let g = gaps.entry(state.channels.name(channel)).or_insert((0, 0.0, 0.0));
+            let g = gaps
+                .entry(state.channels.name(channel))
+                .or_insert((0, 0.0, 0.0));
             g.0 += 1;
             g.1 += gap;
             g.2 = g.2.max(gap);
@@ -307,7 +354,14 @@ fn source_gap(state: &TenantState) -> BTreeMap<String, SourceGapDoc> {
     }
     gaps.into_iter()
         .map(|(name, (n, sum, max))| {
-            (name.to_owned(), SourceGapDoc { n, mean: ratio(sum, n as f64), max: (n > 0).then_some(max) })
+            (
+                name.to_owned(),
+                SourceGapDoc {
+                    n,
+                    mean: ratio(sum, n as f64),
+                    max: (n > 0).then_some(max),
+                },
+            )
         })
         .collect()
 }
@@ -316,7 +370,11 @@ pub fn calibration(state: &TenantState, shared: &Shared) -> CalibrationDoc {
     let l = &state.limits.calibration;
     let labels = shared.config.horizon_labels();
     let mut history = Vec::new();
-    let first = state.days.iter().find(|(_, d)| !d.cells.is_empty()).map(|(day, _)| *day);
+    let first = state
+        .days
+        .iter()
+        .find(|(_, d)| !d.cells.is_empty())
+        .map(|(day, _)| *day);
     if let (Some(first), Some(as_of)) = (first, state.as_of) {
         let w = l.window_days as Day;
         let scopes = labels.len() + 1;
@@ -342,7 +400,12 @@ pub fn calibration(state: &TenantState, shared: &Shared) -> CalibrationDoc {
                 let (coverage, ci) = c.shares();
                 let int = c.interval(l.interval[0]);
                 let status = CalStatus::of(int.hits, int.n, l).as_str().to_owned();
-                CalibrationScope { n: c.n, coverage, ci, status }
+                CalibrationScope {
+                    n: c.n,
+                    coverage,
+                    ci,
+                    status,
+                }
             };
             let tenant = scope(&window[0]);
             history.push(CalibrationEntry {
@@ -351,9 +414,17 @@ pub fn calibration(state: &TenantState, shared: &Shared) -> CalibrationDoc {
                 coverage: tenant.coverage,
                 ci: tenant.ci,
                 status: tenant.status,
-                by_horizon: labels.iter().enumerate().map(|(b, label)| (label.clone(), scope(&window[b + 1]))).collect(),
+                by_horizon: labels
+                    .iter()
+                    .enumerate()
+                    .map(|(b, label)| (label.clone(), scope(&window[b + 1])))
+                    .collect(),
             });
         }
     }
-    CalibrationDoc { tenant: state.name.clone(), window_days: l.window_days, history }
+    CalibrationDoc {
+        tenant: state.name.clone(),
+        window_days: l.window_days,
+        history,
+    }
 }

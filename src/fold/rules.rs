@@ -84,7 +84,10 @@ impl RuleState {
     }
 
     fn occurrence(&mut self, kind: AlertType, scope: &str, status: &'static str) -> u64 {
-        let n = self.occurrences.entry((kind, scope.to_owned(), status)).or_insert(0);
+        let n = self
+            .occurrences
+            .entry((kind, scope.to_owned(), status))
+            .or_insert(0);
         *n += 1;
         *n - 1
     }
@@ -127,10 +130,17 @@ pub struct DriftEntry {
 }
 
 /// Whether the performance rule holds, given whether it held before (hysteresis).
-pub fn performance_firing(was_firing: bool, recent: &Window, baseline: &Window, l: &PerformanceLimits) -> bool {
+pub fn performance_firing(
+    was_firing: bool,
+    recent: &Window,
+    baseline: &Window,
+    l: &PerformanceLimits,
+) -> bool {
     let enough = recent.n as u64 >= l.min_n;
     let mae = recent.mae().unwrap_or(0.0);
-    let baseline_mae = (baseline.n as u64 >= l.baseline_min_n).then(|| baseline.mae()).flatten();
+    let baseline_mae = (baseline.n as u64 >= l.baseline_min_n)
+        .then(|| baseline.mae())
+        .flatten();
     if !was_firing {
         enough
             && (recent.mape().is_some_and(|m| m > l.mape)
@@ -160,7 +170,11 @@ fn scope_horizon(shared: &Shared, bucket: usize) -> String {
 fn evaluate_performance(state: &mut TenantState, channel: Option<u32>, out: &mut Vec<Alert>) {
     let Some(as_of) = state.as_of else { return };
     let (windows, was, scope) = match channel {
-        None => (state.windows.tenant, state.rules.perf_tenant, "tenant".to_owned()),
+        None => (
+            state.windows.tenant,
+            state.rules.perf_tenant,
+            "tenant".to_owned(),
+        ),
         Some(c) => (
             state.windows.channels[c as usize],
             state.rules.perf_channels[c as usize],
@@ -178,11 +192,27 @@ fn evaluate_performance(state: &mut TenantState, channel: Option<u32>, out: &mut
     }
     let status = if now { "firing" } else { "resolved" };
     let data = performance_data(state, &scope, status, as_of, &windows);
-    let occurrence = state.rules.occurrence(AlertType::PerformanceDegraded, &scope, status);
-    out.push(Alert::new(AlertType::PerformanceDegraded, &state.name, &scope, as_of_time(as_of), status, occurrence, data));
+    let occurrence = state
+        .rules
+        .occurrence(AlertType::PerformanceDegraded, &scope, status);
+    out.push(Alert::new(
+        AlertType::PerformanceDegraded,
+        &state.name,
+        &scope,
+        as_of_time(as_of),
+        status,
+        occurrence,
+        data,
+    ));
 }
 
-fn performance_data(state: &TenantState, scope: &str, status: &str, as_of: Day, w: &RuleWindows) -> serde_json::Value {
+fn performance_data(
+    state: &TenantState,
+    scope: &str,
+    status: &str,
+    as_of: Day,
+    w: &RuleWindows,
+) -> serde_json::Value {
     let l = &state.limits.performance;
     json!({
         "tenant": state.name,
@@ -203,7 +233,13 @@ fn performance_data(state: &TenantState, scope: &str, status: &str, as_of: Day, 
 }
 
 /// Evaluates a calibration scope; publishes on a change of status, or always for the as_of report.
-fn evaluate_calibration(state: &mut TenantState, shared: &Shared, bucket: Option<usize>, as_of_report: bool, out: &mut Vec<Alert>) {
+fn evaluate_calibration(
+    state: &mut TenantState,
+    shared: &Shared,
+    bucket: Option<usize>,
+    as_of_report: bool,
+    out: &mut Vec<Alert>,
+) {
     let Some(as_of) = state.as_of else { return };
     let l = &state.limits.calibration;
     let w = match bucket {
@@ -228,7 +264,11 @@ fn evaluate_calibration(state: &mut TenantState, shared: &Shared, bucket: Option
     };
     let counts = &state.windows.coverage[bucket.map_or(0, |b| b + 1)];
     let (coverage, ci) = counts.shares();
-    let trigger = if as_of_report { "as_of" } else { "status_change" };
+    let trigger = if as_of_report {
+        "as_of"
+    } else {
+        "status_change"
+    };
     let data = json!({
         "tenant": state.name,
         "status": now.as_str(),
@@ -241,8 +281,20 @@ fn evaluate_calibration(state: &mut TenantState, shared: &Shared, bucket: Option
         "trigger": trigger,
         "limits": {"low": l.low, "high": l.high, "min_n": l.min_n},
     });
-    let occurrence = state.rules.occurrence(AlertType::Calibration, &format!("{scope}/{trigger}"), now.as_str());
-    out.push(Alert::new(AlertType::Calibration, &state.name, &scope, as_of_time(as_of), now.as_str(), occurrence, data));
+    let occurrence = state.rules.occurrence(
+        AlertType::Calibration,
+        &format!("{scope}/{trigger}"),
+        now.as_str(),
+    );
+    out.push(Alert::new(
+        AlertType::Calibration,
+        &state.name,
+        &scope,
+        as_of_time(as_of),
+        now.as_str(),
+        occurrence,
+        data,
+    ));
 }
 
 /// Channels in name order, so alerts come out in the same order whatever the interning order.
@@ -281,7 +333,12 @@ pub fn on_as_of_advance(state: &mut TenantState, shared: &Shared, out: &mut Vec<
 }
 
 /// After a feature-importance event: record its drift figures and publish a transition.
-pub fn on_drift(state: &mut TenantState, fi: &FeatureImportance, figures: Option<DriftFigures>, out: &mut Vec<Alert>) {
+pub fn on_drift(
+    state: &mut TenantState,
+    fi: &FeatureImportance,
+    figures: Option<DriftFigures>,
+    out: &mut Vec<Alert>,
+) {
     let computed_at = fi.computed_at.to_rfc3339_opts(SecondsFormat::AutoSi, true);
     let l = &state.limits.drift;
     let Some(fig) = figures else {
@@ -301,7 +358,11 @@ pub fn on_drift(state: &mut TenantState, fi: &FeatureImportance, figures: Option
     let breaching: Vec<&String> = fig
         .features
         .iter()
-        .filter(|(_, f)| f.key && f.psi.is_some_and(|p| p >= l.psi && f.psi_critical.is_none_or(|c| p > c)))
+        .filter(|(_, f)| {
+            f.key
+                && f.psi
+                    .is_some_and(|p| p >= l.psi && f.psi_critical.is_none_or(|c| p > c))
+        })
         .map(|(name, _)| name)
         .collect();
     let firing = fig.importance_shift >= l.importance_shift || !breaching.is_empty();
@@ -335,7 +396,15 @@ pub fn on_drift(state: &mut TenantState, fi: &FeatureImportance, figures: Option
         });
         // The event's position in the tenant's feature-importance log tells repeats apart.
         let occurrence = state.counters.feature_importances;
-        out.push(Alert::new(AlertType::DriftDetected, &state.name, "tenant", computed_at, status, occurrence, data));
+        out.push(Alert::new(
+            AlertType::DriftDetected,
+            &state.name,
+            "tenant",
+            computed_at,
+            status,
+            occurrence,
+            data,
+        ));
     }
     state.drift_history.push(entry);
 }
@@ -345,7 +414,11 @@ mod tests {
     use super::*;
 
     fn window(n: i64, abs_err: f64, ape: f64) -> Window {
-        let mut w = Window { n, n_pos: n, ..Window::default() };
+        let mut w = Window {
+            n,
+            n_pos: n,
+            ..Window::default()
+        };
         w.abs_err.add(abs_err);
         w.ape.add(ape);
         w
@@ -356,13 +429,28 @@ mod tests {
         let l = PerformanceLimits::default();
         let none = Window::default();
         // 20 pairs, mape 0.31 -> fires
-        assert!(performance_firing(false, &window(20, 100.0, 6.2), &none, &l));
+        assert!(performance_firing(
+            false,
+            &window(20, 100.0, 6.2),
+            &none,
+            &l
+        ));
         // 19 pairs: not enough
-        assert!(!performance_firing(false, &window(19, 100.0, 19.0 * 0.5), &none, &l));
+        assert!(!performance_firing(
+            false,
+            &window(19, 100.0, 19.0 * 0.5),
+            &none,
+            &l
+        ));
         // firing, mape 0.28: still above 0.27, stays firing
         assert!(performance_firing(true, &window(20, 100.0, 5.6), &none, &l));
         // firing, mape 0.26: resolves
-        assert!(!performance_firing(true, &window(20, 100.0, 5.2), &none, &l));
+        assert!(!performance_firing(
+            true,
+            &window(20, 100.0, 5.2),
+            &none,
+            &l
+        ));
     }
 
     #[test]
@@ -370,12 +458,32 @@ mod tests {
         let l = PerformanceLimits::default();
         // recent mae 16, baseline mae 10 -> ratio 1.6 > 1.5
         let recent = window(20, 320.0, 0.0);
-        assert!(performance_firing(false, &recent, &window(20, 200.0, 0.0), &l));
-        assert!(!performance_firing(false, &recent, &window(19, 190.0, 0.0), &l));
+        assert!(performance_firing(
+            false,
+            &recent,
+            &window(20, 200.0, 0.0),
+            &l
+        ));
+        assert!(!performance_firing(
+            false,
+            &recent,
+            &window(19, 190.0, 0.0),
+            &l
+        ));
         // firing; recent mae 14 < 1.35 * 10 = 13.5? no: 14 > 13.5 stays firing
-        assert!(performance_firing(true, &window(20, 280.0, 0.0), &window(20, 200.0, 0.0), &l));
+        assert!(performance_firing(
+            true,
+            &window(20, 280.0, 0.0),
+            &window(20, 200.0, 0.0),
+            &l
+        ));
         // recent mae 13 < 13.5 resolves
-        assert!(!performance_firing(true, &window(20, 260.0, 0.0), &window(20, 200.0, 0.0), &l));
+        assert!(!performance_firing(
+            true,
+            &window(20, 260.0, 0.0),
+            &window(20, 200.0, 0.0),
+            &l
+        ));
     }
 
     #[test]

@@ -57,7 +57,10 @@ pub struct Pair<'a> {
 
 impl Pair<'_> {
     pub fn p50(&self) -> f64 {
-        self.quantiles.iter().find(|q| q.0 == 50).map_or(f64::NAN, |q| q.1)
+        self.quantiles
+            .iter()
+            .find(|q| q.0 == 50)
+            .map_or(f64::NAN, |q| q.1)
     }
 
     pub fn level(&self, level: u8) -> Option<f64> {
@@ -192,7 +195,10 @@ impl Stats {
                 .levels
                 .iter()
                 .map(|(level, l)| {
-                    (crate::event::quantile_key(*level), ratio(l.pinball.value(), l.cover.n as f64))
+                    (
+                        crate::event::quantile_key(*level),
+                        ratio(l.pinball.value(), l.cover.n as f64),
+                    )
                 })
                 .collect(),
         }
@@ -265,7 +271,11 @@ impl CoverageCounts {
                 c.hits -= u64::from(hit);
             }
         };
-        if add { self.n += 1 } else { self.n -= 1 }
+        if add {
+            self.n += 1
+        } else {
+            self.n -= 1
+        }
         for (level, v) in quantiles.clone() {
             step(slot(&mut self.levels, level), y <= v);
             if level < 50 {
@@ -303,7 +313,11 @@ impl CoverageCounts {
     }
 
     pub fn interval(&self, lo: u8) -> Coverage {
-        self.intervals.iter().find(|e| e.0 == lo).map(|e| e.1).unwrap_or_default()
+        self.intervals
+            .iter()
+            .find(|e| e.0 == lo)
+            .map(|e| e.1)
+            .unwrap_or_default()
     }
 
     /// `coverage` and `ci` maps keyed `p10`, `p10_p90`, ...
@@ -327,7 +341,11 @@ impl CoverageCounts {
 
 /// `p10_p90` for the lower level 10.
 pub fn interval_key(lo: u8) -> String {
-    format!("{}_{}", crate::event::quantile_key(lo), crate::event::quantile_key(100 - lo))
+    format!(
+        "{}_{}",
+        crate::event::quantile_key(lo),
+        crate::event::quantile_key(100 - lo)
+    )
 }
 
 #[cfg(test)]
@@ -356,7 +374,10 @@ mod tests {
         let mut s = Stats::default();
         for (y, p) in [(100.0, 80.0), (0.0, 10.0), (50.0, 60.0)] {
             let quantiles = q(p);
-            s.add(&Pair { y, quantiles: &quantiles });
+            s.add(&Pair {
+                y,
+                quantiles: &quantiles,
+            });
         }
         let w = s.window();
         assert_eq!(w.n, 3);
@@ -372,7 +393,10 @@ mod tests {
     fn undefined_ratios_are_none() {
         let q = vec![(50u8, 5.0)];
         let mut s = Stats::default();
-        s.add(&Pair { y: 0.0, quantiles: &q });
+        s.add(&Pair {
+            y: 0.0,
+            quantiles: &q,
+        });
         let w = s.window();
         assert_eq!(w.mape, None);
         assert_eq!(w.wape, None);

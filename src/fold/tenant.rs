@@ -65,7 +65,10 @@ pub struct Total {
 
 impl Total {
     pub fn get(&self) -> Option<Actual> {
-        (self.cells > 0).then(|| Actual { revenue: self.revenue.value(), spend: self.spend.value() })
+        (self.cells > 0).then(|| Actual {
+            revenue: self.revenue.value(),
+            spend: self.spend.value(),
+        })
     }
 
     fn replace(&mut self, old: Option<Actual>, new: Option<Actual>) {
@@ -234,9 +237,15 @@ pub struct WindowSet {
 impl WindowSet {
     fn clear(&mut self) {
         self.tenant = RuleWindows::default();
-        self.channels.iter_mut().for_each(|w| *w = RuleWindows::default());
-        self.horizons.iter_mut().for_each(|w| *w = RuleWindows::default());
-        self.coverage.iter_mut().for_each(|c| *c = CoverageCounts::default());
+        self.channels
+            .iter_mut()
+            .for_each(|w| *w = RuleWindows::default());
+        self.horizons
+            .iter_mut()
+            .for_each(|w| *w = RuleWindows::default());
+        self.coverage
+            .iter_mut()
+            .for_each(|c| *c = CoverageCounts::default());
     }
 
     /// Adds (or with `add` false removes) a whole day's sums to the windows of `kind`.
@@ -276,7 +285,11 @@ enum WindowKind {
 }
 
 impl WindowKind {
-    const ALL: [WindowKind; 3] = [WindowKind::Recent, WindowKind::Baseline, WindowKind::Calibration];
+    const ALL: [WindowKind; 3] = [
+        WindowKind::Recent,
+        WindowKind::Baseline,
+        WindowKind::Calibration,
+    ];
 
     fn of(self, w: &mut RuleWindows) -> &mut Window {
         match self {
@@ -309,10 +322,16 @@ struct InWindows {
 
 impl InWindows {
     fn of(limits: &Limits, as_of: Option<Day>, day: Day) -> InWindows {
-        let outside = InWindows { recent: false, baseline: false, calibration: false };
+        let outside = InWindows {
+            recent: false,
+            baseline: false,
+            calibration: false,
+        };
         // A day past as_of is in no window yet: the record that brings it also moves as_of,
         // and the slide then takes the whole day in.
-        let Some(as_of) = as_of.filter(|&a| day <= a) else { return outside };
+        let Some(as_of) = as_of.filter(|&a| day <= a) else {
+            return outside;
+        };
         let p = &limits.performance;
         let recent = day > as_of - p.window_days as Day;
         InWindows {
@@ -346,12 +365,23 @@ struct Scorer<'a> {
 impl Scorer<'_> {
     /// Adds (sign 1) or removes (sign -1) the pair of `line` with actual revenue `y`.
     #[allow(clippy::too_many_arguments)]
-    fn pair(&mut self, data: &mut DayData, day: Day, channel: u32, line: &Line, y: f64, sign: f64, dirty: &mut Dirty) {
+    fn pair(
+        &mut self,
+        data: &mut DayData,
+        day: Day,
+        channel: u32,
+        line: &Line,
+        y: f64,
+        sign: f64,
+        dirty: &mut Dirty,
+    ) {
         let set = &self.sets[line.levels as usize];
         let s = Scored {
             y,
             p50: line.values[set.p50],
-            interval: set.interval.map(|(lo, hi)| (line.values[lo], line.values[hi])),
+            interval: set
+                .interval
+                .map(|(lo, hi)| (line.values[lo], line.values[hi])),
         };
         let b = line.bucket as usize;
         let buckets = self.windows.horizons.len();
@@ -383,7 +413,9 @@ impl Scorer<'_> {
 /// Reconciles a cell (SPEC 3): per figure, the best-ranked source; among equals, the latest record.
 pub fn reconcile(ranks: &[(u16, u16)], cell: &Cell) -> Option<Actual> {
     let best = |rank: fn(&(u16, u16)) -> u16| {
-        cell.reports.iter().min_by_key(|r| (rank(&ranks[r.source as usize]), std::cmp::Reverse(r.seq)))
+        cell.reports
+            .iter()
+            .min_by_key(|r| (rank(&ranks[r.source as usize]), std::cmp::Reverse(r.seq)))
     };
     let revenue = best(|r| r.0)?.revenue;
     let spend = best(|r| r.1)?.spend;
@@ -391,11 +423,18 @@ pub fn reconcile(ranks: &[(u16, u16)], cell: &Cell) -> Option<Actual> {
 }
 
 /// The actual a line is compared with: its campaign's cell, or the channel total for campaign `""`.
-pub fn line_actual(ranks: &[(u16, u16)], day: &DayData, channel: u32, campaign: u32) -> Option<Actual> {
+pub fn line_actual(
+    ranks: &[(u16, u16)],
+    day: &DayData,
+    channel: u32,
+    campaign: u32,
+) -> Option<Actual> {
     if campaign == 0 {
         day.channels.get(&channel).and_then(|cd| cd.total.get())
     } else {
-        day.cells.get(&(channel, campaign)).and_then(|c| reconcile(ranks, c))
+        day.cells
+            .get(&(channel, campaign))
+            .and_then(|c| reconcile(ranks, c))
     }
 }
 
@@ -497,13 +536,16 @@ impl TenantState {
 
     /// The first day still retained, once an outcome set as_of.
     pub fn cutoff(&self, shared: &Shared) -> Option<Day> {
-        self.as_of.map(|a| a - shared.config.retention_days as Day + 1)
+        self.as_of
+            .map(|a| a - shared.config.retention_days as Day + 1)
     }
 
     fn channel(&mut self, name: &str) -> u32 {
         let id = self.channels.intern(name);
         if self.windows.channels.len() <= id as usize {
-            self.windows.channels.resize(id as usize + 1, RuleWindows::default());
+            self.windows
+                .channels
+                .resize(id as usize + 1, RuleWindows::default());
             self.rules.ensure_channels(id as usize + 1);
         }
         id
@@ -541,7 +583,12 @@ impl TenantState {
 
     fn scorer(&mut self) -> (Scorer<'_>, &mut BTreeMap<Day, DayData>) {
         (
-            Scorer { limits: &self.limits, as_of: self.as_of, sets: &self.level_sets, windows: &mut self.windows },
+            Scorer {
+                limits: &self.limits,
+                as_of: self.as_of,
+                sets: &self.level_sets,
+                windows: &mut self.windows,
+            },
             &mut self.days,
         )
     }
@@ -557,13 +604,30 @@ impl TenantState {
         let campaign = self.campaigns.intern(&o.campaign_id);
         let source = self.source(&o.source, shared);
         self.outcome_seq += 1;
-        let report = Report { source, records: 1, seq: self.outcome_seq, spend: o.spend, revenue: o.revenue };
+        let report = Report {
+            source,
+            records: 1,
+            seq: self.outcome_seq,
+            spend: o.spend,
+            revenue: o.revenue,
+        };
 
         let ranks = &self.source_ranks;
-        let cell = self.days.entry(day).or_default().cells.entry((channel, campaign)).or_default();
+        let cell = self
+            .days
+            .entry(day)
+            .or_default()
+            .cells
+            .entry((channel, campaign))
+            .or_default();
         let old = reconcile(ranks, cell);
         match cell.reports.iter_mut().find(|r| r.source == source) {
-            Some(r) => *r = Report { records: r.records + 1, ..report },
+            Some(r) => {
+                *r = Report {
+                    records: r.records + 1,
+                    ..report
+                }
+            }
             None => cell.reports.push(report),
         }
         let new = reconcile(ranks, cell);
@@ -584,9 +648,19 @@ impl TenantState {
 
     /// A cell's reconciled actual changed: rescore the campaign's lines and the channel's lines.
     #[allow(clippy::too_many_arguments)]
-    fn actual_changed(&mut self, day: Day, channel: u32, campaign: u32, old: Option<Actual>, new: Option<Actual>, dirty: &mut Dirty) {
+    fn actual_changed(
+        &mut self,
+        day: Day,
+        channel: u32,
+        campaign: u32,
+        old: Option<Actual>,
+        new: Option<Actual>,
+        dirty: &mut Dirty,
+    ) {
         let (mut scorer, days) = self.scorer();
-        let Some(data) = days.get_mut(&day) else { return };
+        let Some(data) = days.get_mut(&day) else {
+            return;
+        };
         let cd = data.channels.entry(channel).or_default();
         let old_total = cd.total.get();
         cd.total.replace(old, new);
@@ -619,10 +693,13 @@ impl TenantState {
     pub fn apply_forecast(&mut self, f: &Forecast, shared: &Shared, out: &mut Vec<Alert>) {
         let plan = self.plans.intern(&f.plan_id);
         if self.plan_meta.len() <= plan as usize {
-            self.plan_meta.resize(plan as usize + 1, PlanMeta::default());
+            self.plan_meta
+                .resize(plan as usize + 1, PlanMeta::default());
         }
-        self.plan_meta[plan as usize] =
-            PlanMeta { issued_at: Some(f.issued_at), model_version: f.model_version.clone() };
+        self.plan_meta[plan as usize] = PlanMeta {
+            issued_at: Some(f.issued_at),
+            model_version: f.model_version.clone(),
+        };
         let issued = day_of(f.issued_at.date_naive());
         let cutoff = self.cutoff(shared);
         let mut dirty = Dirty::default();
@@ -648,13 +725,21 @@ impl TenantState {
             };
             let ranks = &self.source_ranks;
             let (mut scorer, days) = (
-                Scorer { limits: &self.limits, as_of: self.as_of, sets: &self.level_sets, windows: &mut self.windows },
+                Scorer {
+                    limits: &self.limits,
+                    as_of: self.as_of,
+                    sets: &self.level_sets,
+                    windows: &mut self.windows,
+                },
                 &mut self.days,
             );
             let data = days.entry(day).or_default();
             let actual = line_actual(ranks, data, channel, campaign);
             let cd = data.channels.entry(channel).or_default();
-            let old = match cd.lines.binary_search_by_key(&(campaign, plan), |l| (l.campaign, l.plan)) {
+            let old = match cd
+                .lines
+                .binary_search_by_key(&(campaign, plan), |l| (l.campaign, l.plan))
+            {
                 Ok(i) => {
                     line.records += cd.lines[i].records;
                     Some(std::mem::replace(&mut cd.lines[i], line.clone()))
@@ -676,7 +761,12 @@ impl TenantState {
         }
     }
 
-    pub fn apply_feature_importance(&mut self, fi: &FeatureImportance, shared: &Shared, out: &mut Vec<Alert>) {
+    pub fn apply_feature_importance(
+        &mut self,
+        fi: &FeatureImportance,
+        shared: &Shared,
+        out: &mut Vec<Alert>,
+    ) {
         self.counters.feature_importances += 1;
         let figures = self.drift.observe(fi, &shared.drift);
         super::rules::on_drift(self, fi, figures, out);
@@ -684,7 +774,9 @@ impl TenantState {
 
     /// Drops every day before the retention cutoff, counting the records it held.
     fn expire(&mut self, shared: &Shared) {
-        let Some(cutoff) = self.cutoff(shared) else { return };
+        let Some(cutoff) = self.cutoff(shared) else {
+            return;
+        };
         while let Some(entry) = self.days.first_entry() {
             if *entry.key() >= cutoff {
                 break;
@@ -701,8 +793,18 @@ impl TenantState {
                     self.windows.day(kind, &data, false);
                 }
             }
-            let records: u64 = data.cells.values().flat_map(|c| &c.reports).map(|r| u64::from(r.records)).sum::<u64>()
-                + data.channels.values().flat_map(|cd| &cd.lines).map(|l| u64::from(l.records)).sum::<u64>();
+            let records: u64 = data
+                .cells
+                .values()
+                .flat_map(|c| &c.reports)
+                .map(|r| u64::from(r.records))
+                .sum::<u64>()
+                + data
+                    .channels
+                    .values()
+                    .flat_map(|cd| &cd.lines)
+                    .map(|l| u64::from(l.records))
+                    .sum::<u64>();
             self.counters.expired += records;
         }
     }
@@ -733,7 +835,9 @@ impl TenantState {
     pub fn rebuilt_windows(&self) -> WindowSet {
         let mut windows = self.windows.clone();
         windows.clear();
-        let Some(as_of) = self.as_of else { return windows };
+        let Some(as_of) = self.as_of else {
+            return windows;
+        };
         for kind in WindowKind::ALL {
             let (lo, hi) = kind.offsets(&self.limits);
             for (_, data) in self.days.range(as_of + lo..=as_of + hi) {
@@ -748,8 +852,16 @@ impl TenantState {
         let mut outcomes = 0;
         let mut lines = 0;
         for data in self.days.values() {
-            outcomes += data.cells.values().map(|c| c.reports.len() as u64).sum::<u64>();
-            lines += data.channels.values().map(|cd| cd.lines.len() as u64).sum::<u64>();
+            outcomes += data
+                .cells
+                .values()
+                .map(|c| c.reports.len() as u64)
+                .sum::<u64>();
+            lines += data
+                .channels
+                .values()
+                .map(|cd| cd.lines.len() as u64)
+                .sum::<u64>();
         }
         (outcomes, lines)
     }
@@ -783,9 +895,18 @@ mod tests {
             .chain(state.windows.channels.iter().zip(&rebuilt.channels))
             .chain(state.windows.horizons.iter().zip(&rebuilt.horizons));
         for (running, fresh) in pairs {
-            assert!(same(&running.recent, &fresh.recent), "recent: {running:?} vs {fresh:?}");
-            assert!(same(&running.baseline, &fresh.baseline), "baseline: {running:?} vs {fresh:?}");
-            assert!(same(&running.calibration, &fresh.calibration), "calibration");
+            assert!(
+                same(&running.recent, &fresh.recent),
+                "recent: {running:?} vs {fresh:?}"
+            );
+            assert!(
+                same(&running.baseline, &fresh.baseline),
+                "baseline: {running:?} vs {fresh:?}"
+            );
+            assert!(
+                same(&running.calibration, &fresh.calibration),
+                "calibration"
+            );
         }
         assert_eq!(state.windows.coverage, rebuilt.coverage);
     }
@@ -795,9 +916,17 @@ mod tests {
     #[test]
     fn running_windows_equal_rebuilt_windows() {
         for retention_days in [548, 20] {
-            let config = FoldConfig { retention_days, ..FoldConfig::default() };
+            let config = FoldConfig {
+                retention_days,
+                ..FoldConfig::default()
+            };
             let mut engine = Engine::new(config);
-            let sim = SimConfig { tenants: 2, days: 75, scenario: Scenario::Degraded, ..SimConfig::default() };
+            let sim = SimConfig {
+                tenants: 2,
+                days: 75,
+                scenario: Scenario::Degraded,
+                ..SimConfig::default()
+            };
             let mut records = generate(&sim);
             // Late and corrected records: replay every 5th outcome at the end with a new revenue.
             let late: Vec<_> = records
@@ -819,7 +948,9 @@ mod tests {
             }));
             let mut alerts = Vec::new();
             for (i, r) in records.iter().enumerate() {
-                let SimPayload::Event(event) = &r.payload else { continue };
+                let SimPayload::Event(event) = &r.payload else {
+                    continue;
+                };
                 engine.apply(event, &mut alerts);
                 if i % 7 == 0 || i + 1 == records.len() {
                     check(engine.tenant(event.tenant()).unwrap());

@@ -1,0 +1,114 @@
+//! Throughput of the fold, the way docs/PERFORMANCE.md reports it.
+//!
+//! - `fold/pre_decoded`: `Engine::apply` over events decoded beforehand (the pure core).
+//! - `fold/end_to_end`: `feedback fold` as a library call: read a JSONL file, decode, validate,
+//!   fold, write the storage documents and the alerts.
+//!
+//! The history comes from the seeded simulator: `BENCH_TENANTS` tenants (default 1000) over
+//! `BENCH_DAYS` days (default 550, about 5 million records), 3 channels, 2 campaigns, mixed
+//! scenarios. Run: `cargo bench --bench fold`.
+
+use std::io::Write;
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+
+use feedback::config::TopicNames;
+use feedback::event::Event;
+use feedback::fold::{Engine, FoldConfig};
+use feedback::offline::{fold_files, FoldJob};
+use feedback::simulate::{generate, SimConfig, SimPayload};
+
+fn env(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn sim() -> SimConfig {
+    SimConfig {
+        tenants: env("BENCH_TENANTS", 1000),
+        days: env("BENCH_DAYS", 550) as u32,
+        ..SimConfig::default()
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let records = generate(&sim());
+    let events: Vec<Event> = records
+        .iter()
+        .filter_map(|r| match &r.payload {
+            SimPayload::Event(e) => Some(e.clone()),
+            SimPayload::Poison(_) => None,
+        })
+        .collect();
+    let lines: usize = events
+        .iter()
+        .map(|e| {
+            if let Event::Forecast(f) = e {
+                f.lines.len()
+            } else {
+                0
+            }
+        })
+        .sum();
+    eprintln!(
+        "{} records ({} forecast lines) from {} tenants",
+        events.len(),
+        lines,
+        sim().tenants
+    );
+
+    let mut group = c.benchmark_group("fold");
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(events.len() as u64));
+    group.bench_function("pre_decoded", |b| {
+        b.iter_batched(
+            || Engine::new(FoldConfig::default()),
+            |mut engine| {
+                let mut alerts = Vec::new();
+                for e in &events {
+                    engine.apply(e, &mut alerts);
+                    alerts.clear();
+                }
+                engine
+            },
+            BatchSize::PerIteration,
+        )
+    });
+
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let input = dir.path().join("history.jsonl");
+    {
+        let topics = TopicNames::default();
+        let mut w = std::io::BufWriter::new(std::fs::File::create(&input).expect("create input"));
+        for r in &records {
+            let name = match r.topic {
+                feedback::event::Topic::Outcomes => &topics.outcomes,
+                feedback::event::Topic::Forecasts => &topics.forecasts,
+                feedback::event::Topic::FeatureImportances => &topics.feature_importances,
+            };
+            writeln!(w, "{}", r.jsonl(name)).expect("write input");
+        }
+    }
+    drop(records);
+    drop(events);
+    group.bench_function("end_to_end", |b| {
+        b.iter(|| {
+            let job = FoldJob {
+                inputs: vec![input.clone()],
+                storage_dir: dir.path().join("storage"),
+                alerts_out: Some(dir.path().join("alerts.jsonl")),
+                dlq_out: Some(dir.path().join("dlq.jsonl")),
+                topics: TopicNames::default(),
+                config: FoldConfig::default(),
+                progress: false,
+            };
+            fold_files(&job).expect("fold")
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
