@@ -293,13 +293,15 @@ fn fold_line<'a>(
     schemas: &AvroSchemas,
     engine: &mut Engine,
     alerts: &mut Vec<Alert>,
-) -> Result<(), Refused<'a>> {
-    let refuse = |kind, message: String| Refused {
-        rejection: Rejection::new(kind, message),
-        topic: None,
-        partition: None,
-        offset: None,
-        payload: None,
+) -> Result<(), Box<Refused<'a>>> {
+    let refuse = |kind, message: String| {
+        Box::new(Refused {
+            rejection: Rejection::new(kind, message),
+            topic: None,
+            partition: None,
+            offset: None,
+            payload: None,
+        })
     };
     let envelope: Envelope = serde_json::from_slice(line).map_err(|e| {
         refuse(
@@ -308,7 +310,7 @@ fn fold_line<'a>(
         )
     })?;
     let topic_name = envelope.topic.as_deref().unwrap_or_default();
-    let with_source = |mut r: Refused<'a>, payload: Option<&'a [u8]>| {
+    let with_source = |mut r: Box<Refused<'a>>, payload: Option<&'a [u8]>| {
         r.topic = envelope.topic.as_deref().map(str::to_owned);
         r.partition = envelope.partition;
         r.offset = envelope.offset;
