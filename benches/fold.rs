@@ -25,10 +25,14 @@ fn env(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
+/// Full size under `cargo bench`; a small history when `cargo test --benches` only checks that
+/// the benchmark runs.
 fn sim() -> SimConfig {
+    let benching = std::env::args().any(|a| a == "--bench");
+    let (tenants, days) = if benching { (1000, 550) } else { (5, 30) };
     SimConfig {
-        tenants: env("BENCH_TENANTS", 1000),
-        days: env("BENCH_DAYS", 550) as u32,
+        tenants: env("BENCH_TENANTS", tenants),
+        days: env("BENCH_DAYS", days) as u32,
         ..SimConfig::default()
     }
 }
