@@ -130,7 +130,7 @@ pub fn coverage_counts(
     let i = bucket.map_or(0, |b| 1 + b as usize);
     let mut counts = CoverageCounts::default();
     for data in state.days.range(from..=to).map(|(_, d)| d) {
-        if let Some(c) = data.coverage.get(i) {
+        if let Some(c) = data.scores.as_ref().and_then(|s| s.coverage.get(i)) {
             counts.merge(c);
         }
     }
@@ -379,7 +379,13 @@ pub fn calibration(state: &TenantState, shared: &Shared) -> CalibrationDoc {
         let w = l.window_days as Day;
         let scopes = labels.len() + 1;
         let mut window: Vec<CoverageCounts> = vec![CoverageCounts::default(); scopes];
-        let at = |day: Day, i: usize| state.days.get(&day).and_then(|d| d.coverage.get(i));
+        let at = |day: Day, i: usize| {
+            state
+                .days
+                .get(&day)
+                .and_then(|d| d.scores.as_ref())
+                .and_then(|s| s.coverage.get(i))
+        };
         for day in first - w + 1..first {
             for (i, acc) in window.iter_mut().enumerate() {
                 if let Some(c) = at(day, i) {

@@ -100,25 +100,53 @@ pub struct Line {
     pub values: SmallVec<[f64; 3]>,
 }
 
-/// The lines of one (date, channel), sorted by (campaign, plan), the channel's total actuals, and
-/// the day's rule sums of the channel scope.
+/// The lines of one (date, channel), sorted by (campaign, plan), and the channel's total actuals.
 #[derive(Debug, Clone, Default)]
 pub struct ChannelDay {
     pub total: Total,
     pub lines: Vec<Line>,
-    pub window: Window,
 }
 
-/// Everything stored for one date. The per-day sums (`tenant`, `horizons`, `coverage`) let the
-/// windows be rebuilt from 35 small sums when as_of moves, instead of from every pair.
+/// Everything stored for one date.
 #[derive(Debug, Clone, Default)]
 pub struct DayData {
     pub cells: FxHashMap<(u32, u32), Cell>,
     pub channels: FxHashMap<u32, ChannelDay>,
+    /// The day's sums per scope, once the day has a pair.
+    pub scores: Option<Box<DayScores>>,
+}
+
+/// Sums of one day's pairs per scope. They let the windows move by whole days when as_of
+/// advances, instead of by every pair.
+#[derive(Debug, Clone, Default)]
+pub struct DayScores {
     pub tenant: Window,
     pub horizons: Vec<Window>,
-    /// Coverage counts of the day's pairs: index 0 the tenant, 1 + b horizon bucket b.
+    /// (channel id, sums), in the order channels first scored on this day.
+    pub channels: SmallVec<[(u32, Window); 4]>,
+    /// Coverage counts: index 0 the tenant, 1 + b horizon bucket b.
     pub coverage: Vec<CoverageCounts>,
+}
+
+impl DayScores {
+    fn new(buckets: usize) -> Self {
+        DayScores {
+            horizons: vec![Window::default(); buckets],
+            coverage: vec![CoverageCounts::default(); buckets + 1],
+            ..DayScores::default()
+        }
+    }
+
+    fn channel(&mut self, channel: u32) -> &mut Window {
+        let i = match self.channels.iter().position(|c| c.0 == channel) {
+            Some(i) => i,
+            None => {
+                self.channels.push((channel, Window::default()));
+                self.channels.len() - 1
+            }
+        };
+        &mut self.channels[i].1
+    }
 }
 
 /// Which quantiles a line carries, and where p50 and the watched interval sit among them.
@@ -258,15 +286,16 @@ impl WindowSet {
                 target.unmerge(day)
             }
         };
-        apply(&mut self.tenant, &data.tenant);
-        for (b, w) in data.horizons.iter().enumerate() {
+        let Some(scores) = &data.scores else { return };
+        apply(&mut self.tenant, &scores.tenant);
+        for (b, w) in scores.horizons.iter().enumerate() {
             apply(&mut self.horizons[b], w);
         }
-        for (&channel, cd) in &data.channels {
-            apply(&mut self.channels[channel as usize], &cd.window);
+        for (channel, w) in &scores.channels {
+            apply(&mut self.channels[*channel as usize], w);
         }
         if kind == WindowKind::Calibration {
-            for (i, c) in data.coverage.iter().enumerate() {
+            for (i, c) in scores.coverage.iter().enumerate() {
                 if add {
                     self.coverage[i].merge(c)
                 } else {
@@ -385,17 +414,14 @@ impl Scorer<'_> {
         };
         let b = line.bucket as usize;
         let buckets = self.windows.horizons.len();
-        if data.horizons.len() < buckets {
-            data.horizons.resize(buckets, Window::default());
-            data.coverage.resize(buckets + 1, CoverageCounts::default());
-        }
-        data.tenant.apply(sign, &s);
-        data.horizons[b].apply(sign, &s);
-        if let Some(cd) = data.channels.get_mut(&channel) {
-            cd.window.apply(sign, &s);
-        }
+        let scores = data
+            .scores
+            .get_or_insert_with(|| Box::new(DayScores::new(buckets)));
+        scores.tenant.apply(sign, &s);
+        scores.horizons[b].apply(sign, &s);
+        scores.channel(channel).apply(sign, &s);
         for i in [0, 1 + b] {
-            data.coverage[i].apply(set.pairs(&line.values), y, sign > 0.0);
+            scores.coverage[i].apply(set.pairs(&line.values), y, sign > 0.0);
         }
         let inw = InWindows::of(self.limits, self.as_of, day);
         if inw.calibration {
