@@ -290,6 +290,40 @@ impl CoverageCounts {
         }
     }
 
+    /// Moves one pair from actual `old` to `new` (None: not counted). When both are there only
+    /// the hits that flipped change.
+    pub fn replace(
+        &mut self,
+        quantiles: impl Iterator<Item = (u8, f64)> + Clone,
+        old: Option<f64>,
+        new: Option<f64>,
+    ) {
+        let (old, new) = match (old, new) {
+            (Some(o), Some(n)) => (o, n),
+            (Some(o), None) => return self.apply(quantiles, o, false),
+            (None, Some(n)) => return self.apply(quantiles, n, true),
+            (None, None) => return,
+        };
+        let flip = |c: &mut Coverage, was: bool, is: bool| match (was, is) {
+            (false, true) => c.hits += 1,
+            (true, false) => c.hits -= 1,
+            _ => {}
+        };
+        for (level, v) in quantiles.clone() {
+            if (old <= v) != (new <= v) {
+                flip(slot(&mut self.levels, level), old <= v, new <= v);
+            }
+            if level < 50 {
+                if let Some((_, hi)) = quantiles.clone().find(|q| q.0 == 100 - level) {
+                    let inside = |y: f64| v <= y && y <= hi;
+                    if inside(old) != inside(new) {
+                        flip(slot1(&mut self.intervals, level), inside(old), inside(new));
+                    }
+                }
+            }
+        }
+    }
+
     pub fn merge(&mut self, o: &CoverageCounts) {
         self.n += o.n;
         for (l, c) in &o.levels {
@@ -433,6 +467,16 @@ mod tests {
         }
         incremental.apply(q.iter().copied(), 130.0, false);
         assert_eq!(incremental, c);
+        // Moving one pair across quantiles changes only the hits that flip.
+        incremental.replace(q.iter().copied(), Some(85.0), Some(100.0));
+        incremental.replace(q.iter().copied(), Some(100.0), Some(85.0));
+        assert_eq!(incremental, c);
+        incremental.replace(q.iter().copied(), Some(120.0), Some(95.0));
+        let mut fresh = CoverageCounts::default();
+        for y in [85.0, 90.0, 100.0, 110.0, 95.0] {
+            fresh.apply(q.iter().copied(), y, true);
+        }
+        assert_eq!(incremental, fresh);
         let (cov, ci) = c.shares();
         assert!(close(cov["p10_p90"], 0.6));
         assert!(ci["p10_p90"][0] < 0.6 && ci["p10_p90"][1] > 0.6);

@@ -392,46 +392,68 @@ struct Scorer<'a> {
 }
 
 impl Scorer<'_> {
-    /// Adds (sign 1) or removes (sign -1) the pair of `line` with actual revenue `y`.
+    /// Moves the pair of `line` from actual revenue `old` to `new` (None: no actual, no pair) in
+    /// the day's sums and the running windows.
     #[allow(clippy::too_many_arguments)]
-    fn pair(
+    fn rescore(
         &mut self,
         data: &mut DayData,
         day: Day,
         channel: u32,
         line: &Line,
-        y: f64,
-        sign: f64,
+        old: Option<f64>,
+        new: Option<f64>,
         dirty: &mut Dirty,
     ) {
+        if old == new {
+            return;
+        }
         let set = &self.sets[line.levels as usize];
-        let s = Scored {
+        let scored = |y: f64| Scored {
             y,
             p50: line.values[set.p50],
             interval: set
                 .interval
                 .map(|(lo, hi)| (line.values[lo], line.values[hi])),
         };
+        let (old_s, new_s) = (old.map(scored), new.map(scored));
+        let apply = |w: &mut Window| {
+            if let Some(o) = &old_s {
+                w.apply(-1.0, o);
+            }
+            if let Some(n) = &new_s {
+                w.apply(1.0, n);
+            }
+        };
         let b = line.bucket as usize;
         let buckets = self.windows.horizons.len();
         let scores = data
             .scores
             .get_or_insert_with(|| Box::new(DayScores::new(buckets)));
-        scores.tenant.apply(sign, &s);
-        scores.horizons[b].apply(sign, &s);
-        scores.channel(channel).apply(sign, &s);
+        apply(&mut scores.tenant);
+        apply(&mut scores.horizons[b]);
+        apply(scores.channel(channel));
         for i in [0, 1 + b] {
-            scores.coverage[i].apply(set.pairs(&line.values), y, sign > 0.0);
+            scores.coverage[i].replace(set.pairs(&line.values), old, new);
         }
         let inw = InWindows::of(self.limits, self.as_of, day);
         if inw.calibration {
             for i in [0, 1 + b] {
-                self.windows.coverage[i].apply(set.pairs(&line.values), y, sign > 0.0);
+                self.windows.coverage[i].replace(set.pairs(&line.values), old, new);
             }
         }
-        inw.apply(&mut self.windows.tenant, sign, &s);
-        inw.apply(&mut self.windows.channels[channel as usize], sign, &s);
-        inw.apply(&mut self.windows.horizons[b], sign, &s);
+        for w in [
+            &mut self.windows.tenant,
+            &mut self.windows.channels[channel as usize],
+            &mut self.windows.horizons[b],
+        ] {
+            if let Some(o) = &old_s {
+                inw.apply(w, -1.0, o);
+            }
+            if let Some(n) = &new_s {
+                inw.apply(w, 1.0, n);
+            }
+        }
         dirty.mark(channel, line.bucket);
     }
 }
@@ -694,12 +716,8 @@ impl TenantState {
         let lines = std::mem::take(&mut cd.lines);
         let channel_lines = lines.partition_point(|l| l.campaign == 0);
         let mut rescore = |line: &Line, old: Option<Actual>, new: Option<Actual>| {
-            if let Some(a) = old {
-                scorer.pair(data, day, channel, line, a.revenue, -1.0, dirty);
-            }
-            if let Some(a) = new {
-                scorer.pair(data, day, channel, line, a.revenue, 1.0, dirty);
-            }
+            let revenue = |a: Option<Actual>| a.map(|a| a.revenue);
+            scorer.rescore(data, day, channel, line, revenue(old), revenue(new), dirty);
         };
         if campaign != 0 {
             let from = lines.partition_point(|l| l.campaign < campaign);
@@ -777,9 +795,9 @@ impl TenantState {
             };
             if let Some(a) = actual {
                 if let Some(old) = &old {
-                    scorer.pair(data, day, channel, old, a.revenue, -1.0, &mut dirty);
+                    scorer.rescore(data, day, channel, old, Some(a.revenue), None, &mut dirty);
                 }
-                scorer.pair(data, day, channel, &line, a.revenue, 1.0, &mut dirty);
+                scorer.rescore(data, day, channel, &line, None, Some(a.revenue), &mut dirty);
             }
         }
         if !dirty.is_empty() {
