@@ -281,11 +281,9 @@ fn evaluate_calibration(
         "trigger": trigger,
         "limits": {"low": l.low, "high": l.high, "min_n": l.min_n},
     });
-    let occurrence = state.rules.occurrence(
-        AlertType::Calibration,
-        &format!("{scope}/{trigger}"),
-        now.as_str(),
-    );
+    // One count per (scope, status) whatever the trigger: a daily report `ok` and a later
+    // return to `ok` at the same as_of are two alerts and need two ids.
+    let occurrence = state.rules.occurrence(AlertType::Calibration, &scope, now.as_str());
     out.push(Alert::new(
         AlertType::Calibration,
         &state.name,

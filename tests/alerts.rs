@@ -1,0 +1,180 @@
+//! The alert guarantees of SPEC 5 that hold whatever the interleaving of the three topics: no
+//! alert id twice, one daily calibration report per tenant per as_of advance, statuses of
+//! performance and drift alerts that alternate and end in agreement with the tags; and the
+//! scenarios of the simulator make the matching alerts fire.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use feedback::alert::{Alert, AlertType};
+use feedback::event::{Event, Topic};
+use feedback::fold::{Engine, FoldConfig};
+use feedback::simulate::{generate, SimConfig, SimPayload};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+
+fn events() -> Vec<Event> {
+    let sim = SimConfig {
+        tenants: 4,
+        days: 80,
+        ..SimConfig::default()
+    };
+    generate(&sim)
+        .into_iter()
+        .filter_map(|r| match r.payload {
+            SimPayload::Event(e) => Some(e),
+            SimPayload::Poison(_) => None,
+        })
+        .collect()
+}
+
+/// The same per-topic sequences, interleaved at random (each topic keeps its own order).
+fn interleave(events: &[Event], seed: u64) -> Vec<Event> {
+    let mut rng = rand_pcg::Pcg64Mcg::seed_from_u64(seed);
+    let mut queues: BTreeMap<Topic, std::collections::VecDeque<Event>> = BTreeMap::new();
+    for e in events {
+        queues.entry(e.topic()).or_default().push_back(e.clone());
+    }
+    let mut picks: Vec<Topic> = queues
+        .iter()
+        .flat_map(|(t, q)| std::iter::repeat_n(*t, q.len()))
+        .collect();
+    picks.shuffle(&mut rng);
+    picks
+        .into_iter()
+        .filter_map(|t| queues.get_mut(&t).and_then(|q| q.pop_front()))
+        .collect()
+}
+
+fn fold(events: &[Event]) -> (Engine, Vec<Alert>) {
+    let mut engine = Engine::new(FoldConfig::default());
+    let mut alerts = Vec::new();
+    for e in events {
+        engine.apply(e, &mut alerts);
+    }
+    (engine, alerts)
+}
+
+/// The as_of values a tenant takes, in order: one per outcome that moves it forward.
+fn as_of_advances(events: &[Event]) -> BTreeSet<(String, String)> {
+    let mut latest: BTreeMap<&str, chrono::NaiveDate> = BTreeMap::new();
+    let mut out = BTreeSet::new();
+    for e in events {
+        if let Event::Outcome(o) = e {
+            if latest.get(o.tenant.as_str()).is_none_or(|d| o.date > *d) {
+                latest.insert(&o.tenant, o.date);
+                out.insert((o.tenant.clone(), o.date.to_string()));
+            }
+        }
+    }
+    out
+}
+
+fn check_invariants(engine: &Engine, alerts: &[Alert], events: &[Event]) {
+    let ids: BTreeSet<&str> = alerts.iter().map(|a| a.id.as_str()).collect();
+    assert_eq!(ids.len(), alerts.len(), "an alert id appears twice");
+
+    let reports: Vec<(String, String)> = alerts
+        .iter()
+        .filter(|a| a.kind == AlertType::Calibration && a.data["trigger"] == "as_of")
+        .map(|a| {
+            (
+                a.subject.clone(),
+                a.data["as_of"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let unique: BTreeSet<_> = reports.iter().cloned().collect();
+    assert_eq!(
+        unique.len(),
+        reports.len(),
+        "two daily reports for one tenant and as_of"
+    );
+    assert_eq!(
+        unique,
+        as_of_advances(events),
+        "daily reports do not match the as_of advances"
+    );
+
+    let mut last: BTreeMap<(String, AlertType, String), String> = BTreeMap::new();
+    for a in alerts.iter().filter(|a| {
+        matches!(
+            a.kind,
+            AlertType::PerformanceDegraded | AlertType::DriftDetected
+        )
+    }) {
+        let key = (a.subject.clone(), a.kind, a.scope().unwrap().to_owned());
+        let status = a.status().unwrap().to_owned();
+        let previous = last.get(&key).map(String::as_str).unwrap_or("resolved");
+        assert_ne!(
+            previous, status,
+            "{key:?} published {status} twice in a row"
+        );
+        last.insert(key, status);
+    }
+    for tenant in engine.tenants() {
+        let doc = engine.documents(tenant).unwrap().performance;
+        for (kind, tag) in [
+            (AlertType::PerformanceDegraded, "model.performance.degraded"),
+            (AlertType::DriftDetected, "model.drift_detected"),
+        ] {
+            let firing = last
+                .iter()
+                .any(|((t, k, _), s)| t == tenant && *k == kind && s == "firing");
+            assert_eq!(
+                doc.tags.iter().any(|t| t == tag),
+                firing,
+                "{tenant}: tag {tag} disagrees with the alerts"
+            );
+        }
+    }
+}
+
+#[test]
+fn guarantees_hold_in_log_order_and_in_any_interleaving() {
+    let events = events();
+    let (engine, alerts) = fold(&events);
+    check_invariants(&engine, &alerts, &events);
+    let figures = |e: &Engine| -> Vec<_> {
+        e.tenants()
+            .iter()
+            .map(|t| e.documents(t).unwrap().performance.windows)
+            .collect()
+    };
+    for seed in 1..=3 {
+        let shuffled = interleave(&events, seed);
+        let (other, other_alerts) = fold(&shuffled);
+        check_invariants(&other, &other_alerts, &shuffled);
+        assert_eq!(
+            figures(&engine),
+            figures(&other),
+            "window figures depend on the interleaving"
+        );
+    }
+}
+
+#[test]
+fn scenarios_fire_their_alerts() {
+    let (engine, alerts) = fold(&events());
+    let fired = |tenant: &str, kind: AlertType, status: &str| {
+        alerts
+            .iter()
+            .any(|a| a.subject == tenant && a.kind == kind && a.status() == Some(status))
+    };
+    assert!(fired(
+        "degraded-001",
+        AlertType::PerformanceDegraded,
+        "firing"
+    ));
+    assert!(fired("miscal-002", AlertType::Calibration, "warn_low"));
+    assert!(fired("drift-003", AlertType::DriftDetected, "firing"));
+    assert!(!alerts
+        .iter()
+        .any(|a| a.subject == "healthy-000" && a.kind == AlertType::DriftDetected));
+    let tags = |t: &str| engine.documents(t).unwrap().performance.tags;
+    assert!(tags("degraded-001").contains(&"model.performance.degraded".to_owned()));
+    assert!(tags("miscal-002").contains(&"model.calibration.warn_low".to_owned()));
+    assert!(tags("drift-003").contains(&"model.drift_detected".to_owned()));
+    assert!(tags("healthy-000")
+        .iter()
+        .all(|t| t != "model.drift_detected" && t != "model.calibration.warn_low"));
+}
