@@ -18,6 +18,10 @@ use feedback::fold::{Engine, FoldConfig};
 use feedback::offline::{fold_files, FoldJob};
 use feedback::simulate::{generate, SimConfig, SimPayload};
 
+/// The same allocator as the `feedback` binary.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn env(name: &str, default: usize) -> usize {
     std::env::var(name)
         .ok()

@@ -169,16 +169,11 @@ fn scope_horizon(shared: &Shared, bucket: usize) -> String {
 
 fn evaluate_performance(state: &mut TenantState, channel: Option<u32>, out: &mut Vec<Alert>) {
     let Some(as_of) = state.as_of else { return };
-    let (windows, was, scope) = match channel {
-        None => (
-            state.windows.tenant,
-            state.rules.perf_tenant,
-            "tenant".to_owned(),
-        ),
+    let (windows, was) = match channel {
+        None => (&state.windows.tenant, state.rules.perf_tenant),
         Some(c) => (
-            state.windows.channels[c as usize],
+            &state.windows.channels[c as usize],
             state.rules.perf_channels[c as usize],
-            scope_channel(state, c),
         ),
     };
     let l = &state.limits.performance;
@@ -186,6 +181,11 @@ fn evaluate_performance(state: &mut TenantState, channel: Option<u32>, out: &mut
     if now == was {
         return;
     }
+    let windows = *windows;
+    let scope = match channel {
+        None => "tenant".to_owned(),
+        Some(c) => scope_channel(state, c),
+    };
     match channel {
         None => state.rules.perf_tenant = now,
         Some(c) => state.rules.perf_channels[c as usize] = now,
@@ -283,7 +283,9 @@ fn evaluate_calibration(
     });
     // One count per (scope, status) whatever the trigger: a daily report `ok` and a later
     // return to `ok` at the same as_of are two alerts and need two ids.
-    let occurrence = state.rules.occurrence(AlertType::Calibration, &scope, now.as_str());
+    let occurrence = state
+        .rules
+        .occurrence(AlertType::Calibration, &scope, now.as_str());
     out.push(Alert::new(
         AlertType::Calibration,
         &state.name,
