@@ -220,10 +220,11 @@ impl Rng {
             0 => f64::from_bits(self.next()),
             1 => self.below(100_000_000) as f64 / 100.0,
             2 => self.next() as f64 / u64::MAX as f64 * 1e6,
-            _ => [0.1 + 0.2, 1e-300, 5e-324, f64::MAX, 0.0, 1.0 / 3.0][self.below(6) as usize],
+            _ => [0.1 + 0.2, 1e-300, 5e-324, 1e15, 0.0, 1.0 / 3.0][self.below(6) as usize],
         };
+        // Validation caps amounts at 1e15; larger bit patterns fold back below it.
         if v.is_finite() {
-            v.abs()
+            v.abs() % 1e15
         } else {
             1.5
         }

@@ -155,6 +155,7 @@ fn invalid(tenant: &str, message: String) -> Rejection {
 }
 
 fn outcome_fields(o: &Outcome) -> Check {
+    date(&"date", o.date)?;
     name(&"channel", &o.channel)?;
     text(&"campaign_id", &o.campaign_id, MAX_ID_CHARS)?;
     non_negative(&"spend", o.spend)?;
@@ -176,6 +177,7 @@ fn forecast_fields(f: &Forecast) -> Check {
 }
 
 fn forecast_line(i: usize, line: &ForecastLine, issued: chrono::NaiveDate) -> Check {
+    date(&At(i, "date"), line.date)?;
     let horizon = (line.date - issued).num_days();
     if horizon < 0 {
         return Err(format!(
@@ -194,9 +196,9 @@ fn forecast_line(i: usize, line: &ForecastLine, issued: chrono::NaiveDate) -> Ch
     }
     // Crossing quantiles are accepted: the fold counts them (SPEC 3).
     for (level, value) in line.revenue.iter() {
-        if !value.is_finite() {
+        if !value.is_finite() || value.abs() > MAX_AMOUNT {
             return Err(format!(
-                "{}.{}: {value} is not a finite number",
+                "{}.{}: {value} is not a finite number of at most {MAX_AMOUNT:e} in magnitude",
                 At(i, "revenue"),
                 super::quantile_key(level)
             ));
@@ -300,10 +302,33 @@ fn finite(field: &dyn fmt::Display, v: f64) -> Check {
     }
 }
 
+/// Money and forecast values: finite, and small enough that sums of them cannot overflow to
+/// infinity (an infinity in a running sum could never be taken out again).
+pub const MAX_AMOUNT: f64 = 1e15;
+
+/// Dates: years 1970 to 2999. A typo such as 20266 would otherwise move as_of past every real
+/// record and expire the tenant's history.
+pub const MIN_YEAR: i32 = 1970;
+pub const MAX_YEAR: i32 = 2999;
+
+fn date(field: &dyn fmt::Display, d: chrono::NaiveDate) -> Check {
+    use chrono::Datelike;
+    if (MIN_YEAR..=MAX_YEAR).contains(&d.year()) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{field}: {d} is outside the years {MIN_YEAR} to {MAX_YEAR}"
+        ))
+    }
+}
+
 fn non_negative(field: &dyn fmt::Display, v: f64) -> Check {
     finite(field, v)?;
     if v < 0.0 {
         return Err(format!("{field}: {v} is negative"));
+    }
+    if v > MAX_AMOUNT {
+        return Err(format!("{field}: {v} is larger than {MAX_AMOUNT:e}"));
     }
     Ok(())
 }
@@ -353,6 +378,28 @@ mod tests {
     use std::collections::BTreeMap;
 
     use chrono::{NaiveDate, TimeZone, Utc};
+
+    #[test]
+    fn amounts_beyond_1e15_and_dates_outside_1970_to_2999_are_refused() {
+        let mut o = outcome();
+        o.revenue = 1e308;
+        assert!(validate_outcome(&o)
+            .unwrap_err()
+            .message
+            .contains("larger than"));
+        let mut o = outcome();
+        o.date = NaiveDate::from_ymd_opt(20266, 1, 1).unwrap();
+        assert!(validate_outcome(&o)
+            .unwrap_err()
+            .message
+            .contains("outside the years"));
+        let mut o = outcome();
+        o.date = NaiveDate::from_ymd_opt(1969, 12, 31).unwrap();
+        assert!(validate_outcome(&o).is_err());
+        let mut o = outcome();
+        o.revenue = 1e15;
+        assert!(validate_outcome(&o).is_ok());
+    }
 
     use super::*;
     use crate::event::Quantiles;

@@ -231,12 +231,18 @@ impl FoldConfig {
 
     /// Checks what serde cannot: orderings and ranges. Returns every problem, one per line.
     pub fn check(&self) -> Result<(), String> {
+        /// Longest window or retention accepted: 100 years, far below where day arithmetic
+        /// in i32 could overflow.
+        const MAX_DAYS: u32 = 36_500;
+        let days_ok = |d: u32| (1..=MAX_DAYS).contains(&d);
         let mut problems = Vec::new();
-        if self.windows.is_empty() || self.windows.contains(&0) {
-            problems.push("windows: need at least one window, each at least 1 day".to_owned());
+        if self.windows.is_empty() || !self.windows.iter().all(|&w| days_ok(w)) {
+            problems.push(format!(
+                "windows: need at least one window, each 1 to {MAX_DAYS} days"
+            ));
         }
-        if self.retention_days == 0 {
-            problems.push("retention_days: must be at least 1".to_owned());
+        if !days_ok(self.retention_days) {
+            problems.push(format!("retention_days: must be 1 to {MAX_DAYS}"));
         }
         if self.horizon_buckets.first() != Some(&0)
             || self.horizon_buckets.windows(2).any(|w| w[0] >= w[1])
@@ -247,14 +253,14 @@ impl FoldConfig {
                     .to_owned(),
             );
         }
-        if self.drift.baseline_events == 0 {
-            problems.push("drift.baseline_events: must be at least 1".to_owned());
+        if self.drift.baseline_events == 0 || self.drift.baseline_events > 1000 {
+            problems.push("drift.baseline_events: must be 1 to 1000".to_owned());
         }
         let mut check_limits = |who: &str, l: &Limits| {
             let p = &l.performance;
-            if p.window_days == 0 || p.baseline_days == 0 {
+            if !days_ok(p.window_days) || !days_ok(p.baseline_days) {
                 problems.push(format!(
-                    "{who}performance: window_days and baseline_days must be at least 1"
+                    "{who}performance: window_days and baseline_days must be 1 to {MAX_DAYS}"
                 ));
             }
             if !(p.resolve_fraction > 0.0 && p.resolve_fraction <= 1.0) {
@@ -263,9 +269,10 @@ impl FoldConfig {
                 ));
             }
             let c = &l.calibration;
-            if c.window_days == 0 || !(c.interval[0] < 50 && c.interval[1] > 50) {
+            let [lo, hi] = c.interval;
+            if !days_ok(c.window_days) || !(1..50).contains(&lo) || hi != 100 - lo {
                 problems.push(format!(
-                    "{who}calibration: window_days must be at least 1 and interval a pair [lo, hi] with lo < 50 < hi"
+                    "{who}calibration: window_days must be 1 to {MAX_DAYS} and interval a symmetric pair [lo, 100 - lo] with 1 <= lo < 50"
                 ));
             }
             if !(0.0..=1.0).contains(&c.low) || !(0.0..=1.0).contains(&c.high) || c.low > c.high {
@@ -347,5 +354,22 @@ mod tests {
         assert_eq!(acme.calibration.low, 0.6);
         assert_eq!(c.limits_for("other").performance.min_n, 20);
         assert!(toml::from_str::<FoldConfig>("[limits.performance]\nmapee = 1").is_err());
+    }
+
+    #[test]
+    fn check_refuses_windows_that_would_overflow_and_asymmetric_intervals() {
+        let mut c = FoldConfig {
+            windows: vec![7, u32::MAX],
+            ..FoldConfig::default()
+        };
+        assert!(c.check().unwrap_err().contains("windows"));
+        c.windows = vec![7];
+        c.limits.calibration.window_days = 4_000_000_000;
+        assert!(c.check().unwrap_err().contains("calibration"));
+        c.limits.calibration.window_days = 28;
+        c.limits.calibration.interval = [10, 80];
+        assert!(c.check().unwrap_err().contains("symmetric"));
+        c.limits.calibration.interval = [25, 75];
+        assert!(c.check().is_ok());
     }
 }
