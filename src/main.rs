@@ -5,7 +5,6 @@ use std::process::ExitCode;
 
 use std::io::Write;
 
-use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
 use feedback::config::Config;
@@ -117,7 +116,8 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // Our error messages carry their cause already; `{:#}` would print it twice.
+            eprintln!("error: {e}");
             ExitCode::from(2)
         }
     }
@@ -172,7 +172,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let out: Box<dyn std::io::Write> = match &args.out {
                 Some(path) => Box::new(
                     std::fs::File::create(path)
-                        .with_context(|| format!("cannot create {}", path.display()))?,
+                        .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", path.display()))?,
                 ),
                 None => Box::new(std::io::stdout().lock()),
             };

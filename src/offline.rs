@@ -162,6 +162,13 @@ pub fn fold_files(job: &FoldJob) -> Result<FoldSummary, OfflineError> {
             path: path.clone(),
             source,
         })?;
+        if file.metadata().is_ok_and(|m| m.is_dir()) {
+            let source = std::io::Error::other("it is a directory");
+            return Err(OfflineError::OpenInput {
+                path: path.clone(),
+                source,
+            });
+        }
         total_bytes += file.metadata().map(|m| m.len()).unwrap_or(0);
         readers.push((path.clone(), BufReader::with_capacity(1 << 20, file)));
     }

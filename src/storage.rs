@@ -155,6 +155,13 @@ fn stage<T: Serialize>(
         source,
     };
     let tmp = tempfile::NamedTempFile::new_in(dir).map_err(write_err)?;
+    // Temporary files are created 0600; a document is for the dashboard and operators too.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::Permissions::from_mode(0o644);
+        tmp.as_file().set_permissions(mode).map_err(write_err)?;
+    }
     {
         let mut w = BufWriter::new(tmp.as_file());
         serde_json::to_writer_pretty(&mut w, value).map_err(|source| StorageError::Encode {

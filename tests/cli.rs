@@ -29,6 +29,27 @@ fn missing_input_is_a_clear_error_with_exit_code_2() {
         !storage.exists(),
         "nothing is written when an input is missing"
     );
+    assert_eq!(
+        stderr.matches("No such file").count(),
+        1,
+        "the cause is said once: {stderr}"
+    );
+}
+
+#[test]
+fn a_directory_as_input_is_refused_before_any_output_is_touched() {
+    let dir = tempfile::tempdir().unwrap();
+    let alerts = dir.path().join("alerts.jsonl");
+    std::fs::write(&alerts, "keep me\n").unwrap();
+    let out = feedback(&[
+        "fold",
+        dir.path().to_str().unwrap(),
+        "--alerts-out",
+        alerts.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("it is a directory"));
+    assert_eq!(std::fs::read_to_string(&alerts).unwrap(), "keep me\n");
 }
 
 #[test]

@@ -192,30 +192,32 @@ mod naive {
         let mut by_channel: BTreeMap<String, BTreeMap<String, WindowDoc>> = BTreeMap::new();
         let mut by_horizon: BTreeMap<String, BTreeMap<String, WindowDoc>> = BTreeMap::new();
         let mut calibration_status = BTreeMap::new();
-        if let Some(as_of) = state.as_of {
-            let channels: BTreeSet<&str> = pairs.iter().map(|p| p.channel).collect();
-            for &w in &config.windows {
-                let name = format!("{w}d");
-                let in_window = between(&pairs, window_start(as_of, w), as_of);
-                windows.insert(name.clone(), window(&in_window));
-                for &channel in &channels {
-                    let these = only(&in_window, |p| p.channel == channel);
-                    let doc = window(&these);
-                    by_channel
-                        .entry(channel.into())
-                        .or_default()
-                        .insert(name.clone(), doc);
-                }
-                for (b, label) in labels.iter().enumerate() {
-                    let doc = window(&only(&in_window, |p| p.bucket == b));
-                    by_horizon
-                        .entry(label.clone())
-                        .or_default()
-                        .insert(name.clone(), doc);
-                }
+        // SPEC 6 names the window keys: every window and bucket is there, empty before any outcome.
+        let channels: BTreeSet<&str> = pairs.iter().map(|p| p.channel).collect();
+        for &w in &config.windows {
+            let name = format!("{w}d");
+            let in_window = match state.as_of {
+                Some(as_of) => between(&pairs, window_start(as_of, w), as_of),
+                None => Vec::new(),
+            };
+            windows.insert(name.clone(), window(&in_window));
+            for &channel in &channels {
+                let these = only(&in_window, |p| p.channel == channel);
+                let doc = window(&these);
+                by_channel
+                    .entry(channel.into())
+                    .or_default()
+                    .insert(name.clone(), doc);
             }
-            by_channel.retain(|_, windows| windows.values().any(|w| w.n > 0));
+            for (b, label) in labels.iter().enumerate() {
+                let doc = window(&only(&in_window, |p| p.bucket == b));
+                by_horizon
+                    .entry(label.clone())
+                    .or_default()
+                    .insert(name.clone(), doc);
+            }
         }
+        by_channel.retain(|_, windows| windows.values().any(|w| w.n > 0));
         // The calibration rule looks at the window ending at as_of; with no outcome, at nothing.
         let now = match state.as_of {
             Some(as_of) => between(&pairs, window_start(as_of, cal_days), as_of),
@@ -402,7 +404,15 @@ mod naive {
                     let predicted_revenue = sum(|p| p.line.revenue.p50().unwrap());
                     let actual_spend = sum(|p| p.spend);
                     let actual_revenue = sum(|p| p.y);
-                    let planned_roas = ratio(predicted_revenue, planned_spend);
+                    // Planned ROAS over the matched lines that carry a planned spend only.
+                    let predicted_with_spend = sum(|p| {
+                        if p.line.spend.is_some() {
+                            p.line.revenue.p50().unwrap()
+                        } else {
+                            0.0
+                        }
+                    });
+                    let planned_roas = ratio(predicted_with_spend, planned_spend);
                     let actual_roas = ratio(actual_revenue, actual_spend);
                     let roas_delta = planned_roas.zip(actual_roas).map(|(p, a)| a - p);
                     // Plan metadata: from the plan's last record, whatever happened to its lines.

@@ -43,6 +43,8 @@ pub struct PlanDoc {
     pub lines: u64,
     pub matched: u64,
     /// Sums over the matched lines, so that planned and actual ROAS compare like with like.
+    /// `planned_roas` divides the p50 of the matched lines that carry a planned spend by that
+    /// spend, so a line without one does not inflate it.
     pub planned_spend: f64,
     pub predicted_revenue: f64,
     pub actual_spend: f64,
@@ -155,11 +157,25 @@ pub fn documents(state: &TenantState, shared: &Shared) -> TenantDocuments {
 pub fn performance(state: &TenantState, shared: &Shared) -> PerformanceDoc {
     let config = &shared.config;
     let labels = config.horizon_labels();
-    let mut windows = BTreeMap::new();
     let mut by_channel: BTreeMap<String, BTreeMap<String, WindowDoc>> = BTreeMap::new();
     let mut by_horizon: BTreeMap<String, BTreeMap<String, WindowDoc>> = BTreeMap::new();
     let ranks = &state.source_ranks;
 
+    // Every configured window, bucket and known channel has its window object, empty or not.
+    let empty = || {
+        config
+            .windows
+            .iter()
+            .map(|&w| (window_key(w), Stats::default().window()))
+            .collect()
+    };
+    let mut windows: BTreeMap<String, WindowDoc> = empty();
+    for label in &labels {
+        by_horizon.insert(label.clone(), empty());
+    }
+    for c in 0..state.channels.len() as u32 {
+        by_channel.insert(state.channels.name(c).to_owned(), empty());
+    }
     if let Some(as_of) = state.as_of {
         for &w in &config.windows {
             let from = as_of - w as Day + 1;
@@ -201,13 +217,6 @@ pub fn performance(state: &TenantState, shared: &Shared) -> PerformanceDoc {
                     .insert(key.clone(), s.window());
             }
         }
-        // Channels with no pair in any window still get their (empty) window objects.
-        for name in by_channel.values_mut() {
-            for &w in &config.windows {
-                name.entry(window_key(w))
-                    .or_insert_with(|| Stats::default().window());
-            }
-        }
     }
 
     let mut plans: BTreeMap<u32, PlanAcc> = BTreeMap::new();
@@ -229,6 +238,7 @@ pub fn performance(state: &TenantState, shared: &Shared) -> PerformanceDoc {
                 plan.matched += 1;
                 if !line.spend.is_nan() {
                     plan.planned_spend.add(line.spend);
+                    plan.predicted_with_spend.add(p50);
                 }
                 plan.predicted.add(p50);
                 plan.actual_spend.add(actual.spend);
@@ -240,7 +250,7 @@ pub fn performance(state: &TenantState, shared: &Shared) -> PerformanceDoc {
         .into_iter()
         .map(|(id, p)| {
             let meta = state.plan_meta.get(id as usize);
-            let planned_roas = ratio(p.predicted.value(), p.planned_spend.value());
+            let planned_roas = ratio(p.predicted_with_spend.value(), p.planned_spend.value());
             let actual_roas = ratio(p.actual_revenue.value(), p.actual_spend.value());
             let roas_delta = planned_roas.zip(actual_roas).map(|(plan, act)| act - plan);
             let doc = PlanDoc {
@@ -316,6 +326,8 @@ struct PlanAcc {
     matched: u64,
     planned_spend: super::stats::Sum,
     predicted: super::stats::Sum,
+    /// p50 of the matched lines that have a planned spend: the numerator of planned ROAS.
+    predicted_with_spend: super::stats::Sum,
     actual_spend: super::stats::Sum,
     actual_revenue: super::stats::Sum,
 }

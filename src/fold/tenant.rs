@@ -551,6 +551,8 @@ pub struct TenantState {
     pub rules: RuleState,
     pub drift: DriftState,
     pub drift_history: Vec<DriftEntry>,
+    /// The date of each drift history entry, to trim the history by retention.
+    pub drift_days: Vec<Day>,
 }
 
 impl TenantState {
@@ -579,6 +581,7 @@ impl TenantState {
             rules: RuleState::new(buckets),
             drift: DriftState::default(),
             drift_history: Vec::new(),
+            drift_days: Vec::new(),
         }
     }
 
@@ -814,6 +817,17 @@ impl TenantState {
         self.counters.feature_importances += 1;
         let figures = self.drift.observe(fi, &shared.drift);
         super::rules::on_drift(self, fi, figures, out);
+        // The history keeps the events within retention of the latest one (feature-importance
+        // time only, so the trim does not depend on how the topics interleave).
+        let day = day_of(fi.computed_at.date_naive());
+        self.drift_days.push(day);
+        let latest = self.drift_days.iter().copied().max().unwrap_or(day);
+        let cutoff = latest - shared.config.retention_days as Day + 1;
+        if self.drift_days.iter().any(|&d| d < cutoff) {
+            let mut keep = self.drift_days.iter().map(|&d| d >= cutoff);
+            self.drift_history.retain(|_| keep.next().unwrap_or(true));
+            self.drift_days.retain(|&d| d >= cutoff);
+        }
     }
 
     /// Drops every day before the retention cutoff, counting the records it held.
@@ -953,6 +967,36 @@ mod tests {
             );
         }
         assert_eq!(state.windows.coverage, rebuilt.coverage);
+    }
+
+    #[test]
+    fn drift_history_keeps_the_retention_period_of_the_latest_event() {
+        use chrono::TimeZone;
+        let mut engine = Engine::new(FoldConfig {
+            retention_days: 10,
+            ..FoldConfig::default()
+        });
+        let mut alerts = Vec::new();
+        for day in 0..30 {
+            let fi = crate::event::FeatureImportance {
+                tenant: "acme".into(),
+                model_version: None,
+                computed_at: chrono::Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap()
+                    + chrono::Duration::days(day),
+                method: None,
+                importances: [("a".to_owned(), 1.0 + day as f64), ("b".to_owned(), 1.0)].into(),
+                samples: Default::default(),
+            };
+            engine.apply(&Event::FeatureImportance(fi), &mut alerts);
+        }
+        let history = engine.documents("acme").unwrap().drift.history;
+        assert_eq!(history.len(), 10);
+        assert!(
+            history[0].computed_at.starts_with("2026-11-21"),
+            "{}",
+            history[0].computed_at
+        );
+        assert!(history[9].computed_at.starts_with("2026-11-30"));
     }
 
     /// The running windows, moved by every record and slid on every as_of advance, always equal
