@@ -211,7 +211,7 @@ pub fn generate(config: &SimConfig) -> Vec<SimRecord> {
                     tenant: tenant.name.clone(),
                     plan_id: format!("plan-{date}"),
                     model_version: Some("mmm-v12".into()),
-                    issued_at: midnight(day),
+                    issued_at: midnight(day).fixed_offset(),
                     lines,
                 };
                 push(

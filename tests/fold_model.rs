@@ -1321,7 +1321,9 @@ impl Stream {
             tenant,
             plan_id,
             model_version: Some(format!("mmm-v{i}")),
-            issued_at: Utc.from_utc_datetime(&issued.and_hms_opt(f.hour, 30, 0).unwrap()),
+            issued_at: Utc
+                .from_utc_datetime(&issued.and_hms_opt(f.hour, 30, 0).unwrap())
+                .fixed_offset(),
             lines,
         }
     }

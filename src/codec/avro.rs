@@ -888,7 +888,7 @@ fn forecast(tenant: &mut String, record: Vec<Datum>) -> Result<Forecast, String>
     let [_, plan_id, model_version, issued_at, lines] = fields(record)?;
     let plan_id = string(plan_id, "plan_id")?;
     let model_version = optional(model_version, |d| string(d, "model_version"))?;
-    let issued_at = timestamp(issued_at, "issued_at")?;
+    let issued_at = timestamp_with_offset(issued_at, "issued_at")?;
     let Datum::Array(lines) = lines else {
         return Err(unexpected("lines", &lines));
     };
@@ -1009,6 +1009,13 @@ fn day(d: Datum, field: &str) -> Result<NaiveDate, String> {
         .map_err(|e| format!("{field}: {s:?} is not a date YYYY-MM-DD ({e})"))
 }
 
+/// RFC 3339 keeping its offset, parsed as the JSON path parses it (chrono's serde).
+fn timestamp_with_offset(d: Datum, field: &str) -> Result<DateTime<FixedOffset>, String> {
+    let s = string(d, field)?;
+    s.parse::<DateTime<FixedOffset>>()
+        .map_err(|e| format!("{field}: {s:?} is not an RFC 3339 timestamp ({e})"))
+}
+
 /// RFC 3339, parsed as the JSON path parses it (chrono's serde).
 fn timestamp(d: Datum, field: &str) -> Result<DateTime<Utc>, String> {
     let s = string(d, field)?;
@@ -1103,7 +1110,10 @@ fn nullable(value: Option<Value>) -> Value {
     }
 }
 
-fn rfc3339(t: DateTime<Utc>) -> String {
+fn rfc3339<Tz: chrono::TimeZone>(t: DateTime<Tz>) -> String
+where
+    Tz::Offset: std::fmt::Display,
+{
     t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
 }
 

@@ -32,7 +32,10 @@ fn forecast() -> Forecast {
         tenant: "acme".into(),
         plan_id: "plan-2026-11-15".into(),
         model_version: Some("mmm-v12".into()),
-        issued_at: Utc.with_ymd_and_hms(2026, 11, 15, 0, 0, 0).unwrap(),
+        issued_at: Utc
+            .with_ymd_and_hms(2026, 11, 15, 0, 0, 0)
+            .unwrap()
+            .fixed_offset(),
         lines: vec![
             ForecastLine {
                 date: day(2026, 11, 20),
@@ -269,7 +272,7 @@ fn random_event(rng: &mut Rng) -> Event {
             observed_at: (rng.below(2) == 0).then(|| rng.timestamp()),
         }),
         1 => {
-            let issued_at = rng.timestamp();
+            let issued_at = rng.timestamp().fixed_offset();
             let lines =
                 (0..1 + rng.below(20))
                     .map(|_| ForecastLine {

@@ -8,7 +8,7 @@ pub mod validate;
 use std::collections::BTreeMap;
 use std::fmt;
 
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, FixedOffset, NaiveDate, Utc};
 use serde::de::{MapAccess, Visitor};
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -67,7 +67,10 @@ pub struct Forecast {
     pub plan_id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model_version: Option<String>,
-    pub issued_at: DateTime<Utc>,
+    /// When the plan was issued, with the offset it was written in: a line's horizon counts
+    /// from this local date, so a plan issued at 22:00-05:00 on the 15th has its horizon 0 on
+    /// the 15th, not on the UTC date.
+    pub issued_at: DateTime<FixedOffset>,
     #[serde(deserialize_with = "objects")]
     pub lines: Vec<ForecastLine>,
 }

@@ -432,7 +432,10 @@ mod tests {
             tenant: "acme".into(),
             plan_id: "plan-2026-11-15".into(),
             model_version: Some("mmm-v12".into()),
-            issued_at: Utc.with_ymd_and_hms(2026, 11, 15, 0, 0, 0).unwrap(),
+            issued_at: Utc
+                .with_ymd_and_hms(2026, 11, 15, 0, 0, 0)
+                .unwrap()
+                .fixed_offset(),
             lines: vec![line()],
         }
     }
@@ -694,10 +697,23 @@ mod tests {
         let issue_day = NaiveDate::from_ymd_opt(2026, 11, 15).unwrap();
         assert_eq!(with_line(|l| l.date = issue_day), Ok(()));
         // issued late on the 15th UTC: the 15th is still horizon 0.
-        let late = Utc.with_ymd_and_hms(2026, 11, 15, 23, 59, 59).unwrap();
+        let late = Utc
+            .with_ymd_and_hms(2026, 11, 15, 23, 59, 59)
+            .unwrap()
+            .fixed_offset();
         assert_eq!(
             with_forecast(|f| {
                 f.issued_at = late;
+                f.lines[0].date = issue_day;
+            }),
+            Ok(())
+        );
+        // issued in the evening of the 15th in New York (the 16th in UTC): the 15th is horizon 0.
+        let evening: chrono::DateTime<chrono::FixedOffset> =
+            "2026-11-15T22:00:00-05:00".parse().unwrap();
+        assert_eq!(
+            with_forecast(|f| {
+                f.issued_at = evening;
                 f.lines[0].date = issue_day;
             }),
             Ok(())

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, Datelike, NaiveDate, Utc};
+use chrono::{DateTime, Datelike, FixedOffset, NaiveDate};
 use rustc_hash::FxHashMap;
 use smallvec::SmallVec;
 
@@ -165,7 +165,7 @@ impl LevelSet {
 
 #[derive(Debug, Clone, Default)]
 pub struct PlanMeta {
-    pub issued_at: Option<DateTime<Utc>>,
+    pub issued_at: Option<DateTime<FixedOffset>>,
     pub model_version: Option<String>,
 }
 
