@@ -274,9 +274,20 @@ pub fn psi_critical(bins: usize, n: usize, m: usize) -> f64 {
         return 0.0;
     }
     let scale = 1.0 / n as f64 + 1.0 / m as f64;
-    match ChiSquared::new((bins - 1) as f64) {
-        Ok(chi2) => chi2.inverse_cdf(PSI_CRITICAL_LEVEL) * scale,
+    chi2_critical(bins - 1) * scale
+}
+
+/// chi2_{0.999, dof}. Decile bins give at most 9 degrees of freedom, and statrs finds the
+/// quantile by iteration (about 100,000 instructions), so those are computed once per process.
+fn chi2_critical(dof: usize) -> f64 {
+    static TABLE: std::sync::OnceLock<[f64; 10]> = std::sync::OnceLock::new();
+    let compute = |dof: usize| match ChiSquared::new(dof as f64) {
+        Ok(chi2) => chi2.inverse_cdf(PSI_CRITICAL_LEVEL),
         Err(_) => f64::INFINITY,
+    };
+    match TABLE.get_or_init(|| std::array::from_fn(compute)).get(dof) {
+        Some(&v) if dof > 0 => v,
+        _ => compute(dof),
     }
 }
 

@@ -632,7 +632,8 @@ impl TenantState {
         id
     }
 
-    fn scorer(&mut self) -> (Scorer<'_>, &mut BTreeMap<Day, DayData>) {
+    /// The scorer, the days and the source ranks, borrowed apart so they can be used together.
+    fn scorer(&mut self) -> (Scorer<'_>, &mut BTreeMap<Day, DayData>, &[(u16, u16)]) {
         (
             Scorer {
                 limits: &self.limits,
@@ -641,6 +642,7 @@ impl TenantState {
                 windows: &mut self.windows,
             },
             &mut self.days,
+            &self.source_ranks,
         )
     }
 
@@ -708,7 +710,7 @@ impl TenantState {
         new: Option<Actual>,
         dirty: &mut Dirty,
     ) {
-        let (mut scorer, days) = self.scorer();
+        let (mut scorer, days, _) = self.scorer();
         let Some(data) = days.get_mut(&day) else {
             return;
         };
@@ -770,16 +772,7 @@ impl TenantState {
                 spend: fl.spend.unwrap_or(f64::NAN),
                 values: fl.revenue.iter().map(|(_, v)| v).collect(),
             };
-            let ranks = &self.source_ranks;
-            let (mut scorer, days) = (
-                Scorer {
-                    limits: &self.limits,
-                    as_of: self.as_of,
-                    sets: &self.level_sets,
-                    windows: &mut self.windows,
-                },
-                &mut self.days,
-            );
+            let (mut scorer, days, ranks) = self.scorer();
             let data = days.entry(day).or_default();
             let actual = line_actual(ranks, data, channel, campaign);
             let cd = data.channels.entry(channel).or_default();
