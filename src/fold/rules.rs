@@ -12,6 +12,7 @@ use serde_json::json;
 
 use super::config::{CalibrationLimits, PerformanceLimits};
 use super::drift::{DriftFigures, FeatureDrift};
+use super::report;
 use super::tenant::{date_of, Day, Dirty, RuleWindows, Shared, TenantState, Window};
 use crate::alert::{Alert, AlertType};
 use crate::event::FeatureImportance;
@@ -262,7 +263,10 @@ fn evaluate_calibration(
         None => "tenant".to_owned(),
         Some(b) => scope_horizon(shared, b),
     };
-    let counts = &state.windows.coverage[bucket.map_or(0, |b| b + 1)];
+    // The rule reads the running interval counts; the full per-quantile coverage of the alert
+    // is summed from the per-day counts only now, when an alert is published.
+    let from = as_of - l.window_days as Day + 1;
+    let counts = &report::coverage_counts(state, from, as_of, bucket.map(|b| b as u8));
     let (coverage, ci) = counts.shares();
     let trigger = if as_of_report {
         "as_of"

@@ -237,110 +237,139 @@ pub struct CoverageCounts {
     pub intervals: SmallVec<[(u8, Coverage); 1]>,
 }
 
-fn slot(v: &mut SmallVec<[(u8, Coverage); 3]>, level: u8) -> &mut Coverage {
-    let i = match v.binary_search_by_key(&level, |e| e.0) {
-        Ok(i) => i,
-        Err(i) => {
-            v.insert(i, (level, Coverage::default()));
-            i
-        }
-    };
-    &mut v[i].1
+/// Which quantiles a pair carries: its levels ascending, and its symmetric intervals as
+/// (lower level, index of the lower value, index of the upper value). Worked out once per
+/// distinct set of levels, so counting a pair needs no searching for partners.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    pub levels: Box<[u8]>,
+    pub intervals: SmallVec<[(u8, usize, usize); 1]>,
 }
 
-fn slot1(v: &mut SmallVec<[(u8, Coverage); 1]>, level: u8) -> &mut Coverage {
-    let i = match v.binary_search_by_key(&level, |e| e.0) {
+impl Layout {
+    pub fn new(levels: &[u8]) -> Layout {
+        let intervals = levels
+            .iter()
+            .enumerate()
+            .filter(|&(_, &l)| l < 50)
+            .filter_map(|(i, &l)| levels.iter().position(|&h| h == 100 - l).map(|j| (l, i, j)))
+            .collect();
+        Layout {
+            levels: levels.into(),
+            intervals,
+        }
+    }
+}
+
+/// Index of `level` in a sorted (level, coverage) list, inserting an empty entry if missing.
+fn slot<A: smallvec::Array<Item = (u8, Coverage)>>(v: &mut SmallVec<A>, level: u8) -> usize {
+    match v.binary_search_by_key(&level, |e| e.0) {
         Ok(i) => i,
         Err(i) => {
             v.insert(i, (level, Coverage::default()));
             i
         }
-    };
-    &mut v[i].1
+    }
+}
+
+/// Counts one pair in (or out of) the entry of `level`; an entry that falls to zero goes.
+fn step<A: smallvec::Array<Item = (u8, Coverage)>>(
+    v: &mut SmallVec<A>,
+    level: u8,
+    add: bool,
+    hit: bool,
+) {
+    let i = slot(v, level);
+    let c = &mut v[i].1;
+    if add {
+        c.n += 1;
+        c.hits += u64::from(hit);
+    } else {
+        c.n -= 1;
+        c.hits -= u64::from(hit);
+        if c.n == 0 {
+            v.remove(i);
+        }
+    }
+}
+
+/// Moves one hit of the entry of `level` from `was` to `is`.
+fn flip<A: smallvec::Array<Item = (u8, Coverage)>>(
+    v: &mut SmallVec<A>,
+    level: u8,
+    was: bool,
+    is: bool,
+) {
+    if was != is {
+        let i = slot(v, level);
+        if is {
+            v[i].1.hits += 1;
+        } else {
+            v[i].1.hits -= 1;
+        }
+    }
 }
 
 impl CoverageCounts {
-    /// Adds (`add` true) or removes one pair given as ascending (level, value) quantiles.
-    pub fn apply(&mut self, quantiles: impl Iterator<Item = (u8, f64)> + Clone, y: f64, add: bool) {
-        let step = |c: &mut Coverage, hit: bool| {
-            if add {
-                c.n += 1;
-                c.hits += u64::from(hit);
-            } else {
-                c.n -= 1;
-                c.hits -= u64::from(hit);
-            }
-        };
+    /// Adds (`add` true) or removes one pair: quantile `values` laid out as `layout`, actual `y`.
+    pub fn apply(&mut self, layout: &Layout, values: &[f64], y: f64, add: bool) {
         if add {
             self.n += 1
         } else {
             self.n -= 1
         }
-        for (level, v) in quantiles.clone() {
-            step(slot(&mut self.levels, level), y <= v);
-            if level < 50 {
-                if let Some((_, hi)) = quantiles.clone().find(|q| q.0 == 100 - level) {
-                    step(slot1(&mut self.intervals, level), v <= y && y <= hi);
-                }
-            }
+        for (&level, &v) in layout.levels.iter().zip(values) {
+            step(&mut self.levels, level, add, y <= v);
         }
-        if !add {
-            self.levels.retain(|e| e.1.n > 0);
-            self.intervals.retain(|e| e.1.n > 0);
+        for &(lo, i, j) in &layout.intervals {
+            step(
+                &mut self.intervals,
+                lo,
+                add,
+                values[i] <= y && y <= values[j],
+            );
         }
     }
 
     /// Moves one pair from actual `old` to `new` (None: not counted). When both are there only
     /// the hits that flipped change.
-    pub fn replace(
-        &mut self,
-        quantiles: impl Iterator<Item = (u8, f64)> + Clone,
-        old: Option<f64>,
-        new: Option<f64>,
-    ) {
+    pub fn replace(&mut self, layout: &Layout, values: &[f64], old: Option<f64>, new: Option<f64>) {
         let (old, new) = match (old, new) {
             (Some(o), Some(n)) => (o, n),
-            (Some(o), None) => return self.apply(quantiles, o, false),
-            (None, Some(n)) => return self.apply(quantiles, n, true),
+            (Some(o), None) => return self.apply(layout, values, o, false),
+            (None, Some(n)) => return self.apply(layout, values, n, true),
             (None, None) => return,
         };
-        let flip = |c: &mut Coverage, was: bool, is: bool| match (was, is) {
-            (false, true) => c.hits += 1,
-            (true, false) => c.hits -= 1,
-            _ => {}
-        };
-        for (level, v) in quantiles.clone() {
-            if (old <= v) != (new <= v) {
-                flip(slot(&mut self.levels, level), old <= v, new <= v);
-            }
-            if level < 50 {
-                if let Some((_, hi)) = quantiles.clone().find(|q| q.0 == 100 - level) {
-                    let inside = |y: f64| v <= y && y <= hi;
-                    if inside(old) != inside(new) {
-                        flip(slot1(&mut self.intervals, level), inside(old), inside(new));
-                    }
-                }
-            }
+        for (&level, &v) in layout.levels.iter().zip(values) {
+            flip(&mut self.levels, level, old <= v, new <= v);
+        }
+        for &(lo, i, j) in &layout.intervals {
+            let inside = |y: f64| values[i] <= y && y <= values[j];
+            flip(&mut self.intervals, lo, inside(old), inside(new));
         }
     }
 
     pub fn merge(&mut self, o: &CoverageCounts) {
         self.n += o.n;
         for (l, c) in &o.levels {
-            slot(&mut self.levels, *l).merge(c);
+            let i = slot(&mut self.levels, *l);
+            self.levels[i].1.merge(c);
         }
         for (l, c) in &o.intervals {
-            slot1(&mut self.intervals, *l).merge(c);
+            let i = slot(&mut self.intervals, *l);
+            self.intervals[i].1.merge(c);
         }
     }
 
     pub fn unmerge(&mut self, o: &CoverageCounts) {
         self.n -= o.n;
         for (l, c) in &o.levels {
-            slot(&mut self.levels, *l).unmerge(c);
+            let i = slot(&mut self.levels, *l);
+            self.levels[i].1.unmerge(c);
         }
         for (l, c) in &o.intervals {
-            slot1(&mut self.intervals, *l).unmerge(c);
+            let i = slot(&mut self.intervals, *l);
+            self.intervals[i].1.unmerge(c);
         }
         self.levels.retain(|e| e.1.n > 0);
         self.intervals.retain(|e| e.1.n > 0);
@@ -461,22 +490,33 @@ mod tests {
         assert_eq!(level(50), Some(Coverage { n: 5, hits: 3 }));
         assert_eq!(level(90), Some(Coverage { n: 5, hits: 4 }));
         assert_eq!(c.interval(10), Coverage { n: 5, hits: 3 }); // 90, 100, 110
+        let layout = Layout::new(&[10, 50, 90]);
+        let values = [90.0, 100.0, 110.0];
         let mut incremental = CoverageCounts::default();
         for y in [85.0, 90.0, 100.0, 110.0, 120.0, 130.0] {
-            incremental.apply(q.iter().copied(), y, true);
+            incremental.apply(&layout, &values, y, true);
         }
-        incremental.apply(q.iter().copied(), 130.0, false);
+        incremental.apply(&layout, &values, 130.0, false);
         assert_eq!(incremental, c);
         // Moving one pair across quantiles changes only the hits that flip.
-        incremental.replace(q.iter().copied(), Some(85.0), Some(100.0));
-        incremental.replace(q.iter().copied(), Some(100.0), Some(85.0));
+        incremental.replace(&layout, &values, Some(85.0), Some(100.0));
+        incremental.replace(&layout, &values, Some(100.0), Some(85.0));
         assert_eq!(incremental, c);
-        incremental.replace(q.iter().copied(), Some(120.0), Some(95.0));
+        incremental.replace(&layout, &values, Some(120.0), Some(95.0));
         let mut fresh = CoverageCounts::default();
         for y in [85.0, 90.0, 100.0, 110.0, 95.0] {
-            fresh.apply(q.iter().copied(), y, true);
+            fresh.apply(&layout, &values, y, true);
         }
         assert_eq!(incremental, fresh);
+        // Taking every pair out leaves nothing behind.
+        for y in [85.0, 90.0, 100.0, 110.0, 95.0] {
+            fresh.apply(&layout, &values, y, false);
+        }
+        assert_eq!(fresh, CoverageCounts::default());
+        assert_eq!(
+            Layout::new(&[5, 10, 50, 90]).intervals.as_slice(),
+            &[(10, 1, 3)]
+        );
         let (cov, ci) = c.shares();
         assert!(close(cov["p10_p90"], 0.6));
         assert!(ci["p10_p90"][0] < 0.6 && ci["p10_p90"][1] > 0.6);

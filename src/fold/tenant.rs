@@ -15,7 +15,7 @@ use super::config::{FoldConfig, Limits};
 use super::drift::{DriftConfig, DriftState};
 use super::intern::Interner;
 use super::rules::{DriftEntry, RuleState};
-use super::stats::{CoverageCounts, Sum};
+use super::stats::{CoverageCounts, Layout, Sum};
 use crate::alert::Alert;
 use crate::event::{FeatureImportance, Forecast, Outcome, Quantiles};
 
@@ -152,14 +152,18 @@ impl DayScores {
 /// Which quantiles a line carries, and where p50 and the watched interval sit among them.
 #[derive(Debug, Clone)]
 pub struct LevelSet {
-    pub levels: Box<[u8]>,
+    pub layout: Layout,
     pub p50: usize,
     pub interval: Option<(usize, usize)>,
 }
 
 impl LevelSet {
     pub fn pairs<'a>(&'a self, values: &'a [f64]) -> impl Iterator<Item = (u8, f64)> + Clone + 'a {
-        self.levels.iter().copied().zip(values.iter().copied())
+        self.layout
+            .levels
+            .iter()
+            .copied()
+            .zip(values.iter().copied())
     }
 }
 
@@ -258,8 +262,6 @@ pub struct WindowSet {
     pub tenant: RuleWindows,
     pub channels: Vec<RuleWindows>,
     pub horizons: Vec<RuleWindows>,
-    /// Coverage counts over the calibration window: index 0 the tenant, 1 + b horizon bucket b.
-    pub coverage: Vec<CoverageCounts>,
 }
 
 impl WindowSet {
@@ -271,9 +273,6 @@ impl WindowSet {
         self.horizons
             .iter_mut()
             .for_each(|w| *w = RuleWindows::default());
-        self.coverage
-            .iter_mut()
-            .for_each(|c| *c = CoverageCounts::default());
     }
 
     /// Adds (or with `add` false removes) a whole day's sums to the windows of `kind`.
@@ -293,15 +292,6 @@ impl WindowSet {
         }
         for (channel, w) in &scores.channels {
             apply(&mut self.channels[*channel as usize], w);
-        }
-        if kind == WindowKind::Calibration {
-            for (i, c) in scores.coverage.iter().enumerate() {
-                if add {
-                    self.coverage[i].merge(c)
-                } else {
-                    self.coverage[i].unmerge(c)
-                }
-            }
         }
     }
 }
@@ -434,14 +424,9 @@ impl Scorer<'_> {
         apply(&mut scores.horizons[b]);
         apply(scores.channel(channel));
         for i in [0, 1 + b] {
-            scores.coverage[i].replace(set.pairs(&line.values), old, new);
+            scores.coverage[i].replace(&set.layout, &line.values, old, new);
         }
         let inw = InWindows::of(self.limits, self.as_of, day);
-        if inw.calibration {
-            for i in [0, 1 + b] {
-                self.windows.coverage[i].replace(set.pairs(&line.values), old, new);
-            }
-        }
         for w in [
             &mut self.windows.tenant,
             &mut self.windows.channels[channel as usize],
@@ -575,7 +560,6 @@ impl TenantState {
             counters: Counters::default(),
             windows: WindowSet {
                 horizons: vec![RuleWindows::default(); buckets],
-                coverage: vec![CoverageCounts::default(); buckets + 1],
                 ..WindowSet::default()
             },
             rules: RuleState::new(buckets),
@@ -622,7 +606,7 @@ impl TenantState {
         let [lo, hi] = shared.config.limits.calibration.interval;
         let pos = |l: u8| levels.iter().position(|&x| x == l);
         let set = LevelSet {
-            levels: levels.as_slice().into(),
+            layout: Layout::new(&levels),
             p50: pos(50).unwrap_or(0),
             interval: pos(lo).zip(pos(hi)),
         };
@@ -959,7 +943,6 @@ mod tests {
                 "calibration"
             );
         }
-        assert_eq!(state.windows.coverage, rebuilt.coverage);
     }
 
     #[test]
