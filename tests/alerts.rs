@@ -75,11 +75,11 @@ fn check_invariants(engine: &Engine, alerts: &[Alert], events: &[Event]) {
 
     let reports: Vec<(String, String)> = alerts
         .iter()
-        .filter(|a| a.kind == AlertType::Calibration && a.data["trigger"] == "as_of")
+        .filter(|a| a.kind == AlertType::Calibration && a.data_json()["trigger"] == "as_of")
         .map(|a| {
             (
                 a.subject.clone(),
-                a.data["as_of"].as_str().unwrap().to_owned(),
+                a.data_json()["as_of"].as_str().unwrap().to_owned(),
             )
         })
         .collect();
@@ -158,7 +158,7 @@ fn scenarios_fire_their_alerts() {
     let fired = |tenant: &str, kind: AlertType, status: &str| {
         alerts
             .iter()
-            .any(|a| a.subject == tenant && a.kind == kind && a.status() == Some(status))
+            .any(|a| a.subject == tenant && a.kind == kind && a.status().as_deref() == Some(status))
     };
     assert!(fired(
         "degraded-001",

@@ -14,8 +14,9 @@ use super::config::{CalibrationLimits, PerformanceLimits};
 use super::drift::{DriftFigures, FeatureDrift};
 use super::report;
 use super::tenant::{date_of, Day, Dirty, RuleWindows, Shared, TenantState, Window};
-use crate::alert::{Alert, AlertType};
+use crate::alert::{raw_data, Alert, AlertType};
 use crate::event::FeatureImportance;
+use crate::fold::stats::Shares;
 
 /// Status of a calibration scope (SPEC 5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -213,9 +214,9 @@ fn performance_data(
     status: &str,
     as_of: Day,
     w: &RuleWindows,
-) -> serde_json::Value {
+) -> Box<serde_json::value::RawValue> {
     let l = &state.limits.performance;
-    json!({
+    raw_data(&json!({
         "tenant": state.name,
         "status": status,
         "scope": scope,
@@ -230,7 +231,7 @@ fn performance_data(
         "baseline_n": w.baseline.n,
         "baseline_mae": w.baseline.mae(),
         "limits": {"mape": l.mape, "mae_ratio": l.mae_ratio, "min_n": l.min_n},
-    })
+    }))
 }
 
 /// Evaluates a calibration scope; publishes on a change of status, or always for the as_of report.
@@ -267,23 +268,26 @@ fn evaluate_calibration(
     // is summed from the per-day counts only now, when an alert is published.
     let from = as_of - l.window_days as Day + 1;
     let counts = &report::coverage_counts(state, from, as_of, bucket.map(|b| b as u8));
-    let (coverage, ci) = counts.shares();
     let trigger = if as_of_report {
         "as_of"
     } else {
         "status_change"
     };
-    let data = json!({
-        "tenant": state.name,
-        "status": now.as_str(),
-        "scope": scope,
-        "as_of": date_of(as_of).to_string(),
-        "window_days": l.window_days,
-        "n": counts.n,
-        "coverage": coverage,
-        "ci": ci,
-        "trigger": trigger,
-        "limits": {"low": l.low, "high": l.high, "min_n": l.min_n},
+    let data = raw_data(&CalibrationData {
+        tenant: &state.name,
+        status: now.as_str(),
+        scope: &scope,
+        as_of: date_of(as_of),
+        window_days: l.window_days,
+        n: counts.n,
+        coverage: Shares { counts, ci: false },
+        ci: Shares { counts, ci: true },
+        trigger,
+        limits: CalibrationLimitsData {
+            low: l.low,
+            high: l.high,
+            min_n: l.min_n,
+        },
     });
     // One count per (scope, status) whatever the trigger: a daily report `ok` and a later
     // return to `ok` at the same as_of are two alerts and need two ids.
@@ -299,6 +303,28 @@ fn evaluate_calibration(
         occurrence,
         data,
     ));
+}
+
+/// The data of a `model.calibration` alert, serialized straight to JSON text.
+#[derive(Serialize)]
+struct CalibrationData<'a> {
+    tenant: &'a str,
+    status: &'static str,
+    scope: &'a str,
+    as_of: chrono::NaiveDate,
+    window_days: u32,
+    n: u64,
+    coverage: Shares<'a>,
+    ci: Shares<'a>,
+    trigger: &'static str,
+    limits: CalibrationLimitsData,
+}
+
+#[derive(Serialize)]
+struct CalibrationLimitsData {
+    low: f64,
+    high: f64,
+    min_n: u64,
 }
 
 /// Channels in name order, so alerts come out in the same order whatever the interning order.
@@ -384,7 +410,7 @@ pub fn on_drift(
     if firing != state.rules.drift {
         state.rules.drift = firing;
         let status = if firing { "firing" } else { "resolved" };
-        let data = json!({
+        let data = raw_data(&json!({
             "tenant": state.name,
             "status": status,
             "scope": "tenant",
@@ -397,7 +423,7 @@ pub fn on_drift(
             "breaching_features": breaching,
             "features": fig.features,
             "limits": {"importance_shift": l.importance_shift, "psi": l.psi},
-        });
+        }));
         // The event's position in the tenant's feature-importance log tells repeats apart.
         let occurrence = state.counters.feature_importances;
         out.push(Alert::new(

@@ -411,6 +411,52 @@ pub fn interval_key(lo: u8) -> String {
     )
 }
 
+/// `p07` and `p07_p93` for every level, made once: alert data names them without allocating.
+fn static_keys() -> &'static (Vec<String>, Vec<String>) {
+    static KEYS: std::sync::OnceLock<(Vec<String>, Vec<String>)> = std::sync::OnceLock::new();
+    KEYS.get_or_init(|| {
+        let levels = (0..=100).map(crate::event::quantile_key).collect();
+        let intervals = (0..=100).map(interval_key).collect();
+        (levels, intervals)
+    })
+}
+
+/// Serializes the `coverage` map (or with `ci` the `ci` map) of [`CoverageCounts::shares`]
+/// straight from the counts.
+pub struct Shares<'a> {
+    pub counts: &'a CoverageCounts,
+    pub ci: bool,
+}
+
+impl Serialize for Shares<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let (level_keys, interval_keys) = static_keys();
+        let named = self
+            .counts
+            .levels
+            .iter()
+            .map(|(l, c)| (&level_keys[*l as usize], c))
+            .chain(
+                self.counts
+                    .intervals
+                    .iter()
+                    .map(|(lo, c)| (&interval_keys[*lo as usize], c)),
+            );
+        let mut map = serializer.serialize_map(None)?;
+        for (key, c) in named {
+            if let (Some(share), Some(interval)) = (c.share(), wilson(c.hits, c.n)) {
+                if self.ci {
+                    map.serialize_entry(key, &interval)?;
+                } else {
+                    map.serialize_entry(key, &share)?;
+                }
+            }
+        }
+        map.end()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
