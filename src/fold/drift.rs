@@ -226,29 +226,6 @@ pub fn bin_shares(values: &[f64], inner_edges: &[f64]) -> Vec<f64> {
         .collect()
 }
 
-/// Merges runs each sorted ascending (by `total_cmp`) into one sorted vector, two at a time:
-/// what each event kept is already sorted, so pooling the baseline needs no full sort.
-pub fn merge_sorted(runs: &[&[f64]]) -> Vec<f64> {
-    let mut merged: Vec<f64> = Vec::new();
-    for run in runs {
-        let mut out = Vec::with_capacity(merged.len() + run.len());
-        let (mut a, mut b) = (merged.iter().peekable(), run.iter().peekable());
-        while let (Some(&&x), Some(&&y)) = (a.peek(), b.peek()) {
-            if x.total_cmp(&y).is_le() {
-                out.push(x);
-                a.next();
-            } else {
-                out.push(y);
-                b.next();
-            }
-        }
-        out.extend(a);
-        out.extend(b);
-        merged = out;
-    }
-    merged
-}
-
 /// [`bin_shares`] for values already sorted ascending: the count of bin i is the number of
 /// values <= its upper edge minus those <= the edge below, found by binary search per edge.
 pub fn bin_shares_sorted(sorted: &[f64], inner_edges: &[f64]) -> Vec<f64> {
@@ -489,14 +466,16 @@ fn feature_psi(
         .order_statistics
         .get(name)
         .filter(|v| !v.is_empty())?;
-    let runs: Vec<&[f64]> = previous
+    let mut pool: Vec<f64> = previous
         .iter()
-        .filter_map(|e| e.order_statistics.get(name).map(Vec::as_slice))
+        .filter_map(|e| e.order_statistics.get(name))
+        .flatten()
+        .copied()
         .collect();
-    let pool = merge_sorted(&runs);
     if pool.is_empty() {
         return None;
     }
+    pool.sort_by(f64::total_cmp);
     let edges = decile_edges(&pool);
     let bins = edges.len() + 1;
     Some(FeaturePsi {
@@ -516,15 +495,6 @@ mod tests {
 
     // Expected numbers below were computed by hand or in Python (mpmath for chi-squared), not
     // with this module.
-
-    #[test]
-    fn merging_sorted_runs_equals_sorting_them_together() {
-        let runs: [&[f64]; 3] = [&[1.0, 4.0, 4.0, 9.0], &[], &[-2.0, 4.0, 10.0]];
-        let mut all: Vec<f64> = runs.concat();
-        all.sort_by(f64::total_cmp);
-        assert_eq!(merge_sorted(&runs), all);
-        assert!(merge_sorted(&[]).is_empty());
-    }
 
     #[test]
     fn sorted_binning_agrees_with_per_value_binning() {
