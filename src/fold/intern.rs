@@ -42,10 +42,6 @@ impl Interner {
     pub fn is_empty(&self) -> bool {
         self.names.is_empty()
     }
-
-    pub fn bytes(&self) -> usize {
-        self.names.iter().map(|n| 2 * n.len() + 48).sum()
-    }
 }
 
 #[cfg(test)]
