@@ -1,6 +1,7 @@
 //! Throughput of the fold, the way docs/PERFORMANCE.md reports it.
 //!
-//! - `fold/pre_decoded`: `Engine::apply` over events decoded beforehand (the pure core).
+//! - `fold/pre_decoded`: `Engine::apply_batch` over events decoded beforehand, in batches of
+//!   65,536 as `feedback fold` takes them (the pure core).
 //! - `fold/end_to_end`: `feedback fold` as a library call: read a JSONL file, decode, validate,
 //!   fold, write the storage documents and the alerts.
 //!
@@ -75,8 +76,8 @@ fn bench(c: &mut Criterion) {
             || Engine::new(FoldConfig::default()),
             |mut engine| {
                 let mut alerts = Vec::new();
-                for e in &events {
-                    engine.apply(e, &mut alerts);
+                for batch in events.chunks(65_536) {
+                    engine.apply_batch(batch, &mut alerts);
                     alerts.clear();
                 }
                 engine

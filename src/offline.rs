@@ -14,7 +14,7 @@ use serde_json::value::RawValue;
 use crate::alert::Alert;
 use crate::codec::{decode, AvroSchemas};
 use crate::config::TopicNames;
-use crate::event::{RejectKind, Rejection};
+use crate::event::{Event, RejectKind, Rejection};
 use crate::fold::{Engine, FoldConfig};
 use crate::storage::{Storage, StorageError};
 
@@ -185,7 +185,7 @@ pub fn fold_files(job: &FoldJob) -> Result<FoldSummary, OfflineError> {
     let schemas = AvroSchemas::builtin();
     let mut engine = Engine::new(job.config.clone());
     let mut summary = FoldSummary::default();
-    let mut alerts: Vec<Alert> = Vec::new();
+    let mut batch: Vec<Event> = Vec::with_capacity(BATCH);
     let mut buf = Vec::with_capacity(1 << 12);
     for (path, mut reader) in readers {
         let mut line_no = 0u64;
@@ -208,8 +208,11 @@ pub fn fold_files(job: &FoldJob) -> Result<FoldSummary, OfflineError> {
                 continue;
             }
             summary.records += 1;
-            match fold_line(line, &job.topics, &schemas, &mut engine, &mut alerts) {
-                Ok(()) => summary.accepted += 1,
+            match decode_line(line, &job.topics, &schemas) {
+                Ok(event) => {
+                    summary.accepted += 1;
+                    batch.push(event);
+                }
                 Err(refused) => {
                     summary.rejected += 1;
                     *summary
@@ -233,16 +236,12 @@ pub fn fold_files(job: &FoldJob) -> Result<FoldSummary, OfflineError> {
                     )?;
                 }
             }
-            for alert in alerts.drain(..) {
-                summary.alerts += 1;
-                *summary
-                    .alerts_by_type
-                    .entry(alert.kind.to_string())
-                    .or_default() += 1;
-                write_line(&mut outputs.alerts, &alert)?;
+            if batch.len() >= BATCH {
+                fold_batch(&mut engine, &mut batch, &mut summary, &mut outputs)?;
             }
         }
     }
+    fold_batch(&mut engine, &mut batch, &mut summary, &mut outputs)?;
     progress.finish_and_clear();
 
     let storage = Storage::new(&job.storage_dir);
@@ -294,13 +293,36 @@ struct Refused<'a> {
     payload: Option<&'a [u8]>,
 }
 
-fn fold_line<'a>(
+/// Records decoded before they are folded together: the fold takes each tenant's records of a
+/// batch in one go ([`Engine::apply_batch`]), so alerts of different tenants interleave by batch.
+const BATCH: usize = 65_536;
+
+/// Folds the decoded batch and writes the alerts it caused.
+fn fold_batch(
+    engine: &mut Engine,
+    batch: &mut Vec<Event>,
+    summary: &mut FoldSummary,
+    outputs: &mut Outputs,
+) -> Result<(), OfflineError> {
+    let mut alerts: Vec<Alert> = Vec::new();
+    engine.apply_batch(batch, &mut alerts);
+    batch.clear();
+    for alert in &alerts {
+        summary.alerts += 1;
+        *summary
+            .alerts_by_type
+            .entry(alert.kind.to_string())
+            .or_default() += 1;
+        write_line(&mut outputs.alerts, alert)?;
+    }
+    Ok(())
+}
+
+fn decode_line<'a>(
     line: &'a [u8],
     topics: &TopicNames,
     schemas: &AvroSchemas,
-    engine: &mut Engine,
-    alerts: &mut Vec<Alert>,
-) -> Result<(), Box<Refused<'a>>> {
+) -> Result<Event, Box<Refused<'a>>> {
     let refuse = |kind, message: String| {
         Box::new(Refused {
             rejection: Rejection::new(kind, message),
@@ -357,10 +379,7 @@ fn fold_line<'a>(
         raw_bytes
     };
     match decode(topic, bytes, schemas) {
-        Ok(event) => {
-            engine.apply(&event, alerts);
-            Ok(())
-        }
+        Ok(event) => Ok(event),
         Err(rejection) => {
             let mut r = with_source(refuse(rejection.kind, String::new()), Some(raw_bytes));
             r.rejection = rejection;

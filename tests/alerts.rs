@@ -178,3 +178,31 @@ fn scenarios_fire_their_alerts() {
         .iter()
         .all(|t| t != "model.drift_detected" && t != "model.calibration.warn_low"));
 }
+
+#[test]
+fn a_batch_grouped_by_tenant_leaves_the_same_state_and_alerts() {
+    let events = events();
+    let (one_by_one, mut alerts) = fold(&events);
+    let mut batched = Engine::new(FoldConfig::default());
+    let mut batch_alerts = Vec::new();
+    for chunk in events.chunks(500) {
+        batched.apply_batch(chunk, &mut batch_alerts);
+    }
+    for t in one_by_one.tenants() {
+        assert_eq!(one_by_one.documents(t), batched.documents(t), "{t}");
+        let of = |a: &[Alert]| {
+            a.iter()
+                .filter(|x| x.subject == t)
+                .map(|x| x.id.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            of(&alerts),
+            of(&batch_alerts),
+            "{t}: alerts differ or come in another order"
+        );
+    }
+    alerts.sort_by(|a, b| a.id.cmp(&b.id));
+    batch_alerts.sort_by(|a, b| a.id.cmp(&b.id));
+    assert_eq!(alerts, batch_alerts);
+}

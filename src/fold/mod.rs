@@ -70,6 +70,39 @@ impl Engine {
         }
     }
 
+    /// Folds a batch of events: each tenant's events in their order in the batch, tenant after
+    /// tenant in order of first appearance. Tenants are independent, so the state afterwards is
+    /// the state `apply` one by one would leave, and each tenant's alerts come in the same
+    /// order; only alerts of different tenants interleave differently. Taking a tenant's events
+    /// together keeps its state in cache: 37% more records per second at 1,000 tenants
+    /// (docs/PERFORMANCE.md).
+    pub fn apply_batch(&mut self, events: &[Event], alerts: &mut Vec<Alert>) {
+        let mut group_of: FxHashMap<&str, usize> = FxHashMap::default();
+        let groups: Vec<usize> = events
+            .iter()
+            .map(|e| {
+                let next = group_of.len();
+                *group_of.entry(e.tenant()).or_insert(next)
+            })
+            .collect();
+        // Counting sort of the event indices by group, stable within a group.
+        let mut start = vec![0usize; group_of.len() + 1];
+        for &g in &groups {
+            start[g + 1] += 1;
+        }
+        for g in 1..start.len() {
+            start[g] += start[g - 1];
+        }
+        let mut order = vec![0usize; events.len()];
+        for (i, &g) in groups.iter().enumerate() {
+            order[start[g]] = i;
+            start[g] += 1;
+        }
+        for i in order {
+            self.apply(&events[i], alerts);
+        }
+    }
+
     /// Counts a refused record against its tenant, when it named a valid one.
     pub fn record_rejection(&mut self, rejection: &Rejection) {
         if let Some(tenant) = &rejection.tenant {
