@@ -26,8 +26,10 @@ enum Command {
     /// Fold JSONL records offline, exactly as the processor folds them from Kafka.
     ///
     /// Each input line is {"topic": ..., "payload": ...}, with the payload an object or a string
-    /// (the shape `kcat -J` prints). Files are read in the order given. Writes the storage
-    /// documents of every tenant, the alerts and the refused records, then prints a summary.
+    /// (the shape `kcat -J` prints). Files are read in the order given, and folded in batches
+    /// of 65,536 records, tenant by tenant: each tenant's records in their order, so its alerts
+    /// come in order, grouped by tenant within a batch. Writes the storage documents of every
+    /// tenant, the alerts and the refused records, then prints a summary.
     /// Exit code 0 on success (refused records included), 2 when an input cannot be read or an
     /// output cannot be written.
     Fold(FoldArgs),
