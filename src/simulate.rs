@@ -252,32 +252,23 @@ pub fn generate(config: &SimConfig) -> Vec<SimRecord> {
                     // Where Shopify reports (every other campaign) it has the cart truth and wins
                     // reconciliation, while the ad platform over-attributes by 5 to 15%; elsewhere
                     // the platform's figure is all there is.
-                    if i % 2 == 0 {
+                    let reports = if i % 2 == 0 {
                         let platform_revenue = round2(revenue * (1.05 + 0.1 * rng.gen::<f64>()));
-                        push(
-                            &mut out,
-                            &mut rng,
-                            config,
-                            Topic::Outcomes,
-                            &tenant.name,
-                            Event::Outcome(outcome(&platform, platform_revenue)),
-                        );
-                        push(
-                            &mut out,
-                            &mut rng,
-                            config,
-                            Topic::Outcomes,
-                            &tenant.name,
-                            Event::Outcome(outcome("shopify", revenue)),
-                        );
+                        vec![
+                            outcome(&platform, platform_revenue),
+                            outcome("shopify", revenue),
+                        ]
                     } else {
+                        vec![outcome(&platform, revenue)]
+                    };
+                    for o in reports {
                         push(
                             &mut out,
                             &mut rng,
                             config,
                             Topic::Outcomes,
                             &tenant.name,
-                            Event::Outcome(outcome(&platform, revenue)),
+                            Event::Outcome(o),
                         );
                     }
                 }
