@@ -118,3 +118,29 @@ fn bad_records_do_not_stop_the_fold() {
         "the refused record is counted against its tenant"
     );
 }
+
+#[test]
+fn the_example_history_is_what_simulate_makes() {
+    // README: "It was made with feedback simulate --days 70 --tenants 4 --channels 2 --campaigns 2".
+    let out = feedback(&[
+        "simulate",
+        "--days",
+        "70",
+        "--tenants",
+        "4",
+        "--channels",
+        "2",
+        "--campaigns",
+        "2",
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    let committed = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/history.jsonl"
+    ))
+    .unwrap();
+    assert!(
+        out.stdout == committed,
+        "simulate no longer reproduces examples/history.jsonl"
+    );
+}
