@@ -84,8 +84,18 @@ impl fmt::Display for Rejection {
 
 impl std::error::Error for Rejection {}
 
-/// `^[a-z0-9][a-z0-9_-]{0,63}$`: the tenant becomes a file name, so nothing else gets through.
+/// Suffixes the storage documents' file names use: a tenant named `x_calibration` would share
+/// `x_calibration.json` with the calibration document of tenant `x`, so SPEC 3's pattern is
+/// narrowed by these.
+pub const RESERVED_SUFFIXES: [&str; 2] = ["_calibration", "_drift"];
+
+/// `^[a-z0-9][a-z0-9_-]{0,63}$`, not ending in a [`RESERVED_SUFFIXES`] entry: the tenant
+/// becomes a file name, so nothing else gets through.
 pub fn valid_tenant(tenant: &str) -> bool {
+    matches_tenant_pattern(tenant) && !RESERVED_SUFFIXES.iter().any(|s| tenant.ends_with(s))
+}
+
+fn matches_tenant_pattern(tenant: &str) -> bool {
     let b = tenant.as_bytes();
     !b.is_empty()
         && b.len() <= 64
@@ -139,6 +149,14 @@ type Check = Result<(), String>;
 fn check_tenant(tenant: &str) -> Result<(), Rejection> {
     if valid_tenant(tenant) {
         Ok(())
+    } else if matches_tenant_pattern(tenant) {
+        Err(Rejection::new(
+            RejectKind::InvalidField,
+            format!(
+                "tenant: {} ends with one of {RESERVED_SUFFIXES:?}, which the storage file names reserve",
+                Shown(tenant)
+            ),
+        ))
     } else {
         Err(Rejection::new(
             RejectKind::InvalidField,
@@ -378,6 +396,18 @@ mod tests {
     use std::collections::BTreeMap;
 
     use chrono::{NaiveDate, TimeZone, Utc};
+
+    #[test]
+    fn tenants_ending_like_a_document_file_are_refused() {
+        let mut o = outcome();
+        o.tenant = "acme_calibration".into();
+        let r = validate_outcome(&o).unwrap_err();
+        assert!(r.message.contains("reserve"), "{}", r.message);
+        o.tenant = "acme_drift".into();
+        assert!(validate_outcome(&o).is_err());
+        o.tenant = "acme_drifting".into();
+        assert!(validate_outcome(&o).is_ok());
+    }
 
     #[test]
     fn amounts_beyond_1e15_and_dates_outside_1970_to_2999_are_refused() {
