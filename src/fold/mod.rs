@@ -45,11 +45,10 @@ impl Engine {
     }
 
     fn tenant_mut(&mut self, name: &str) -> &mut TenantState {
-        if !self.tenants.contains_key(name) {
-            self.tenants
-                .insert(name.to_owned(), TenantState::new(name, &self.shared));
-        }
-        self.tenants.get_mut(name).expect("inserted above")
+        let shared = &self.shared;
+        self.tenants
+            .entry(name.to_owned())
+            .or_insert_with(|| TenantState::new(name, shared))
     }
 
     /// Folds one validated event; the alert transitions it causes are appended to `alerts`.
