@@ -9,8 +9,11 @@ pub mod drift;
 mod intern;
 pub mod report;
 pub mod rules;
+pub mod snapshot;
 pub mod stats;
 pub mod tenant;
+
+use std::collections::BTreeMap;
 
 use rustc_hash::FxHashMap;
 
@@ -19,6 +22,15 @@ use crate::event::{Event, Rejection};
 pub use config::FoldConfig;
 pub use report::TenantDocuments;
 use tenant::{Shared, TenantState};
+
+/// What [`Engine::take_changes`] returns.
+#[derive(Debug, Default)]
+pub struct Changes {
+    /// The tenants that changed, sorted.
+    pub tenants: Vec<String>,
+    /// Their changelog records: per tenant its days, tombstones, drift, and its head last.
+    pub records: Vec<snapshot::StateRecord>,
+}
 
 /// Every tenant's state, and the settings they share.
 #[derive(Debug, Clone)]
@@ -35,9 +47,23 @@ impl Engine {
             ..drift::DriftConfig::default()
         };
         Engine {
-            shared: Shared { config, drift },
+            shared: Shared {
+                config,
+                drift,
+                track_changes: false,
+            },
             tenants: FxHashMap::default(),
         }
+    }
+
+    /// An engine whose tenants record what changes, for [`Engine::take_changes`]. Call before
+    /// folding anything.
+    pub fn with_changelog(mut self) -> Self {
+        self.shared.track_changes = true;
+        for state in self.tenants.values_mut() {
+            state.changes.get_or_insert_with(Default::default);
+        }
+        self
     }
 
     pub fn config(&self) -> &FoldConfig {
@@ -105,8 +131,67 @@ impl Engine {
     /// Counts a refused record against its tenant, when it named a valid one.
     pub fn record_rejection(&mut self, rejection: &Rejection) {
         if let Some(tenant) = &rejection.tenant {
-            self.tenant_mut(tenant).counters.rejected += 1;
+            let state = self.tenant_mut(tenant);
+            state.counters.rejected += 1;
+            state.mark_head();
         }
+    }
+
+    /// The changelog records of everything that changed since the last call (an engine made
+    /// [`Engine::with_changelog`]; empty otherwise), and the tenants they belong to, sorted.
+    pub fn take_changes(&mut self) -> Changes {
+        let mut changes = Changes::default();
+        for (name, state) in &mut self.tenants {
+            let before = changes.records.len();
+            snapshot::take_changes(state, &mut changes.records);
+            if changes.records.len() > before {
+                changes.tenants.push(name.clone());
+            }
+        }
+        changes.tenants.sort_unstable();
+        changes
+    }
+
+    /// Every changelog record of one tenant.
+    pub fn snapshot(&self, name: &str) -> Option<Vec<snapshot::StateRecord>> {
+        self.tenants.get(name).map(snapshot::full)
+    }
+
+    /// Replaces the state of the given tenants with what their changelog records hold (see
+    /// [`snapshot::TenantRecords::apply`]); a tenant without a head record is dropped. Returns
+    /// how many tenants were restored. On an unreadable record nothing is changed.
+    pub fn restore(
+        &mut self,
+        records: &BTreeMap<String, snapshot::TenantRecords>,
+    ) -> Result<usize, snapshot::SnapshotError> {
+        let mut restored = Vec::with_capacity(records.len());
+        for (name, r) in records {
+            restored.push((name, snapshot::restore(name, r, &self.shared)?));
+        }
+        let mut count = 0;
+        for (name, state) in restored {
+            match state {
+                Some(mut state) => {
+                    if !self.shared.track_changes {
+                        state.changes = None;
+                    }
+                    self.tenants.insert(name.clone(), state);
+                    count += 1;
+                }
+                None => {
+                    self.tenants.remove(name);
+                }
+            }
+        }
+        Ok(count)
+    }
+
+    pub fn len(&self) -> usize {
+        self.tenants.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tenants.is_empty()
     }
 
     /// Tenant names, sorted.

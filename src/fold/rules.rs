@@ -19,7 +19,7 @@ use crate::event::FeatureImportance;
 use crate::fold::stats::Shares;
 
 /// Status of a calibration scope (SPEC 5).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CalStatus {
     InsufficientData,
@@ -64,7 +64,7 @@ pub struct RuleState {
     pub drift: bool,
     /// Alerts already published per (type, scope, status) at the current as_of, so that a
     /// repeated transition at the same time still gets a fresh id.
-    occurrences: FxHashMap<(AlertType, String, &'static str), u64>,
+    pub(super) occurrences: FxHashMap<(AlertType, String, &'static str), u64>,
 }
 
 impl RuleState {

@@ -10,8 +10,8 @@ use smallvec::SmallVec;
 /// to about 1e-30 relative, so incremental retraction does not drift away from a recomputation.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Sum {
-    hi: f64,
-    lo: f64,
+    pub(crate) hi: f64,
+    pub(crate) lo: f64,
 }
 
 impl Sum {

@@ -15,6 +15,7 @@ use super::config::{FoldConfig, Limits};
 use super::drift::{DriftConfig, DriftState};
 use super::intern::Interner;
 use super::rules::{DriftEntry, RuleState};
+use super::snapshot::ChangeSet;
 use super::stats::{CoverageCounts, Layout, Sum};
 use crate::alert::Alert;
 use crate::event::{FeatureImportance, Forecast, Outcome, Quantiles};
@@ -58,9 +59,9 @@ pub struct Cell {
 /// The sum of a channel-day's reconciled cells, kept incrementally.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Total {
-    revenue: Sum,
-    spend: Sum,
-    cells: u32,
+    pub(super) revenue: Sum,
+    pub(super) spend: Sum,
+    pub(super) cells: u32,
 }
 
 impl Total {
@@ -374,7 +375,7 @@ impl InWindows {
 }
 
 /// Scores pairs into the day sums and the running rule windows.
-struct Scorer<'a> {
+pub(super) struct Scorer<'a> {
     limits: &'a Limits,
     as_of: Option<Day>,
     sets: &'a [LevelSet],
@@ -385,7 +386,7 @@ impl Scorer<'_> {
     /// Moves the pair of `line` from actual revenue `old` to `new` (None: no actual, no pair) in
     /// the day's sums and the running windows.
     #[allow(clippy::too_many_arguments)]
-    fn rescore(
+    pub(super) fn rescore(
         &mut self,
         data: &mut DayData,
         day: Day,
@@ -513,6 +514,8 @@ pub struct Counters {
 pub struct Shared {
     pub config: FoldConfig,
     pub drift: DriftConfig,
+    /// Whether tenants record what changed, for the changelog (`snapshot`).
+    pub track_changes: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -530,7 +533,7 @@ pub struct TenantState {
     level_set_ids: FxHashMap<Box<[u8]>, u32>,
     pub as_of: Option<Day>,
     pub days: BTreeMap<Day, DayData>,
-    outcome_seq: u64,
+    pub(super) outcome_seq: u64,
     pub counters: Counters,
     pub windows: WindowSet,
     pub rules: RuleState,
@@ -538,6 +541,8 @@ pub struct TenantState {
     pub drift_history: Vec<DriftEntry>,
     /// The date of each drift history entry, to trim the history by retention.
     pub drift_days: Vec<Day>,
+    /// What changed since the changelog last looked; None when nobody tracks changes.
+    pub(super) changes: Option<ChangeSet>,
 }
 
 impl TenantState {
@@ -566,6 +571,21 @@ impl TenantState {
             drift: DriftState::default(),
             drift_history: Vec::new(),
             drift_days: Vec::new(),
+            changes: shared.track_changes.then(ChangeSet::default),
+        }
+    }
+
+    #[inline]
+    pub(super) fn mark_head(&mut self) {
+        if let Some(c) = self.changes.as_mut() {
+            c.head = true;
+        }
+    }
+
+    #[inline]
+    fn mark_day(&mut self, day: Day) {
+        if let Some(c) = self.changes.as_mut() {
+            c.day(day);
         }
     }
 
@@ -575,7 +595,7 @@ impl TenantState {
             .map(|a| a - shared.config.retention_days as Day + 1)
     }
 
-    fn channel(&mut self, name: &str) -> u32 {
+    pub(super) fn channel(&mut self, name: &str) -> u32 {
         let id = self.channels.intern(name);
         if self.windows.channels.len() <= id as usize {
             self.windows
@@ -586,7 +606,7 @@ impl TenantState {
         id
     }
 
-    fn source(&mut self, name: &str, shared: &Shared) -> u32 {
+    pub(super) fn source(&mut self, name: &str, shared: &Shared) -> u32 {
         let id = self.sources.intern(name);
         if self.source_ranks.len() <= id as usize {
             let r = &shared.config.reconcile;
@@ -600,7 +620,12 @@ impl TenantState {
 
     fn level_set(&mut self, q: &Quantiles, shared: &Shared) -> u32 {
         let levels: SmallVec<[u8; 8]> = q.iter().map(|(l, _)| l).collect();
-        if let Some(&id) = self.level_set_ids.get(levels.as_slice()) {
+        self.level_set_of(&levels, shared)
+    }
+
+    /// The id of the level set of these quantile levels (ascending), created on first use.
+    pub(super) fn level_set_of(&mut self, levels: &[u8], shared: &Shared) -> u32 {
+        if let Some(&id) = self.level_set_ids.get(levels) {
             return id;
         }
         let [lo, hi] = shared.config.limits.calibration.interval;
@@ -612,12 +637,12 @@ impl TenantState {
         };
         let id = self.level_sets.len() as u32;
         self.level_sets.push(set);
-        self.level_set_ids.insert(levels.as_slice().into(), id);
+        self.level_set_ids.insert(levels.into(), id);
         id
     }
 
     /// The scorer, the days and the source ranks, borrowed apart so they can be used together.
-    fn scorer(&mut self) -> (Scorer<'_>, &mut BTreeMap<Day, DayData>, &[(u16, u16)]) {
+    pub(super) fn scorer(&mut self) -> (Scorer<'_>, &mut BTreeMap<Day, DayData>, &[(u16, u16)]) {
         (
             Scorer {
                 limits: &self.limits,
@@ -635,8 +660,10 @@ impl TenantState {
         let advanced = self.as_of.is_none_or(|a| day > a);
         if !advanced && self.cutoff(shared).is_some_and(|c| day < c) {
             self.counters.expired += 1;
+            self.mark_head();
             return;
         }
+        self.mark_day(day);
         let channel = self.channel(&o.channel);
         let campaign = self.campaigns.intern(&o.campaign_id);
         let source = self.source(&o.source, shared);
@@ -735,6 +762,7 @@ impl TenantState {
         };
         let issued = day_of(f.issued_at.date_naive());
         let cutoff = self.cutoff(shared);
+        self.mark_head();
         let mut dirty = Dirty::default();
         for fl in &f.lines {
             let day = day_of(fl.date);
@@ -743,6 +771,7 @@ impl TenantState {
                 continue;
             }
             let horizon = (day - issued).max(0) as u32;
+            self.mark_day(day);
             let channel = self.channel(&fl.channel);
             let campaign = self.campaigns.intern(&fl.campaign_id);
             let levels = self.level_set(&fl.revenue, shared);
@@ -792,6 +821,10 @@ impl TenantState {
         out: &mut Vec<Alert>,
     ) {
         self.counters.feature_importances += 1;
+        if let Some(c) = self.changes.as_mut() {
+            c.head = true;
+            c.drift = true;
+        }
         let figures = self.drift.observe(fi, &shared.drift);
         super::rules::on_drift(self, fi, figures, out);
         // The history keeps the events within retention of the latest one (feature-importance
@@ -818,6 +851,9 @@ impl TenantState {
             }
             let day = *entry.key();
             let data = entry.remove();
+            if let Some(c) = self.changes.as_mut() {
+                c.expired(day);
+            }
             let inw = InWindows::of(&self.limits, self.as_of, day);
             for (kind, inside) in [
                 (WindowKind::Recent, inw.recent),

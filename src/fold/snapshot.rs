@@ -1,0 +1,586 @@
+//! A tenant's state as changelog records, and back (SPEC 7).
+//!
+//! The processor keeps each tenant's state in the compacted `feedback-state` topic so that a
+//! restarted or newly assigned instance can carry on without replaying the inputs. Writing a
+//! tenant's whole state on every change would not scale (a year of outcomes and plan lines is
+//! megabytes), so the state is cut into records that change independently, each under its own
+//! key; compaction keeps the latest of each:
+//!
+//! | key | holds | written when |
+//! |---|---|---|
+//! | `{tenant}` | names, plans, as_of, counters, rule status, alert occurrence counts | the tenant changed |
+//! | `{tenant}/drift` | the drift baseline (last K events) and the drift history | a feature-importance event |
+//! | `{tenant}/day/{YYYY-MM-DD}` | that date's outcome reports and forecast lines | the date changed |
+//!
+//! An expired date is written as a tombstone (no value). Only what cannot be derived is stored:
+//! the per-day scope sums and the running rule windows are rebuilt on restore from the stored
+//! pairs, the same way the fold keeps them. The channel totals are stored with their
+//! compensation term, so a restored tenant publishes the same figures to the last bit.
+//!
+//! Values are JSON with a format version `v`: readable with any Kafka tool, and a record of an
+//! unknown version is refused instead of being misread.
+//!
+//! Architecture Invariant: like the rest of `fold`, this is pure data to bytes and back. Where
+//! the records go is the processor's business.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, FixedOffset, NaiveDate};
+use rustc_hash::FxHashSet;
+use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
+
+use super::drift::DriftState;
+use super::rules::{CalStatus, DriftEntry};
+use super::stats::Sum;
+use super::tenant::{
+    date_of, day_of, line_actual, Cell, ChannelDay, Counters, Day, DayData, Line, PlanMeta,
+    Report, Shared, TenantState, Total,
+};
+use crate::alert::AlertType;
+
+/// The format of the records this code writes.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// What changed in a tenant since its changes were last taken.
+#[derive(Debug, Clone, Default)]
+pub struct ChangeSet {
+    pub(super) head: bool,
+    pub(super) drift: bool,
+    pub(super) days: FxHashSet<Day>,
+    pub(super) removed: Vec<Day>,
+}
+
+impl ChangeSet {
+    pub fn is_empty(&self) -> bool {
+        !self.head && !self.drift && self.days.is_empty() && self.removed.is_empty()
+    }
+
+    pub(super) fn day(&mut self, day: Day) {
+        self.head = true;
+        self.days.insert(day);
+    }
+
+    pub(super) fn expired(&mut self, day: Day) {
+        self.days.remove(&day);
+        self.removed.push(day);
+    }
+}
+
+/// One changelog record: a key and its new value, `None` for a tombstone.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StateRecord {
+    pub key: String,
+    pub value: Option<Vec<u8>>,
+}
+
+/// What a changelog key refers to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum StateKey<'a> {
+    Head { tenant: &'a str },
+    Drift { tenant: &'a str },
+    Day { tenant: &'a str, date: NaiveDate },
+}
+
+impl<'a> StateKey<'a> {
+    pub fn parse(key: &'a str) -> Option<StateKey<'a>> {
+        let mut parts = key.splitn(3, '/');
+        let tenant = parts.next().filter(|t| !t.is_empty())?;
+        match (parts.next(), parts.next()) {
+            (None, _) => Some(StateKey::Head { tenant }),
+            (Some("drift"), None) => Some(StateKey::Drift { tenant }),
+            (Some("day"), Some(date)) => NaiveDate::parse_from_str(date, "%Y-%m-%d")
+                .ok()
+                .map(|date| StateKey::Day { tenant, date }),
+            _ => None,
+        }
+    }
+
+    pub fn tenant(&self) -> &'a str {
+        match *self {
+            StateKey::Head { tenant } | StateKey::Drift { tenant } | StateKey::Day { tenant, .. } => {
+                tenant
+            }
+        }
+    }
+}
+
+fn head_key(tenant: &str) -> String {
+    tenant.to_owned()
+}
+
+fn drift_key(tenant: &str) -> String {
+    format!("{tenant}/drift")
+}
+
+fn day_key(tenant: &str, day: Day) -> String {
+    format!("{tenant}/day/{}", date_of(day))
+}
+
+/// A state record that cannot be read back.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("state record {key}: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+fn invalid(key: &str, reason: impl ToString) -> SnapshotError {
+    SnapshotError::Invalid {
+        key: key.to_owned(),
+        reason: reason.to_string(),
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Head {
+    v: u32,
+    channels: Vec<String>,
+    campaigns: Vec<String>,
+    sources: Vec<String>,
+    plans: Vec<PlanRecord>,
+    /// The quantile levels of each level set, in id order.
+    level_sets: Vec<Vec<u8>>,
+    as_of: Option<NaiveDate>,
+    outcome_seq: u64,
+    feature_importances: u64,
+    rejected: u64,
+    expired: u64,
+    rules: RulesRecord,
+}
+
+#[derive(Serialize, Deserialize)]
+struct PlanRecord {
+    id: String,
+    issued_at: Option<DateTime<FixedOffset>>,
+    model_version: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct RulesRecord {
+    perf_tenant: bool,
+    perf_channels: Vec<bool>,
+    cal_tenant: CalStatus,
+    cal_horizons: Vec<CalStatus>,
+    drift: bool,
+    /// (type, scope, status, count) of the alerts published at the current as_of.
+    occurrences: Vec<(AlertType, String, String, u64)>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct DriftRecord {
+    v: u32,
+    state: DriftState,
+    history: Vec<DriftEntry>,
+    days: Vec<NaiveDate>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct DayRecord {
+    v: u32,
+    /// (channel, campaign, reports as (source, records, seq, spend, revenue)).
+    cells: Vec<(u32, u32, Vec<(u32, u32, u64, f64, f64)>)>,
+    /// (channel, total (revenue hi, lo, spend hi, lo, cells), lines).
+    channels: Vec<(u32, (f64, f64, f64, f64, u32), Vec<LineRecord>)>,
+}
+
+/// (campaign, plan, horizon, level set, records, planned spend, quantile values).
+type LineRecord = (u32, u32, u32, u32, u32, Option<f64>, Vec<f64>);
+
+const STATUSES: [&str; 6] = [
+    "firing",
+    "resolved",
+    "ok",
+    "warn_low",
+    "warn_high",
+    "insufficient_data",
+];
+
+fn to_json<T: Serialize>(value: &T) -> Vec<u8> {
+    // The record types hold no maps with non-string keys and no fallible Serialize impls.
+    serde_json::to_vec(value).expect("state records always serialize")
+}
+
+/// The records of what changed in `state` since the last call; clears the change set.
+pub(super) fn take_changes(state: &mut TenantState, out: &mut Vec<StateRecord>) {
+    let Some(changes) = state.changes.as_mut() else {
+        return;
+    };
+    if !changes.is_empty() {
+        let changes = std::mem::take(changes);
+        records(state, changes, out);
+    }
+}
+
+/// Every record of `state`, as if all of it had changed.
+pub(super) fn full(state: &TenantState) -> Vec<StateRecord> {
+    let all = ChangeSet {
+        head: true,
+        drift: state.drift.events_seen() > 0,
+        days: state.days.keys().copied().collect(),
+        removed: Vec::new(),
+    };
+    let mut out = Vec::new();
+    records(state, all, &mut out);
+    out
+}
+
+fn records(state: &TenantState, changes: ChangeSet, out: &mut Vec<StateRecord>) {
+    let mut days: Vec<Day> = changes.days.into_iter().collect();
+    days.sort_unstable();
+    for day in days {
+        if let Some(data) = state.days.get(&day) {
+            out.push(StateRecord {
+                key: day_key(&state.name, day),
+                value: Some(to_json(&day_record(data))),
+            });
+        }
+    }
+    for day in changes.removed {
+        out.push(StateRecord {
+            key: day_key(&state.name, day),
+            value: None,
+        });
+    }
+    if changes.drift {
+        out.push(StateRecord {
+            key: drift_key(&state.name),
+            value: Some(to_json(&DriftRecord {
+                v: FORMAT_VERSION,
+                state: state.drift.clone(),
+                history: state.drift_history.clone(),
+                days: state.drift_days.iter().map(|&d| date_of(d)).collect(),
+            })),
+        });
+    }
+    // The head last: it names every id the records above use.
+    out.push(StateRecord {
+        key: head_key(&state.name),
+        value: Some(to_json(&head_record(state))),
+    });
+}
+
+fn head_record(state: &TenantState) -> Head {
+    let names = |i: &super::intern::Interner| (0..i.len() as u32).map(|id| i.name(id).to_owned()).collect();
+    Head {
+        v: FORMAT_VERSION,
+        channels: names(&state.channels),
+        campaigns: names(&state.campaigns),
+        sources: names(&state.sources),
+        plans: (0..state.plans.len() as u32)
+            .map(|id| {
+                let meta = state.plan_meta.get(id as usize).cloned().unwrap_or_default();
+                PlanRecord {
+                    id: state.plans.name(id).to_owned(),
+                    issued_at: meta.issued_at,
+                    model_version: meta.model_version,
+                }
+            })
+            .collect(),
+        level_sets: state
+            .level_sets
+            .iter()
+            .map(|s| s.layout.levels.to_vec())
+            .collect(),
+        as_of: state.as_of.map(date_of),
+        outcome_seq: state.outcome_seq,
+        feature_importances: state.counters.feature_importances,
+        rejected: state.counters.rejected,
+        expired: state.counters.expired,
+        rules: RulesRecord {
+            perf_tenant: state.rules.perf_tenant,
+            perf_channels: state.rules.perf_channels.clone(),
+            cal_tenant: state.rules.cal_tenant,
+            cal_horizons: state.rules.cal_horizons.clone(),
+            drift: state.rules.drift,
+            occurrences: {
+                let mut o: Vec<_> = state
+                    .rules
+                    .occurrences
+                    .iter()
+                    .map(|((kind, scope, status), n)| (*kind, scope.clone(), (*status).to_owned(), *n))
+                    .collect();
+                o.sort_by(|a, b| (a.0, &a.1, &a.2).cmp(&(b.0, &b.1, &b.2)));
+                o
+            },
+        },
+    }
+}
+
+fn day_record(data: &DayData) -> DayRecord {
+    let mut cells: Vec<_> = data
+        .cells
+        .iter()
+        .map(|(&(channel, campaign), cell)| {
+            let reports = cell
+                .reports
+                .iter()
+                .map(|r| (r.source, r.records, r.seq, r.spend, r.revenue))
+                .collect();
+            (channel, campaign, reports)
+        })
+        .collect();
+    cells.sort_by_key(|c| (c.0, c.1));
+    let mut channels: Vec<_> = data
+        .channels
+        .iter()
+        .map(|(&channel, cd)| {
+            let t = &cd.total;
+            let total = (t.revenue.hi, t.revenue.lo, t.spend.hi, t.spend.lo, t.cells);
+            let lines = cd
+                .lines
+                .iter()
+                .map(|l| {
+                    let spend = (!l.spend.is_nan()).then_some(l.spend);
+                    (l.campaign, l.plan, l.horizon, l.levels, l.records, spend, l.values.to_vec())
+                })
+                .collect();
+            (channel, total, lines)
+        })
+        .collect();
+    channels.sort_by_key(|c| c.0);
+    DayRecord {
+        v: FORMAT_VERSION,
+        cells,
+        channels,
+    }
+}
+
+/// The latest value of each key of one tenant, as read back from the changelog.
+#[derive(Debug, Default)]
+pub struct TenantRecords {
+    pub head: Option<Vec<u8>>,
+    pub drift: Option<Vec<u8>>,
+    pub days: BTreeMap<NaiveDate, Vec<u8>>,
+}
+
+impl TenantRecords {
+    /// Takes one changelog record in log order: a later value replaces an earlier one, a
+    /// tombstone removes it. Keys that are not state keys are reported as errors.
+    pub fn apply(
+        tenants: &mut BTreeMap<String, TenantRecords>,
+        key: &str,
+        value: Option<Vec<u8>>,
+    ) -> Result<(), SnapshotError> {
+        let parsed = StateKey::parse(key).ok_or_else(|| invalid(key, "not a state key"))?;
+        let records = tenants.entry(parsed.tenant().to_owned()).or_default();
+        match (parsed, value) {
+            (StateKey::Head { .. }, v) => records.head = v,
+            (StateKey::Drift { .. }, v) => records.drift = v,
+            (StateKey::Day { date, .. }, Some(v)) => {
+                records.days.insert(date, v);
+            }
+            (StateKey::Day { date, .. }, None) => {
+                records.days.remove(&date);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn parse<'a, T: Deserialize<'a>>(key: &str, bytes: &'a [u8]) -> Result<T, SnapshotError> {
+    let v: T = serde_json::from_slice(bytes).map_err(|e| invalid(key, e))?;
+    Ok(v)
+}
+
+fn check_version(key: &str, v: u32) -> Result<(), SnapshotError> {
+    if v == FORMAT_VERSION {
+        Ok(())
+    } else {
+        Err(invalid(
+            key,
+            format!("format version {v}, this build reads version {FORMAT_VERSION}"),
+        ))
+    }
+}
+
+/// Rebuilds a tenant from its changelog records. `None` when the tenant has no head record
+/// (everything it had was deleted).
+pub(super) fn restore(
+    name: &str,
+    records: &TenantRecords,
+    shared: &Shared,
+) -> Result<Option<TenantState>, SnapshotError> {
+    let Some(head_bytes) = &records.head else {
+        return Ok(None);
+    };
+    let hk = head_key(name);
+    let head: Head = parse(&hk, head_bytes)?;
+    check_version(&hk, head.v)?;
+
+    let mut state = TenantState::new(name, shared);
+    for (i, c) in head.channels.iter().enumerate() {
+        if state.channel(c) as usize != i {
+            return Err(invalid(&hk, format!("channel {c:?} named twice")));
+        }
+    }
+    for (i, c) in head.campaigns.iter().enumerate() {
+        if state.campaigns.intern(c) as usize != i {
+            return Err(invalid(&hk, format!("campaign {c:?} named twice or \"\" not first")));
+        }
+    }
+    for (i, s) in head.sources.iter().enumerate() {
+        if state.source(s, shared) as usize != i {
+            return Err(invalid(&hk, format!("source {s:?} named twice")));
+        }
+    }
+    for (i, p) in head.plans.iter().enumerate() {
+        if state.plans.intern(&p.id) as usize != i {
+            return Err(invalid(&hk, format!("plan {:?} named twice", p.id)));
+        }
+        state.plan_meta.push(PlanMeta {
+            issued_at: p.issued_at,
+            model_version: p.model_version.clone(),
+        });
+    }
+    for (i, levels) in head.level_sets.iter().enumerate() {
+        if !levels.windows(2).all(|w| w[0] < w[1]) || levels.iter().any(|&l| !(1..=99).contains(&l)) {
+            return Err(invalid(&hk, format!("level set {levels:?} is not ascending in 1..=99")));
+        }
+        if state.level_set_of(levels, shared) as usize != i {
+            return Err(invalid(&hk, format!("level set {levels:?} named twice")));
+        }
+    }
+
+    let ids = Ids {
+        channels: head.channels.len() as u32,
+        campaigns: head.campaigns.len() as u32,
+        sources: head.sources.len() as u32,
+        plans: head.plans.len() as u32,
+        level_sets: state.level_sets.iter().map(|s| s.layout.levels.len()).collect(),
+    };
+    for (date, bytes) in &records.days {
+        let key = day_key(name, day_of(*date));
+        let record: DayRecord = parse(&key, bytes)?;
+        check_version(&key, record.v)?;
+        let data = day_data(&record, &ids, shared).map_err(|reason| invalid(&key, reason))?;
+        let day = day_of(*date);
+        state.days.insert(day, data);
+        // Score the day's pairs into its sums; with as_of unset no running window is touched.
+        let (mut scorer, days, ranks) = state.scorer();
+        let data = days.get_mut(&day).expect("inserted above");
+        let mut dirty = super::tenant::Dirty::default();
+        let channels: Vec<u32> = data.channels.keys().copied().collect();
+        for channel in channels {
+            let lines = std::mem::take(&mut data.channels.get_mut(&channel).expect("listed").lines);
+            for line in &lines {
+                if let Some(a) = line_actual(ranks, data, channel, line.campaign) {
+                    scorer.rescore(data, day, channel, line, None, Some(a.revenue), &mut dirty);
+                }
+            }
+            data.channels.get_mut(&channel).expect("listed").lines = lines;
+        }
+    }
+
+    state.as_of = head.as_of.map(day_of);
+    state.windows = state.rebuilt_windows();
+    state.outcome_seq = head.outcome_seq;
+    state.counters = Counters {
+        feature_importances: head.feature_importances,
+        rejected: head.rejected,
+        expired: head.expired,
+    };
+    let r = head.rules;
+    let rules = &mut state.rules;
+    rules.perf_tenant = r.perf_tenant;
+    for (i, f) in r.perf_channels.into_iter().enumerate().take(rules.perf_channels.len()) {
+        rules.perf_channels[i] = f;
+    }
+    rules.cal_tenant = r.cal_tenant;
+    // A config with other horizon buckets starts their statuses afresh.
+    if r.cal_horizons.len() == rules.cal_horizons.len() {
+        rules.cal_horizons = r.cal_horizons;
+    }
+    rules.drift = r.drift;
+    for (kind, scope, status, n) in r.occurrences {
+        let status = STATUSES
+            .iter()
+            .copied()
+            .find(|s| *s == status)
+            .ok_or_else(|| invalid(&hk, format!("unknown alert status {status:?}")))?;
+        rules.occurrences.insert((kind, scope, status), n);
+    }
+
+    if let Some(bytes) = &records.drift {
+        let key = drift_key(name);
+        let d: DriftRecord = parse(&key, bytes)?;
+        check_version(&key, d.v)?;
+        if d.history.len() != d.days.len() {
+            return Err(invalid(&key, "history and its dates differ in length"));
+        }
+        state.drift = d.state;
+        state.drift_history = d.history;
+        state.drift_days = d.days.into_iter().map(day_of).collect();
+    }
+    Ok(Some(state))
+}
+
+/// How many ids the head names, to check day records against.
+struct Ids {
+    channels: u32,
+    campaigns: u32,
+    sources: u32,
+    plans: u32,
+    level_sets: Vec<usize>,
+}
+
+fn day_data(record: &DayRecord, ids: &Ids, shared: &Shared) -> Result<DayData, String> {
+    let mut data = DayData::default();
+    for (channel, campaign, reports) in &record.cells {
+        if *channel >= ids.channels || *campaign >= ids.campaigns {
+            return Err(format!("cell ({channel}, {campaign}) names an unknown id"));
+        }
+        let mut cell = Cell::default();
+        for &(source, records, seq, spend, revenue) in reports {
+            if source >= ids.sources {
+                return Err(format!("report names unknown source id {source}"));
+            }
+            cell.reports.push(Report {
+                source,
+                records,
+                seq,
+                spend,
+                revenue,
+            });
+        }
+        data.cells.insert((*channel, *campaign), cell);
+    }
+    for (channel, (rh, rl, sh, sl, cells), lines) in &record.channels {
+        if *channel >= ids.channels {
+            return Err(format!("lines of unknown channel id {channel}"));
+        }
+        let mut out = Vec::with_capacity(lines.len());
+        for (campaign, plan, horizon, levels, records, spend, values) in lines {
+            let arity = ids.level_sets.get(*levels as usize);
+            if *campaign >= ids.campaigns || *plan >= ids.plans || arity != Some(&values.len()) {
+                return Err(format!(
+                    "line ({campaign}, {plan}) names an unknown id or has the wrong number of values"
+                ));
+            }
+            out.push(Line {
+                campaign: *campaign,
+                plan: *plan,
+                horizon: *horizon,
+                levels: *levels,
+                records: *records,
+                bucket: shared.config.horizon_bucket(*horizon),
+                spend: spend.unwrap_or(f64::NAN),
+                values: SmallVec::from_slice(values),
+            });
+        }
+        if !out.windows(2).all(|w| (w[0].campaign, w[0].plan) < (w[1].campaign, w[1].plan)) {
+            return Err(format!("lines of channel {channel} are not sorted by (campaign, plan)"));
+        }
+        data.channels.insert(
+            *channel,
+            ChannelDay {
+                total: Total {
+                    revenue: Sum { hi: *rh, lo: *rl },
+                    spend: Sum { hi: *sh, lo: *sl },
+                    cells: *cells,
+                },
+                lines: out,
+            },
+        );
+    }
+    Ok(data)
+}
