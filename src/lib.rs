@@ -6,8 +6,12 @@
 pub mod alert;
 pub mod codec;
 pub mod config;
+pub mod demo;
 pub mod event;
 pub mod fold;
+pub mod http;
+pub mod kafka;
+pub mod metrics;
 pub mod offline;
 pub mod simulate;
 pub mod storage;

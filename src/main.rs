@@ -42,6 +42,119 @@ enum Command {
     /// intervals far too narrow, `drift` rotates the importances, `mixed` gives tenants each
     /// scenario in turn. The same seed and flags give the same bytes.
     Simulate(SimulateArgs),
+    /// Run the processor on Kafka: consume the three input topics, fold, publish alerts.
+    ///
+    /// Joins consumer group --group on the input topics (which must be co-partitioned: same
+    /// partition count, keyed by tenant). Exactly once by default: one transaction carries the
+    /// alerts, the DLQ records, the changed tenants' state (to the compacted state topic, same
+    /// partition number as the input) and the consumer offsets, every --commit-interval. On
+    /// assignment the partitions' tenants are restored from the state topic; /readyz answers
+    /// 200 once that is done. Refused records go to the DLQ topic with their reason. SIGTERM
+    /// or Ctrl-C commits, writes the documents, leaves the group and exits 0 (a second one
+    /// exits at once). Exit code 2 on a configuration or topic problem, 1 on a fatal Kafka error.
+    Run(RunArgs),
+    /// Everything on one machine, no broker to install: a demo of the processor.
+    ///
+    /// Starts librdkafka's in-process mock cluster, creates the topics, produces a synthetic
+    /// history of four tenants (healthy, degrading, miscalibrated, drifting), runs the same
+    /// processor as `run`, prints the alert transitions as they are committed and what is active
+    /// at the end, and keeps serving HTTP (/metrics, /healthz, /readyz) until Ctrl-C or
+    /// --duration.
+    Demo(DemoArgs),
+    /// Create the six topics of the processor (inputs, alerts, DLQ, compacted state).
+    ///
+    /// Inputs, alerts, DLQ and state all get --partitions partitions. Topics that exist are
+    /// left alone (check their partition counts yourself: `run` refuses mismatched inputs).
+    CreateTopics(CreateTopicsArgs),
+}
+
+#[derive(Args)]
+struct KafkaArgs {
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "FEEDBACK_BROKERS", default_value = "127.0.0.1:9092")]
+    brokers: String,
+    /// Configuration file (TOML): topic names, windows, retention, reconciliation, limits.
+    #[arg(long, env = "FEEDBACK_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    kafka: KafkaArgs,
+    /// Consumer group; instances with the same group share the partitions.
+    #[arg(long, env = "FEEDBACK_GROUP", default_value = "model-feedback")]
+    group: String,
+    /// Where the storage documents of the tenants this instance owns are kept current.
+    #[arg(
+        long,
+        env = "FEEDBACK_STORAGE_DIR",
+        default_value = "storage",
+        value_name = "DIR"
+    )]
+    storage_dir: PathBuf,
+    /// Address of the HTTP server (/metrics, /healthz, /readyz).
+    #[arg(long, env = "FEEDBACK_HTTP", default_value = "127.0.0.1:9464")]
+    http: std::net::SocketAddr,
+    #[arg(
+        long,
+        env = "FEEDBACK_GUARANTEE",
+        value_enum,
+        default_value = "exactly-once"
+    )]
+    guarantee: feedback::kafka::Guarantee,
+    /// How often the transaction (or the offset commit) is closed: alerts become visible to
+    /// read_committed consumers at this pace.
+    #[arg(long, env = "FEEDBACK_COMMIT_INTERVAL", default_value = "100ms", value_parser = humantime::parse_duration)]
+    commit_interval: std::time::Duration,
+    /// How often the storage documents of changed tenants are rewritten.
+    #[arg(long, env = "FEEDBACK_STORAGE_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    storage_interval: std::time::Duration,
+    /// A stable name for this instance (default: random per process). Its transactional id is
+    /// model-feedback-{group}-{instance-id}: restarting with the same id fences the previous
+    /// process's open transaction at once instead of after transaction.timeout.ms (10 s).
+    /// Instances running at the same time need different ids.
+    #[arg(long, env = "FEEDBACK_INSTANCE_ID")]
+    instance_id: Option<String>,
+    /// A librdkafka property for every client, KEY=VALUE, repeatable (e.g.
+    /// session.timeout.ms=6000, security.protocol=ssl). Applied over the defaults.
+    #[arg(long = "kafka-config", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    kafka_config: Vec<(String, String)>,
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    /// Where the storage documents go.
+    #[arg(long, default_value = "storage", value_name = "DIR")]
+    storage_dir: PathBuf,
+    /// Address of the HTTP server.
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    http: std::net::SocketAddr,
+    /// Stop by itself after this long (e.g. 20s); default: run until Ctrl-C.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    duration: Option<std::time::Duration>,
+    /// Days of synthetic history.
+    #[arg(long, default_value_t = 90)]
+    days: u32,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+}
+
+#[derive(Args)]
+struct CreateTopicsArgs {
+    #[command(flatten)]
+    kafka: KafkaArgs,
+    #[arg(long, default_value_t = 6)]
+    partitions: i32,
+    #[arg(long, default_value_t = 1)]
+    replication: i32,
+}
+
+fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .filter(|(k, _)| !k.is_empty())
+        .ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))
 }
 
 #[derive(Args)]
@@ -133,8 +246,171 @@ fn print_stdout(text: &str) -> std::io::Result<()> {
     }
 }
 
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
+}
+
+/// Sets `stop` on SIGTERM or Ctrl-C; a second signal exits at once.
+fn stop_on_signal(stop: std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    tokio::spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot listen for SIGTERM");
+                    return;
+                }
+            };
+        for round in 0.. {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            if round == 0 {
+                tracing::info!(
+                    "stopping: committing and leaving the group (signal again to exit at once)"
+                );
+                stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            } else {
+                eprintln!("exiting at once");
+                std::process::exit(130);
+            }
+        }
+    });
+}
+
+/// Resolves once `stop` is set.
+async fn stopped(stop: std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Run(args) => {
+            let config = Config::load(args.kafka.config.as_deref())?;
+            let mut settings = feedback::kafka::Settings::new(&args.kafka.brokers, &args.group);
+            settings.topics = config.topics.clone();
+            settings.fold = config.fold();
+            settings.guarantee = args.guarantee;
+            settings.commit_interval = args.commit_interval;
+            settings.storage_interval = args.storage_interval;
+            settings.storage_dir = args.storage_dir;
+            settings.client_overrides = args.kafka_config;
+            if let Some(id) = args.instance_id {
+                settings.instance_id = id;
+            }
+            let handles = feedback::kafka::processor::Handles::new();
+            let rt = runtime()?;
+            let result = rt.block_on(async {
+                let http = feedback::http::serve(
+                    args.http,
+                    handles.clone(),
+                    stopped(handles.stop.clone()),
+                )
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.http))?;
+                tracing::info!("HTTP on http://{}/metrics", args.http);
+                stop_on_signal(handles.stop.clone());
+                let h = handles.clone();
+                let result = tokio::task::spawn_blocking(move || {
+                    feedback::kafka::processor::run(settings, h)
+                })
+                .await?;
+                handles
+                    .stop
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                let _ = http.await;
+                anyhow::Ok(result)
+            })?;
+            match result {
+                Ok(_) => Ok(ExitCode::SUCCESS),
+                Err(e @ feedback::kafka::processor::RunError::Topics(_)) => Err(e.into()),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    Ok(ExitCode::from(1))
+                }
+            }
+        }
+        Command::Demo(args) => {
+            let handles = feedback::kafka::processor::Handles::new();
+            let options = feedback::demo::DemoOptions {
+                storage_dir: args.storage_dir,
+                days: args.days,
+                partitions: 3,
+                seed: args.seed,
+                poison_rate: 0.002,
+            };
+            let rt = runtime()?;
+            let report = rt.block_on(async {
+                let http = feedback::http::serve(args.http, handles.clone(), stopped(handles.stop.clone()))
+                    .await
+                    .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e} (choose another with --http)", args.http))?;
+                stop_on_signal(handles.stop.clone());
+                if let Some(d) = args.duration {
+                    let stop = handles.stop.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(d).await;
+                        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                    });
+                }
+                println!("model-feedback demo: an in-process Kafka cluster, four tenants, {} days of history", options.days);
+                println!("tenant-wide alert transitions as they are committed (event time, type, tenant, scope, status):");
+                let addr = args.http;
+                let dir = options.storage_dir.display().to_string();
+                let h = handles.clone();
+                let report = tokio::task::spawn_blocking(move || {
+                    feedback::demo::run(&options, h, |r| {
+                        println!();
+                        println!("folded {} records; alerts so far: {}", r.produced,
+                            r.by_type.iter().map(|(t, n)| format!("{t} {n}")).collect::<Vec<_>>().join(", "));
+                        println!("active at the end of the history, every scope:");
+                        for ((tenant, kind, scope), status) in &r.last {
+                            if status == "firing" || status.starts_with("warn") {
+                                println!("  {tenant:<16} {kind:<28} {scope:<18} {status}");
+                            }
+                        }
+                        println!("(the daily model.calibration reports are counted above, not listed)");
+                        println!();
+                        println!("metrics:  http://{addr}/metrics   ready: http://{addr}/readyz");
+                        println!("documents: {}/metadata/performance/", dir);
+                        println!("Ctrl-C to stop.");
+                    })
+                })
+                .await??;
+                handles.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                let _ = http.await;
+                anyhow::Ok(report)
+            })?;
+            println!(
+                "demo stopped: {} records consumed, {} refused to the DLQ, {} alerts, {} commits",
+                report.summary.consumed,
+                report.summary.rejected,
+                report.summary.alerts,
+                report.summary.commits
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::CreateTopics(args) => {
+            let config = Config::load(args.kafka.config.as_deref())?;
+            let rt = runtime()?;
+            let created = rt.block_on(feedback::kafka::admin::create_topics(
+                &args.kafka.brokers,
+                &config.topics,
+                args.partitions,
+                args.replication,
+            ))?;
+            if created.is_empty() {
+                print_stdout("all topics exist already")?;
+            } else {
+                print_stdout(&format!("created: {}", created.join(", ")))?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Fold(args) => {
             let config = Config::load(args.config.as_deref())?;
             let job = FoldJob {

@@ -54,7 +54,9 @@ impl Compacted {
     fn live_days(&self) -> usize {
         self.0
             .iter()
-            .filter(|(k, v)| v.is_some() && matches!(StateKey::parse(k), Some(StateKey::Day { .. })))
+            .filter(|(k, v)| {
+                v.is_some() && matches!(StateKey::parse(k), Some(StateKey::Day { .. }))
+            })
             .count()
     }
 }
@@ -135,7 +137,11 @@ fn expired_days_become_tombstones() {
     }
     log.take(&mut engine);
     // Four tenants, 20 days retained; forecast lines reach up to 28 days past as_of.
-    assert!(log.live_days() <= 4 * (20 + 28), "{} live days", log.live_days());
+    assert!(
+        log.live_days() <= 4 * (20 + 28),
+        "{} live days",
+        log.live_days()
+    );
     assert!(log.0.values().any(Option::is_none), "no tombstone written");
 }
 

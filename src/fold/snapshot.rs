@@ -34,8 +34,8 @@ use super::drift::DriftState;
 use super::rules::{CalStatus, DriftEntry};
 use super::stats::Sum;
 use super::tenant::{
-    date_of, day_of, line_actual, Cell, ChannelDay, Counters, Day, DayData, Line, PlanMeta,
-    Report, Shared, TenantState, Total,
+    date_of, day_of, line_actual, Cell, ChannelDay, Counters, Day, DayData, Line, PlanMeta, Report,
+    Shared, TenantState, Total,
 };
 use crate::alert::AlertType;
 
@@ -98,9 +98,9 @@ impl<'a> StateKey<'a> {
 
     pub fn tenant(&self) -> &'a str {
         match *self {
-            StateKey::Head { tenant } | StateKey::Drift { tenant } | StateKey::Day { tenant, .. } => {
-                tenant
-            }
+            StateKey::Head { tenant }
+            | StateKey::Drift { tenant }
+            | StateKey::Day { tenant, .. } => tenant,
         }
     }
 }
@@ -177,11 +177,15 @@ struct DriftRecord {
 #[derive(Serialize, Deserialize)]
 struct DayRecord {
     v: u32,
-    /// (channel, campaign, reports as (source, records, seq, spend, revenue)).
-    cells: Vec<(u32, u32, Vec<(u32, u32, u64, f64, f64)>)>,
-    /// (channel, total (revenue hi, lo, spend hi, lo, cells), lines).
-    channels: Vec<(u32, (f64, f64, f64, f64, u32), Vec<LineRecord>)>,
+    cells: Vec<CellRecord>,
+    channels: Vec<ChannelRecord>,
 }
+
+/// (channel, campaign, reports as (source, records, seq, spend, revenue)).
+type CellRecord = (u32, u32, Vec<(u32, u32, u64, f64, f64)>);
+
+/// (channel, total as (revenue hi, revenue lo, spend hi, spend lo, cells), lines).
+type ChannelRecord = (u32, (f64, f64, f64, f64, u32), Vec<LineRecord>);
 
 /// (campaign, plan, horizon, level set, records, planned spend, quantile values).
 type LineRecord = (u32, u32, u32, u32, u32, Option<f64>, Vec<f64>);
@@ -260,7 +264,11 @@ fn records(state: &TenantState, changes: ChangeSet, out: &mut Vec<StateRecord>) 
 }
 
 fn head_record(state: &TenantState) -> Head {
-    let names = |i: &super::intern::Interner| (0..i.len() as u32).map(|id| i.name(id).to_owned()).collect();
+    let names = |i: &super::intern::Interner| {
+        (0..i.len() as u32)
+            .map(|id| i.name(id).to_owned())
+            .collect()
+    };
     Head {
         v: FORMAT_VERSION,
         channels: names(&state.channels),
@@ -268,7 +276,11 @@ fn head_record(state: &TenantState) -> Head {
         sources: names(&state.sources),
         plans: (0..state.plans.len() as u32)
             .map(|id| {
-                let meta = state.plan_meta.get(id as usize).cloned().unwrap_or_default();
+                let meta = state
+                    .plan_meta
+                    .get(id as usize)
+                    .cloned()
+                    .unwrap_or_default();
                 PlanRecord {
                     id: state.plans.name(id).to_owned(),
                     issued_at: meta.issued_at,
@@ -297,7 +309,9 @@ fn head_record(state: &TenantState) -> Head {
                     .rules
                     .occurrences
                     .iter()
-                    .map(|((kind, scope, status), n)| (*kind, scope.clone(), (*status).to_owned(), *n))
+                    .map(|((kind, scope, status), n)| {
+                        (*kind, scope.clone(), (*status).to_owned(), *n)
+                    })
                     .collect();
                 o.sort_by(|a, b| (a.0, &a.1, &a.2).cmp(&(b.0, &b.1, &b.2)));
                 o
@@ -331,7 +345,15 @@ fn day_record(data: &DayData) -> DayRecord {
                 .iter()
                 .map(|l| {
                     let spend = (!l.spend.is_nan()).then_some(l.spend);
-                    (l.campaign, l.plan, l.horizon, l.levels, l.records, spend, l.values.to_vec())
+                    (
+                        l.campaign,
+                        l.plan,
+                        l.horizon,
+                        l.levels,
+                        l.records,
+                        spend,
+                        l.values.to_vec(),
+                    )
                 })
                 .collect();
             (channel, total, lines)
@@ -415,7 +437,10 @@ pub(super) fn restore(
     }
     for (i, c) in head.campaigns.iter().enumerate() {
         if state.campaigns.intern(c) as usize != i {
-            return Err(invalid(&hk, format!("campaign {c:?} named twice or \"\" not first")));
+            return Err(invalid(
+                &hk,
+                format!("campaign {c:?} named twice or \"\" not first"),
+            ));
         }
     }
     for (i, s) in head.sources.iter().enumerate() {
@@ -433,8 +458,12 @@ pub(super) fn restore(
         });
     }
     for (i, levels) in head.level_sets.iter().enumerate() {
-        if !levels.windows(2).all(|w| w[0] < w[1]) || levels.iter().any(|&l| !(1..=99).contains(&l)) {
-            return Err(invalid(&hk, format!("level set {levels:?} is not ascending in 1..=99")));
+        if !levels.windows(2).all(|w| w[0] < w[1]) || levels.iter().any(|&l| !(1..=99).contains(&l))
+        {
+            return Err(invalid(
+                &hk,
+                format!("level set {levels:?} is not ascending in 1..=99"),
+            ));
         }
         if state.level_set_of(levels, shared) as usize != i {
             return Err(invalid(&hk, format!("level set {levels:?} named twice")));
@@ -446,7 +475,11 @@ pub(super) fn restore(
         campaigns: head.campaigns.len() as u32,
         sources: head.sources.len() as u32,
         plans: head.plans.len() as u32,
-        level_sets: state.level_sets.iter().map(|s| s.layout.levels.len()).collect(),
+        level_sets: state
+            .level_sets
+            .iter()
+            .map(|s| s.layout.levels.len())
+            .collect(),
     };
     for (date, bytes) in &records.days {
         let key = day_key(name, day_of(*date));
@@ -482,7 +515,12 @@ pub(super) fn restore(
     let r = head.rules;
     let rules = &mut state.rules;
     rules.perf_tenant = r.perf_tenant;
-    for (i, f) in r.perf_channels.into_iter().enumerate().take(rules.perf_channels.len()) {
+    for (i, f) in r
+        .perf_channels
+        .into_iter()
+        .enumerate()
+        .take(rules.perf_channels.len())
+    {
         rules.perf_channels[i] = f;
     }
     rules.cal_tenant = r.cal_tenant;
@@ -567,8 +605,13 @@ fn day_data(record: &DayRecord, ids: &Ids, shared: &Shared) -> Result<DayData, S
                 values: SmallVec::from_slice(values),
             });
         }
-        if !out.windows(2).all(|w| (w[0].campaign, w[0].plan) < (w[1].campaign, w[1].plan)) {
-            return Err(format!("lines of channel {channel} are not sorted by (campaign, plan)"));
+        if !out
+            .windows(2)
+            .all(|w| (w[0].campaign, w[0].plan) < (w[1].campaign, w[1].plan))
+        {
+            return Err(format!(
+                "lines of channel {channel} are not sorted by (campaign, plan)"
+            ));
         }
         data.channels.insert(
             *channel,

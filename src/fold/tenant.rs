@@ -631,7 +631,7 @@ impl TenantState {
         let [lo, hi] = shared.config.limits.calibration.interval;
         let pos = |l: u8| levels.iter().position(|&x| x == l);
         let set = LevelSet {
-            layout: Layout::new(&levels),
+            layout: Layout::new(levels),
             p50: pos(50).unwrap_or(0),
             interval: pos(lo).zip(pos(hi)),
         };

@@ -1,0 +1,215 @@
+//! `feedback demo`: everything on one machine, no broker to install (SPEC 8).
+//!
+//! librdkafka's in-process mock cluster stands in for Kafka. The demo creates the topics,
+//! produces a synthetic history in which one tenant stays healthy, one degrades, one is
+//! miscalibrated and one drifts, runs the very processor `feedback run` runs, prints the
+//! alerts as they are committed, and serves HTTP until stopped.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::mocking::MockCluster;
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::alert::{Alert, AlertType};
+use crate::config::TopicNames;
+use crate::kafka::processor::{self, Handles, RunSummary};
+use crate::kafka::produce::InputProducer;
+use crate::kafka::{ClientHooks, HookContext, Settings};
+use crate::simulate::{generate, Scenario, SimConfig};
+
+/// What the demo is told on the command line.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    pub storage_dir: std::path::PathBuf,
+    pub days: u32,
+    pub partitions: i32,
+    pub seed: u64,
+    /// Poison records mixed in, to show the DLQ at work.
+    pub poison_rate: f64,
+}
+
+/// What fired, gathered from the committed `alerts` topic.
+#[derive(Debug, Default, Clone)]
+pub struct DemoReport {
+    pub produced: u64,
+    /// Alerts by type.
+    pub by_type: BTreeMap<String, u64>,
+    /// The last status per (tenant, type, scope), daily reports excluded.
+    pub last: BTreeMap<(String, String, String), String>,
+    pub summary: RunSummary,
+}
+
+/// Runs the demo until `handles.stop` is set. `on_ready` is called once the history has been
+/// folded, with the report so far.
+pub fn run(
+    options: &DemoOptions,
+    handles: Handles,
+    mut on_ready: impl FnMut(&DemoReport),
+) -> anyhow::Result<DemoReport> {
+    let cluster = MockCluster::new(1)?;
+    let brokers = cluster.bootstrap_servers();
+    let topics = TopicNames::default();
+    for t in [
+        &topics.outcomes,
+        &topics.forecasts,
+        &topics.feature_importances,
+        &topics.alerts,
+        &topics.dlq,
+        &topics.state,
+    ] {
+        cluster.create_topic(t, options.partitions, 1)?;
+    }
+    tracing::info!(%brokers, partitions = options.partitions, "in-process mock cluster up");
+
+    // The synthetic history: a healthy tenant, a degrading one, a miscalibrated one, a drifting one.
+    let sim = SimConfig {
+        seed: options.seed,
+        tenants: 4,
+        days: options.days,
+        scenario: Scenario::Mixed,
+        poison_rate: options.poison_rate,
+        ..SimConfig::default()
+    };
+    let records = generate(&sim);
+    let mut producer = InputProducer::new(&brokers)?;
+    for r in &records {
+        let topic = match r.topic {
+            crate::event::Topic::Outcomes => &topics.outcomes,
+            crate::event::Topic::Forecasts => &topics.forecasts,
+            crate::event::Topic::FeatureImportances => &topics.feature_importances,
+        };
+        producer.send(topic, r.tenant.as_bytes(), r.payload_json().as_bytes())?;
+    }
+    let produced = producer.flush(Duration::from_secs(30))?;
+    tracing::info!(
+        records = produced,
+        tenants = sim.tenants,
+        days = sim.days,
+        "history produced"
+    );
+
+    let mut settings = Settings::new(&brokers, "feedback-demo");
+    settings.storage_dir = options.storage_dir.clone();
+    settings.storage_interval = Duration::from_secs(1);
+    settings.instance_id = "demo".into();
+    let processor = {
+        let handles = handles.clone();
+        std::thread::spawn(move || processor::run(settings, handles))
+    };
+
+    let watcher_stop = Arc::new(AtomicBool::new(false));
+    let mut report = DemoReport {
+        produced,
+        ..DemoReport::default()
+    };
+    let consumer: BaseConsumer<HookContext> = Settings::new(&brokers, "feedback-demo-watch")
+        .restore_config()
+        .set("enable.partition.eof", "false")
+        .create_with_context(HookContext(ClientHooks {
+            metrics: handles.metrics.clone(),
+        }))?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..options.partitions {
+        tpl.add_partition_offset(&topics.alerts, p, Offset::Beginning)?;
+    }
+    consumer.assign(&tpl)?;
+
+    let mut announced = false;
+    let mut quiet_since = Instant::now();
+    // The commit count when every produced record had been read: the next commit holds them all.
+    let mut commits_when_consumed: Option<u64> = None;
+    let commits = || {
+        handles
+            .metrics
+            .commits
+            .with_label_values(&["committed"])
+            .get()
+    };
+    while !handles.stop.load(Ordering::Relaxed) && !watcher_stop.load(Ordering::Relaxed) {
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                quiet_since = Instant::now();
+                if let Some(alert) = m
+                    .payload()
+                    .and_then(|p| serde_json::from_slice::<Alert>(p).ok())
+                {
+                    note(&mut report, &alert);
+                }
+            }
+            Some(Err(e)) => tracing::debug!(error = %e, "alert watcher"),
+            None => {}
+        }
+        let consumed: u64 = handles
+            .metrics
+            .consumed
+            .with_label_values(&[&topics.outcomes])
+            .get()
+            + handles
+                .metrics
+                .consumed
+                .with_label_values(&[&topics.forecasts])
+                .get()
+            + handles
+                .metrics
+                .consumed
+                .with_label_values(&[&topics.feature_importances])
+                .get();
+        if consumed >= produced && commits_when_consumed.is_none() {
+            commits_when_consumed = Some(commits());
+        }
+        let all_committed = commits_when_consumed.is_some_and(|c| commits() > c);
+        if !announced && all_committed && quiet_since.elapsed() > Duration::from_secs(1) {
+            announced = true;
+            on_ready(&report);
+        }
+        if processor.is_finished() {
+            break;
+        }
+    }
+    handles.stop.store(true, Ordering::Relaxed);
+    report.summary = processor
+        .join()
+        .map_err(|_| anyhow::anyhow!("the processor thread panicked"))??;
+    drop(consumer);
+    drop(cluster);
+    Ok(report)
+}
+
+fn note(report: &mut DemoReport, alert: &Alert) {
+    *report
+        .by_type
+        .entry(alert.kind.as_str().to_owned())
+        .or_default() += 1;
+    let data = alert.data_json();
+    let daily = alert.kind == AlertType::Calibration && data["trigger"] == "as_of";
+    if daily {
+        return;
+    }
+    let status = data["status"].as_str().unwrap_or("").to_owned();
+    let scope = data["scope"].as_str().unwrap_or("").to_owned();
+    report.last.insert(
+        (
+            alert.subject.clone(),
+            alert.kind.as_str().to_owned(),
+            scope.clone(),
+        ),
+        status.clone(),
+    );
+    // Tenant-wide transitions only: per-channel and per-horizon ones are in the summary.
+    if scope != "tenant" {
+        return;
+    }
+    println!(
+        "  {}  {:<28} {:<16} {:<18} {}",
+        alert.time.get(..10).unwrap_or(&alert.time),
+        alert.kind.as_str(),
+        alert.subject,
+        scope,
+        status
+    );
+}

@@ -1,0 +1,170 @@
+//! Topic creation (`feedback create-topics`, the demo, the tests) and the start-up check of
+//! SPEC 2: the three inputs co-partitioned, every other topic there.
+
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::{Client, ClientContext, DefaultClientContext};
+use rdkafka::config::ClientConfig;
+use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::metadata::Metadata;
+
+use crate::config::TopicNames;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TopicError {
+    #[error("cannot read the cluster's metadata from {brokers}: {source}")]
+    Metadata {
+        brokers: String,
+        source: rdkafka::error::KafkaError,
+    },
+    #[error(
+        "topic {0:?} does not exist; create the topics first, for example with \
+         `feedback create-topics --brokers ... --partitions N`"
+    )]
+    Missing(String),
+    #[error(
+        "the input topics are not co-partitioned: {0}. A tenant's outcomes, forecasts and \
+         feature importances must land on the same partition number, so the three topics need \
+         the same partition count (SPEC 2)"
+    )]
+    NotCoPartitioned(String),
+    #[error(
+        "state topic {topic:?} has {has} partitions, fewer than the {needs} of the inputs: \
+         partition p of the inputs keeps its state in partition p of the state topic"
+    )]
+    StateTooSmall {
+        topic: String,
+        has: usize,
+        needs: usize,
+    },
+    #[error("cannot create topic {topic:?}: {reason}")]
+    Create { topic: String, reason: String },
+}
+
+/// The partition count of each named topic, or which is missing.
+fn partitions(metadata: &Metadata, topic: &str) -> Result<usize, TopicError> {
+    metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic && t.error().is_none())
+        .map(|t| t.partitions().len())
+        .filter(|&n| n > 0)
+        .ok_or_else(|| TopicError::Missing(topic.to_owned()))
+}
+
+/// Checks the topics `run` needs and returns the input partition count.
+pub fn check_topics<C: ClientContext>(
+    client: &Client<C>,
+    brokers: &str,
+    topics: &TopicNames,
+    timeout: Duration,
+) -> Result<usize, TopicError> {
+    let metadata = client
+        .fetch_metadata(None, timeout)
+        .map_err(|source| TopicError::Metadata {
+            brokers: brokers.to_owned(),
+            source,
+        })?;
+    let inputs = [
+        &topics.outcomes,
+        &topics.forecasts,
+        &topics.feature_importances,
+    ];
+    let counts = inputs
+        .iter()
+        .map(|t| partitions(&metadata, t).map(|n| (t.as_str(), n)))
+        .collect::<Result<Vec<_>, _>>()?;
+    if counts.iter().any(|&(_, n)| n != counts[0].1) {
+        let list = counts
+            .iter()
+            .map(|(t, n)| format!("{t} has {n}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        return Err(TopicError::NotCoPartitioned(list));
+    }
+    let needs = counts[0].1;
+    partitions(&metadata, &topics.alerts)?;
+    partitions(&metadata, &topics.dlq)?;
+    let has = partitions(&metadata, &topics.state)?;
+    if has < needs {
+        return Err(TopicError::StateTooSmall {
+            topic: topics.state.clone(),
+            has,
+            needs,
+        });
+    }
+    Ok(needs)
+}
+
+/// Creates the six topics of SPEC 2 (inputs, alerts and DLQ with `partitions`, the state
+/// changelog compacted with as many); a topic that exists is left as it is.
+pub async fn create_topics(
+    brokers: &str,
+    topics: &TopicNames,
+    partitions: i32,
+    replication: i32,
+) -> Result<Vec<String>, TopicError> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .map_err(|e| TopicError::Create {
+            topic: "*".into(),
+            reason: e.to_string(),
+        })?;
+    // Records up to a little over the 1 MiB the validation allows, so an oversize record can
+    // reach the processor and be refused with its reason instead of failing at the producer.
+    let max_bytes = (4 * 1024 * 1024).to_string();
+    fn plain<'a>(
+        name: &'a str,
+        partitions: i32,
+        replication: i32,
+        max_bytes: &'a str,
+    ) -> NewTopic<'a> {
+        NewTopic::new(name, partitions, TopicReplication::Fixed(replication))
+            .set("max.message.bytes", max_bytes)
+    }
+    let list: Vec<NewTopic> = vec![
+        plain(&topics.outcomes, partitions, replication, &max_bytes),
+        plain(&topics.forecasts, partitions, replication, &max_bytes),
+        plain(
+            &topics.feature_importances,
+            partitions,
+            replication,
+            &max_bytes,
+        ),
+        plain(&topics.alerts, partitions, replication, &max_bytes),
+        plain(&topics.dlq, partitions, replication, &max_bytes),
+        NewTopic::new(
+            &topics.state,
+            partitions,
+            TopicReplication::Fixed(replication),
+        )
+        .set("cleanup.policy", "compact")
+        .set("max.message.bytes", &max_bytes),
+    ];
+    let results = admin
+        .create_topics(
+            &list,
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+        )
+        .await
+        .map_err(|e| TopicError::Create {
+            topic: "*".into(),
+            reason: e.to_string(),
+        })?;
+    let mut created = Vec::new();
+    for r in results {
+        match r {
+            Ok(name) => created.push(name),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => {
+                return Err(TopicError::Create {
+                    topic,
+                    reason: code.to_string(),
+                })
+            }
+        }
+    }
+    Ok(created)
+}

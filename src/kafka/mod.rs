@@ -1,0 +1,218 @@
+//! The fold on Kafka (SPEC 2, 7): settings, clients, topic checks and the state restore.
+//! [`processor`] is the consume-fold-produce loop itself.
+
+pub mod admin;
+pub mod processor;
+pub mod produce;
+pub mod restore;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::client::ClientContext;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::error::KafkaError;
+use rdkafka::statistics::Statistics;
+
+use crate::config::TopicNames;
+use crate::fold::FoldConfig;
+use crate::metrics::Metrics;
+
+/// Delivery guarantee of `feedback run` (SPEC 7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Guarantee {
+    /// One transaction carries the alerts, the state records and the input offsets.
+    ExactlyOnce,
+    /// Outputs are flushed, then the offsets committed: a crash can repeat alerts and re-fold
+    /// records (feature-importance events and counters count twice).
+    AtLeastOnce,
+}
+
+/// Everything the processor needs to run.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub brokers: String,
+    pub group: String,
+    pub topics: TopicNames,
+    pub guarantee: Guarantee,
+    /// How often the current transaction (or offset commit) is closed.
+    pub commit_interval: Duration,
+    pub storage_dir: PathBuf,
+    /// How often the storage documents of changed tenants are rewritten (after a commit).
+    pub storage_interval: Duration,
+    /// Names this process: its transactional id is `model-feedback-{group}-{instance_id}`. A
+    /// restarted process with the same id fences the old one's open transaction at once;
+    /// with a fresh id it is aborted after `transaction.timeout.ms`.
+    pub instance_id: String,
+    pub fold: FoldConfig,
+    /// librdkafka properties set last, over the defaults (`--kafka-config key=value`).
+    pub client_overrides: Vec<(String, String)>,
+}
+
+impl Settings {
+    pub fn new(brokers: impl Into<String>, group: impl Into<String>) -> Self {
+        Settings {
+            brokers: brokers.into(),
+            group: group.into(),
+            topics: TopicNames::default(),
+            guarantee: Guarantee::ExactlyOnce,
+            commit_interval: Duration::from_millis(100),
+            storage_dir: PathBuf::from("storage"),
+            storage_interval: Duration::from_secs(5),
+            instance_id: uuid::Uuid::new_v4().simple().to_string(),
+            fold: FoldConfig::default(),
+            client_overrides: Vec::new(),
+        }
+    }
+
+    pub fn transactional_id(&self) -> String {
+        format!("model-feedback-{}-{}", self.group, self.instance_id)
+    }
+
+    fn base(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.brokers)
+            .set("client.id", format!("model-feedback-{}", self.instance_id))
+            .set_log_level(RDKafkaLogLevel::Warning);
+        c
+    }
+
+    fn finish(&self, mut c: ClientConfig) -> ClientConfig {
+        for (k, v) in &self.client_overrides {
+            c.set(k, v);
+        }
+        c
+    }
+
+    /// The group consumer of the three input topics.
+    pub fn consumer_config(&self) -> ClientConfig {
+        let mut c = self.base();
+        c.set("group.id", &self.group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            // Outputs of other transactional writers are read once committed only (SPEC 7).
+            .set("isolation.level", "read_committed")
+            // The range assignor gives partition p of every input topic to the same member,
+            // which keeps a tenant's three topics together. librdkafka's only cooperative
+            // assignor (cooperative-sticky) places each topic-partition on its own and can
+            // split them, so the eager protocol is used (docs in ARCHITECTURE.md).
+            .set("partition.assignment.strategy", "range")
+            .set("enable.partition.eof", "false")
+            .set("statistics.interval.ms", "5000");
+        self.finish(c)
+    }
+
+    /// The producer of alerts, DLQ records and state records.
+    pub fn producer_config(&self) -> ClientConfig {
+        let mut c = self.base();
+        c.set("enable.idempotence", "true")
+            // Java's partitioner, so alerts land where a Java producer would put the tenant.
+            .set("partitioner", "murmur2_random")
+            .set("linger.ms", "5")
+            // A DLQ record carries the refused bytes whole, which may exceed 1 MiB.
+            .set("message.max.bytes", "16777216");
+        match self.guarantee {
+            Guarantee::ExactlyOnce => {
+                c.set("transactional.id", self.transactional_id())
+                    // Kafka Streams' exactly-once default: an abandoned transaction blocks
+                    // read_committed readers of its partitions for at most this long.
+                    .set("transaction.timeout.ms", "10000")
+                    .set("message.timeout.ms", "9000");
+            }
+            Guarantee::AtLeastOnce => {
+                c.set("message.timeout.ms", "0");
+            }
+        }
+        self.finish(c)
+    }
+
+    /// The reader of the state changelog on assignment.
+    pub fn restore_config(&self) -> ClientConfig {
+        let mut c = self.base();
+        c.set("group.id", format!("{}-restore", self.group))
+            .set("enable.auto.commit", "false")
+            .set("isolation.level", "read_committed")
+            .set("enable.partition.eof", "true")
+            .set("auto.offset.reset", "earliest");
+        self.finish(c)
+    }
+
+    /// A plain producer (the demo's and `simulate --brokers`' input producer).
+    pub fn plain_producer_config(brokers: &str) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", brokers)
+            .set("partitioner", "murmur2_random")
+            .set("enable.idempotence", "true")
+            .set("message.max.bytes", "16777216")
+            .set("linger.ms", "20")
+            .set_log_level(RDKafkaLogLevel::Warning);
+        c
+    }
+}
+
+/// Callbacks shared by every client: librdkafka's log and errors go to `tracing` and the
+/// metrics, its statistics feed the consumer lag gauge.
+#[derive(Clone)]
+pub struct ClientHooks {
+    pub metrics: Arc<Metrics>,
+}
+
+impl ClientHooks {
+    pub fn log(level: RDKafkaLogLevel, fac: &str, message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => tracing::error!(target: "librdkafka", "{fac}: {message}"),
+            RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", "{fac}: {message}"),
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                tracing::info!(target: "librdkafka", "{fac}: {message}")
+            }
+            RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", "{fac}: {message}"),
+        }
+    }
+
+    pub fn error(&self, error: KafkaError, reason: &str) {
+        if matches!(error, KafkaError::PartitionEOF(_)) {
+            return;
+        }
+        let kind = error
+            .rdkafka_error_code()
+            .map(|c| format!("{c:?}"))
+            .unwrap_or_else(|| "other".to_owned());
+        self.metrics.client_errors.with_label_values(&[&kind]).inc();
+        // librdkafka retries these by itself; they say the cluster is unreachable for now.
+        tracing::warn!(target: "librdkafka", %kind, "{reason}");
+    }
+
+    pub fn stats(&self, stats: &Statistics) {
+        for (topic, t) in &stats.topics {
+            for (p, part) in &t.partitions {
+                if *p >= 0 && part.consumer_lag >= 0 {
+                    self.metrics
+                        .lag
+                        .with_label_values(&[topic, &p.to_string()])
+                        .set(part.consumer_lag);
+                }
+            }
+        }
+    }
+}
+
+/// The context of the clients that need no more than the shared hooks.
+#[derive(Clone)]
+pub struct HookContext(pub ClientHooks);
+
+impl ClientContext for HookContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        ClientHooks::log(level, fac, log_message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.0.error(error, reason);
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for HookContext {}

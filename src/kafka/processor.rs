@@ -1,0 +1,886 @@
+//! `feedback run`: the consume-fold-produce loop with exactly-once commits (SPEC 7).
+//!
+//! One thread owns everything: the group consumer, the transactional producer and one
+//! [`Engine`] per assigned partition number. A record is decoded, folded into its partition's
+//! engine, and its alerts (or its DLQ copy) are produced inside the open transaction. Every
+//! `commit_interval` the transaction gets the changed tenants' state records (to the same
+//! partition number of `feedback-state`) and the consumer offsets, and commits: outputs, state
+//! and progress become visible together or not at all.
+//!
+//! Rebalances arrive as librdkafka callbacks inside `poll`, on the same thread: on revocation
+//! the open transaction is committed and the partitions' engines dropped; on assignment their
+//! tenants are restored from the changelog before any of their records is read. An abortable
+//! transaction error aborts, restores the engines and seeks back to the committed offsets, so
+//! nothing half-done survives.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{BorrowedMessage, DeliveryResult, Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
+use rdkafka::statistics::Statistics;
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::restore::read_state;
+use super::{admin, ClientHooks, Guarantee, Settings};
+use crate::alert::Alert;
+use crate::codec::{self, AvroSchemas};
+use crate::event::validate::{RejectKind, Rejection};
+use crate::fold::Engine;
+use crate::metrics::Metrics;
+use crate::storage::Storage;
+
+/// Bound on each blocking call to the cluster; a call that times out is retried.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Topics(#[from] admin::TopicError),
+    #[error("cannot create a Kafka client: {0}")]
+    Client(KafkaError),
+    #[error("cannot subscribe to the input topics: {0}")]
+    Subscribe(KafkaError),
+    #[error("fatal Kafka error, the producer cannot go on: {0}")]
+    Fatal(KafkaError),
+    #[error("cannot restore state: {0}")]
+    Restore(#[from] super::restore::RestoreError),
+    #[error("cannot restore state: {0}")]
+    Snapshot(#[from] crate::fold::snapshot::SnapshotError),
+    #[error("gave up committing while stopping: {0}")]
+    StopCommit(KafkaError),
+}
+
+/// What a run did, for the log line at the end (and the tests).
+#[derive(Debug, Default, Clone)]
+pub struct RunSummary {
+    pub consumed: u64,
+    pub rejected: u64,
+    pub alerts: u64,
+    pub commits: u64,
+    pub aborts: u64,
+}
+
+/// Shared with the HTTP server and the signal handler.
+#[derive(Clone)]
+pub struct Handles {
+    pub metrics: Arc<Metrics>,
+    /// Set to stop: the loop commits, leaves the group and returns.
+    pub stop: Arc<AtomicBool>,
+    /// Ready once the assigned partitions are restored (`/readyz`).
+    pub ready: Arc<AtomicBool>,
+}
+
+impl Handles {
+    pub fn new() -> Self {
+        Handles {
+            metrics: Arc::new(Metrics::new()),
+            stop: Arc::new(AtomicBool::new(false)),
+            ready: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+        self.metrics.ready.set(i64::from(ready));
+    }
+}
+
+impl Default for Handles {
+    fn default() -> Self {
+        Handles::new()
+    }
+}
+
+/// The producer's context: counts deliveries that failed (at-least-once checks them before
+/// committing offsets; exactly-once learns of them from the commit).
+struct ProducerHooks {
+    hooks: ClientHooks,
+    failed: AtomicU64,
+}
+
+impl ClientContext for ProducerHooks {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        ClientHooks::log(level, fac, log_message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.hooks.error(error, reason);
+    }
+}
+
+impl ProducerContext for ProducerHooks {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, m)) = result {
+            self.failed.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(topic = m.topic(), error = %e, "a record was not delivered");
+        }
+    }
+}
+
+/// The consumer's context: rebalances go to the pipeline, statistics to the lag gauge.
+struct ConsumerHooks {
+    hooks: ClientHooks,
+    pipeline: Arc<Mutex<Option<Pipeline>>>,
+}
+
+impl ClientContext for ConsumerHooks {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        ClientHooks::log(level, fac, log_message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.hooks.error(error, reason);
+    }
+
+    fn stats(&self, statistics: Statistics) {
+        self.hooks.stats(&statistics);
+    }
+}
+
+impl ConsumerContext for ConsumerHooks {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let mut guard = self.pipeline.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(pipeline) = guard.as_mut() else {
+            return;
+        };
+        match rebalance {
+            Rebalance::Revoke(tpl) => pipeline.on_revoke(consumer, tpl),
+            Rebalance::Assign(_) => {}
+            Rebalance::Error(e) => tracing::error!(error = %e, "rebalance failed"),
+        }
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let mut guard = self.pipeline.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(pipeline) = guard.as_mut() else {
+            return;
+        };
+        if let Rebalance::Assign(tpl) = rebalance {
+            pipeline.on_assign(consumer, tpl);
+        }
+    }
+}
+
+/// How a transactional call failed, per KAFKA_NOTES: retry it, abort the transaction, or stop.
+enum Failure {
+    Retry,
+    Abort,
+    Fatal,
+}
+
+fn classify(e: &KafkaError) -> Failure {
+    match e {
+        KafkaError::Transaction(r) if r.is_fatal() => Failure::Fatal,
+        KafkaError::Transaction(r) if r.txn_requires_abort() => Failure::Abort,
+        KafkaError::Transaction(r) if r.is_retriable() => Failure::Retry,
+        // A timeout outside a transaction error is worth another try.
+        e if e.rdkafka_error_code() == Some(RDKafkaErrorCode::OperationTimedOut) => Failure::Retry,
+        _ => Failure::Fatal,
+    }
+}
+
+struct Pipeline {
+    settings: Settings,
+    handles: Handles,
+    hooks: ClientHooks,
+    producer: BaseProducer<ProducerHooks>,
+    avro: AvroSchemas,
+    storage: Storage,
+    engines: BTreeMap<i32, Engine>,
+    /// Next offset to commit per (topic, partition).
+    offsets: BTreeMap<(String, i32), i64>,
+    in_transaction: bool,
+    /// Tenants whose documents are due, per partition.
+    stale_documents: BTreeMap<i32, BTreeSet<String>>,
+    last_commit: Instant,
+    last_documents: Instant,
+    alerts: Vec<Alert>,
+    summary: RunSummary,
+    /// Set when the producer hit a fatal error: the loop stops and returns it.
+    fatal: Option<KafkaError>,
+}
+
+impl Pipeline {
+    fn exactly_once(&self) -> bool {
+        self.settings.guarantee == Guarantee::ExactlyOnce
+    }
+
+    fn tenants_owned(&self) -> usize {
+        self.engines.values().map(Engine::len).sum()
+    }
+
+    /// Opens a transaction if none is open (exactly-once only).
+    fn begin(&mut self) -> Result<(), KafkaError> {
+        if self.in_transaction || !self.exactly_once() {
+            self.in_transaction = true;
+            return Ok(());
+        }
+        let mut backoff = Backoff::new();
+        loop {
+            match self.producer.begin_transaction() {
+                Ok(()) => {
+                    self.in_transaction = true;
+                    return Ok(());
+                }
+                Err(e) => match classify(&e) {
+                    Failure::Retry => backoff.wait("begin transaction", &e),
+                    _ => return Err(e),
+                },
+            }
+        }
+    }
+
+    /// Produces one record, waiting for room in the queue instead of failing on QueueFull.
+    fn send(&self, mut record: BaseRecord<'_, [u8], [u8]>) -> Result<(), KafkaError> {
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    record = r;
+                    self.producer.poll(Duration::from_millis(50));
+                }
+                Err((e, _)) => return Err(e),
+            }
+        }
+    }
+
+    /// Folds one input record.
+    fn handle(&mut self, msg: &BorrowedMessage<'_>) -> Result<(), KafkaError> {
+        let Some(topic) = self.settings.topics.input(msg.topic()) else {
+            tracing::warn!(
+                topic = msg.topic(),
+                "a record of a topic that is not an input"
+            );
+            return Ok(());
+        };
+        self.begin()?;
+        let partition = msg.partition();
+        self.handles
+            .metrics
+            .consumed
+            .with_label_values(&[msg.topic()])
+            .inc();
+        self.summary.consumed += 1;
+        let decoded = match msg.payload() {
+            Some(bytes) => codec::decode(topic, bytes, &self.avro),
+            None => Err(Rejection::new(
+                RejectKind::Malformed,
+                "the record has no value (a tombstone); inputs carry one event per record",
+            )),
+        };
+        let fold = self.settings.fold.clone();
+        let engine = self
+            .engines
+            .entry(partition)
+            .or_insert_with(|| Engine::new(fold).with_changelog());
+        match decoded {
+            Ok(event) => {
+                engine.apply(&event, &mut self.alerts);
+                let alerts = std::mem::take(&mut self.alerts);
+                for alert in &alerts {
+                    self.publish(alert)?;
+                }
+                self.alerts = alerts;
+                self.alerts.clear();
+            }
+            Err(rejection) => {
+                engine.record_rejection(&rejection);
+                self.dead_letter(msg, &rejection)?;
+            }
+        }
+        self.offsets
+            .insert((msg.topic().to_owned(), partition), msg.offset() + 1);
+        Ok(())
+    }
+
+    fn publish(&mut self, alert: &Alert) -> Result<(), KafkaError> {
+        let payload = serde_json::to_vec(alert).expect("alerts always serialize");
+        let mut headers = OwnedHeaders::new_with_capacity(6);
+        for (key, value) in alert.headers() {
+            headers = headers.insert(Header {
+                key,
+                value: Some(value),
+            });
+        }
+        self.send(
+            BaseRecord::to(&self.settings.topics.alerts)
+                .key(alert.subject.as_bytes())
+                .payload(&payload[..])
+                .headers(headers),
+        )?;
+        self.handles
+            .metrics
+            .alerts
+            .with_label_values(&[alert.kind.as_str()])
+            .inc();
+        self.summary.alerts += 1;
+        Ok(())
+    }
+
+    fn dead_letter(&mut self, msg: &BorrowedMessage<'_>, r: &Rejection) -> Result<(), KafkaError> {
+        let partition = msg.partition().to_string();
+        let offset = msg.offset().to_string();
+        let mut headers = OwnedHeaders::new_with_capacity(5);
+        for (key, value) in [
+            ("error.kind", r.kind.as_str()),
+            ("error.message", r.message.as_str()),
+            ("source.topic", msg.topic()),
+            ("source.partition", partition.as_str()),
+            ("source.offset", offset.as_str()),
+        ] {
+            headers = headers.insert(Header {
+                key,
+                value: Some(value),
+            });
+        }
+        // The original headers follow, so nothing the producer attached is lost.
+        if let Some(original) = msg.headers() {
+            for h in original.iter() {
+                headers = headers.insert(h);
+            }
+        }
+        let mut record = BaseRecord::to(&self.settings.topics.dlq).headers(headers);
+        if let Some(k) = msg.key() {
+            record = record.key(k);
+        }
+        if let Some(p) = msg.payload() {
+            record = record.payload(p);
+        }
+        self.send(record)?;
+        self.handles
+            .metrics
+            .rejected
+            .with_label_values(&[r.kind.as_str()])
+            .inc();
+        self.summary.rejected += 1;
+        tracing::debug!(
+            topic = msg.topic(),
+            partition = msg.partition(),
+            offset = msg.offset(),
+            kind = r.kind.as_str(),
+            "refused: {}",
+            r.message
+        );
+        Ok(())
+    }
+
+    /// Writes the changed tenants' state records into the open transaction.
+    fn write_state(&mut self) -> Result<(), KafkaError> {
+        let mut changed = Vec::new();
+        for (&partition, engine) in &mut self.engines {
+            let changes = engine.take_changes();
+            if !changes.records.is_empty() {
+                changed.push((partition, changes));
+            }
+        }
+        for (partition, changes) in changed {
+            for r in &changes.records {
+                let mut record = BaseRecord::to(&self.settings.topics.state)
+                    .partition(partition)
+                    .key(r.key.as_bytes());
+                if let Some(v) = &r.value {
+                    record = record.payload(&v[..]);
+                }
+                self.send(record)?;
+            }
+            self.handles
+                .metrics
+                .state_records
+                .inc_by(changes.records.len() as u64);
+            self.stale_documents
+                .entry(partition)
+                .or_default()
+                .extend(changes.tenants);
+        }
+        Ok(())
+    }
+
+    fn offsets_list(&self) -> TopicPartitionList {
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, partition), offset) in &self.offsets {
+            // Offsets come from records this consumer read; adding them cannot fail.
+            let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset));
+        }
+        tpl
+    }
+
+    /// Closes the open transaction: state records, offsets, commit. On an abortable error
+    /// the transaction is aborted and everything rewound to the last commit.
+    fn commit(&mut self, consumer: &BaseConsumer<ConsumerHooks>) {
+        self.last_commit = Instant::now();
+        if !self.in_transaction {
+            return;
+        }
+        let started = Instant::now();
+        let result = match self.settings.guarantee {
+            Guarantee::ExactlyOnce => self.commit_transaction(consumer),
+            Guarantee::AtLeastOnce => self.commit_offsets(consumer),
+        };
+        match result {
+            Ok(()) => {
+                self.in_transaction = false;
+                self.offsets.clear();
+                self.summary.commits += 1;
+                self.handles
+                    .metrics
+                    .commit_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                self.handles
+                    .metrics
+                    .commits
+                    .with_label_values(&["committed"])
+                    .inc();
+                self.handles
+                    .metrics
+                    .tenants
+                    .set(self.tenants_owned() as i64);
+            }
+            Err(e) => match classify(&e) {
+                Failure::Fatal => {
+                    tracing::error!(error = %e, "fatal error while committing");
+                    self.fatal = Some(e);
+                }
+                _ => {
+                    tracing::warn!(error = %e, "commit failed: aborting and rewinding to the last commit");
+                    self.abort_and_rewind(consumer);
+                }
+            },
+        }
+    }
+
+    fn commit_transaction(
+        &mut self,
+        consumer: &BaseConsumer<ConsumerHooks>,
+    ) -> Result<(), KafkaError> {
+        self.write_state()?;
+        let offsets = self.offsets_list();
+        // Present once the consumer has joined the group, which it has when it holds offsets.
+        let Some(metadata) = consumer.group_metadata() else {
+            return Err(KafkaError::MessageProduction(RDKafkaErrorCode::State));
+        };
+        let mut backoff = Backoff::new();
+        if offsets.count() > 0 {
+            loop {
+                match self
+                    .producer
+                    .send_offsets_to_transaction(&offsets, &metadata, CALL_TIMEOUT)
+                {
+                    Ok(()) => break,
+                    Err(e) => match classify(&e) {
+                        Failure::Retry => {
+                            self.handles
+                                .metrics
+                                .commits
+                                .with_label_values(&["retried"])
+                                .inc();
+                            backoff.wait("send offsets to the transaction", &e)
+                        }
+                        _ => return Err(e),
+                    },
+                }
+            }
+        }
+        loop {
+            match self.producer.commit_transaction(CALL_TIMEOUT) {
+                Ok(()) => return Ok(()),
+                Err(e) => match classify(&e) {
+                    Failure::Retry => {
+                        self.handles
+                            .metrics
+                            .commits
+                            .with_label_values(&["retried"])
+                            .inc();
+                        backoff.wait("commit transaction", &e)
+                    }
+                    _ => return Err(e),
+                },
+            }
+        }
+    }
+
+    fn commit_offsets(&mut self, consumer: &BaseConsumer<ConsumerHooks>) -> Result<(), KafkaError> {
+        self.write_state()?;
+        let mut backoff = Backoff::new();
+        while let Err(e) = self.producer.flush(CALL_TIMEOUT) {
+            backoff.wait("flush", &e);
+        }
+        let failed = self.producer.context().failed.swap(0, Ordering::Relaxed);
+        if failed > 0 {
+            // Something was not delivered: redo the batch rather than commit past it.
+            return Err(KafkaError::MessageProduction(
+                RDKafkaErrorCode::MessageTimedOut,
+            ));
+        }
+        let offsets = self.offsets_list();
+        if offsets.count() > 0 {
+            while let Err(e) = consumer.commit(&offsets, CommitMode::Sync) {
+                backoff.wait("commit offsets", &e);
+            }
+        }
+        Ok(())
+    }
+
+    fn abort_and_rewind(&mut self, consumer: &BaseConsumer<ConsumerHooks>) {
+        self.summary.aborts += 1;
+        self.handles
+            .metrics
+            .commits
+            .with_label_values(&["aborted"])
+            .inc();
+        if self.exactly_once() {
+            let mut backoff = Backoff::new();
+            loop {
+                match self.producer.abort_transaction(CALL_TIMEOUT) {
+                    Ok(()) => break,
+                    Err(e) => match classify(&e) {
+                        Failure::Fatal => {
+                            self.fatal = Some(e);
+                            return;
+                        }
+                        _ => backoff.wait("abort transaction", &e),
+                    },
+                }
+            }
+        }
+        self.in_transaction = false;
+        self.offsets.clear();
+        let partitions: BTreeSet<i32> = self.engines.keys().copied().collect();
+        if let Err(e) = self.restore(&partitions) {
+            tracing::error!(error = %e, "cannot restore after an abort");
+            self.fatal = Some(KafkaError::Canceled);
+            return;
+        }
+        // Back to the committed offsets of everything assigned.
+        let assignment = match consumer.assignment() {
+            Ok(a) => a,
+            Err(e) => {
+                self.fatal = Some(e);
+                return;
+            }
+        };
+        let mut backoff = Backoff::new();
+        let committed = loop {
+            match consumer.committed_offsets(assignment.clone(), CALL_TIMEOUT) {
+                Ok(c) => break c,
+                Err(e) => backoff.wait("read committed offsets", &e),
+            }
+        };
+        let mut seek = TopicPartitionList::new();
+        for e in committed.elements() {
+            let offset = match e.offset() {
+                Offset::Offset(o) => Offset::Offset(o),
+                _ => Offset::Beginning,
+            };
+            let _ = seek.add_partition_offset(e.topic(), e.partition(), offset);
+        }
+        if let Err(e) = consumer.seek_partitions(seek, CALL_TIMEOUT) {
+            tracing::error!(error = %e, "cannot seek back to the committed offsets");
+            self.fatal = Some(e);
+        }
+    }
+
+    /// Replaces the engines of `partitions` with what the changelog holds.
+    fn restore(&mut self, partitions: &BTreeSet<i32>) -> Result<(), RunError> {
+        let started = Instant::now();
+        let states = read_state(&self.settings, &self.hooks, partitions, &self.handles.stop)?;
+        let mut tenants = 0;
+        for (partition, records) in states {
+            let mut engine = Engine::new(self.settings.fold.clone()).with_changelog();
+            tenants += engine.restore(&records)?;
+            self.engines.insert(partition, engine);
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        self.handles.metrics.restore_seconds.observe(seconds);
+        self.handles
+            .metrics
+            .tenants
+            .set(self.tenants_owned() as i64);
+        tracing::info!(
+            partitions = ?partitions,
+            tenants,
+            seconds = format!("{seconds:.2}"),
+            "restored state from the changelog"
+        );
+        Ok(())
+    }
+
+    fn on_assign(&mut self, consumer: &BaseConsumer<ConsumerHooks>, tpl: &TopicPartitionList) {
+        let mut by_topic: BTreeMap<String, BTreeSet<i32>> = BTreeMap::new();
+        for e in tpl.elements() {
+            by_topic
+                .entry(e.topic().to_owned())
+                .or_default()
+                .insert(e.partition());
+        }
+        let partitions: BTreeSet<i32> = by_topic.values().flatten().copied().collect();
+        if by_topic.values().any(|p| *p != partitions) {
+            tracing::error!(
+                assignment = ?by_topic,
+                "the assignment splits partition numbers across instances; a tenant's topics \
+                 must be assigned together (range assignor, equal partition counts)"
+            );
+        }
+        tracing::info!(partitions = ?partitions, "partitions assigned");
+        let _ = consumer;
+        match self.restore(&partitions) {
+            Ok(()) => self.handles.set_ready(true),
+            Err(RunError::Restore(super::restore::RestoreError::Stopped)) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "restore failed");
+                self.fatal = Some(KafkaError::Canceled);
+            }
+        }
+    }
+
+    fn on_revoke(&mut self, consumer: &BaseConsumer<ConsumerHooks>, tpl: &TopicPartitionList) {
+        let partitions: BTreeSet<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+        tracing::info!(partitions = ?partitions, "partitions revoked: committing");
+        self.handles.set_ready(false);
+        self.commit(consumer);
+        self.write_documents(true);
+        for p in &partitions {
+            self.engines.remove(p);
+            self.stale_documents.remove(p);
+        }
+        self.handles
+            .metrics
+            .tenants
+            .set(self.tenants_owned() as i64);
+    }
+
+    /// Rewrites the documents of the tenants changed by committed transactions, at most every
+    /// `storage_interval` unless `now`.
+    fn write_documents(&mut self, now: bool) {
+        if self.stale_documents.is_empty()
+            || (!now && self.last_documents.elapsed() < self.settings.storage_interval)
+        {
+            return;
+        }
+        self.last_documents = Instant::now();
+        let stale = std::mem::take(&mut self.stale_documents);
+        let mut docs = Vec::new();
+        for (partition, tenants) in &stale {
+            let Some(engine) = self.engines.get(partition) else {
+                continue;
+            };
+            docs.extend(tenants.iter().filter_map(|t| engine.documents(t)));
+        }
+        let n = docs.len();
+        match self.storage.write_tenants(docs) {
+            Ok(()) => self.handles.metrics.documents.inc_by(3 * n as u64),
+            Err(e) => {
+                // The state is safe in Kafka; the files catch up on the next write.
+                tracing::error!(error = %e, "cannot write the storage documents");
+                self.stale_documents = stale;
+            }
+        }
+    }
+}
+
+/// Exponential backoff for retried calls: 100 ms doubling to 5 s, logged.
+struct Backoff {
+    delay: Duration,
+    tries: u32,
+}
+
+impl Backoff {
+    fn new() -> Self {
+        Backoff {
+            delay: Duration::from_millis(100),
+            tries: 0,
+        }
+    }
+
+    fn wait(&mut self, what: &str, e: &KafkaError) {
+        self.tries += 1;
+        tracing::warn!(error = %e, tries = self.tries, "{what} failed; retrying in {:?}", self.delay);
+        std::thread::sleep(self.delay);
+        self.delay = (self.delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Runs the processor until `handles.stop` is set or a fatal error; returns what it did.
+pub fn run(settings: Settings, handles: Handles) -> Result<RunSummary, RunError> {
+    let hooks = ClientHooks {
+        metrics: handles.metrics.clone(),
+    };
+    let slot: Arc<Mutex<Option<Pipeline>>> = Arc::new(Mutex::new(None));
+    let consumer: BaseConsumer<ConsumerHooks> = settings
+        .consumer_config()
+        .create_with_context(ConsumerHooks {
+            hooks: hooks.clone(),
+            pipeline: slot.clone(),
+        })
+        .map_err(RunError::Client)?;
+
+    let partitions = loop {
+        match admin::check_topics(
+            consumer.client(),
+            &settings.brokers,
+            &settings.topics,
+            CALL_TIMEOUT,
+        ) {
+            Ok(n) => break n,
+            // The cluster may still be coming up: wait for it, as for any broker outage.
+            Err(admin::TopicError::Metadata { source, .. })
+                if !handles.stop.load(Ordering::Relaxed) =>
+            {
+                tracing::warn!(error = %source, brokers = %settings.brokers, "cannot reach the cluster; retrying");
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
+
+    let producer: BaseProducer<ProducerHooks> = settings
+        .producer_config()
+        .create_with_context(ProducerHooks {
+            hooks: hooks.clone(),
+            failed: AtomicU64::new(0),
+        })
+        .map_err(RunError::Client)?;
+    if settings.guarantee == Guarantee::ExactlyOnce {
+        let mut backoff = Backoff::new();
+        loop {
+            match producer.init_transactions(CALL_TIMEOUT) {
+                Ok(()) => break,
+                Err(e) => match classify(&e) {
+                    Failure::Retry if !handles.stop.load(Ordering::Relaxed) => {
+                        backoff.wait("init transactions", &e)
+                    }
+                    _ => return Err(RunError::Fatal(e)),
+                },
+            }
+        }
+    }
+
+    tracing::info!(
+        brokers = %settings.brokers,
+        group = %settings.group,
+        guarantee = ?settings.guarantee,
+        partitions,
+        transactional_id = %settings.transactional_id(),
+        "processor starting"
+    );
+    let topics = [
+        settings.topics.outcomes.as_str(),
+        settings.topics.forecasts.as_str(),
+        settings.topics.feature_importances.as_str(),
+    ];
+    consumer.subscribe(&topics).map_err(RunError::Subscribe)?;
+
+    let now = Instant::now();
+    *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(Pipeline {
+        storage: Storage::new(&settings.storage_dir),
+        settings,
+        handles: handles.clone(),
+        hooks,
+        producer,
+        avro: AvroSchemas::builtin(),
+        engines: BTreeMap::new(),
+        offsets: BTreeMap::new(),
+        in_transaction: false,
+        stale_documents: BTreeMap::new(),
+        last_commit: now,
+        last_documents: now,
+        alerts: Vec::new(),
+        summary: RunSummary::default(),
+        fatal: None,
+    });
+
+    let interval = slot
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_ref()
+        .map(|p| p.settings.commit_interval)
+        .unwrap_or(Duration::from_millis(100));
+    let mut last_poll_error: Option<Instant> = None;
+    let result = loop {
+        if handles.stop.load(Ordering::Relaxed) {
+            break Ok(());
+        }
+        let polled = consumer.poll(Duration::from_millis(interval.as_millis().min(100) as u64));
+        let mut guard = slot.lock().unwrap_or_else(|p| p.into_inner());
+        let p = guard.as_mut().expect("pipeline set before polling");
+        match polled {
+            None => {}
+            Some(Ok(msg)) => {
+                if let Err(e) = p.handle(&msg) {
+                    match classify(&e) {
+                        Failure::Fatal if p.exactly_once() => p.fatal = Some(e),
+                        _ => {
+                            tracing::warn!(error = %e, "producing failed: aborting and rewinding");
+                            drop(msg);
+                            p.abort_and_rewind(&consumer);
+                        }
+                    }
+                }
+            }
+            // Transport and broker errors: librdkafka reconnects by itself.
+            Some(Err(e))
+                if last_poll_error.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) =>
+            {
+                tracing::warn!(error = %e, "consumer error; librdkafka keeps retrying");
+                last_poll_error = Some(Instant::now());
+            }
+            Some(Err(_)) => {}
+        }
+        if p.last_commit.elapsed() >= interval {
+            p.commit(&consumer);
+            p.write_documents(false);
+        }
+        p.producer.poll(Duration::ZERO);
+        if let Some(e) = p.fatal.take() {
+            break Err(RunError::Fatal(e));
+        }
+    };
+
+    // Drain: commit what was folded, write the documents, leave the group.
+    let summary = {
+        let mut guard = slot.lock().unwrap_or_else(|p| p.into_inner());
+        let p = guard.as_mut().expect("pipeline set before polling");
+        if result.is_ok() {
+            p.commit(&consumer);
+            if let Some(e) = p.fatal.take() {
+                return Err(RunError::StopCommit(e));
+            }
+        }
+        p.write_documents(true);
+        p.summary.clone()
+    };
+    tracing::info!(
+        consumed = summary.consumed,
+        rejected = summary.rejected,
+        alerts = summary.alerts,
+        commits = summary.commits,
+        aborts = summary.aborts,
+        "processor stopping: leaving the group"
+    );
+    handles.set_ready(false);
+    consumer.unsubscribe();
+    close_with_bound(consumer, slot);
+    result.map(|()| summary)
+}
+
+/// Closing a consumer can block for the session timeout when the broker is gone
+/// (KAFKA_NOTES); close on a helper thread and give up waiting after a bound.
+fn close_with_bound(consumer: BaseConsumer<ConsumerHooks>, slot: Arc<Mutex<Option<Pipeline>>>) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        drop(consumer);
+        drop(slot);
+        let _ = tx.send(());
+    });
+    if rx.recv_timeout(Duration::from_secs(15)).is_err() {
+        tracing::warn!("the consumer did not close within 15 s; exiting anyway");
+    }
+}

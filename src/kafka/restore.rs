@@ -1,0 +1,116 @@
+//! Reading the state changelog back on assignment (SPEC 7): partition p of `feedback-state`
+//! from its beginning to its end, read committed, into the latest record of every key.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::{ClientHooks, HookContext, Settings};
+use crate::fold::snapshot::{SnapshotError, TenantRecords};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error("cannot create the changelog reader: {0}")]
+    Client(KafkaError),
+    #[error("changelog {topic} partition {partition} offset {offset}: {source}")]
+    Record {
+        topic: String,
+        partition: i32,
+        offset: i64,
+        source: SnapshotError,
+    },
+    #[error("changelog {topic} partition {partition} offset {offset}: the key is not UTF-8")]
+    Key {
+        topic: String,
+        partition: i32,
+        offset: i64,
+    },
+    #[error("stopped before the restore finished")]
+    Stopped,
+}
+
+/// What each partition's changelog holds: tenant name to its latest records.
+pub type PartitionState = BTreeMap<String, TenantRecords>;
+
+/// Reads partitions `partitions` of the state topic to their end. Read committed, the end is
+/// the last stable offset: records of a transaction still open (a crashed instance's, until it
+/// is fenced or times out) are not part of the state, and never will be.
+pub fn read_state(
+    settings: &Settings,
+    hooks: &ClientHooks,
+    partitions: &BTreeSet<i32>,
+    stop: &AtomicBool,
+) -> Result<BTreeMap<i32, PartitionState>, RestoreError> {
+    let mut out: BTreeMap<i32, PartitionState> = partitions
+        .iter()
+        .map(|&p| (p, PartitionState::new()))
+        .collect();
+    if partitions.is_empty() {
+        return Ok(out);
+    }
+    let consumer: BaseConsumer<HookContext> = settings
+        .restore_config()
+        .create_with_context(HookContext(hooks.clone()))
+        .map_err(RestoreError::Client)?;
+    let topic = &settings.topics.state;
+    let mut tpl = TopicPartitionList::new();
+    for &p in partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .map_err(RestoreError::Client)?;
+    }
+    consumer.assign(&tpl).map_err(RestoreError::Client)?;
+
+    let mut pending: BTreeSet<i32> = partitions.clone();
+    let started = Instant::now();
+    let mut last_note = Instant::now();
+    let mut records = 0u64;
+    while !pending.is_empty() {
+        if stop.load(Ordering::Relaxed) {
+            return Err(RestoreError::Stopped);
+        }
+        match consumer.poll(Duration::from_millis(100)) {
+            None => {}
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                pending.remove(&p);
+            }
+            Some(Err(e)) => {
+                // Transport errors: librdkafka retries; say so now and then.
+                tracing::warn!(error = %e, "reading the state changelog");
+            }
+            Some(Ok(m)) => {
+                records += 1;
+                let Ok(key) = std::str::from_utf8(m.key().unwrap_or_default()) else {
+                    return Err(RestoreError::Key {
+                        topic: topic.clone(),
+                        partition: m.partition(),
+                        offset: m.offset(),
+                    });
+                };
+                let tenants = out.entry(m.partition()).or_default();
+                TenantRecords::apply(tenants, key, m.payload().map(<[u8]>::to_vec)).map_err(
+                    |source| RestoreError::Record {
+                        topic: topic.clone(),
+                        partition: m.partition(),
+                        offset: m.offset(),
+                        source,
+                    },
+                )?;
+            }
+        }
+        if last_note.elapsed() > Duration::from_secs(5) {
+            last_note = Instant::now();
+            tracing::info!(
+                records,
+                partitions_left = pending.len(),
+                seconds = started.elapsed().as_secs(),
+                "restoring state"
+            );
+        }
+    }
+    Ok(out)
+}
