@@ -46,17 +46,26 @@ async fn readyz(State(h): State<Handles>) -> (StatusCode, &'static str) {
     }
 }
 
-/// Binds `addr` and serves until `shutdown` resolves. Binding errors come back at once.
+/// A running server: where it listens, and its task.
+pub struct Server {
+    pub addr: SocketAddr,
+    pub task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+/// Binds `addr` (port 0: any free port) and serves until `shutdown` resolves. Binding errors
+/// come back at once.
 pub async fn serve(
     addr: SocketAddr,
     handles: Handles,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
+) -> std::io::Result<Server> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
+    let addr = listener.local_addr()?;
     let app = router(handles);
-    Ok(tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)
             .await
-    }))
+    });
+    Ok(Server { addr, task })
 }

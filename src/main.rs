@@ -314,7 +314,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 )
                 .await
                 .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.http))?;
-                tracing::info!("HTTP on http://{}/metrics", args.http);
+                tracing::info!("HTTP on http://{}/metrics", http.addr);
                 stop_on_signal(handles.stop.clone());
                 let h = handles.clone();
                 let result = tokio::task::spawn_blocking(move || {
@@ -324,7 +324,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 handles
                     .stop
                     .store(true, std::sync::atomic::Ordering::Relaxed);
-                let _ = http.await;
+                let _ = http.task.await;
                 anyhow::Ok(result)
             })?;
             match result {
@@ -360,7 +360,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 println!("model-feedback demo: an in-process Kafka cluster, four tenants, {} days of history", options.days);
                 println!("tenant-wide alert transitions as they are committed (event time, type, tenant, scope, status):");
-                let addr = args.http;
+                let addr = http.addr;
                 let dir = options.storage_dir.display().to_string();
                 let h = handles.clone();
                 let report = tokio::task::spawn_blocking(move || {
@@ -383,7 +383,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 })
                 .await??;
                 handles.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-                let _ = http.await;
+                let _ = http.task.await;
                 anyhow::Ok(report)
             })?;
             println!(

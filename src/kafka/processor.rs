@@ -416,8 +416,8 @@ impl Pipeline {
     /// Closes the open transaction: state records, offsets, commit. On an abortable error
     /// the transaction is aborted and everything rewound to the last commit.
     fn commit(&mut self, consumer: &BaseConsumer<ConsumerHooks>) {
-        self.last_commit = Instant::now();
         if !self.in_transaction {
+            self.last_commit = Instant::now();
             return;
         }
         let started = Instant::now();
@@ -455,6 +455,9 @@ impl Pipeline {
                 }
             },
         }
+        // The interval runs from the end of a commit: a commit slower than the interval must
+        // not leave the next transaction with a single record.
+        self.last_commit = Instant::now();
     }
 
     fn commit_transaction(
@@ -596,6 +599,12 @@ impl Pipeline {
         for (partition, records) in states {
             let mut engine = Engine::new(self.settings.fold.clone()).with_changelog();
             tenants += engine.restore(&records)?;
+            // The documents may lag the state (a predecessor can stop between its commit and
+            // its next document write): rewrite them all.
+            self.stale_documents.insert(
+                partition,
+                engine.tenants().into_iter().map(str::to_owned).collect(),
+            );
             self.engines.insert(partition, engine);
         }
         let seconds = started.elapsed().as_secs_f64();

@@ -3,28 +3,66 @@
 
 use std::time::Duration;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rdkafka::client::ClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::message::DeliveryResult;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
 
 use super::Settings;
 
+/// Counts records the cluster did not take.
+#[derive(Default)]
+struct Failures(AtomicU64);
+
+impl ClientContext for Failures {}
+
+impl ProducerContext for Failures {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, _)) = result {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(error = %e, "an input record was not delivered");
+        }
+    }
+}
+
 /// A producer of input records to `brokers`.
 pub struct InputProducer {
-    producer: BaseProducer,
+    producer: BaseProducer<Failures>,
     sent: u64,
 }
 
 impl InputProducer {
     pub fn new(brokers: &str) -> Result<Self, KafkaError> {
         Ok(InputProducer {
-            producer: Settings::plain_producer_config(brokers).create()?,
+            producer: Settings::plain_producer_config(brokers)
+                .create_with_context(Failures::default())?,
             sent: 0,
         })
     }
 
     /// Queues one record, waiting for room when the queue is full.
     pub fn send(&mut self, topic: &str, key: &[u8], value: &[u8]) -> Result<(), KafkaError> {
-        let mut record = BaseRecord::to(topic).key(key).payload(value);
+        self.send_raw(BaseRecord::to(topic).key(key).payload(value))
+    }
+
+    /// Waits until everything queued is delivered; an error if any record was not.
+    pub fn flush(&mut self, timeout: Duration) -> Result<u64, KafkaError> {
+        self.producer.flush(timeout)?;
+        if self.producer.context().0.load(Ordering::Relaxed) > 0 {
+            return Err(KafkaError::MessageProduction(
+                RDKafkaErrorCode::MessageTimedOut,
+            ));
+        }
+        Ok(self.sent)
+    }
+
+    /// Queues a record with headers (the tests' poison corpus).
+    pub fn send_raw(&mut self, record: BaseRecord<'_, [u8], [u8]>) -> Result<(), KafkaError> {
+        let mut record = record;
         loop {
             match self.producer.send(record) {
                 Ok(()) => {
@@ -38,11 +76,5 @@ impl InputProducer {
                 Err((e, _)) => return Err(e),
             }
         }
-    }
-
-    /// Waits until everything queued is delivered.
-    pub fn flush(&mut self, timeout: Duration) -> Result<u64, KafkaError> {
-        self.producer.flush(timeout)?;
-        Ok(self.sent)
     }
 }
