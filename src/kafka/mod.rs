@@ -135,6 +135,8 @@ impl Settings {
             .set("enable.auto.commit", "false")
             .set("isolation.level", "read_committed")
             .set("enable.partition.eof", "true")
+            // At the end of a partition, say so at once instead of waiting for more.
+            .set("fetch.wait.max.ms", "10")
             .set("auto.offset.reset", "earliest");
         self.finish(c)
     }

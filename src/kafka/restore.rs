@@ -59,13 +59,22 @@ pub fn read_state(
         .map_err(RestoreError::Client)?;
     let topic = &settings.topics.state;
     let mut tpl = TopicPartitionList::new();
+    let mut pending = BTreeSet::new();
     for &p in partitions {
+        // An empty partition has nothing to wait for (a fetch at its end would wait first).
+        match consumer.fetch_watermarks(topic, p, Duration::from_secs(10)) {
+            Ok((low, high)) if low >= high => continue,
+            _ => {}
+        }
         tpl.add_partition_offset(topic, p, Offset::Beginning)
             .map_err(RestoreError::Client)?;
+        pending.insert(p);
+    }
+    if pending.is_empty() {
+        return Ok(out);
     }
     consumer.assign(&tpl).map_err(RestoreError::Client)?;
 
-    let mut pending: BTreeSet<i32> = partitions.clone();
     let started = Instant::now();
     let mut last_note = Instant::now();
     let mut records = 0u64;

@@ -1,0 +1,82 @@
+//! Scale-out on a real broker (issue 3, "Scale-out"): two instances in one group share six
+//! partitions; one is stopped mid-run (SIGTERM: it commits and leaves), the other takes its
+//! partitions over, restores their tenants and finishes. The result is what `feedback fold`
+//! computes, and the committed alerts keep the guarantees of SPEC 5.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{assert_alert_guarantees, assert_same_documents, Cluster};
+use feedback::simulate::{generate, Scenario, SimConfig};
+
+/// The partition sets an instance's log says it was assigned, in order.
+fn assignments(log: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("partitions assigned"))
+        .filter_map(|l| l.split("partitions=").nth(1).map(|s| s.trim().to_owned()))
+        .collect()
+}
+
+#[test]
+fn the_survivor_takes_over_the_stopped_instances_partitions() {
+    let Some(cluster) = Cluster::new("scale", 6) else {
+        return;
+    };
+    let sim = SimConfig {
+        seed: 21,
+        tenants: 48,
+        days: 300,
+        scenario: Scenario::Mixed,
+        poison_rate: 0.001,
+        ..SimConfig::default()
+    };
+    let records = generate(&sim);
+    cluster.produce(&records);
+    let storage = cluster.dir.path().join("storage");
+    let (_, end) = cluster.progress();
+
+    let mut a = cluster.spawn("a", &storage, &[]);
+    let mut b = cluster.spawn("b", &storage, &[]);
+    // Both hold partitions and have made progress together before one goes.
+    let start = Instant::now();
+    loop {
+        a.assert_running();
+        b.assert_running();
+        let (committed, _) = cluster.progress();
+        let both = assignments(&a.log).last().is_some_and(|p| p != "{}")
+            && assignments(&b.log).last().is_some_and(|p| p != "{}");
+        if both && committed as f64 >= 0.3 * end as f64 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "no shared progress: {committed} of {end}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (committed, _) = cluster.progress();
+    assert!(
+        committed < end,
+        "finished before the stop; make the history longer"
+    );
+    let status = a.terminate(Duration::from_secs(60));
+    assert!(status.success(), "a: exit {status}:\n{}", a.log_tail());
+    eprintln!("stopped a after {committed} of {end} records were committed");
+
+    cluster.wait_caught_up(Duration::from_secs(600), &mut [&mut b]);
+    let last = assignments(&b.log);
+    assert_eq!(
+        last.last().map(String::as_str),
+        Some("{0, 1, 2, 3, 4, 5}"),
+        "b should end up with every partition: {last:?}"
+    );
+    let status = b.terminate(Duration::from_secs(60));
+    assert!(status.success(), "b: exit {status}:\n{}", b.log_tail());
+
+    let (fold_storage, fold_alerts) = cluster.fold(vec![cluster.write_jsonl(&records)]);
+    assert_same_documents(&storage, &fold_storage);
+    assert_alert_guarantees(&cluster.alerts(), &fold_alerts, &storage);
+}
