@@ -1,0 +1,116 @@
+//! Poison records on a real broker (issue 3, "Poison"): every malformed record of a seeded
+//! corpus lands in the DLQ once, with the right `error.kind`, its original bytes and key, and
+//! the SPEC 3 headers; the valid records around it are all folded (the documents equal
+//! `feedback fold` over the same records).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::{assert_same_documents, Cluster};
+use feedback::event::Topic;
+use feedback::simulate::{generate, Scenario, SimConfig, SimPayload, SimRecord};
+use rand::{Rng, SeedableRng};
+
+/// (topic, payload, expected error.kind).
+fn corpus() -> Vec<(Topic, String, &'static str)> {
+    let outcome = |spend: &str| {
+        format!(
+            r#"{{"tenant":"healthy-000","date":"2026-08-20","channel":"meta","spend":{spend},"revenue":10}}"#
+        )
+    };
+    let mut big = String::from(
+        r#"{"tenant":"healthy-000","date":"2026-08-20","channel":"meta","spend":1,"revenue":1,"campaign_id":""#,
+    );
+    big.push_str(&"x".repeat(1_100_000));
+    big.push_str(r#""}"#);
+    vec![
+        (Topic::Outcomes, r#"{"tenant":"healthy-000","date":"2026-08-2"#.into(), "malformed"),
+        (Topic::Outcomes, "not json at all".into(), "malformed"),
+        (Topic::Outcomes, outcome(r#""abc""#), "schema_mismatch"),
+        (Topic::Outcomes, outcome(r#""NaN""#), "schema_mismatch"),
+        (Topic::Outcomes, r#"{"tenant":"healthy-000","channel":"meta","spend":1,"revenue":2}"#.into(), "schema_mismatch"),
+        (Topic::Outcomes, outcome("-5"), "invalid_field"),
+        (Topic::Outcomes, r#"{"tenant":"../etc","date":"2026-08-20","channel":"meta","spend":1,"revenue":2}"#.into(), "invalid_field"),
+        (Topic::Outcomes, big, "too_large"),
+        // Confluent framing with a schema id nobody registered.
+        (Topic::Outcomes, "\u{0}\u{0}\u{0}\u{0}\u{63}garbage".into(), "malformed"),
+        (Topic::Forecasts, r#"{"tenant":"degraded-001","plan_id":"p","issued_at":"2026-08-01T00:00:00Z","lines":[]}"#.into(), "invalid_field"),
+        (Topic::Forecasts, r#"[1,2,3]"#.into(), "schema_mismatch"),
+        (Topic::FeatureImportances, r#"{"tenant":"drift-003","computed_at":"yesterday","importances":{"a":1}}"#.into(), "schema_mismatch"),
+    ]
+}
+
+#[test]
+fn every_poison_record_reaches_the_dlq_with_its_kind() {
+    let Some(cluster) = Cluster::new("poison", 3) else {
+        return;
+    };
+    let mut records = generate(&SimConfig {
+        seed: 5,
+        tenants: 4,
+        days: 40,
+        scenario: Scenario::Mixed,
+        ..SimConfig::default()
+    });
+    let mut rng = rand_pcg::Pcg64Mcg::seed_from_u64(3);
+    let mut expected: BTreeMap<Vec<u8>, &str> = BTreeMap::new();
+    for (topic, payload, kind) in corpus() {
+        let tenant = serde_json::from_str::<serde_json::Value>(&payload)
+            .ok()
+            .and_then(|v| v["tenant"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| "unknown".into());
+        expected.insert(payload.clone().into_bytes(), kind);
+        let at = rng.gen_range(0..records.len());
+        records.insert(
+            at,
+            SimRecord {
+                topic,
+                tenant,
+                payload: SimPayload::Poison(payload),
+            },
+        );
+    }
+    cluster.produce(&records);
+    let storage = cluster.dir.path().join("storage");
+    let mut p = cluster.spawn("poison", &storage, &[]);
+    cluster.wait_caught_up(Duration::from_secs(300), &mut [&mut p]);
+    assert!(
+        p.terminate(Duration::from_secs(60)).success(),
+        "{}",
+        p.log_tail()
+    );
+
+    let dlq = cluster.read_all(&cluster.topics.dlq);
+    assert_eq!(dlq.len(), expected.len(), "DLQ holds {} records", dlq.len());
+    for (key, headers, value) in &dlq {
+        let want = expected.get(value).unwrap_or_else(|| {
+            panic!(
+                "unexpected DLQ record {:?}",
+                String::from_utf8_lossy(&value[..value.len().min(80)])
+            )
+        });
+        assert_eq!(
+            headers.get("error.kind").map(String::as_str),
+            Some(*want),
+            "{headers:?}"
+        );
+        assert!(!headers["error.message"].is_empty());
+        let source = &headers["source.topic"];
+        assert!([
+            &cluster.topics.outcomes,
+            &cluster.topics.forecasts,
+            &cluster.topics.feature_importances
+        ]
+        .contains(&source));
+        assert!(headers["source.partition"]
+            .parse::<i32>()
+            .is_ok_and(|p| (0..3).contains(&p)));
+        assert!(headers["source.offset"].parse::<i64>().is_ok());
+        assert!(!key.is_empty(), "the original key is kept");
+    }
+
+    let (fold_storage, _) = cluster.fold(vec![cluster.write_jsonl(&records)]);
+    assert_same_documents(&storage, &fold_storage);
+}
