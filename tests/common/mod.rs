@@ -257,7 +257,7 @@ impl Cluster {
     }
 
     /// Every record of `topic`, read committed, to its end: (key, headers, value).
-    pub fn read_all(&self, topic: &str) -> Vec<(Vec<u8>, BTreeMap<String, String>, Vec<u8>)> {
+    pub fn read_all(&self, topic: &str) -> Vec<Record> {
         let c: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", &self.brokers)
             .set("group.id", format!("{}.reader", self.group))
@@ -319,6 +319,9 @@ impl Cluster {
             .collect()
     }
 }
+
+/// A record read back: (key, headers, value).
+pub type Record = (Vec<u8>, BTreeMap<String, String>, Vec<u8>);
 
 /// A `feedback run` child process.
 pub struct Process {
