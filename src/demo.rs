@@ -15,7 +15,7 @@ use rdkafka::message::Message;
 use rdkafka::mocking::MockCluster;
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::alert::{Alert, AlertType};
+use crate::alert::Alert;
 use crate::config::TopicNames;
 use crate::kafka::processor::{self, Handles, RunSummary};
 use crate::kafka::produce::InputProducer;
@@ -186,20 +186,19 @@ fn note(report: &mut DemoReport, alert: &Alert) {
         .entry(alert.kind.as_str().to_owned())
         .or_default() += 1;
     let data = alert.data_json();
-    let daily = alert.kind == AlertType::Calibration && data["trigger"] == "as_of";
-    if daily {
-        return;
-    }
     let status = data["status"].as_str().unwrap_or("").to_owned();
     let scope = data["scope"].as_str().unwrap_or("").to_owned();
-    report.last.insert(
-        (
-            alert.subject.clone(),
-            alert.kind.as_str().to_owned(),
-            scope.clone(),
-        ),
-        status.clone(),
+    let key = (
+        alert.subject.clone(),
+        alert.kind.as_str().to_owned(),
+        scope.clone(),
     );
+    // A daily calibration report can carry a change of status too (when it happens on an
+    // as_of advance): a transition is a status that differs from the last one seen.
+    let previous = report.last.insert(key, status.clone());
+    if previous.as_deref() == Some(status.as_str()) {
+        return;
+    }
     // Tenant-wide transitions only: per-channel and per-horizon ones are in the summary.
     if scope != "tenant" {
         return;
