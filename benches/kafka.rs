@@ -1,0 +1,311 @@
+//! The processor on a real broker (issue 3): `feedback run`'s exactly-once throughput over a
+//! pre-filled input of 2 million records, beside a bare rdkafka consumer reading the same
+//! records in the same run; then the latency from a record's produce time to the alert it
+//! causes being committed, at a steady 10,000 records per second.
+//!
+//! `KAFKA_BOOTSTRAP=127.0.0.1:9092 cargo bench --bench kafka` (start the broker with
+//! `scripts/kafka.sh start`). Run as a test (`cargo test --all-targets`) it does the same on a
+//! small history, to keep the benchmark working. Figures go in docs/PERFORMANCE.md.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use feedback::alert::Alert;
+use feedback::config::TopicNames;
+use feedback::kafka::processor::{self, Handles};
+use feedback::kafka::produce::InputProducer;
+use feedback::kafka::Settings;
+use feedback::simulate::{generate, Scenario, SimConfig, SimPayload, SimRecord};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const PARTITIONS: i32 = 6;
+
+fn topics(prefix: &str) -> TopicNames {
+    TopicNames {
+        outcomes: format!("{prefix}.outcomes"),
+        forecasts: format!("{prefix}.forecasts"),
+        feature_importances: format!("{prefix}.feature-importances"),
+        alerts: format!("{prefix}.alerts"),
+        dlq: format!("{prefix}.dlq"),
+        state: format!("{prefix}.state"),
+    }
+}
+
+fn inputs(t: &TopicNames) -> [&str; 3] {
+    [&t.outcomes, &t.forecasts, &t.feature_importances]
+}
+
+fn create(brokers: &str, t: &TopicNames) {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(feedback::kafka::admin::create_topics(brokers, t, PARTITIONS, 1))
+        .unwrap();
+}
+
+fn topic_of<'a>(t: &'a TopicNames, r: &SimRecord) -> &'a str {
+    match r.topic {
+        feedback::event::Topic::Outcomes => &t.outcomes,
+        feedback::event::Topic::Forecasts => &t.forecasts,
+        feedback::event::Topic::FeatureImportances => &t.feature_importances,
+    }
+}
+
+/// Sum over the inputs of (committed offset of `group`, end offset).
+fn progress(brokers: &str, group: &str, t: &TopicNames) -> (i64, i64) {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    let mut end = 0;
+    for topic in inputs(t) {
+        for p in 0..PARTITIONS {
+            tpl.add_partition(topic, p);
+            end += c.fetch_watermarks(topic, p, Duration::from_secs(10)).unwrap().1;
+        }
+    }
+    let committed = c
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .unwrap()
+        .elements()
+        .iter()
+        .map(|e| match e.offset() {
+            Offset::Offset(o) => o,
+            _ => 0,
+        })
+        .sum();
+    (committed, end)
+}
+
+/// A bare consumer reading the inputs to their end: records and seconds.
+fn bare_consumer(brokers: &str, t: &TopicNames) -> (u64, f64) {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "bench-bare")
+        .set("enable.partition.eof", "true")
+        .set("isolation.level", "read_committed")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for topic in inputs(t) {
+        for p in 0..PARTITIONS {
+            tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
+        }
+    }
+    c.assign(&tpl).unwrap();
+    // One end-of-partition event per (topic, partition); the event names the partition only.
+    let mut left = 3 * PARTITIONS as usize;
+    let mut n = 0u64;
+    let start = Instant::now();
+    while left > 0 {
+        match c.poll(Duration::from_millis(500)) {
+            Some(Ok(m)) => {
+                n += 1;
+                std::hint::black_box(m.payload());
+            }
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => left -= 1,
+            _ => {}
+        }
+    }
+    (n, start.elapsed().as_secs_f64())
+}
+
+fn settings(brokers: &str, t: &TopicNames, group: &str, dir: &std::path::Path) -> Settings {
+    let mut s = Settings::new(brokers, group);
+    s.topics = t.clone();
+    s.storage_dir = dir.to_owned();
+    s.instance_id = group.to_owned();
+    s
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn main() {
+    let full = std::env::args().any(|a| a == "--bench");
+    let Some(brokers) = std::env::var("KAFKA_BOOTSTRAP").ok().filter(|b| !b.is_empty()) else {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("CI=true but KAFKA_BOOTSTRAP is not set");
+        }
+        eprintln!("kafka bench skipped: KAFKA_BOOTSTRAP is not set (scripts/kafka.sh start)");
+        return;
+    };
+    let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+    let (tenants, days) = if full { (1000, 216) } else { (10, 30) };
+    let dir = tempfile::tempdir().unwrap();
+
+    // 1. Throughput over a pre-filled input.
+    let t = topics(&format!("bench-{run}"));
+    create(&brokers, &t);
+    let sim = SimConfig {
+        seed: 1,
+        tenants,
+        days,
+        scenario: Scenario::Mixed,
+        ..SimConfig::default()
+    };
+    let records = generate(&sim);
+    let mut producer = InputProducer::new(&brokers).unwrap();
+    let start = Instant::now();
+    for r in &records {
+        producer
+            .send(topic_of(&t, r), r.tenant.as_bytes(), r.payload_json().as_bytes())
+            .unwrap();
+    }
+    let produced = producer.flush(Duration::from_secs(300)).unwrap();
+    println!(
+        "produced {produced} records ({tenants} tenants x {days} days) in {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
+    drop(records);
+
+    let (bare_n, bare_s) = bare_consumer(&brokers, &t);
+    println!(
+        "bare consumer:           {bare_n} records in {bare_s:.2} s = {:.0} records/s",
+        bare_n as f64 / bare_s
+    );
+
+    let group = format!("bench-{run}-run");
+    let handles = Handles::new();
+    let s = settings(&brokers, &t, &group, &dir.path().join("run"));
+    let h = handles.clone();
+    let start = Instant::now();
+    let worker = std::thread::spawn(move || processor::run(s, h));
+    loop {
+        std::thread::sleep(Duration::from_millis(200));
+        let (committed, end) = progress(&brokers, &group, &t);
+        if committed >= end {
+            break;
+        }
+        assert!(!worker.is_finished(), "the processor stopped early");
+    }
+    let run_s = start.elapsed().as_secs_f64();
+    handles.stop.store(true, Ordering::Relaxed);
+    let summary = worker.join().unwrap().unwrap();
+    let commit = handles.metrics.commit_seconds.get_sample_sum()
+        / handles.metrics.commit_seconds.get_sample_count().max(1) as f64;
+    println!(
+        "feedback run (exactly-once): {} records in {run_s:.2} s = {:.0} records/s ({:.0}% of the bare consumer); {} commits, mean commit {:.1} ms, {} alerts",
+        summary.consumed,
+        summary.consumed as f64 / run_s,
+        100.0 * (summary.consumed as f64 / run_s) / (bare_n as f64 / bare_s),
+        summary.commits,
+        commit * 1e3,
+        summary.alerts,
+    );
+
+    // 2. Latency at a steady rate: produce time of the first outcome of (tenant, date) to the
+    //    moment the daily calibration report it causes is readable (committed).
+    let t = topics(&format!("bench-{run}-lat"));
+    create(&brokers, &t);
+    let group = format!("bench-{run}-lat");
+    let handles = Handles::new();
+    let s = settings(&brokers, &t, &group, &dir.path().join("lat"));
+    let h = handles.clone();
+    let worker = std::thread::spawn(move || processor::run(s, h));
+    while !handles.ready.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let seen: Arc<Mutex<HashMap<(String, String), Instant>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let (seen, stop, brokers, alerts) = (seen.clone(), stop.clone(), brokers.clone(), t.alerts.clone());
+        std::thread::spawn(move || {
+            let c: BaseConsumer = ClientConfig::new()
+                .set("bootstrap.servers", &brokers)
+                .set("group.id", "bench-watch")
+                .set("isolation.level", "read_committed")
+                .set("fetch.wait.max.ms", "5")
+                .create()
+                .unwrap();
+            let mut tpl = TopicPartitionList::new();
+            for p in 0..PARTITIONS {
+                tpl.add_partition_offset(&alerts, p, Offset::Beginning).unwrap();
+            }
+            c.assign(&tpl).unwrap();
+            while !stop.load(Ordering::Relaxed) {
+                if let Some(Ok(m)) = c.poll(Duration::from_millis(50)) {
+                    let now = Instant::now();
+                    if let Some(a) = m.payload().and_then(|p| serde_json::from_slice::<Alert>(p).ok()) {
+                        let d = a.data_json();
+                        if d["trigger"] == "as_of" {
+                            let key = (a.subject.clone(), d["as_of"].as_str().unwrap_or("").to_owned());
+                            seen.lock().unwrap().entry(key).or_insert(now);
+                        }
+                    }
+                }
+            }
+        })
+    };
+    let rate = 10_000.0;
+    let seconds = if full { 30.0 } else { 3.0 };
+    let sim = SimConfig {
+        seed: 2,
+        tenants: if full { 1000 } else { 10 },
+        days: if full { 60 } else { 30 },
+        scenario: Scenario::Mixed,
+        ..SimConfig::default()
+    };
+    let records = generate(&sim);
+    let mut sent: HashMap<(String, String), Instant> = HashMap::new();
+    let mut producer = InputProducer::new(&brokers).unwrap();
+    let start = Instant::now();
+    let mut n = 0usize;
+    for r in &records {
+        if start.elapsed().as_secs_f64() > seconds {
+            break;
+        }
+        // Pace: record n goes out at n / rate seconds.
+        let due = Duration::from_secs_f64(n as f64 / rate);
+        if let Some(wait) = due.checked_sub(start.elapsed()) {
+            std::thread::sleep(wait);
+        }
+        producer
+            .send(topic_of(&t, r), r.tenant.as_bytes(), r.payload_json().as_bytes())
+            .unwrap();
+        if let SimPayload::Event(feedback::event::Event::Outcome(o)) = &r.payload {
+            sent.entry((o.tenant.clone(), o.date.to_string()))
+                .or_insert_with(Instant::now);
+        }
+        n += 1;
+    }
+    producer.flush(Duration::from_secs(60)).unwrap();
+    let produced_s = start.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_secs(3));
+    stop.store(true, Ordering::Relaxed);
+    watcher.join().unwrap();
+    handles.stop.store(true, Ordering::Relaxed);
+    worker.join().unwrap().unwrap();
+
+    let seen = seen.lock().unwrap();
+    let mut latencies: Vec<f64> = sent
+        .iter()
+        .filter_map(|(k, t0)| seen.get(k).map(|t1| t1.saturating_duration_since(*t0).as_secs_f64() * 1e3))
+        .collect();
+    latencies.sort_by(f64::total_cmp);
+    let missing = sent.len() - latencies.len();
+    println!(
+        "latency at {:.0} records/s ({n} records in {produced_s:.1} s): produce -> daily report committed: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms over {} reports ({missing} not seen)",
+        n as f64 / produced_s,
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.99),
+        latencies.last().copied().unwrap_or(f64::NAN),
+        latencies.len(),
+    );
+}
