@@ -48,7 +48,9 @@ fn create(brokers: &str, t: &TopicNames) {
         .enable_all()
         .build()
         .unwrap()
-        .block_on(feedback::kafka::admin::create_topics(brokers, t, PARTITIONS, 1))
+        .block_on(feedback::kafka::admin::create_topics(
+            brokers, t, PARTITIONS, 1,
+        ))
         .unwrap();
 }
 
@@ -72,7 +74,10 @@ fn progress(brokers: &str, group: &str, t: &TopicNames) -> (i64, i64) {
     for topic in inputs(t) {
         for p in 0..PARTITIONS {
             tpl.add_partition(topic, p);
-            end += c.fetch_watermarks(topic, p, Duration::from_secs(10)).unwrap().1;
+            end += c
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .unwrap()
+                .1;
         }
     }
     let committed = c
@@ -101,7 +106,8 @@ fn bare_consumer(brokers: &str, t: &TopicNames) -> (u64, f64) {
     let mut tpl = TopicPartitionList::new();
     for topic in inputs(t) {
         for p in 0..PARTITIONS {
-            tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
+            tpl.add_partition_offset(topic, p, Offset::Beginning)
+                .unwrap();
         }
     }
     c.assign(&tpl).unwrap();
@@ -139,7 +145,10 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
-    let Some(brokers) = std::env::var("KAFKA_BOOTSTRAP").ok().filter(|b| !b.is_empty()) else {
+    let Some(brokers) = std::env::var("KAFKA_BOOTSTRAP")
+        .ok()
+        .filter(|b| !b.is_empty())
+    else {
         if std::env::var("CI").is_ok_and(|v| v == "true") {
             panic!("CI=true but KAFKA_BOOTSTRAP is not set");
         }
@@ -165,7 +174,11 @@ fn main() {
     let start = Instant::now();
     for r in &records {
         producer
-            .send(topic_of(&t, r), r.tenant.as_bytes(), r.payload_json().as_bytes())
+            .send(
+                topic_of(&t, r),
+                r.tenant.as_bytes(),
+                r.payload_json().as_bytes(),
+            )
             .unwrap();
     }
     let produced = producer.flush(Duration::from_secs(300)).unwrap();
@@ -225,7 +238,12 @@ fn main() {
     let seen: Arc<Mutex<HashMap<(String, String), Instant>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
     let watcher = {
-        let (seen, stop, brokers, alerts) = (seen.clone(), stop.clone(), brokers.clone(), t.alerts.clone());
+        let (seen, stop, brokers, alerts) = (
+            seen.clone(),
+            stop.clone(),
+            brokers.clone(),
+            t.alerts.clone(),
+        );
         std::thread::spawn(move || {
             let c: BaseConsumer = ClientConfig::new()
                 .set("bootstrap.servers", &brokers)
@@ -236,16 +254,23 @@ fn main() {
                 .unwrap();
             let mut tpl = TopicPartitionList::new();
             for p in 0..PARTITIONS {
-                tpl.add_partition_offset(&alerts, p, Offset::Beginning).unwrap();
+                tpl.add_partition_offset(&alerts, p, Offset::Beginning)
+                    .unwrap();
             }
             c.assign(&tpl).unwrap();
             while !stop.load(Ordering::Relaxed) {
                 if let Some(Ok(m)) = c.poll(Duration::from_millis(50)) {
                     let now = Instant::now();
-                    if let Some(a) = m.payload().and_then(|p| serde_json::from_slice::<Alert>(p).ok()) {
+                    if let Some(a) = m
+                        .payload()
+                        .and_then(|p| serde_json::from_slice::<Alert>(p).ok())
+                    {
                         let d = a.data_json();
                         if d["trigger"] == "as_of" {
-                            let key = (a.subject.clone(), d["as_of"].as_str().unwrap_or("").to_owned());
+                            let key = (
+                                a.subject.clone(),
+                                d["as_of"].as_str().unwrap_or("").to_owned(),
+                            );
                             seen.lock().unwrap().entry(key).or_insert(now);
                         }
                     }
@@ -277,7 +302,11 @@ fn main() {
             std::thread::sleep(wait);
         }
         producer
-            .send(topic_of(&t, r), r.tenant.as_bytes(), r.payload_json().as_bytes())
+            .send(
+                topic_of(&t, r),
+                r.tenant.as_bytes(),
+                r.payload_json().as_bytes(),
+            )
             .unwrap();
         if let SimPayload::Event(feedback::event::Event::Outcome(o)) = &r.payload {
             sent.entry((o.tenant.clone(), o.date.to_string()))
@@ -296,7 +325,10 @@ fn main() {
     let seen = seen.lock().unwrap();
     let mut latencies: Vec<f64> = sent
         .iter()
-        .filter_map(|(k, t0)| seen.get(k).map(|t1| t1.saturating_duration_since(*t0).as_secs_f64() * 1e3))
+        .filter_map(|(k, t0)| {
+            seen.get(k)
+                .map(|t1| t1.saturating_duration_since(*t0).as_secs_f64() * 1e3)
+        })
         .collect();
     latencies.sort_by(f64::total_cmp);
     let missing = sent.len() - latencies.len();

@@ -23,7 +23,7 @@ use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, DeliveryResult, Header, Headers, Message, OwnedHeaders};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
+use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::statistics::Statistics;
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -120,8 +120,10 @@ impl ProducerContext for ProducerHooks {
 
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
         if let Err((e, m)) = result {
-            self.failed.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(topic = m.topic(), error = %e, "a record was not delivered");
+            // One line for the first failure of a batch; the commit reports the count.
+            if self.failed.fetch_add(1, Ordering::Relaxed) == 0 {
+                tracing::warn!(topic = m.topic(), error = %e, "a record was not delivered");
+            }
         }
     }
 }
@@ -192,7 +194,9 @@ struct Pipeline {
     settings: Settings,
     handles: Handles,
     hooks: ClientHooks,
-    producer: BaseProducer<ProducerHooks>,
+    /// Threaded: its own thread serves delivery reports, which the transactional calls wait
+    /// for (an abort with undelivered records in flight would otherwise never finish).
+    producer: ThreadedProducer<ProducerHooks>,
     avro: AvroSchemas,
     storage: Storage,
     engines: BTreeMap<i32, Engine>,
@@ -246,7 +250,7 @@ impl Pipeline {
                 Ok(()) => return Ok(()),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
                     record = r;
-                    self.producer.poll(Duration::from_millis(50));
+                    std::thread::sleep(Duration::from_millis(10));
                 }
                 Err((e, _)) => return Err(e),
             }
@@ -454,6 +458,13 @@ impl Pipeline {
                     self.abort_and_rewind(consumer);
                 }
             },
+        }
+        let failed = self.producer.context().failed.swap(0, Ordering::Relaxed);
+        if failed > 0 {
+            tracing::warn!(
+                records = failed,
+                "records not delivered in this transaction (it was redone)"
+            );
         }
         // The interval runs from the end of a commit: a commit slower than the interval must
         // not leave the next transaction with a single record.
@@ -750,7 +761,7 @@ pub fn run(settings: Settings, handles: Handles) -> Result<RunSummary, RunError>
         }
     };
 
-    let producer: BaseProducer<ProducerHooks> = settings
+    let producer: ThreadedProducer<ProducerHooks> = settings
         .producer_config()
         .create_with_context(ProducerHooks {
             hooks: hooks.clone(),
@@ -847,7 +858,6 @@ pub fn run(settings: Settings, handles: Handles) -> Result<RunSummary, RunError>
             p.commit(&consumer);
             p.write_documents(false);
         }
-        p.producer.poll(Duration::ZERO);
         if let Some(e) = p.fatal.take() {
             break Err(RunError::Fatal(e));
         }

@@ -1,0 +1,142 @@
+//! A broker that goes away and comes back (issue 3): on librdkafka's mock cluster the only
+//! broker is taken down for longer than the transaction timeout while the processor folds.
+//! It must retry, abort and rewind as needed, carry on once the broker is back and stop
+//! cleanly (what can be checked on the mock: see the comment at the end).
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use feedback::config::TopicNames;
+use feedback::kafka::processor::{self, Handles};
+use feedback::kafka::produce::InputProducer;
+use feedback::kafka::Settings;
+use feedback::simulate::{generate, Scenario, SimConfig};
+use rdkafka::mocking::MockCluster;
+
+fn consumed(h: &Handles, t: &TopicNames) -> u64 {
+    [&t.outcomes, &t.forecasts, &t.feature_importances]
+        .iter()
+        .map(|n| h.metrics.consumed.with_label_values(&[n]).get())
+        .sum()
+}
+
+fn wait(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn the_processor_rides_out_a_broker_outage() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("info,librdkafka=error")
+        .with_test_writer()
+        .try_init();
+    let cluster = MockCluster::new(1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    let topics = TopicNames::default();
+    for t in [
+        &topics.outcomes,
+        &topics.forecasts,
+        &topics.feature_importances,
+        &topics.alerts,
+        &topics.dlq,
+        &topics.state,
+    ] {
+        cluster.create_topic(t, 2, 1).unwrap();
+    }
+    let sim = SimConfig {
+        seed: 3,
+        tenants: 4,
+        days: 40,
+        scenario: Scenario::Mixed,
+        ..SimConfig::default()
+    };
+    let records = generate(&sim);
+    let half = records.len() / 2;
+    let topic_of = |r: &feedback::simulate::SimRecord| match r.topic {
+        feedback::event::Topic::Outcomes => topics.outcomes.clone(),
+        feedback::event::Topic::Forecasts => topics.forecasts.clone(),
+        feedback::event::Topic::FeatureImportances => topics.feature_importances.clone(),
+    };
+    let produce = |rs: &[feedback::simulate::SimRecord]| {
+        let mut p = InputProducer::new(&brokers).unwrap();
+        for r in rs {
+            p.send(
+                &topic_of(r),
+                r.tenant.as_bytes(),
+                r.payload_json().as_bytes(),
+            )
+            .unwrap();
+        }
+        p.flush(Duration::from_secs(30)).unwrap();
+    };
+    produce(&records[..half]);
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = Settings::new(&brokers, "outage");
+    settings.storage_dir = dir.path().join("storage");
+    let handles = Handles::new();
+    let h = handles.clone();
+    let worker = std::thread::spawn(move || processor::run(settings, h));
+    wait("the first half", Duration::from_secs(60), || {
+        consumed(&handles, &topics) >= half as u64
+    });
+
+    // Down for longer than transaction.timeout.ms (10 s): the open transaction cannot survive.
+    cluster.broker_down(1).unwrap();
+    std::thread::sleep(Duration::from_secs(12));
+    assert!(
+        !worker.is_finished(),
+        "the processor gave up during the outage"
+    );
+    cluster.broker_up(1).unwrap();
+
+    produce(&records[half..]);
+    let committed = || {
+        handles
+            .metrics
+            .commits
+            .with_label_values(&["committed"])
+            .get()
+    };
+    wait("the second half", Duration::from_secs(120), || {
+        assert!(
+            !worker.is_finished(),
+            "the processor stopped after the outage"
+        );
+        consumed(&handles, &topics) >= records.len() as u64
+    });
+    let c0 = committed();
+    wait(
+        "a commit after the last record",
+        Duration::from_secs(60),
+        || committed() > c0,
+    );
+    handles.stop.store(true, Ordering::Relaxed);
+    let summary = worker.join().unwrap().expect("the processor stops cleanly");
+    eprintln!("outage: {summary:?}");
+
+    // The fold's results after an abort cannot be compared here: the mock cluster does not
+    // implement read_committed (its fetch reports the end offset as the last stable offset and
+    // no aborted transactions), so the restore after an abort reads the aborted transaction's
+    // state records too, and alerts of aborted transactions stay visible. On a real broker
+    // tests/kafka_crash.rs checks both. What is checked here: the processor survives an outage
+    // longer than its transaction timeout (abort included), takes up the records produced
+    // after it, keeps every tenant's documents, and stops cleanly.
+    for tenant in ["healthy-000", "degraded-001", "miscal-002", "drift-003"] {
+        let path = dir
+            .path()
+            .join("storage/metadata/performance")
+            .join(format!("{tenant}.json"));
+        let doc: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(
+            doc["as_of"], "2026-09-08",
+            "{tenant} did not fold the records after the outage"
+        );
+    }
+    drop(cluster);
+}
