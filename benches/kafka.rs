@@ -156,7 +156,17 @@ fn main() {
         return;
     };
     let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
-    let (tenants, days) = if full { (1000, 216) } else { (10, 30) };
+    let env = |k: &str, d: u32| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let (tenants, days) = if full {
+        (env("BENCH_TENANTS", 1000) as usize, env("BENCH_DAYS", 218))
+    } else {
+        (10, 30)
+    };
     let dir = tempfile::tempdir().unwrap();
 
     // 1. Throughput over a pre-filled input.
@@ -279,7 +289,11 @@ fn main() {
         })
     };
     let rate = 10_000.0;
-    let seconds = if full { 30.0 } else { 3.0 };
+    let seconds = if full {
+        f64::from(env("BENCH_LATENCY_SECONDS", 30))
+    } else {
+        3.0
+    };
     let sim = SimConfig {
         seed: 2,
         tenants: if full { 1000 } else { 10 },

@@ -69,6 +69,14 @@ fn sigkill_three_times_loses_and_repeats_nothing() {
     assert_same_documents(&storage, &fold_storage);
     let alerts = cluster.alerts();
     assert_alert_guarantees(&alerts, &fold_alerts, &storage);
+    // Keyed by tenant, the CloudEvents envelope mirrored in the headers.
+    for (key, headers, value) in cluster.read_all(&cluster.topics.alerts).iter().take(2000) {
+        let a: feedback::alert::Alert = serde_json::from_slice(value).unwrap();
+        assert_eq!(key, a.subject.as_bytes());
+        for (name, want) in a.headers() {
+            assert_eq!(headers.get(name).map(String::as_str), Some(want), "{name}");
+        }
+    }
 
     let dlq = cluster.read_all(&cluster.topics.dlq);
     assert_eq!(dlq.len(), poison, "every poison record once in the DLQ");

@@ -1,7 +1,7 @@
 //! Poison records on a real broker (issue 3, "Poison"): every malformed record of a seeded
 //! corpus lands in the DLQ once, with the right `error.kind`, its original bytes and key, and
-//! the SPEC 3 headers; the valid records around it are all folded (the documents equal
-//! `feedback fold` over the same records).
+//! the SPEC 3 headers; the valid records around it, a third of them in Avro, are all folded
+//! (the documents equal `feedback fold` over the same records).
 
 mod common;
 
@@ -72,7 +72,30 @@ fn every_poison_record_reaches_the_dlq_with_its_kind() {
             },
         );
     }
-    cluster.produce(&records);
+    // Every third valid record goes as Confluent-framed Avro, the rest as JSON: both formats
+    // on one topic, and none of the Avro ones may be lost.
+    let avro = feedback::codec::AvroSchemas::builtin();
+    let mut producer = feedback::kafka::produce::InputProducer::new(&cluster.brokers).unwrap();
+    let mut as_avro = 0;
+    for (i, r) in records.iter().enumerate() {
+        let bytes = match &r.payload {
+            SimPayload::Event(e) if i % 3 == 0 => {
+                as_avro += 1;
+                let id = match r.topic {
+                    Topic::Outcomes => feedback::codec::OUTCOME_SCHEMA_ID,
+                    Topic::Forecasts => feedback::codec::FORECAST_SCHEMA_ID,
+                    Topic::FeatureImportances => feedback::codec::FEATURE_IMPORTANCE_SCHEMA_ID,
+                };
+                feedback::codec::encode_avro(e, id, &avro).unwrap()
+            }
+            _ => r.payload_json().into_bytes(),
+        };
+        producer
+            .send(cluster.topic_of(r), r.tenant.as_bytes(), &bytes)
+            .unwrap();
+    }
+    producer.flush(Duration::from_secs(60)).unwrap();
+    assert!(as_avro > 300);
     let storage = cluster.dir.path().join("storage");
     let mut p = cluster.spawn("poison", &storage, &[]);
     cluster.wait_caught_up(Duration::from_secs(300), &mut [&mut p]);

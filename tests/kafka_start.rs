@@ -1,0 +1,80 @@
+//! Start-up checks of `feedback run` on a real broker (SPEC 2): input topics that are not
+//! co-partitioned, or a topic that is missing, stop it at once with exit code 2 and a message
+//! that says what is wrong.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+
+fn run_feedback(brokers: &str, config: &std::path::Path) -> (i32, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_feedback"))
+        .args(["run", "--brokers", brokers, "--http", "127.0.0.1:0"])
+        .arg("--config")
+        .arg(config)
+        .arg("--storage-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn mismatched_or_missing_topics_stop_run_with_a_clear_message() {
+    let Some(cluster) = common::Cluster::new("start", 3) else {
+        return;
+    };
+    // A fourth partition on forecasts breaks co-partitioning.
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &cluster.brokers)
+        .create()
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let results = rt
+        .block_on(admin.create_partitions(
+            &[NewPartitions::new(&cluster.topics.forecasts, 4)],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+        ))
+        .unwrap();
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    let (code, stderr) = run_feedback(&cluster.brokers, &cluster.config);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("not co-partitioned"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{} has 4", cluster.topics.forecasts)),
+        "{stderr}"
+    );
+
+    // A config naming a state topic that does not exist (on a fresh, co-partitioned set).
+    let Some(fresh) = common::Cluster::new("start2", 3) else {
+        return;
+    };
+    let text = std::fs::read_to_string(&fresh.config).unwrap();
+    let other = format!("{}-nope", fresh.topics.state);
+    let missing = fresh.dir.path().join("missing.toml");
+    std::fs::write(
+        &missing,
+        text.replace(
+            &format!("state = {:?}", fresh.topics.state),
+            &format!("state = {other:?}"),
+        ),
+    )
+    .unwrap();
+    let (code, stderr) = run_feedback(&fresh.brokers, &missing);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains(&format!("topic {other:?} does not exist")),
+        "{stderr}"
+    );
+}
