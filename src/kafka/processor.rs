@@ -203,8 +203,10 @@ struct Pipeline {
     /// Next offset to commit per (topic, partition).
     offsets: BTreeMap<(String, i32), i64>,
     in_transaction: bool,
-    /// Tenants whose documents are due, per partition.
+    /// Tenants whose documents changed since the last round, per partition.
     stale_documents: BTreeMap<i32, BTreeSet<String>>,
+    /// The round being written: (partition, tenant).
+    documents_due: std::collections::VecDeque<(i32, String)>,
     last_commit: Instant,
     last_documents: Instant,
     alerts: Vec<Alert>,
@@ -677,30 +679,49 @@ impl Pipeline {
             .set(self.tenants_owned() as i64);
     }
 
-    /// Rewrites the documents of the tenants changed by committed transactions, at most every
-    /// `storage_interval` unless `now`.
+    /// Rewrites the documents of the tenants changed by committed transactions: a round starts
+    /// at most every `storage_interval`, and is written a slice at a time (about 50 ms of work
+    /// per loop turn) so a thousand tenants' documents do not stall the records behind them.
+    /// `now` writes everything that is due at once (revocation, stop).
     fn write_documents(&mut self, now: bool) {
-        if self.stale_documents.is_empty()
-            || (!now && self.last_documents.elapsed() < self.settings.storage_interval)
+        if self.documents_due.is_empty()
+            && !self.stale_documents.is_empty()
+            && (now || self.last_documents.elapsed() >= self.settings.storage_interval)
         {
-            return;
+            self.last_documents = Instant::now();
+            for (partition, tenants) in std::mem::take(&mut self.stale_documents) {
+                self.documents_due
+                    .extend(tenants.into_iter().map(|t| (partition, t)));
+            }
         }
-        self.last_documents = Instant::now();
-        let stale = std::mem::take(&mut self.stale_documents);
-        let mut docs = Vec::new();
-        for (partition, tenants) in &stale {
-            let Some(engine) = self.engines.get(partition) else {
-                continue;
-            };
-            docs.extend(tenants.iter().filter_map(|t| engine.documents(t)));
+        if now {
+            for (partition, tenants) in std::mem::take(&mut self.stale_documents) {
+                self.documents_due
+                    .extend(tenants.into_iter().map(|t| (partition, t)));
+            }
         }
-        let n = docs.len();
-        match self.storage.write_tenants(docs) {
-            Ok(()) => self.handles.metrics.documents.inc_by(3 * n as u64),
-            Err(e) => {
-                // The state is safe in Kafka; the files catch up on the next write.
-                tracing::error!(error = %e, "cannot write the storage documents");
-                self.stale_documents = stale;
+        let started = Instant::now();
+        while !self.documents_due.is_empty() {
+            if !now && started.elapsed() > Duration::from_millis(50) {
+                return;
+            }
+            let take = self.documents_due.len().min(16);
+            let slice: Vec<(i32, String)> = self.documents_due.drain(..take).collect();
+            let docs: Vec<_> = slice
+                .iter()
+                .filter_map(|(p, t)| self.engines.get(p).and_then(|e| e.documents(t)))
+                .collect();
+            let n = docs.len();
+            match self.storage.write_tenants(docs) {
+                Ok(()) => self.handles.metrics.documents.inc_by(3 * n as u64),
+                Err(e) => {
+                    // The state is safe in Kafka; the files catch up on the next round.
+                    tracing::error!(error = %e, "cannot write the storage documents");
+                    for (p, t) in slice {
+                        self.stale_documents.entry(p).or_default().insert(t);
+                    }
+                    return;
+                }
             }
         }
     }
@@ -810,6 +831,7 @@ pub fn run(settings: Settings, handles: Handles) -> Result<RunSummary, RunError>
         offsets: BTreeMap::new(),
         in_transaction: false,
         stale_documents: BTreeMap::new(),
+        documents_due: Default::default(),
         last_commit: now,
         last_documents: now,
         alerts: Vec::new(),
