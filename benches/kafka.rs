@@ -133,7 +133,10 @@ fn settings(brokers: &str, t: &TopicNames, group: &str, dir: &std::path::Path) -
     s.topics = t.clone();
     s.storage_dir = dir.to_owned();
     s.instance_id = group.to_owned();
-    if let Some(secs) = std::env::var("BENCH_STORAGE_INTERVAL").ok().and_then(|v| v.parse().ok()) {
+    if let Some(secs) = std::env::var("BENCH_STORAGE_INTERVAL")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
         s.storage_interval = Duration::from_secs(secs);
     }
     s

@@ -63,6 +63,7 @@ fn demo_binary_fires_the_three_alert_types_and_serves_metrics() {
         "feedback_records_consumed_total{topic=\"outcomes\"}",
         "feedback_tenants_owned 4",
         "feedback_alerts_published_total{type=\"model.drift_detected\"}",
+        "feedback_consumer_lag{partition=",
     ] {
         assert!(
             metrics.contains(needle),

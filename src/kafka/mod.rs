@@ -191,15 +191,23 @@ impl ClientHooks {
         tracing::warn!(target: "librdkafka", %kind, "{reason}");
     }
 
+    /// librdkafka's own `consumer_lag` counts from the offsets the consumer committed, and
+    /// this consumer never commits (the transaction does), so the lag is taken as the last
+    /// stable offset minus the position of the next record to hand out.
     pub fn stats(&self, stats: &Statistics) {
         for (topic, t) in &stats.topics {
             for (p, part) in &t.partitions {
-                if *p >= 0 && part.consumer_lag >= 0 {
-                    self.metrics
-                        .lag
-                        .with_label_values(&[topic, &p.to_string()])
-                        .set(part.consumer_lag);
-                }
+                let lag = match (part.app_offset, part.ls_offset) {
+                    (_, end) if *p < 0 || end < 0 => continue,
+                    (position, end) if position >= 0 => (end - position).max(0),
+                    // Nothing handed out yet: known only for an empty partition.
+                    (_, 0) => 0,
+                    _ => continue,
+                };
+                self.metrics
+                    .lag
+                    .with_label_values(&[topic, &p.to_string()])
+                    .set(lag);
             }
         }
     }
