@@ -47,7 +47,15 @@ fn demo_binary_fires_the_three_alert_types_and_serves_metrics() {
             .and_then(|url| url.strip_prefix("http://"))
             .and_then(|u| u.strip_suffix("/metrics"))
         {
-            let body = http_get(addr, "/metrics");
+            // The lag comes with librdkafka's statistics, every 5 s: give them time to arrive.
+            let mut body = http_get(addr, "/metrics");
+            for _ in 0..10 {
+                if body.contains("feedback_consumer_lag{") {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_secs(1));
+                body = http_get(addr, "/metrics");
+            }
             assert!(body.starts_with("HTTP/1.1 200"), "{body}");
             metrics = Some(body);
             assert!(http_get(addr, "/readyz").starts_with("HTTP/1.1 200"));
