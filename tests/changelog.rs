@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 
 use feedback::alert::Alert;
+use feedback::event::validate::{RejectKind, Rejection};
 use feedback::event::Event;
 use feedback::fold::snapshot::{StateKey, TenantRecords};
 use feedback::fold::{Engine, FoldConfig};
@@ -83,18 +84,28 @@ fn alert_lines(alerts: &[Alert]) -> Vec<String> {
 /// `restore_every`-th chunk the engine is thrown away and restored from the log. The documents
 /// and alerts must be those of an engine that folded everything without a break.
 fn check(config: FoldConfig, events: &[Event], chunk: usize, restore_every: usize) {
+    // Every 97th record is also refused once for its tenant, so the rejected counter travels
+    // through the changelog too.
+    let refuse = |i: usize, e: &Event, engine: &mut Engine| {
+        if i % 97 == 0 {
+            let r = Rejection::new(RejectKind::InvalidField, "test").with_tenant(Some(e.tenant()));
+            engine.record_rejection(&r);
+        }
+    };
     let mut plain = Engine::new(config.clone());
     let mut plain_alerts = Vec::new();
-    for e in events {
+    for (i, e) in events.iter().enumerate() {
         plain.apply(e, &mut plain_alerts);
+        refuse(i, e, &mut plain);
     }
 
     let mut log = Compacted::default();
     let mut engine = Engine::new(config.clone()).with_changelog();
     let mut alerts = Vec::new();
     for (i, part) in events.chunks(chunk).enumerate() {
-        for e in part {
+        for (j, e) in part.iter().enumerate() {
             engine.apply(e, &mut alerts);
+            refuse(i * chunk + j, e, &mut engine);
         }
         log.take(&mut engine);
         if i % restore_every == restore_every - 1 {

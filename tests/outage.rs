@@ -118,6 +118,10 @@ fn the_processor_rides_out_a_broker_outage() {
     handles.stop.store(true, Ordering::Relaxed);
     let summary = worker.join().unwrap().expect("the processor stops cleanly");
     eprintln!("outage: {summary:?}");
+    assert!(
+        summary.aborts >= 1,
+        "the outage did not abort a transaction: {summary:?}"
+    );
 
     // The fold's results after an abort cannot be compared here: the mock cluster does not
     // implement read_committed (its fetch reports the end offset as the last stable offset and

@@ -28,7 +28,7 @@ use tenant::{Shared, TenantState};
 pub struct Changes {
     /// The tenants that changed, sorted.
     pub tenants: Vec<String>,
-    /// Their changelog records: per tenant its days, tombstones, drift, and its head last.
+    /// Their changelog records: per tenant its head, then its days, tombstones and drift.
     pub records: Vec<snapshot::StateRecord>,
 }
 

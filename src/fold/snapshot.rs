@@ -229,6 +229,13 @@ pub(super) fn full(state: &TenantState) -> Vec<StateRecord> {
 }
 
 fn records(state: &TenantState, changes: ChangeSet, out: &mut Vec<StateRecord>) {
+    // The head first: ids are only ever added, so a head written ahead of the day records
+    // names every id they use even if a crash cuts the batch short (at-least-once, where the
+    // records are not one transaction).
+    out.push(StateRecord {
+        key: head_key(&state.name),
+        value: Some(to_json(&head_record(state))),
+    });
     let mut days: Vec<Day> = changes.days.into_iter().collect();
     days.sort_unstable();
     for day in days {
@@ -256,11 +263,6 @@ fn records(state: &TenantState, changes: ChangeSet, out: &mut Vec<StateRecord>) 
             })),
         });
     }
-    // The head last: it names every id the records above use.
-    out.push(StateRecord {
-        key: head_key(&state.name),
-        value: Some(to_json(&head_record(state))),
-    });
 }
 
 fn head_record(state: &TenantState) -> Head {

@@ -184,6 +184,9 @@ fn classify(e: &KafkaError) -> Failure {
         KafkaError::Transaction(r) if r.is_fatal() => Failure::Fatal,
         KafkaError::Transaction(r) if r.txn_requires_abort() => Failure::Abort,
         KafkaError::Transaction(r) if r.is_retriable() => Failure::Retry,
+        // A send refused because the transaction already failed (a timed-out record, the
+        // coordinator aborting it): abort, and the abort says whether the producer survives.
+        KafkaError::MessageProduction(RDKafkaErrorCode::State) => Failure::Abort,
         // A timeout outside a transaction error is worth another try.
         e if e.rdkafka_error_code() == Some(RDKafkaErrorCode::OperationTimedOut) => Failure::Retry,
         _ => Failure::Fatal,
@@ -211,7 +214,10 @@ struct Pipeline {
     last_documents: Instant,
     alerts: Vec<Alert>,
     summary: RunSummary,
-    /// Set when the producer hit a fatal error: the loop stops and returns it.
+    /// Set on an error the pipeline cannot recover from (a fatal producer error, a restore
+    /// that failed). Sticky: from then on nothing is committed (an open transaction is
+    /// aborted, so no half-done work becomes visible) and no document is written; the loop
+    /// stops and returns it.
     fatal: Option<KafkaError>,
 }
 
@@ -283,11 +289,19 @@ impl Pipeline {
                 "the record has no value (a tombstone); inputs carry one event per record",
             )),
         };
-        let fold = self.settings.fold.clone();
-        let engine = self
-            .engines
-            .entry(partition)
-            .or_insert_with(|| Engine::new(fold).with_changelog());
+        // Every assigned partition is restored before its records are read; one without an
+        // engine had its restore fail or stopped, and folding it from nothing would commit an
+        // empty state over the real one.
+        let Some(engine) = self.engines.get_mut(&partition) else {
+            if !self.handles.stop.load(Ordering::Relaxed) {
+                tracing::error!(
+                    partition,
+                    "a record of a partition whose state was not restored"
+                );
+                self.fatal = Some(KafkaError::Canceled);
+            }
+            return Ok(());
+        };
         match decoded {
             Ok(event) => {
                 engine.apply(&event, &mut self.alerts);
@@ -426,6 +440,10 @@ impl Pipeline {
             self.last_commit = Instant::now();
             return;
         }
+        if self.fatal.is_some() {
+            self.abandon();
+            return;
+        }
         let started = Instant::now();
         let result = match self.settings.guarantee {
             Guarantee::ExactlyOnce => self.commit_transaction(consumer),
@@ -532,17 +550,32 @@ impl Pipeline {
         let failed = self.producer.context().failed.swap(0, Ordering::Relaxed);
         if failed > 0 {
             // Something was not delivered: redo the batch rather than commit past it.
-            return Err(KafkaError::MessageProduction(
-                RDKafkaErrorCode::MessageTimedOut,
-            ));
+            return Err(KafkaError::MessageProduction(RDKafkaErrorCode::State));
         }
         let offsets = self.offsets_list();
         if offsets.count() > 0 {
+            // A commit that keeps failing (the assignment was lost, say) is redone from the
+            // last commit rather than retried forever without polling.
             while let Err(e) = consumer.commit(&offsets, CommitMode::Sync) {
+                if backoff.tries >= 5 {
+                    return Err(KafkaError::MessageProduction(RDKafkaErrorCode::State));
+                }
                 backoff.wait("commit offsets", &e);
             }
         }
         Ok(())
+    }
+
+    /// After a fatal error: abort the open transaction if the producer still can, once, and
+    /// forget what it held. Nothing of it was or will be committed.
+    fn abandon(&mut self) {
+        if self.exactly_once() && self.in_transaction {
+            if let Err(e) = self.producer.abort_transaction(CALL_TIMEOUT) {
+                tracing::warn!(error = %e, "could not abort the open transaction; the broker will time it out");
+            }
+        }
+        self.in_transaction = false;
+        self.offsets.clear();
     }
 
     fn abort_and_rewind(&mut self, consumer: &BaseConsumer<ConsumerHooks>) {
@@ -650,6 +683,8 @@ impl Pipeline {
                 "the assignment splits partition numbers across instances; a tenant's topics \
                  must be assigned together (range assignor, equal partition counts)"
             );
+            self.fatal = Some(KafkaError::Canceled);
+            return;
         }
         tracing::info!(partitions = ?partitions, "partitions assigned");
         let _ = consumer;
@@ -684,6 +719,10 @@ impl Pipeline {
     /// per loop turn) so a thousand tenants' documents do not stall the records behind them.
     /// `now` writes everything that is due at once (revocation, stop).
     fn write_documents(&mut self, now: bool) {
+        // After a fatal error the engines may hold uncommitted work: leave the files as they are.
+        if self.fatal.is_some() {
+            return;
+        }
         if self.documents_due.is_empty()
             && !self.stale_documents.is_empty()
             && (now || self.last_documents.elapsed() >= self.settings.storage_interval)
@@ -853,12 +892,24 @@ pub fn run(settings: Settings, handles: Handles) -> Result<RunSummary, RunError>
         let polled = consumer.poll(Duration::from_millis(interval.as_millis().min(100) as u64));
         let mut guard = slot.lock().unwrap_or_else(|p| p.into_inner());
         let p = guard.as_mut().expect("pipeline set before polling");
+        // A rebalance inside poll may have failed, or a signal come: then the record polled
+        // is left for whoever reads the partition next.
+        if let Some(e) = &p.fatal {
+            break Err(RunError::Fatal(e.clone()));
+        }
+        if handles.stop.load(Ordering::Relaxed) {
+            break Ok(());
+        }
         match polled {
             None => {}
             Some(Ok(msg)) => {
                 if let Err(e) = p.handle(&msg) {
                     match classify(&e) {
-                        Failure::Fatal if p.exactly_once() => p.fatal = Some(e),
+                        Failure::Fatal
+                            if p.exactly_once() || p.producer.client().fatal_error().is_some() =>
+                        {
+                            p.fatal = Some(e)
+                        }
                         _ => {
                             tracing::warn!(error = %e, "producing failed: aborting and rewinding");
                             drop(msg);
@@ -876,12 +927,15 @@ pub fn run(settings: Settings, handles: Handles) -> Result<RunSummary, RunError>
             }
             Some(Err(_)) => {}
         }
+        if let Some(e) = &p.fatal {
+            break Err(RunError::Fatal(e.clone()));
+        }
         if p.last_commit.elapsed() >= interval {
             p.commit(&consumer);
             p.write_documents(false);
         }
-        if let Some(e) = p.fatal.take() {
-            break Err(RunError::Fatal(e));
+        if let Some(e) = &p.fatal {
+            break Err(RunError::Fatal(e.clone()));
         }
     };
 
@@ -889,14 +943,14 @@ pub fn run(settings: Settings, handles: Handles) -> Result<RunSummary, RunError>
     let summary = {
         let mut guard = slot.lock().unwrap_or_else(|p| p.into_inner());
         let p = guard.as_mut().expect("pipeline set before polling");
-        if result.is_ok() {
-            p.commit(&consumer);
-            if let Some(e) = p.fatal.take() {
-                return Err(RunError::StopCommit(e));
-            }
-        }
+        // commit() aborts instead when a fatal error is set.
+        p.commit(&consumer);
         p.write_documents(true);
         p.summary.clone()
+    };
+    let result = match (result, slot_fatal(&slot)) {
+        (Ok(()), Some(e)) => Err(RunError::StopCommit(e)),
+        (r, _) => r,
     };
     tracing::info!(
         consumed = summary.consumed,
@@ -910,6 +964,13 @@ pub fn run(settings: Settings, handles: Handles) -> Result<RunSummary, RunError>
     consumer.unsubscribe();
     close_with_bound(consumer, slot);
     result.map(|()| summary)
+}
+
+fn slot_fatal(slot: &Arc<Mutex<Option<Pipeline>>>) -> Option<KafkaError> {
+    slot.lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_ref()
+        .and_then(|p| p.fatal.clone())
 }
 
 /// Closing a consumer can block for the session timeout when the broker is gone

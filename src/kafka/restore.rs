@@ -60,11 +60,20 @@ pub fn read_state(
     let topic = &settings.topics.state;
     let mut tpl = TopicPartitionList::new();
     let mut pending = BTreeSet::new();
+    // The end each partition had when the restore began. Read committed, a partition "ends"
+    // at its last stable offset, which trails the end while a transaction is open or while
+    // the markers of one that just committed are still being written (EndTxn returns before
+    // they are): the restore goes on until the stable offset has reached this end, so a
+    // transaction whose offsets are already committed is never missed.
+    let mut ends: BTreeMap<i32, i64> = BTreeMap::new();
     for &p in partitions {
         // An empty partition has nothing to wait for (a fetch at its end would wait first).
         match consumer.fetch_watermarks(topic, p, Duration::from_secs(10)) {
             Ok((low, high)) if low >= high => continue,
-            _ => {}
+            Ok((_, high)) => {
+                ends.insert(p, high);
+            }
+            Err(_) => {}
         }
         tpl.add_partition_offset(topic, p, Offset::Beginning)
             .map_err(RestoreError::Client)?;
@@ -77,6 +86,8 @@ pub fn read_state(
 
     let started = Instant::now();
     let mut last_note = Instant::now();
+    // Partitions that reached their stable end, since when.
+    let mut at_end: BTreeMap<i32, Instant> = BTreeMap::new();
     let mut records = 0u64;
     while !pending.is_empty() {
         if stop.load(Ordering::Relaxed) {
@@ -85,7 +96,7 @@ pub fn read_state(
         match consumer.poll(Duration::from_millis(100)) {
             None => {}
             Some(Err(KafkaError::PartitionEOF(p))) => {
-                pending.remove(&p);
+                at_end.entry(p).or_insert_with(Instant::now);
             }
             Some(Err(e)) => {
                 // Transport errors: librdkafka retries; say so now and then.
@@ -109,6 +120,27 @@ pub fn read_state(
                         source,
                     },
                 )?;
+            }
+        }
+        // A partition is restored once it reached its end (read committed) and that end is
+        // past where the partition ended when the restore began.
+        if !at_end.is_empty() {
+            if let Ok(positions) = consumer.position() {
+                at_end.retain(|&p, since| {
+                    let position = positions.find_partition(topic, p).map(|e| e.offset());
+                    let end = ends.get(&p).copied().unwrap_or(0);
+                    let mut done = matches!(position, Some(Offset::Offset(o)) if o >= end);
+                    // Any transaction open at the start is resolved within the transaction
+                    // timeout (10 s, or fenced sooner); past that, stop waiting and say so.
+                    if !done && since.elapsed() > Duration::from_secs(30) {
+                        tracing::warn!(partition = p, ?position, end, "the changelog's stable end stayed short of its end; restoring what is committed");
+                        done = true;
+                    }
+                    if done {
+                        pending.remove(&p);
+                    }
+                    !done
+                });
             }
         }
         if last_note.elapsed() > Duration::from_secs(5) {
