@@ -236,7 +236,7 @@ impl Pipeline {
             self.in_transaction = true;
             return Ok(());
         }
-        let mut backoff = Backoff::new();
+        let mut backoff = Backoff::new(&self.handles.stop);
         loop {
             match self.producer.begin_transaction() {
                 Ok(()) => {
@@ -244,7 +244,7 @@ impl Pipeline {
                     return Ok(());
                 }
                 Err(e) => match classify(&e) {
-                    Failure::Retry => backoff.wait("begin transaction", &e),
+                    Failure::Retry if backoff.wait("begin transaction", &e) => {}
                     _ => return Err(e),
                 },
             }
@@ -253,9 +253,16 @@ impl Pipeline {
 
     /// Produces one record, waiting for room in the queue instead of failing on QueueFull.
     fn send(&self, mut record: BaseRecord<'_, [u8], [u8]>) -> Result<(), KafkaError> {
+        let started = Instant::now();
         loop {
             match self.producer.send(record) {
                 Ok(()) => return Ok(()),
+                Err((e @ KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _))
+                    if self.handles.stop.load(Ordering::Relaxed)
+                        && started.elapsed() > Duration::from_secs(30) =>
+                {
+                    return Err(e);
+                }
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
                     record = r;
                     std::thread::sleep(Duration::from_millis(10));
@@ -501,7 +508,7 @@ impl Pipeline {
         let Some(metadata) = consumer.group_metadata() else {
             return Err(KafkaError::MessageProduction(RDKafkaErrorCode::State));
         };
-        let mut backoff = Backoff::new();
+        let mut backoff = Backoff::new(&self.handles.stop);
         if offsets.count() > 0 {
             loop {
                 match self
@@ -516,7 +523,9 @@ impl Pipeline {
                                 .commits
                                 .with_label_values(&["retried"])
                                 .inc();
-                            backoff.wait("send offsets to the transaction", &e)
+                            if !backoff.wait("send offsets to the transaction", &e) {
+                                return Err(e);
+                            }
                         }
                         _ => return Err(e),
                     },
@@ -533,7 +542,9 @@ impl Pipeline {
                             .commits
                             .with_label_values(&["retried"])
                             .inc();
-                        backoff.wait("commit transaction", &e)
+                        if !backoff.wait("commit transaction", &e) {
+                            return Err(e);
+                        }
                     }
                     _ => return Err(e),
                 },
@@ -543,9 +554,11 @@ impl Pipeline {
 
     fn commit_offsets(&mut self, consumer: &BaseConsumer<ConsumerHooks>) -> Result<(), KafkaError> {
         self.write_state()?;
-        let mut backoff = Backoff::new();
+        let mut backoff = Backoff::new(&self.handles.stop);
         while let Err(e) = self.producer.flush(CALL_TIMEOUT) {
-            backoff.wait("flush", &e);
+            if !backoff.wait("flush", &e) {
+                return Err(e);
+            }
         }
         let failed = self.producer.context().failed.swap(0, Ordering::Relaxed);
         if failed > 0 {
@@ -557,10 +570,9 @@ impl Pipeline {
             // A commit that keeps failing (the assignment was lost, say) is redone from the
             // last commit rather than retried forever without polling.
             while let Err(e) = consumer.commit(&offsets, CommitMode::Sync) {
-                if backoff.tries >= 5 {
+                if backoff.tries >= 5 || !backoff.wait("commit offsets", &e) {
                     return Err(KafkaError::MessageProduction(RDKafkaErrorCode::State));
                 }
-                backoff.wait("commit offsets", &e);
             }
         }
         Ok(())
@@ -586,7 +598,7 @@ impl Pipeline {
             .with_label_values(&["aborted"])
             .inc();
         if self.exactly_once() {
-            let mut backoff = Backoff::new();
+            let mut backoff = Backoff::new(&self.handles.stop);
             loop {
                 match self.producer.abort_transaction(CALL_TIMEOUT) {
                     Ok(()) => break,
@@ -595,7 +607,11 @@ impl Pipeline {
                             self.fatal = Some(e);
                             return;
                         }
-                        _ => backoff.wait("abort transaction", &e),
+                        _ if backoff.wait("abort transaction", &e) => {}
+                        _ => {
+                            self.fatal = Some(e);
+                            return;
+                        }
                     },
                 }
             }
@@ -616,11 +632,15 @@ impl Pipeline {
                 return;
             }
         };
-        let mut backoff = Backoff::new();
+        let mut backoff = Backoff::new(&self.handles.stop);
         let committed = loop {
             match consumer.committed_offsets(assignment.clone(), CALL_TIMEOUT) {
                 Ok(c) => break c,
-                Err(e) => backoff.wait("read committed offsets", &e),
+                Err(e) if backoff.wait("read committed offsets", &e) => {}
+                Err(e) => {
+                    self.fatal = Some(e);
+                    return;
+                }
             }
         };
         let mut seek = TopicPartitionList::new();
@@ -766,25 +786,36 @@ impl Pipeline {
     }
 }
 
-/// Exponential backoff for retried calls: 100 ms doubling to 5 s, logged.
+/// Exponential backoff for retried calls: 100 ms doubling to 5 s, logged. Once a stop is
+/// asked for, a call gets five more tries and then gives up, so SIGTERM ends in bounded time
+/// even with the broker gone.
 struct Backoff {
     delay: Duration,
     tries: u32,
+    stop: Arc<AtomicBool>,
 }
 
 impl Backoff {
-    fn new() -> Self {
+    fn new(stop: &Arc<AtomicBool>) -> Self {
         Backoff {
             delay: Duration::from_millis(100),
             tries: 0,
+            stop: stop.clone(),
         }
     }
 
-    fn wait(&mut self, what: &str, e: &KafkaError) {
+    /// Waits before the next try; false when it is time to give up instead.
+    #[must_use]
+    fn wait(&mut self, what: &str, e: &KafkaError) -> bool {
+        if self.stop.load(Ordering::Relaxed) && self.tries >= 5 {
+            tracing::error!(error = %e, "{what} failed; stopping, so no more tries");
+            return false;
+        }
         self.tries += 1;
         tracing::warn!(error = %e, tries = self.tries, "{what} failed; retrying in {:?}", self.delay);
         std::thread::sleep(self.delay);
         self.delay = (self.delay * 2).min(Duration::from_secs(5));
+        true
     }
 }
 
@@ -829,14 +860,12 @@ pub fn run(settings: Settings, handles: Handles) -> Result<RunSummary, RunError>
         })
         .map_err(RunError::Client)?;
     if settings.guarantee == Guarantee::ExactlyOnce {
-        let mut backoff = Backoff::new();
+        let mut backoff = Backoff::new(&handles.stop);
         loop {
             match producer.init_transactions(CALL_TIMEOUT) {
                 Ok(()) => break,
                 Err(e) => match classify(&e) {
-                    Failure::Retry if !handles.stop.load(Ordering::Relaxed) => {
-                        backoff.wait("init transactions", &e)
-                    }
+                    Failure::Retry if backoff.wait("init transactions", &e) => {}
                     _ => return Err(RunError::Fatal(e)),
                 },
             }
