@@ -728,6 +728,9 @@ impl Pipeline {
             self.engines.remove(p);
             self.stale_documents.remove(p);
         }
+        // Lag series of partitions no longer held would keep their last value; the next
+        // statistics refill those still held.
+        self.handles.metrics.lag.reset();
         self.handles
             .metrics
             .tenants
