@@ -92,12 +92,7 @@ fn bench(c: &mut Criterion) {
         let topics = TopicNames::default();
         let mut w = std::io::BufWriter::new(std::fs::File::create(&input).expect("create input"));
         for r in &records {
-            let name = match r.topic {
-                feedback::event::Topic::Outcomes => &topics.outcomes,
-                feedback::event::Topic::Forecasts => &topics.forecasts,
-                feedback::event::Topic::FeatureImportances => &topics.feature_importances,
-            };
-            writeln!(w, "{}", r.jsonl(name)).expect("write input");
+            writeln!(w, "{}", r.jsonl(topics.name(r.topic))).expect("write input");
         }
     }
     drop(records);

@@ -17,7 +17,7 @@ use feedback::config::TopicNames;
 use feedback::kafka::processor::{self, Handles};
 use feedback::kafka::produce::InputProducer;
 use feedback::kafka::Settings;
-use feedback::simulate::{generate, Scenario, SimConfig, SimPayload, SimRecord};
+use feedback::simulate::{generate, Scenario, SimConfig, SimPayload};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
@@ -39,10 +39,6 @@ fn topics(prefix: &str) -> TopicNames {
     }
 }
 
-fn inputs(t: &TopicNames) -> [&str; 3] {
-    [&t.outcomes, &t.forecasts, &t.feature_importances]
-}
-
 fn create(brokers: &str, t: &TopicNames) {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -54,14 +50,6 @@ fn create(brokers: &str, t: &TopicNames) {
         .unwrap();
 }
 
-fn topic_of<'a>(t: &'a TopicNames, r: &SimRecord) -> &'a str {
-    match r.topic {
-        feedback::event::Topic::Outcomes => &t.outcomes,
-        feedback::event::Topic::Forecasts => &t.forecasts,
-        feedback::event::Topic::FeatureImportances => &t.feature_importances,
-    }
-}
-
 /// Sum over the inputs of (committed offset of `group`, end offset).
 fn progress(brokers: &str, group: &str, t: &TopicNames) -> (i64, i64) {
     let c: BaseConsumer = ClientConfig::new()
@@ -71,7 +59,7 @@ fn progress(brokers: &str, group: &str, t: &TopicNames) -> (i64, i64) {
         .unwrap();
     let mut tpl = TopicPartitionList::new();
     let mut end = 0;
-    for topic in inputs(t) {
+    for topic in t.inputs() {
         for p in 0..PARTITIONS {
             tpl.add_partition(topic, p);
             end += c
@@ -104,7 +92,7 @@ fn bare_consumer(brokers: &str, t: &TopicNames) -> (u64, f64) {
         .create()
         .unwrap();
     let mut tpl = TopicPartitionList::new();
-    for topic in inputs(t) {
+    for topic in t.inputs() {
         for p in 0..PARTITIONS {
             tpl.add_partition_offset(topic, p, Offset::Beginning)
                 .unwrap();
@@ -191,7 +179,7 @@ fn main() {
     for r in &records {
         producer
             .send(
-                topic_of(&t, r),
+                t.name(r.topic),
                 r.tenant.as_bytes(),
                 r.payload_json().as_bytes(),
             )
@@ -323,7 +311,7 @@ fn main() {
         }
         producer
             .send(
-                topic_of(&t, r),
+                t.name(r.topic),
                 r.tenant.as_bytes(),
                 r.payload_json().as_bytes(),
             )

@@ -65,6 +65,32 @@ impl TopicNames {
             None
         }
     }
+
+    /// The name of an input topic.
+    pub fn name(&self, topic: Topic) -> &str {
+        match topic {
+            Topic::Outcomes => &self.outcomes,
+            Topic::Forecasts => &self.forecasts,
+            Topic::FeatureImportances => &self.feature_importances,
+        }
+    }
+
+    /// The three input topics.
+    pub fn inputs(&self) -> [&str; 3] {
+        [&self.outcomes, &self.forecasts, &self.feature_importances]
+    }
+
+    /// All six topics: the inputs, alerts, DLQ and state.
+    pub fn all(&self) -> [&str; 6] {
+        [
+            &self.outcomes,
+            &self.forecasts,
+            &self.feature_importances,
+            &self.alerts,
+            &self.dlq,
+            &self.state,
+        ]
+    }
 }
 
 /// The whole file. Its fold keys sit at the top level (`reconcile.revenue_sources`, as SPEC 3

@@ -54,14 +54,7 @@ pub fn run(
     let cluster = MockCluster::new(1)?;
     let brokers = cluster.bootstrap_servers();
     let topics = TopicNames::default();
-    for t in [
-        &topics.outcomes,
-        &topics.forecasts,
-        &topics.feature_importances,
-        &topics.alerts,
-        &topics.dlq,
-        &topics.state,
-    ] {
+    for t in topics.all() {
         cluster.create_topic(t, options.partitions, 1)?;
     }
     tracing::info!(%brokers, partitions = options.partitions, "in-process mock cluster up");
@@ -78,12 +71,11 @@ pub fn run(
     let records = generate(&sim);
     let mut producer = InputProducer::new(&brokers)?;
     for r in &records {
-        let topic = match r.topic {
-            crate::event::Topic::Outcomes => &topics.outcomes,
-            crate::event::Topic::Forecasts => &topics.forecasts,
-            crate::event::Topic::FeatureImportances => &topics.feature_importances,
-        };
-        producer.send(topic, r.tenant.as_bytes(), r.payload_json().as_bytes())?;
+        producer.send(
+            topics.name(r.topic),
+            r.tenant.as_bytes(),
+            r.payload_json().as_bytes(),
+        )?;
     }
     let produced = producer.flush(Duration::from_secs(30))?;
     tracing::info!(
@@ -144,21 +136,11 @@ pub fn run(
             Some(Err(e)) => tracing::debug!(error = %e, "alert watcher"),
             None => {}
         }
-        let consumed: u64 = handles
-            .metrics
-            .consumed
-            .with_label_values(&[&topics.outcomes])
-            .get()
-            + handles
-                .metrics
-                .consumed
-                .with_label_values(&[&topics.forecasts])
-                .get()
-            + handles
-                .metrics
-                .consumed
-                .with_label_values(&[&topics.feature_importances])
-                .get();
+        let consumed: u64 = topics
+            .inputs()
+            .iter()
+            .map(|t| handles.metrics.consumed.with_label_values(&[t]).get())
+            .sum();
         if consumed >= produced && commits_when_consumed.is_none() {
             commits_when_consumed = Some(commits());
         }

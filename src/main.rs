@@ -458,12 +458,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let mut out = std::io::BufWriter::new(out);
             for record in feedback::simulate::generate(&sim) {
-                let name = match record.topic {
-                    feedback::event::Topic::Outcomes => &topics.outcomes,
-                    feedback::event::Topic::Forecasts => &topics.forecasts,
-                    feedback::event::Topic::FeatureImportances => &topics.feature_importances,
-                };
-                if let Err(e) = writeln!(out, "{}", record.jsonl(name)) {
+                if let Err(e) = writeln!(out, "{}", record.jsonl(topics.name(record.topic))) {
                     if e.kind() == std::io::ErrorKind::BrokenPipe {
                         return Ok(ExitCode::SUCCESS);
                     }

@@ -110,7 +110,7 @@ impl Metrics {
         let commits = counter_vec(
             &registry,
             "feedback_commits_total",
-            "Commits by result: committed, aborted (and rewound), retried.",
+            "Commits by result: committed, aborted (and rewound), retried (a transactional call tried again).",
             &["result"],
         );
         for r in ["committed", "aborted", "retried"] {

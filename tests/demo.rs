@@ -127,12 +127,7 @@ fn processor_on_the_mock_cluster_folds_what_fold_folds() {
     let input = dir.path().join("history.jsonl");
     let mut f = std::fs::File::create(&input).unwrap();
     for r in generate(&sim) {
-        let name = match r.topic {
-            feedback::event::Topic::Outcomes => &topics.outcomes,
-            feedback::event::Topic::Forecasts => &topics.forecasts,
-            feedback::event::Topic::FeatureImportances => &topics.feature_importances,
-        };
-        writeln!(f, "{}", r.jsonl(name)).unwrap();
+        writeln!(f, "{}", r.jsonl(topics.name(r.topic))).unwrap();
     }
     let fold_dir = dir.path().join("fold");
     fold_files(&FoldJob {

@@ -14,7 +14,7 @@ use feedback::simulate::{generate, Scenario, SimConfig};
 use rdkafka::mocking::MockCluster;
 
 fn consumed(h: &Handles, t: &TopicNames) -> u64 {
-    [&t.outcomes, &t.forecasts, &t.feature_importances]
+    t.inputs()
         .iter()
         .map(|n| h.metrics.consumed.with_label_values(&[n]).get())
         .sum()
@@ -37,14 +37,7 @@ fn the_processor_rides_out_a_broker_outage() {
     let cluster = MockCluster::new(1).unwrap();
     let brokers = cluster.bootstrap_servers();
     let topics = TopicNames::default();
-    for t in [
-        &topics.outcomes,
-        &topics.forecasts,
-        &topics.feature_importances,
-        &topics.alerts,
-        &topics.dlq,
-        &topics.state,
-    ] {
+    for t in topics.all() {
         cluster.create_topic(t, 2, 1).unwrap();
     }
     let sim = SimConfig {
@@ -56,16 +49,11 @@ fn the_processor_rides_out_a_broker_outage() {
     };
     let records = generate(&sim);
     let half = records.len() / 2;
-    let topic_of = |r: &feedback::simulate::SimRecord| match r.topic {
-        feedback::event::Topic::Outcomes => topics.outcomes.clone(),
-        feedback::event::Topic::Forecasts => topics.forecasts.clone(),
-        feedback::event::Topic::FeatureImportances => topics.feature_importances.clone(),
-    };
     let produce = |rs: &[feedback::simulate::SimRecord]| {
         let mut p = InputProducer::new(&brokers).unwrap();
         for r in rs {
             p.send(
-                &topic_of(r),
+                topics.name(r.topic),
                 r.tenant.as_bytes(),
                 r.payload_json().as_bytes(),
             )

@@ -66,14 +66,10 @@ pub fn check_topics<C: ClientContext>(
             brokers: brokers.to_owned(),
             source,
         })?;
-    let inputs = [
-        &topics.outcomes,
-        &topics.forecasts,
-        &topics.feature_importances,
-    ];
-    let counts = inputs
-        .iter()
-        .map(|t| partitions(&metadata, t).map(|n| (t.as_str(), n)))
+    let counts = topics
+        .inputs()
+        .into_iter()
+        .map(|t| partitions(&metadata, t).map(|n| (t, n)))
         .collect::<Result<Vec<_>, _>>()?;
     if counts.iter().any(|&(_, n)| n != counts[0].1) {
         let list = counts

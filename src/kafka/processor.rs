@@ -237,16 +237,33 @@ impl Pipeline {
             return Ok(());
         }
         let mut backoff = Backoff::new(&self.handles.stop);
+        self.retry("begin transaction", &mut backoff, |p| p.begin_transaction())?;
+        self.in_transaction = true;
+        Ok(())
+    }
+
+    /// Calls a transactional producer call until it succeeds, retrying with `backoff` what
+    /// `classify` calls retriable (each retry counted as a `retried` commit).
+    fn retry(
+        &self,
+        what: &str,
+        backoff: &mut Backoff,
+        mut call: impl FnMut(&ThreadedProducer<ProducerHooks>) -> Result<(), KafkaError>,
+    ) -> Result<(), KafkaError> {
         loop {
-            match self.producer.begin_transaction() {
-                Ok(()) => {
-                    self.in_transaction = true;
-                    return Ok(());
+            match call(&self.producer) {
+                Ok(()) => return Ok(()),
+                Err(e) if matches!(classify(&e), Failure::Retry) => {
+                    self.handles
+                        .metrics
+                        .commits
+                        .with_label_values(&["retried"])
+                        .inc();
+                    if !backoff.wait(what, &e) {
+                        return Err(e);
+                    }
                 }
-                Err(e) => match classify(&e) {
-                    Failure::Retry if backoff.wait("begin transaction", &e) => {}
-                    _ => return Err(e),
-                },
+                Err(e) => return Err(e),
             }
         }
     }
@@ -510,46 +527,13 @@ impl Pipeline {
         };
         let mut backoff = Backoff::new(&self.handles.stop);
         if offsets.count() > 0 {
-            loop {
-                match self
-                    .producer
-                    .send_offsets_to_transaction(&offsets, &metadata, CALL_TIMEOUT)
-                {
-                    Ok(()) => break,
-                    Err(e) => match classify(&e) {
-                        Failure::Retry => {
-                            self.handles
-                                .metrics
-                                .commits
-                                .with_label_values(&["retried"])
-                                .inc();
-                            if !backoff.wait("send offsets to the transaction", &e) {
-                                return Err(e);
-                            }
-                        }
-                        _ => return Err(e),
-                    },
-                }
-            }
+            self.retry("send offsets to the transaction", &mut backoff, |p| {
+                p.send_offsets_to_transaction(&offsets, &metadata, CALL_TIMEOUT)
+            })?;
         }
-        loop {
-            match self.producer.commit_transaction(CALL_TIMEOUT) {
-                Ok(()) => return Ok(()),
-                Err(e) => match classify(&e) {
-                    Failure::Retry => {
-                        self.handles
-                            .metrics
-                            .commits
-                            .with_label_values(&["retried"])
-                            .inc();
-                        if !backoff.wait("commit transaction", &e) {
-                            return Err(e);
-                        }
-                    }
-                    _ => return Err(e),
-                },
-            }
-        }
+        self.retry("commit transaction", &mut backoff, |p| {
+            p.commit_transaction(CALL_TIMEOUT)
+        })
     }
 
     fn commit_offsets(&mut self, consumer: &BaseConsumer<ConsumerHooks>) -> Result<(), KafkaError> {
@@ -746,17 +730,12 @@ impl Pipeline {
         if self.fatal.is_some() {
             return;
         }
-        if self.documents_due.is_empty()
-            && !self.stale_documents.is_empty()
-            && (now || self.last_documents.elapsed() >= self.settings.storage_interval)
-        {
+        // A new round starts when the last one is done and the interval has passed; `now`
+        // takes in everything at once.
+        let round_due = self.documents_due.is_empty()
+            && self.last_documents.elapsed() >= self.settings.storage_interval;
+        if !self.stale_documents.is_empty() && (now || round_due) {
             self.last_documents = Instant::now();
-            for (partition, tenants) in std::mem::take(&mut self.stale_documents) {
-                self.documents_due
-                    .extend(tenants.into_iter().map(|t| (partition, t)));
-            }
-        }
-        if now {
             for (partition, tenants) in std::mem::take(&mut self.stale_documents) {
                 self.documents_due
                     .extend(tenants.into_iter().map(|t| (partition, t)));
@@ -883,13 +862,11 @@ pub fn run(settings: Settings, handles: Handles) -> Result<RunSummary, RunError>
         transactional_id = %settings.transactional_id(),
         "processor starting"
     );
-    let topics = [
-        settings.topics.outcomes.as_str(),
-        settings.topics.forecasts.as_str(),
-        settings.topics.feature_importances.as_str(),
-    ];
-    consumer.subscribe(&topics).map_err(RunError::Subscribe)?;
+    consumer
+        .subscribe(&settings.topics.inputs())
+        .map_err(RunError::Subscribe)?;
 
+    let interval = settings.commit_interval;
     let now = Instant::now();
     *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(Pipeline {
         storage: Storage::new(&settings.storage_dir),
@@ -910,12 +887,6 @@ pub fn run(settings: Settings, handles: Handles) -> Result<RunSummary, RunError>
         fatal: None,
     });
 
-    let interval = slot
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .as_ref()
-        .map(|p| p.settings.commit_interval)
-        .unwrap_or(Duration::from_millis(100));
     let mut last_poll_error: Option<Instant> = None;
     let result = loop {
         if handles.stop.load(Ordering::Relaxed) {

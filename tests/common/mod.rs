@@ -111,11 +111,7 @@ impl Cluster {
     }
 
     pub fn topic_of(&self, r: &SimRecord) -> &str {
-        match r.topic {
-            feedback::event::Topic::Outcomes => &self.topics.outcomes,
-            feedback::event::Topic::Forecasts => &self.topics.forecasts,
-            feedback::event::Topic::FeatureImportances => &self.topics.feature_importances,
-        }
+        self.topics.name(r.topic)
     }
 
     /// Produces the records keyed by tenant, in order; returns how many.
