@@ -255,21 +255,26 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-/// Sets `stop` on SIGTERM or Ctrl-C; a second signal exits at once.
+/// Sets `stop` on SIGTERM or Ctrl-C; a second signal exits at once. The handlers are in place
+/// when this returns, so a signal that comes during start-up stops cleanly too instead of
+/// killing the process.
 fn stop_on_signal(stop: std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (mut term, mut int) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(t), Ok(i)) => (t, i),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM and SIGINT");
+            return;
+        }
+    };
     tokio::spawn(async move {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot listen for SIGTERM");
-                    return;
-                }
-            };
         for round in 0.. {
             tokio::select! {
                 _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
+                _ = int.recv() => {}
             }
             if round == 0 {
                 tracing::info!(
@@ -309,6 +314,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let handles = feedback::kafka::processor::Handles::new();
             let rt = runtime()?;
             let result = rt.block_on(async {
+                stop_on_signal(handles.stop.clone());
                 let http = feedback::http::serve(
                     args.http,
                     handles.clone(),
@@ -317,7 +323,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .await
                 .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.http))?;
                 tracing::info!("HTTP on http://{}/metrics", http.addr);
-                stop_on_signal(handles.stop.clone());
                 let h = handles.clone();
                 let result = tokio::task::spawn_blocking(move || {
                     feedback::kafka::processor::run(settings, h)
@@ -349,10 +354,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let rt = runtime()?;
             let report = rt.block_on(async {
+                stop_on_signal(handles.stop.clone());
                 let http = feedback::http::serve(args.http, handles.clone(), stopped(handles.stop.clone()))
                     .await
                     .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e} (choose another with --http)", args.http))?;
-                stop_on_signal(handles.stop.clone());
                 if let Some(d) = args.duration {
                     let stop = handles.stop.clone();
                     tokio::spawn(async move {
