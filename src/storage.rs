@@ -45,6 +45,18 @@ pub enum StorageError {
 #[derive(Debug, Clone)]
 pub struct Storage {
     root: PathBuf,
+    sync: Sync,
+}
+
+/// How a batch of documents is made durable before the renames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sync {
+    /// One `syncfs` for the batch: the cheapest for thousands of files written at once (the
+    /// offline `fold`), but it also flushes whatever else is dirty on that filesystem.
+    Filesystem,
+    /// An fsync of each file: for a long-running writer that shares its filesystem with a
+    /// Kafka broker, whose unsynced log `syncfs` would flush too, stalling both.
+    EachFile,
 }
 
 /// Which of a tenant's documents.
@@ -57,7 +69,15 @@ pub enum Document {
 
 impl Storage {
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Storage { root: root.into() }
+        Storage {
+            root: root.into(),
+            sync: Sync::Filesystem,
+        }
+    }
+
+    /// The same directory, synced as `sync` says.
+    pub fn with_sync(self, sync: Sync) -> Self {
+        Storage { sync, ..self }
     }
 
     pub fn root(&self) -> &Path {
@@ -86,10 +106,10 @@ impl Storage {
         self.write_tenants(std::iter::once(docs.clone()))
     }
 
-    /// Writes the documents of many tenants atomically, with one filesystem sync for all of
-    /// them instead of one fsync per file: every temporary file is written, the filesystem is
-    /// synced once, then each is renamed over its target. A reader sees each document old or
-    /// new, never partial, and a crash leaves no target file empty.
+    /// Writes the documents of many tenants atomically: every temporary file is written, then
+    /// synced (one filesystem sync for all of them, or an fsync each: [`Sync`]), then each is
+    /// renamed over its target. A reader sees each document old or new, never partial, and a
+    /// crash leaves no target file empty.
     pub fn write_tenants(
         &self,
         docs: impl IntoIterator<Item = TenantDocuments>,
@@ -115,10 +135,20 @@ impl Storage {
         let Some((first, path)) = staged.first() else {
             return Ok(());
         };
-        rustix::fs::syncfs(first.as_file()).map_err(|e| StorageError::Write {
+        let sync_err = |path: &PathBuf, e: std::io::Error| StorageError::Write {
             path: path.clone(),
-            source: e.into(),
-        })?;
+            source: e,
+        };
+        match self.sync {
+            Sync::Filesystem => {
+                rustix::fs::syncfs(first.as_file()).map_err(|e| sync_err(path, e.into()))?
+            }
+            Sync::EachFile => {
+                for (tmp, path) in &staged {
+                    tmp.as_file().sync_data().map_err(|e| sync_err(path, e))?;
+                }
+            }
+        }
         for (tmp, path) in staged {
             tmp.persist(&path).map_err(|e| StorageError::Write {
                 path: path.clone(),
