@@ -66,6 +66,76 @@ enum Command {
     /// Inputs, alerts, DLQ and state all get --partitions partitions. Topics that exist are
     /// left alone (check their partition counts yourself: `run` refuses mismatched inputs).
     CreateTopics(CreateTopicsArgs),
+    /// Summarise a tenant's forecast performance from its storage documents.
+    ///
+    /// Reads {storage-dir}/metadata/performance/{TENANT}.json (written by `fold`, `run` or
+    /// `replay`) and prints the tenant-wide windows (n, MAE, MAPE, WAPE, bias), the worst
+    /// channels by WAPE in the shortest window, the plans' planned and actual ROAS, the active
+    /// tags and as_of. Exit code 0 when healthy, 1 when model.performance.degraded is active,
+    /// 2 on an error (invalid or unknown tenant, which lists the tenants there; unreadable
+    /// document).
+    CheckPerformance(CheckArgs),
+    /// Check a tenant's quantile coverage against nominal, per horizon bucket.
+    ///
+    /// Reads {storage-dir}/metadata/performance/{TENANT}_calibration.json and prints, for the
+    /// tenant and each horizon bucket, the coverage of every quantile (share of actuals at or
+    /// below it) and of every symmetric interval (share inside it), with its nominal value and
+    /// Wilson 95% interval, for the window ending at as_of. A warning line is printed for each
+    /// scope whose --interval coverage is below --threshold (scopes with fewer than --min-n
+    /// pairs never warn). Exit code 0 when none is below, 1 when any is, 2 on an error.
+    AlertForecast(ForecastArgs),
+}
+
+#[derive(Args)]
+struct StorageArgs {
+    /// The storage directory the documents were written to (by `fold`, `run` or `replay`).
+    #[arg(
+        long,
+        env = "FEEDBACK_STORAGE_DIR",
+        default_value = "storage",
+        value_name = "DIR"
+    )]
+    storage_dir: PathBuf,
+    /// Print the result as JSON instead of text (same exit codes).
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct CheckArgs {
+    /// The tenant, as named in its records (e.g. acme).
+    tenant: String,
+    #[command(flatten)]
+    storage: StorageArgs,
+    /// How many channels and plans the text lists (worst channels first, latest plans first);
+    /// --json always lists them all.
+    #[arg(long, default_value_t = 5, value_name = "N")]
+    top: usize,
+}
+
+#[derive(Args)]
+struct ForecastArgs {
+    /// The tenant, as named in its records (e.g. acme).
+    tenant: String,
+    #[command(flatten)]
+    storage: StorageArgs,
+    /// A scope warns when its --interval coverage is below this share (0 to 1). The nominal
+    /// coverage of p10_p90 is 0.80.
+    #[arg(long, env = "FEEDBACK_THRESHOLD", default_value_t = 0.70)]
+    threshold: f64,
+    /// The window in days, ending at as_of. Default: the calibration document's own window
+    /// (limits.calibration.window_days, 28 unless configured). Another window is derived
+    /// exactly from the document's daily history, which is possible when every forecast line
+    /// carries every quantile; otherwise the command says so and exits 2.
+    #[arg(long, value_name = "DAYS")]
+    window: Option<u32>,
+    /// Scopes with fewer pairs than this in the window are insufficient_data and never warn
+    /// (the calibration rule's default min_n).
+    #[arg(long, default_value_t = 30, value_name = "N")]
+    min_n: u64,
+    /// The symmetric interval the threshold applies to.
+    #[arg(long, default_value = "p10_p90", value_name = "pNN_pMM")]
+    interval: String,
 }
 
 #[derive(Args)]
@@ -248,6 +318,28 @@ fn print_stdout(text: &str) -> std::io::Result<()> {
     }
 }
 
+/// A command's result as text or, with --json, as pretty JSON.
+fn print_report<T: std::fmt::Display + serde::Serialize>(
+    report: &T,
+    json: bool,
+) -> anyhow::Result<()> {
+    let text = if json {
+        serde_json::to_string_pretty(report)?
+    } else {
+        report.to_string()
+    };
+    Ok(print_stdout(&text)?)
+}
+
+/// 1 when the command found something to look at, 0 otherwise (2 is for errors).
+fn exit_code(alerting: bool) -> ExitCode {
+    if alerting {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -412,6 +504,26 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 print_stdout(&format!("created: {}", created.join(", ")))?;
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Command::CheckPerformance(args) => {
+            let storage = feedback::storage::Storage::new(&args.storage.storage_dir);
+            let check =
+                feedback::commands::check::check_performance(&storage, &args.tenant, args.top)?;
+            print_report(&check, args.storage.json)?;
+            Ok(exit_code(check.degraded))
+        }
+        Command::AlertForecast(args) => {
+            let storage = feedback::storage::Storage::new(&args.storage.storage_dir);
+            let options = feedback::commands::forecast::ForecastOptions {
+                tenant: args.tenant,
+                threshold: args.threshold,
+                window: args.window,
+                min_n: args.min_n,
+                interval: args.interval,
+            };
+            let check = feedback::commands::forecast::alert_forecast(&storage, &options)?;
+            print_report(&check, args.storage.json)?;
+            Ok(exit_code(check.alerting))
         }
         Command::Fold(args) => {
             let config = Config::load(args.config.as_deref())?;
