@@ -84,6 +84,41 @@ enum Command {
     /// scope whose --interval coverage is below --threshold (scopes with fewer than --min-n
     /// pairs never warn). Exit code 0 when none is below, 1 when any is, 2 on an error.
     AlertForecast(ForecastArgs),
+    /// Validate a file of JSONL payloads and produce them to an input topic, keyed by tenant.
+    ///
+    /// Each non-empty line of FILE is one record value for --topic: an Outcome, a Forecast or a
+    /// FeatureImportance as JSON (SPEC 3), checked by the same decoding and validation as the
+    /// processor. All or nothing: when any line is refused, every refused line is printed with
+    /// its line number and reason, nothing is produced, and the exit code is 1. Otherwise every
+    /// line is produced as it is, keyed by its tenant with Java's murmur2 partitioner (librdkafka
+    /// partitioner=murmur2_random, so Java producers agree on where a tenant lives), and the
+    /// command waits until all are delivered. Exit code 0 when all were produced, 1 when the
+    /// file was refused, 2 on an error (unreadable file, unknown topic, broker unreachable,
+    /// delivery not confirmed within --timeout).
+    Produce(ProduceArgs),
+}
+
+#[derive(Args)]
+struct ProduceArgs {
+    /// The JSONL file of payloads, one record value per line.
+    #[arg(value_name = "FILE")]
+    file: PathBuf,
+    /// The input topic to produce to; its role (outcomes, forecasts, feature-importances)
+    /// decides how the lines are validated. Topic names come from --config.
+    #[arg(long, value_name = "TOPIC")]
+    topic: String,
+    #[command(flatten)]
+    kafka: KafkaArgs,
+    /// How long to wait for the cluster to confirm every record.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    timeout: std::time::Duration,
+    /// A librdkafka property for the producer, KEY=VALUE, repeatable (e.g.
+    /// security.protocol=ssl). Applied over the defaults.
+    #[arg(long = "kafka-config", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    kafka_config: Vec<(String, String)>,
+    /// Print the result as JSON instead of text (same exit codes).
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -524,6 +559,25 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let check = feedback::commands::forecast::alert_forecast(&storage, &options)?;
             print_report(&check, args.storage.json)?;
             Ok(exit_code(check.alerting))
+        }
+        Command::Produce(args) => {
+            let config = Config::load(args.kafka.config.as_deref())?;
+            let job = feedback::commands::produce::ProduceJob {
+                file: args.file,
+                topic: args.topic,
+                brokers: args.kafka.brokers,
+                topics: config.topics,
+                kafka_config: args.kafka_config,
+                timeout: args.timeout,
+            };
+            let report = feedback::commands::produce::produce(&job)?;
+            if report.refused_any() && !args.json {
+                // The refused lines are the problem: they go where errors go.
+                eprintln!("{report}");
+            } else {
+                print_report(&report, args.json)?;
+            }
+            Ok(exit_code(report.refused_any()))
         }
         Command::Fold(args) => {
             let config = Config::load(args.config.as_deref())?;

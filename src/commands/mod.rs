@@ -8,6 +8,7 @@
 
 pub mod check;
 pub mod forecast;
+pub mod produce;
 
 use std::path::PathBuf;
 
