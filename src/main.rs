@@ -33,14 +33,17 @@ enum Command {
     /// Exit code 0 on success (refused records included), 2 when an input cannot be read or an
     /// output cannot be written.
     Fold(FoldArgs),
-    /// Generate a seeded synthetic history of the three input topics as JSONL for `fold`.
+    /// Generate a seeded synthetic history of the three input topics: JSONL for `fold`, or
+    /// records produced to Kafka (--brokers).
     ///
     /// Day by day: a plan every 7 days for the next 28 days, each day's outcomes the next
     /// morning (from the ad platform, and from Shopify for every other campaign), and weekly
     /// feature importances with samples. Scenarios change the last third of the history:
     /// `degraded` makes actuals fall below the forecasts, `miscalibrated` makes the p10..p90
     /// intervals far too narrow, `drift` rotates the importances, `mixed` gives tenants each
-    /// scenario in turn. The same seed and flags give the same bytes.
+    /// scenario in turn; `healthy` stays calibrated and fires nothing. The same seed and flags
+    /// give the same bytes. Exit code 0, or 2 on an error (unwritable output, missing topics,
+    /// records not delivered).
     Simulate(SimulateArgs),
     /// Run the processor on Kafka: consume the three input topics, fold, publish alerts.
     ///
@@ -264,30 +267,51 @@ fn parse_key_value(s: &str) -> Result<(String, String), String> {
 
 #[derive(Args)]
 struct SimulateArgs {
+    /// Seed of the generator: the same seed and flags give the same records, byte for byte.
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// Number of tenants, named after their scenario ({scenario}-{index:03}, e.g. healthy-000).
     #[arg(long, default_value_t = 4)]
     tenants: usize,
     /// Channels per tenant (meta, google, tiktok, pinterest, snap, email, then channel6...).
     #[arg(long, default_value_t = 3)]
     channels: usize,
-    /// Campaigns per channel.
+    /// Campaigns per channel (cmp-1, cmp-2, ...); every other one is also reported by Shopify.
     #[arg(long, default_value_t = 2)]
     campaigns: usize,
     /// Days of history.
     #[arg(long, default_value_t = 90)]
     days: u32,
     /// First day of the history.
-    #[arg(long, default_value = "2026-08-01")]
+    #[arg(long, default_value = "2026-08-01", value_name = "YYYY-MM-DD")]
     start: chrono::NaiveDate,
+    /// What goes wrong in the last third of each tenant's history. Folded, healthy data fires
+    /// no alert (no performance or drift alert, no calibration warning), degraded fires
+    /// model.performance.degraded, miscalibrated model.calibration warn_low, drift
+    /// model.drift_detected; mixed gives the tenants each of the four in turn.
     #[arg(long, value_enum, default_value = "mixed")]
     scenario: feedback::simulate::Scenario,
-    /// Share of records replaced by poison records that validation must refuse (0 to 1).
-    #[arg(long, default_value_t = 0.0)]
+    /// Share of records replaced by poison records that validation must refuse (0 to 1): bad
+    /// JSON, wrong types, negative spend, a tenant name that is a path, missing fields.
+    #[arg(long, default_value_t = 0.0, value_name = "SHARE")]
     poison_rate: f64,
-    /// Write to this file instead of standard output.
-    #[arg(long, short, value_name = "FILE")]
+    /// Write the JSONL to this file instead of standard output.
+    #[arg(long, short, value_name = "FILE", conflicts_with = "brokers")]
     out: Option<PathBuf>,
+    /// Produce the records to the input topics of this Kafka cluster instead of writing JSONL:
+    /// keyed by tenant, murmur2_random partitioner, poison records included (the processor
+    /// sends them to its DLQ). The topics must exist (create-topics).
+    #[arg(long, value_name = "HOST:PORT")]
+    brokers: Option<String>,
+    /// Configuration file (TOML): its topic names are the ones written or produced to.
+    #[arg(long, env = "FEEDBACK_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// With --brokers: how long to wait for the cluster to confirm every record.
+    #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+    timeout: std::time::Duration,
+    /// With --brokers: a librdkafka property for the producer, KEY=VALUE, repeatable.
+    #[arg(long = "kafka-config", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    kafka_config: Vec<(String, String)>,
 }
 
 #[derive(Args)]
@@ -600,10 +624,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Simulate(args) => {
-            anyhow::ensure!(
-                (0.0..=1.0).contains(&args.poison_rate),
-                "--poison-rate must be between 0 and 1"
-            );
+            let config = Config::load(args.config.as_deref())?;
             let sim = feedback::simulate::SimConfig {
                 seed: args.seed,
                 tenants: args.tenants,
@@ -614,26 +635,33 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 scenario: args.scenario,
                 poison_rate: args.poison_rate,
             };
-            let topics = feedback::config::TopicNames::default();
-            let out: Box<dyn std::io::Write> = match &args.out {
-                Some(path) => Box::new(
-                    std::fs::File::create(path)
-                        .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", path.display()))?,
-                ),
-                None => Box::new(std::io::stdout().lock()),
-            };
-            let mut out = std::io::BufWriter::new(out);
-            for record in feedback::simulate::generate(&sim) {
-                if let Err(e) = writeln!(out, "{}", record.jsonl(topics.name(record.topic))) {
-                    if e.kind() == std::io::ErrorKind::BrokenPipe {
-                        return Ok(ExitCode::SUCCESS);
-                    }
-                    return Err(e.into());
+            use feedback::commands::simulate::{produce, write_jsonl};
+            match (&args.brokers, &args.out) {
+                (Some(brokers), _) => {
+                    let started = std::time::Instant::now();
+                    let report = produce(
+                        &sim,
+                        &config.topics,
+                        brokers,
+                        &args.kafka_config,
+                        args.timeout,
+                    )?;
+                    eprintln!(
+                        "produced {} records ({} poison) to {} on {brokers} in {:.1}s",
+                        report.records,
+                        report.poison,
+                        config.topics.inputs().join(", "),
+                        started.elapsed().as_secs_f64()
+                    );
                 }
-            }
-            match out.flush() {
-                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
-                other => other?,
+                (None, Some(path)) => {
+                    let file = std::fs::File::create(path)
+                        .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", path.display()))?;
+                    write_jsonl(&sim, &config.topics, file)?;
+                }
+                (None, None) => {
+                    write_jsonl(&sim, &config.topics, std::io::stdout().lock())?;
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
