@@ -99,6 +99,63 @@ enum Command {
     /// file was refused, 2 on an error (unreadable file, unknown topic, broker unreachable,
     /// delivery not confirmed within --timeout).
     Produce(ProduceArgs),
+    /// Rebuild the tenants' storage documents from the input topics, from their beginning.
+    ///
+    /// Reads every partition of outcomes, forecasts and feature-importances (names from
+    /// --config) with a plain consumer of its own: assigned, not in any group, nothing
+    /// committed, read_committed, up to the end each partition had when the replay began. The
+    /// records go through the same decoding, validation and fold as `fold` and `run`, so the
+    /// documents are those `fold` writes from the same records. The state topic is left alone
+    /// (a running processor owns it), refused records are counted but not sent to the DLQ
+    /// again, and alerts are only computed unless --publish. A progress bar (records, rate,
+    /// ETA from the partitions' end offsets) goes to standard error; the summary of `fold`
+    /// follows at the end. Exit code 0, or 2 on an error (topics missing, cluster unreachable
+    /// for --stall-timeout, documents not written).
+    Replay(ReplayArgs),
+}
+
+#[derive(Args)]
+struct ReplayArgs {
+    #[command(flatten)]
+    kafka: KafkaArgs,
+    /// Where the documents go (metadata/performance/{tenant}.json and friends); a replayed
+    /// tenant's documents are replaced, other files are left alone.
+    #[arg(
+        long,
+        env = "FEEDBACK_STORAGE_DIR",
+        default_value = "storage",
+        value_name = "DIR"
+    )]
+    storage_dir: PathBuf,
+    /// Start each partition at its first record with a Kafka timestamp (CreateTime, or
+    /// LogAppendTime on topics set so) at or after midnight UTC of this date, instead of at the
+    /// beginning. The documents then hold only what was produced since: event dates play no
+    /// part in where the replay starts.
+    #[arg(long, value_name = "YYYY-MM-DD")]
+    from_date: Option<chrono::NaiveDate>,
+    /// Replay only this tenant (repeatable). Every partition is still read, as a producer with
+    /// another partitioner may have put the tenant anywhere; other tenants' documents are not
+    /// touched.
+    #[arg(long = "tenant", value_name = "TENANT")]
+    tenants: Vec<String>,
+    /// Publish the alerts the fold raises to the alerts topic (CloudEvents JSON with ce_*
+    /// headers, keyed by tenant). They carry the same ids as the first time, so consumers can
+    /// deduplicate. Without it no alert leaves the process.
+    #[arg(long)]
+    publish: bool,
+    /// Give up when no record arrives for this long while some partition has not reached its end.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    stall_timeout: std::time::Duration,
+    /// A librdkafka property for every client, KEY=VALUE, repeatable (e.g.
+    /// security.protocol=ssl). Applied over the defaults.
+    #[arg(long = "kafka-config", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    kafka_config: Vec<(String, String)>,
+    /// Print the summary as JSON instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Hide the progress bar.
+    #[arg(long, short)]
+    quiet: bool,
 }
 
 #[derive(Args)]
@@ -602,6 +659,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 print_report(&report, args.json)?;
             }
             Ok(exit_code(report.refused_any()))
+        }
+        Command::Replay(args) => {
+            let config = Config::load(args.kafka.config.as_deref())?;
+            let job = feedback::commands::replay::ReplayJob {
+                brokers: args.kafka.brokers,
+                topics: config.topics.clone(),
+                config: config.fold(),
+                storage_dir: args.storage_dir,
+                from_date: args.from_date,
+                tenants: args.tenants.into_iter().collect(),
+                publish: args.publish,
+                kafka_config: args.kafka_config,
+                progress: !args.quiet && !args.json,
+                stall_timeout: args.stall_timeout,
+            };
+            let summary = feedback::commands::replay::replay(&job)?;
+            print_report(&summary, args.json)?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Fold(args) => {
             let config = Config::load(args.config.as_deref())?;

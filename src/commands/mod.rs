@@ -9,6 +9,7 @@
 pub mod check;
 pub mod forecast;
 pub mod produce;
+pub mod replay;
 pub mod simulate;
 
 use std::path::PathBuf;
