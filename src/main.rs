@@ -261,6 +261,8 @@ struct RunArgs {
     /// Address of the HTTP server (/metrics, /healthz, /readyz).
     #[arg(long, env = "FEEDBACK_HTTP", default_value = "127.0.0.1:9464")]
     http: std::net::SocketAddr,
+    /// Delivery guarantee: exactly-once (alerts, state and input offsets in one transaction)
+    /// or at-least-once (outputs flushed, then offsets committed; a crash can repeat alerts).
     #[arg(
         long,
         env = "FEEDBACK_GUARANTEE",
@@ -301,6 +303,7 @@ struct DemoArgs {
     /// Days of synthetic history.
     #[arg(long, default_value_t = 90)]
     days: u32,
+    /// Seed of the synthetic history (see `simulate --seed`).
     #[arg(long, default_value_t = 42)]
     seed: u64,
 }
@@ -309,8 +312,10 @@ struct DemoArgs {
 struct CreateTopicsArgs {
     #[command(flatten)]
     kafka: KafkaArgs,
+    /// Partitions of every topic; the three inputs must keep the same count.
     #[arg(long, default_value_t = 6)]
     partitions: i32,
+    /// Replication factor of every topic (at most the number of brokers).
     #[arg(long, default_value_t = 1)]
     replication: i32,
 }
@@ -740,5 +745,31 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn every_flag_of_every_command_is_explained() {
+        let cli = super::Cli::command();
+        let mut missing = Vec::new();
+        for sub in cli.get_subcommands() {
+            if sub.get_about().is_none() {
+                missing.push(format!("{} (the command)", sub.get_name()));
+            }
+            for arg in sub.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{} {id}", sub.get_name()));
+                }
+            }
+        }
+        assert!(missing.is_empty(), "without help: {missing:?}");
     }
 }
