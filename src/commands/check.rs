@@ -200,8 +200,8 @@ impl fmt::Display for PerformanceCheck {
             let title = format!("worst channels ({rank}, by WAPE)");
             writeln!(
                 f,
-                "{title:<30} {:>7} {:>12} {:>8} {:>8} {:>12}  {}",
-                "n", "MAE", "MAPE", "WAPE", "bias", "status"
+                "{title:<30} {:>7} {:>12} {:>8} {:>8} {:>12}  status",
+                "n", "MAE", "MAPE", "WAPE", "bias"
             )?;
             for c in self.channels.iter().take(shown) {
                 let cells = c
