@@ -2,7 +2,7 @@
 //! ROAS and active tags, read from its performance document; degraded or not decides the exit code.
 
 use std::collections::BTreeMap;
-use std::fmt::{self, Write as _};
+use std::fmt;
 
 use serde::Serialize;
 
@@ -237,8 +237,7 @@ impl fmt::Display for PerformanceCheck {
                 .as_deref()
                 .and_then(|t| t.get(..10))
                 .unwrap_or("-");
-            let mut matched = String::new();
-            let _ = write!(matched, "{}/{}", p.plan.matched, p.plan.lines);
+            let matched = format!("{}/{}", p.plan.matched, p.plan.lines);
             writeln!(
                 f,
                 "{:<30} {:<10} {:>11} {:>8} {:>8} {:>8} {:>8}",

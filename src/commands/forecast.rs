@@ -171,36 +171,30 @@ pub fn check(
     let window = options.window.unwrap_or(doc.window_days);
     let derived = window != doc.window_days;
     let mut scopes = Vec::new();
-    if let Some(last) = doc.history.last() {
-        let counts: Vec<(String, Counts)> = if derived {
-            derive(doc, window).map_err(|reason| ForecastError::NotDerivable {
-                tenant: doc.tenant.clone(),
-                window,
-                doc_window: doc.window_days,
-                reason,
-            })?
-        } else {
-            Vec::new()
-        };
-        if derived {
-            for (scope, c) in counts {
-                scopes.push(scope_of(scope, c.n.max(0) as u64, c.coverage(), options));
-            }
-        } else {
+    if derived {
+        let counts = derive(doc, window).map_err(|reason| ForecastError::NotDerivable {
+            tenant: doc.tenant.clone(),
+            window,
+            doc_window: doc.window_days,
+            reason,
+        })?;
+        for (scope, c) in counts {
+            scopes.push(scope_of(scope, c.n.max(0) as u64, c.coverage(), options));
+        }
+    } else if let Some(last) = doc.history.last() {
+        scopes.push(scope_of(
+            "tenant".into(),
+            last.n,
+            merge(&last.coverage, &last.ci),
+            options,
+        ));
+        for (label, s) in &last.by_horizon {
             scopes.push(scope_of(
-                "tenant".into(),
-                last.n,
-                merge(&last.coverage, &last.ci),
+                format!("horizon:{label}"),
+                s.n,
+                merge(&s.coverage, &s.ci),
                 options,
             ));
-            for (label, s) in &last.by_horizon {
-                scopes.push(scope_of(
-                    format!("horizon:{label}"),
-                    s.n,
-                    merge(&s.coverage, &s.ci),
-                    options,
-                ));
-            }
         }
     }
     // Horizon buckets in the order of their lower bounds (`8-14` before `15-28`).
