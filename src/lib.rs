@@ -5,6 +5,7 @@
 
 pub mod alert;
 pub mod codec;
+pub mod commands;
 pub mod config;
 pub mod demo;
 pub mod event;

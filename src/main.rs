@@ -33,14 +33,17 @@ enum Command {
     /// Exit code 0 on success (refused records included), 2 when an input cannot be read or an
     /// output cannot be written.
     Fold(FoldArgs),
-    /// Generate a seeded synthetic history of the three input topics as JSONL for `fold`.
+    /// Generate a seeded synthetic history of the three input topics: JSONL for `fold`, or
+    /// records produced to Kafka (--brokers).
     ///
     /// Day by day: a plan every 7 days for the next 28 days, each day's outcomes the next
     /// morning (from the ad platform, and from Shopify for every other campaign), and weekly
     /// feature importances with samples. Scenarios change the last third of the history:
     /// `degraded` makes actuals fall below the forecasts, `miscalibrated` makes the p10..p90
     /// intervals far too narrow, `drift` rotates the importances, `mixed` gives tenants each
-    /// scenario in turn. The same seed and flags give the same bytes.
+    /// scenario in turn; `healthy` stays calibrated and fires nothing. The same seed and flags
+    /// give the same bytes. Exit code 0, or 2 on an error (unwritable output, missing topics,
+    /// records not delivered).
     Simulate(SimulateArgs),
     /// Run the processor on Kafka: consume the three input topics, fold, publish alerts.
     ///
@@ -66,6 +69,168 @@ enum Command {
     /// Inputs, alerts, DLQ and state all get --partitions partitions. Topics that exist are
     /// left alone (check their partition counts yourself: `run` refuses mismatched inputs).
     CreateTopics(CreateTopicsArgs),
+    /// Summarise a tenant's forecast performance from its storage documents.
+    ///
+    /// Reads {storage-dir}/metadata/performance/{TENANT}.json (written by `fold`, `run` or
+    /// `replay`) and prints the tenant-wide windows (n, MAE, MAPE, WAPE, bias), the worst
+    /// channels by WAPE in the shortest window, the plans' planned and actual ROAS, the active
+    /// tags and as_of. Exit code 0 when healthy, 1 when model.performance.degraded is active,
+    /// 2 on an error (invalid or unknown tenant, which lists the tenants there; unreadable
+    /// document).
+    CheckPerformance(CheckArgs),
+    /// Check a tenant's quantile coverage against nominal, per horizon bucket.
+    ///
+    /// Reads {storage-dir}/metadata/performance/{TENANT}_calibration.json and prints, for the
+    /// tenant and each horizon bucket, the coverage of every quantile (share of actuals at or
+    /// below it) and of every symmetric interval (share inside it), with its nominal value and
+    /// Wilson 95% interval, for the window ending at as_of. A warning line is printed for each
+    /// scope whose --interval coverage is below --threshold (scopes with fewer than --min-n
+    /// pairs never warn). Exit code 0 when none is below, 1 when any is, 2 on an error.
+    AlertForecast(ForecastArgs),
+    /// Validate a file of JSONL payloads and produce them to an input topic, keyed by tenant.
+    ///
+    /// Each non-empty line of FILE is one record value for --topic: an Outcome, a Forecast or a
+    /// FeatureImportance as JSON (SPEC 3), checked by the same decoding and validation as the
+    /// processor. All or nothing: when any line is refused, every refused line is printed with
+    /// its line number and reason, nothing is produced, and the exit code is 1. Otherwise every
+    /// line is produced as it is, keyed by its tenant with Java's murmur2 partitioner (librdkafka
+    /// partitioner=murmur2_random, so Java producers agree on where a tenant lives), and the
+    /// command waits until all are delivered. Exit code 0 when all were produced, 1 when the
+    /// file was refused, 2 on an error (unreadable file, unknown topic, broker unreachable,
+    /// delivery not confirmed within --timeout).
+    Produce(ProduceArgs),
+    /// Rebuild the tenants' storage documents from the input topics, from their beginning.
+    ///
+    /// Reads every partition of outcomes, forecasts and feature-importances (names from
+    /// --config) with a plain consumer of its own: assigned, not in any group, nothing
+    /// committed, read_committed, up to the end each partition had when the replay began. The
+    /// records go through the same decoding, validation and fold as `fold` and `run`, so the
+    /// documents are those `fold` writes from the same records. The state topic is left alone
+    /// (a running processor owns it), refused records are counted but not sent to the DLQ
+    /// again, and alerts are only computed unless --publish. A progress bar (records, rate,
+    /// ETA from the partitions' end offsets) goes to standard error; the summary of `fold`
+    /// follows at the end. Exit code 0, or 2 on an error (topics missing, cluster unreachable
+    /// for --stall-timeout, documents not written).
+    Replay(ReplayArgs),
+}
+
+#[derive(Args)]
+struct ReplayArgs {
+    #[command(flatten)]
+    kafka: KafkaArgs,
+    /// Where the documents go (metadata/performance/{tenant}.json and friends); a replayed
+    /// tenant's documents are replaced, other files are left alone.
+    #[arg(
+        long,
+        env = "FEEDBACK_STORAGE_DIR",
+        default_value = "storage",
+        value_name = "DIR"
+    )]
+    storage_dir: PathBuf,
+    /// Start each partition at its first record with a Kafka timestamp (CreateTime, or
+    /// LogAppendTime on topics set so) at or after midnight UTC of this date, instead of at the
+    /// beginning. The documents then hold only what was produced since: event dates play no
+    /// part in where the replay starts.
+    #[arg(long, value_name = "YYYY-MM-DD")]
+    from_date: Option<chrono::NaiveDate>,
+    /// Replay only this tenant (repeatable). Every partition is still read, as a producer with
+    /// another partitioner may have put the tenant anywhere; other tenants' documents are not
+    /// touched.
+    #[arg(long = "tenant", value_name = "TENANT")]
+    tenants: Vec<String>,
+    /// Publish the alerts the fold raises to the alerts topic (CloudEvents JSON with ce_*
+    /// headers, keyed by tenant). They carry the same ids as the first time, so consumers can
+    /// deduplicate. Without it no alert leaves the process.
+    #[arg(long)]
+    publish: bool,
+    /// Give up when no record arrives for this long while some partition has not reached its end.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    stall_timeout: std::time::Duration,
+    /// A librdkafka property for every client, KEY=VALUE, repeatable (e.g.
+    /// security.protocol=ssl). Applied over the defaults.
+    #[arg(long = "kafka-config", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    kafka_config: Vec<(String, String)>,
+    /// Print the summary as JSON instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Hide the progress bar.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+#[derive(Args)]
+struct ProduceArgs {
+    /// The JSONL file of payloads, one record value per line.
+    #[arg(value_name = "FILE")]
+    file: PathBuf,
+    /// The input topic to produce to; its role (outcomes, forecasts, feature-importances)
+    /// decides how the lines are validated. Topic names come from --config.
+    #[arg(long, value_name = "TOPIC")]
+    topic: String,
+    #[command(flatten)]
+    kafka: KafkaArgs,
+    /// How long to wait for the cluster to confirm every record.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    timeout: std::time::Duration,
+    /// A librdkafka property for the producer, KEY=VALUE, repeatable (e.g.
+    /// security.protocol=ssl). Applied over the defaults.
+    #[arg(long = "kafka-config", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    kafka_config: Vec<(String, String)>,
+    /// Print the result as JSON instead of text (same exit codes).
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct StorageArgs {
+    /// The storage directory the documents were written to (by `fold`, `run` or `replay`).
+    #[arg(
+        long,
+        env = "FEEDBACK_STORAGE_DIR",
+        default_value = "storage",
+        value_name = "DIR"
+    )]
+    storage_dir: PathBuf,
+    /// Print the result as JSON instead of text (same exit codes).
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct CheckArgs {
+    /// The tenant, as named in its records (e.g. acme).
+    tenant: String,
+    #[command(flatten)]
+    storage: StorageArgs,
+    /// How many channels and plans the text lists (worst channels first, latest plans first);
+    /// --json always lists them all.
+    #[arg(long, default_value_t = 5, value_name = "N")]
+    top: usize,
+}
+
+#[derive(Args)]
+struct ForecastArgs {
+    /// The tenant, as named in its records (e.g. acme).
+    tenant: String,
+    #[command(flatten)]
+    storage: StorageArgs,
+    /// A scope warns when its --interval coverage is below this share (0 to 1). The nominal
+    /// coverage of p10_p90 is 0.80.
+    #[arg(long, env = "FEEDBACK_THRESHOLD", default_value_t = 0.70)]
+    threshold: f64,
+    /// The window in days, ending at as_of. Default: the calibration document's own window
+    /// (limits.calibration.window_days, 28 unless configured). Another window is derived
+    /// exactly from the document's daily history, which is possible when every forecast line
+    /// carries every quantile; otherwise the command says so and exits 2.
+    #[arg(long, value_name = "DAYS")]
+    window: Option<u32>,
+    /// Scopes with fewer pairs than this in the window are insufficient_data and never warn
+    /// (the calibration rule's default min_n).
+    #[arg(long, default_value_t = 30, value_name = "N")]
+    min_n: u64,
+    /// The symmetric interval the threshold applies to.
+    #[arg(long, default_value = "p10_p90", value_name = "pNN_pMM")]
+    interval: String,
 }
 
 #[derive(Args)]
@@ -96,6 +261,8 @@ struct RunArgs {
     /// Address of the HTTP server (/metrics, /healthz, /readyz).
     #[arg(long, env = "FEEDBACK_HTTP", default_value = "127.0.0.1:9464")]
     http: std::net::SocketAddr,
+    /// Delivery guarantee: exactly-once (alerts, state and input offsets in one transaction)
+    /// or at-least-once (outputs flushed, then offsets committed; a crash can repeat alerts).
     #[arg(
         long,
         env = "FEEDBACK_GUARANTEE",
@@ -136,6 +303,7 @@ struct DemoArgs {
     /// Days of synthetic history.
     #[arg(long, default_value_t = 90)]
     days: u32,
+    /// Seed of the synthetic history (see `simulate --seed`).
     #[arg(long, default_value_t = 42)]
     seed: u64,
 }
@@ -144,8 +312,10 @@ struct DemoArgs {
 struct CreateTopicsArgs {
     #[command(flatten)]
     kafka: KafkaArgs,
+    /// Partitions of every topic; the three inputs must keep the same count.
     #[arg(long, default_value_t = 6)]
     partitions: i32,
+    /// Replication factor of every topic (at most the number of brokers).
     #[arg(long, default_value_t = 1)]
     replication: i32,
 }
@@ -159,30 +329,51 @@ fn parse_key_value(s: &str) -> Result<(String, String), String> {
 
 #[derive(Args)]
 struct SimulateArgs {
+    /// Seed of the generator: the same seed and flags give the same records, byte for byte.
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// Number of tenants, named after their scenario ({scenario}-{index:03}, e.g. healthy-000).
     #[arg(long, default_value_t = 4)]
     tenants: usize,
     /// Channels per tenant (meta, google, tiktok, pinterest, snap, email, then channel6...).
     #[arg(long, default_value_t = 3)]
     channels: usize,
-    /// Campaigns per channel.
+    /// Campaigns per channel (cmp-1, cmp-2, ...); every other one is also reported by Shopify.
     #[arg(long, default_value_t = 2)]
     campaigns: usize,
     /// Days of history.
     #[arg(long, default_value_t = 90)]
     days: u32,
     /// First day of the history.
-    #[arg(long, default_value = "2026-08-01")]
+    #[arg(long, default_value = "2026-08-01", value_name = "YYYY-MM-DD")]
     start: chrono::NaiveDate,
+    /// What goes wrong in the last third of each tenant's history. Folded, healthy data fires
+    /// no alert (no performance or drift alert, no calibration warning), degraded fires
+    /// model.performance.degraded, miscalibrated model.calibration warn_low, drift
+    /// model.drift_detected; mixed gives the tenants each of the four in turn.
     #[arg(long, value_enum, default_value = "mixed")]
     scenario: feedback::simulate::Scenario,
-    /// Share of records replaced by poison records that validation must refuse (0 to 1).
-    #[arg(long, default_value_t = 0.0)]
+    /// Share of records replaced by poison records that validation must refuse (0 to 1): bad
+    /// JSON, wrong types, negative spend, a tenant name that is a path, missing fields.
+    #[arg(long, default_value_t = 0.0, value_name = "SHARE")]
     poison_rate: f64,
-    /// Write to this file instead of standard output.
-    #[arg(long, short, value_name = "FILE")]
+    /// Write the JSONL to this file instead of standard output.
+    #[arg(long, short, value_name = "FILE", conflicts_with = "brokers")]
     out: Option<PathBuf>,
+    /// Produce the records to the input topics of this Kafka cluster instead of writing JSONL:
+    /// keyed by tenant, murmur2_random partitioner, poison records included (the processor
+    /// sends them to its DLQ). The topics must exist (create-topics).
+    #[arg(long, value_name = "HOST:PORT")]
+    brokers: Option<String>,
+    /// Configuration file (TOML): its topic names are the ones written or produced to.
+    #[arg(long, env = "FEEDBACK_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// With --brokers: how long to wait for the cluster to confirm every record.
+    #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+    timeout: std::time::Duration,
+    /// With --brokers: a librdkafka property for the producer, KEY=VALUE, repeatable.
+    #[arg(long = "kafka-config", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    kafka_config: Vec<(String, String)>,
 }
 
 #[derive(Args)]
@@ -245,6 +436,28 @@ fn print_stdout(text: &str) -> std::io::Result<()> {
     match writeln!(std::io::stdout().lock(), "{text}") {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         other => other,
+    }
+}
+
+/// A command's result as text or, with --json, as pretty JSON.
+fn print_report<T: std::fmt::Display + serde::Serialize>(
+    report: &T,
+    json: bool,
+) -> anyhow::Result<()> {
+    let text = if json {
+        serde_json::to_string_pretty(report)?
+    } else {
+        report.to_string()
+    };
+    Ok(print_stdout(&text)?)
+}
+
+/// 1 when the command found something to look at, 0 otherwise (2 is for errors).
+fn exit_code(alerting: bool) -> ExitCode {
+    if alerting {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
     }
 }
 
@@ -418,6 +631,63 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::CheckPerformance(args) => {
+            let storage = feedback::storage::Storage::new(&args.storage.storage_dir);
+            let check =
+                feedback::commands::check::check_performance(&storage, &args.tenant, args.top)?;
+            print_report(&check, args.storage.json)?;
+            Ok(exit_code(check.degraded))
+        }
+        Command::AlertForecast(args) => {
+            let storage = feedback::storage::Storage::new(&args.storage.storage_dir);
+            let options = feedback::commands::forecast::ForecastOptions {
+                tenant: args.tenant,
+                threshold: args.threshold,
+                window: args.window,
+                min_n: args.min_n,
+                interval: args.interval,
+            };
+            let check = feedback::commands::forecast::alert_forecast(&storage, &options)?;
+            print_report(&check, args.storage.json)?;
+            Ok(exit_code(check.alerting))
+        }
+        Command::Produce(args) => {
+            let config = Config::load(args.kafka.config.as_deref())?;
+            let job = feedback::commands::produce::ProduceJob {
+                file: args.file,
+                topic: args.topic,
+                brokers: args.kafka.brokers,
+                topics: config.topics,
+                kafka_config: args.kafka_config,
+                timeout: args.timeout,
+            };
+            let report = feedback::commands::produce::produce(&job)?;
+            if report.refused_any() && !args.json {
+                // The refused lines are the problem: they go where errors go.
+                eprintln!("{report}");
+            } else {
+                print_report(&report, args.json)?;
+            }
+            Ok(exit_code(report.refused_any()))
+        }
+        Command::Replay(args) => {
+            let config = Config::load(args.kafka.config.as_deref())?;
+            let job = feedback::commands::replay::ReplayJob {
+                brokers: args.kafka.brokers,
+                topics: config.topics.clone(),
+                config: config.fold(),
+                storage_dir: args.storage_dir,
+                from_date: args.from_date,
+                tenants: args.tenants.into_iter().collect(),
+                publish: args.publish,
+                kafka_config: args.kafka_config,
+                progress: !args.quiet && !args.json,
+                stall_timeout: args.stall_timeout,
+            };
+            let summary = feedback::commands::replay::replay(&job)?;
+            print_report(&summary, args.json)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Fold(args) => {
             let config = Config::load(args.config.as_deref())?;
             let job = FoldJob {
@@ -439,10 +709,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Simulate(args) => {
-            anyhow::ensure!(
-                (0.0..=1.0).contains(&args.poison_rate),
-                "--poison-rate must be between 0 and 1"
-            );
+            let config = Config::load(args.config.as_deref())?;
             let sim = feedback::simulate::SimConfig {
                 seed: args.seed,
                 tenants: args.tenants,
@@ -453,28 +720,61 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 scenario: args.scenario,
                 poison_rate: args.poison_rate,
             };
-            let topics = feedback::config::TopicNames::default();
-            let out: Box<dyn std::io::Write> = match &args.out {
-                Some(path) => Box::new(
-                    std::fs::File::create(path)
-                        .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", path.display()))?,
-                ),
-                None => Box::new(std::io::stdout().lock()),
-            };
-            let mut out = std::io::BufWriter::new(out);
-            for record in feedback::simulate::generate(&sim) {
-                if let Err(e) = writeln!(out, "{}", record.jsonl(topics.name(record.topic))) {
-                    if e.kind() == std::io::ErrorKind::BrokenPipe {
-                        return Ok(ExitCode::SUCCESS);
-                    }
-                    return Err(e.into());
+            use feedback::commands::simulate::{produce, write_jsonl};
+            match (&args.brokers, &args.out) {
+                (Some(brokers), _) => {
+                    let started = std::time::Instant::now();
+                    let report = produce(
+                        &sim,
+                        &config.topics,
+                        brokers,
+                        &args.kafka_config,
+                        args.timeout,
+                    )?;
+                    eprintln!(
+                        "produced {} records ({} poison) to {} on {brokers} in {:.1}s",
+                        report.records,
+                        report.poison,
+                        config.topics.inputs().join(", "),
+                        started.elapsed().as_secs_f64()
+                    );
                 }
-            }
-            match out.flush() {
-                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
-                other => other?,
+                (None, Some(path)) => {
+                    let file = std::fs::File::create(path)
+                        .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", path.display()))?;
+                    write_jsonl(&sim, &config.topics, file)?;
+                }
+                (None, None) => {
+                    write_jsonl(&sim, &config.topics, std::io::stdout().lock())?;
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn every_flag_of_every_command_is_explained() {
+        let cli = super::Cli::command();
+        let mut missing = Vec::new();
+        for sub in cli.get_subcommands() {
+            if sub.get_about().is_none() {
+                missing.push(format!("{} (the command)", sub.get_name()));
+            }
+            for arg in sub.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{} {id}", sub.get_name()));
+                }
+            }
+        }
+        assert!(missing.is_empty(), "without help: {missing:?}");
     }
 }

@@ -1,14 +1,14 @@
 //! The alert guarantees of SPEC 5 that hold whatever the interleaving of the three topics: no
 //! alert id twice, one daily calibration report per tenant per as_of advance, statuses of
 //! performance and drift alerts that alternate and end in agreement with the tags; and the
-//! scenarios of the simulator make the matching alerts fire.
+//! scenarios of the simulator make the matching alerts fire, while healthy data fires none.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use feedback::alert::{Alert, AlertType};
 use feedback::event::{Event, Topic};
 use feedback::fold::{Engine, FoldConfig};
-use feedback::simulate::{generate, SimConfig, SimPayload};
+use feedback::simulate::{generate, Scenario, SimConfig, SimPayload};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 
@@ -167,16 +167,16 @@ fn scenarios_fire_their_alerts() {
     ));
     assert!(fired("miscal-002", AlertType::Calibration, "warn_low"));
     assert!(fired("drift-003", AlertType::DriftDetected, "firing"));
-    assert!(!alerts
-        .iter()
-        .any(|a| a.subject == "healthy-000" && a.kind == AlertType::DriftDetected));
+    assert!(!alerts.iter().any(|a| a.subject == "healthy-000"
+        && matches!(
+            a.status().as_deref(),
+            Some("firing" | "warn_low" | "warn_high")
+        )));
     let tags = |t: &str| engine.documents(t).unwrap().performance.tags;
     assert!(tags("degraded-001").contains(&"model.performance.degraded".to_owned()));
     assert!(tags("miscal-002").contains(&"model.calibration.warn_low".to_owned()));
     assert!(tags("drift-003").contains(&"model.drift_detected".to_owned()));
-    assert!(tags("healthy-000")
-        .iter()
-        .all(|t| t != "model.drift_detected" && t != "model.calibration.warn_low"));
+    assert!(tags("healthy-000").is_empty());
 }
 
 #[test]
@@ -205,4 +205,115 @@ fn a_batch_grouped_by_tenant_leaves_the_same_state_and_alerts() {
     alerts.sort_by(|a, b| a.id.cmp(&b.id));
     batch_alerts.sort_by(|a, b| a.id.cmp(&b.id));
     assert_eq!(alerts, batch_alerts);
+}
+
+/// Folds a simulated history and returns the engine and the alerts.
+fn fold_sim(sim: &SimConfig) -> (Engine, Vec<Alert>) {
+    let events: Vec<Event> = generate(sim)
+        .into_iter()
+        .filter_map(|r| match r.payload {
+            SimPayload::Event(e) => Some(e),
+            SimPayload::Poison(_) => None,
+        })
+        .collect();
+    fold(&events)
+}
+
+/// Shapes of history: (channels, campaigns, days), from one campaign to many, short to long.
+const SHAPES: [(usize, usize, u32); 8] = [
+    (1, 1, 120),
+    (2, 2, 70),
+    (3, 2, 90),
+    (2, 3, 200),
+    (6, 1, 60),
+    (4, 4, 100),
+    (1, 2, 300),
+    (2, 1, 40),
+];
+
+#[test]
+fn healthy_data_fires_no_alert() {
+    for (channels, campaigns, days) in SHAPES {
+        for seed in [1, 2, 3, 42] {
+            let sim = SimConfig {
+                seed,
+                tenants: 3,
+                channels,
+                campaigns,
+                days,
+                scenario: Scenario::Healthy,
+                ..SimConfig::default()
+            };
+            let (engine, alerts) = fold_sim(&sim);
+            let bad: Vec<String> = alerts
+                .iter()
+                .filter(|a| {
+                    matches!(
+                        a.status().as_deref(),
+                        Some("firing" | "warn_low" | "warn_high")
+                    )
+                })
+                .map(|a| format!("{} {} {}", a.subject, a.kind, a.data_json()))
+                .collect();
+            assert!(bad.is_empty(), "{sim:?}: healthy data fired {bad:#?}");
+            assert!(
+                alerts.iter().all(|a| a.kind == AlertType::Calibration),
+                "only the daily calibration reports"
+            );
+            for t in engine.tenants() {
+                assert!(engine.documents(t).unwrap().performance.tags.is_empty());
+            }
+        }
+    }
+}
+
+#[test]
+fn each_scenario_fires_its_alert_and_ends_with_its_tag() {
+    let cases = [
+        (
+            Scenario::Degraded,
+            AlertType::PerformanceDegraded,
+            "firing",
+            "model.performance.degraded",
+        ),
+        (
+            Scenario::Miscalibrated,
+            AlertType::Calibration,
+            "warn_low",
+            "model.calibration.warn_low",
+        ),
+        (
+            Scenario::Drift,
+            AlertType::DriftDetected,
+            "firing",
+            "model.drift_detected",
+        ),
+    ];
+    for (scenario, kind, status, tag) in cases {
+        for (channels, campaigns, days) in SHAPES {
+            let sim = SimConfig {
+                seed: 7,
+                tenants: 2,
+                channels,
+                campaigns,
+                days,
+                scenario,
+                ..SimConfig::default()
+            };
+            let (engine, alerts) = fold_sim(&sim);
+            for t in engine.tenants() {
+                assert!(
+                    alerts.iter().any(|a| a.subject == t
+                        && a.kind == kind
+                        && a.status().as_deref() == Some(status)),
+                    "{sim:?}: {t} never published {kind} {status}"
+                );
+                let tags = engine.documents(t).unwrap().performance.tags;
+                assert!(
+                    tags.iter().any(|x| x == tag),
+                    "{sim:?}: {t} ends with tags {tags:?}"
+                );
+            }
+        }
+    }
 }

@@ -144,3 +144,242 @@ fn the_example_history_is_what_simulate_makes() {
         "simulate no longer reproduces examples/history.jsonl"
     );
 }
+
+/// Folds the committed examples into a fresh storage directory.
+fn folded_examples() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = env!("CARGO_MANIFEST_DIR");
+    let out = feedback(&[
+        "fold",
+        &format!("{manifest}/examples/history.jsonl"),
+        &format!("{manifest}/examples/poison.jsonl"),
+        "--storage-dir",
+        dir.path().to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    dir
+}
+
+fn json(out: &std::process::Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+#[test]
+fn check_performance_text_json_and_exit_codes() {
+    let storage = folded_examples();
+    let s = storage.path().to_str().unwrap();
+
+    let out = feedback(&["check-performance", "degraded-001", "--storage-dir", s]);
+    assert_eq!(out.status.code(), Some(1), "degraded: exit code 1");
+    let text = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        "as_of     2026-10-08",
+        "status    DEGRADED: model.performance.degraded is active",
+        "worst channels (7d, by WAPE)",
+        "plans (latest first)",
+        "plan-2026-10-03",
+    ] {
+        assert!(text.contains(needle), "{needle:?} missing from\n{text}");
+    }
+    assert!(text.lines().any(|l| l.starts_with("7d ")));
+
+    let out = feedback(&[
+        "check-performance",
+        "healthy-000",
+        "--storage-dir",
+        s,
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "healthy: exit code 0");
+    let v = json(&out);
+    assert_eq!(v["tenant"], "healthy-000");
+    assert_eq!(v["as_of"], "2026-10-08");
+    assert_eq!(v["degraded"], false);
+    assert_eq!(v["tags"], serde_json::json!([]));
+    let windows: Vec<&str> = v["windows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["window"].as_str().unwrap())
+        .collect();
+    assert_eq!(windows, ["7d", "28d", "90d"]);
+    for key in [
+        "n",
+        "mae",
+        "mape",
+        "wape",
+        "bias",
+        "n_zero_actual",
+        "pinball",
+    ] {
+        assert!(v["windows"][0].get(key).is_some(), "window key {key}");
+    }
+    assert_eq!(v["rank_window"], "7d");
+    let channels = v["channels"].as_array().unwrap();
+    assert_eq!(channels.len(), 2);
+    let wape = |c: &serde_json::Value| c["windows"][0]["wape"].as_f64().unwrap();
+    assert!(wape(&channels[0]) >= wape(&channels[1]), "worst first");
+    assert_eq!(channels[0]["status"], "ok");
+    let plans = v["plans"].as_array().unwrap();
+    assert_eq!(plans.len(), 10, "every plan, not just --top");
+    for key in [
+        "plan_id",
+        "lines",
+        "matched",
+        "planned_roas",
+        "actual_roas",
+        "roas_delta",
+        "roas_delta_pct",
+    ] {
+        assert!(plans[0].get(key).is_some(), "plan key {key}");
+    }
+    assert_eq!(plans[0]["plan_id"], "plan-2026-10-03");
+    assert_eq!(v["status"]["performance"]["tenant"], "ok");
+
+    let out = feedback(&[
+        "check-performance",
+        "degraded-001",
+        "--storage-dir",
+        s,
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "--json keeps the exit code");
+    assert_eq!(json(&out)["degraded"], true);
+}
+
+#[test]
+fn unknown_and_invalid_tenants_exit_2() {
+    let storage = folded_examples();
+    let s = storage.path().to_str().unwrap();
+    for command in ["check-performance", "alert-forecast"] {
+        let out = feedback(&[command, "acme", "--storage-dir", s]);
+        assert_eq!(out.status.code(), Some(2));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("tenants there: degraded-001, drift-003, healthy-000, miscal-002"),
+            "{stderr}"
+        );
+        // Refused before any file is looked at: the directory need not exist.
+        let out = feedback(&[command, "../etc/passwd", "--storage-dir", "/nonexistent"]);
+        assert_eq!(out.status.code(), Some(2));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("invalid tenant name"));
+    }
+    let out = feedback(&["check-performance", "acme", "--storage-dir", "/nonexistent"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("it holds no tenant"));
+}
+
+#[test]
+fn alert_forecast_text_json_and_exit_codes() {
+    let storage = folded_examples();
+    let s = storage.path().to_str().unwrap();
+
+    let out = feedback(&["alert-forecast", "miscal-002", "--storage-dir", s]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a horizon below the threshold: exit code 1"
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let warnings: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("warning: "))
+        .collect();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.starts_with("warning: miscal-002 horizon:0-7: p10_p90 coverage ")),
+        "{text}"
+    );
+    assert!(
+        text.contains("p10_p90 (0.80)"),
+        "nominal beside each key:\n{text}"
+    );
+
+    let out = feedback(&[
+        "alert-forecast",
+        "healthy-000",
+        "--storage-dir",
+        s,
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    let v = json(&out);
+    assert_eq!(v["window_days"], 28);
+    assert_eq!(v["window_source"], "document");
+    assert_eq!(v["threshold"], 0.7);
+    assert_eq!(v["alerting"], false);
+    assert_eq!(v["warnings"], serde_json::json!([]));
+    let scopes: Vec<&str> = v["scopes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["scope"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        scopes,
+        [
+            "tenant",
+            "horizon:0-7",
+            "horizon:8-14",
+            "horizon:15-28",
+            "horizon:29+"
+        ]
+    );
+    let tenant = &v["scopes"][0];
+    assert_eq!(tenant["status"], "ok");
+    let c = &tenant["coverage"]["p10_p90"];
+    assert_eq!(c["nominal"], 0.8);
+    let (lo, value, hi) = (
+        c["ci"][0].as_f64().unwrap(),
+        c["value"].as_f64().unwrap(),
+        c["ci"][1].as_f64().unwrap(),
+    );
+    assert!(lo < value && value < hi && (0.7..=0.9).contains(&value));
+    assert_eq!(tenant["coverage"]["p10"]["nominal"], 0.1);
+
+    // A stricter threshold makes the healthy tenant warn too.
+    let out = feedback(&[
+        "alert-forecast",
+        "healthy-000",
+        "--storage-dir",
+        s,
+        "--threshold",
+        "0.95",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+
+    // Another window is derived from the history.
+    let out = feedback(&[
+        "alert-forecast",
+        "healthy-000",
+        "--storage-dir",
+        s,
+        "--window",
+        "7",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    let v = json(&out);
+    assert_eq!(
+        (v["window_days"].as_u64(), v["window_source"].as_str()),
+        (Some(7), Some("derived"))
+    );
+
+    for bad in [
+        ["--threshold", "1.5"],
+        ["--window", "0"],
+        ["--interval", "p10_p80"],
+    ] {
+        let out = feedback(&[
+            "alert-forecast",
+            "healthy-000",
+            "--storage-dir",
+            s,
+            bad[0],
+            bad[1],
+        ]);
+        assert_eq!(out.status.code(), Some(2), "{bad:?}");
+    }
+}

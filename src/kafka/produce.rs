@@ -1,4 +1,5 @@
-//! Producing input records keyed by tenant: the demo's synthetic producer, and the tests'.
+//! Producing input records keyed by tenant: `feedback produce`, `simulate --brokers`, the demo
+//! and the tests.
 //! Java's partitioner (`murmur2_random`), so a tenant lands where a Java producer puts it.
 
 use std::time::Duration;
@@ -37,11 +38,35 @@ pub struct InputProducer {
 
 impl InputProducer {
     pub fn new(brokers: &str) -> Result<Self, KafkaError> {
+        Self::with_overrides(brokers, &[])
+    }
+
+    /// A producer with librdkafka properties set over the defaults (`--kafka-config`).
+    pub fn with_overrides(
+        brokers: &str,
+        overrides: &[(String, String)],
+    ) -> Result<Self, KafkaError> {
+        let mut config = Settings::plain_producer_config(brokers);
+        for (k, v) in overrides {
+            config.set(k, v);
+        }
         Ok(InputProducer {
-            producer: Settings::plain_producer_config(brokers)
-                .create_with_context(Failures::default())?,
+            producer: config.create_with_context(Failures::default())?,
             sent: 0,
         })
+    }
+
+    /// The partition count of `topic`, read from the cluster's metadata: None when the topic
+    /// does not exist. An error when the cluster does not answer within `timeout`. Asks for
+    /// every topic: asking for one by name can create it on a broker that auto-creates topics.
+    pub fn partitions(&self, topic: &str, timeout: Duration) -> Result<Option<usize>, KafkaError> {
+        let metadata = self.producer.client().fetch_metadata(None, timeout)?;
+        Ok(metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic && t.error().is_none())
+            .map(|t| t.partitions().len())
+            .filter(|&n| n > 0))
     }
 
     /// Queues one record, waiting for room when the queue is full.
