@@ -61,6 +61,7 @@ fn sigkill_three_times_loses_and_repeats_nothing() {
         eprintln!("round {round}: SIGKILL after {last_kill_at} of {end} input records committed");
     }
     let mut p = cluster.spawn("crash", &storage, &[]);
+    p.wait_restored(Duration::from_secs(120));
     cluster.wait_caught_up(Duration::from_secs(600), &mut [&mut p]);
     let status = p.terminate(Duration::from_secs(60));
     assert!(status.success(), "exit {status}:\n{}", p.log_tail());

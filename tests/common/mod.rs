@@ -332,6 +332,25 @@ impl Process {
         lines[lines.len().saturating_sub(40)..].join("\n")
     }
 
+    /// Waits until the process has restored its partitions' state (and so rewritten their
+    /// documents): documents lag the state under load, and a process stopped before its
+    /// assignment would leave a killed predecessor's lagging documents in place.
+    pub fn wait_restored(&mut self, timeout: Duration) {
+        let start = Instant::now();
+        while !std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .contains("restored state from the changelog")
+        {
+            self.assert_running();
+            assert!(
+                start.elapsed() < timeout,
+                "no restore within {timeout:?}:\n{}",
+                self.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     pub fn assert_running(&mut self) {
         if let Some(status) = self.child.try_wait().unwrap() {
             panic!("feedback run exited early ({status}):\n{}", self.log_tail());
