@@ -177,36 +177,59 @@ pub fn performance(state: &TenantState, shared: &Shared) -> PerformanceDoc {
         by_channel.insert(state.channels.name(c).to_owned(), empty());
     }
     if let Some(as_of) = state.as_of {
-        for &w in &config.windows {
-            let from = as_of - w as Day + 1;
-            let mut tenant = Stats::default();
-            let mut channels: BTreeMap<&str, Stats> = BTreeMap::new();
-            let mut horizons: Vec<Stats> = vec![Stats::default(); labels.len()];
-            for (_, data) in state.days.range(from..=as_of) {
-                for (&channel, cd) in &data.channels {
-                    let ch = channels.entry(state.channels.name(channel)).or_default();
-                    for line in &cd.lines {
-                        let Some(actual) = line_actual(ranks, data, channel, line.campaign) else {
-                            continue;
-                        };
-                        let set = &state.level_sets[line.levels as usize];
-                        let quantiles: smallvec::SmallVec<[(u8, f64); 4]> =
-                            set.pairs(&line.values).collect();
-                        let pair = Pair {
-                            y: actual.revenue,
-                            quantiles: &quantiles,
-                        };
-                        tenant.add(&pair);
-                        ch.add(&pair);
-                        horizons[line.bucket as usize].add(&pair);
+        // One pass over the longest window's days: each pair goes into every window that holds
+        // its day, in the same order as a pass per window would add it.
+        let mut accs: Vec<(u32, Stats, Vec<Stats>, Vec<Stats>)> = config
+            .windows
+            .iter()
+            .map(|&w| {
+                (
+                    w,
+                    Stats::default(),
+                    vec![Stats::default(); state.channels.len()],
+                    vec![Stats::default(); labels.len()],
+                )
+            })
+            .collect();
+        let longest = config.windows.iter().copied().max().unwrap_or(0) as Day;
+        for (&day, data) in state.days.range(as_of - longest + 1..=as_of) {
+            let age = (as_of - day) as u32;
+            for (&channel, cd) in &data.channels {
+                // Lines are sorted by campaign: look each campaign's actual up once.
+                let mut actual: Option<(u32, Option<super::tenant::Actual>)> = None;
+                for line in &cd.lines {
+                    let a = match actual {
+                        Some((c, a)) if c == line.campaign => a,
+                        _ => {
+                            let a = line_actual(ranks, data, channel, line.campaign);
+                            actual = Some((line.campaign, a));
+                            a
+                        }
+                    };
+                    let Some(a) = a else { continue };
+                    let set = &state.level_sets[line.levels as usize];
+                    let quantiles: smallvec::SmallVec<[(u8, f64); 4]> =
+                        set.pairs(&line.values).collect();
+                    let pair = Pair {
+                        y: a.revenue,
+                        quantiles: &quantiles,
+                    };
+                    for (w, tenant, channels, horizons) in &mut accs {
+                        if age < *w {
+                            tenant.add(&pair);
+                            channels[channel as usize].add(&pair);
+                            horizons[line.bucket as usize].add(&pair);
+                        }
                     }
                 }
             }
+        }
+        for (w, tenant, channels, horizons) in accs {
             let key = window_key(w);
             windows.insert(key.clone(), tenant.window());
-            for (name, s) in channels {
+            for (c, s) in channels.iter().enumerate() {
                 by_channel
-                    .entry(name.to_owned())
+                    .entry(state.channels.name(c as u32).to_owned())
                     .or_default()
                     .insert(key.clone(), s.window());
             }

@@ -103,10 +103,25 @@ pub struct Stats {
     pub bias: Sum,
     pub ape: Sum,
     pub y: Sum,
-    /// Per quantile level: pairs that have it, pairs with y <= value, and the pinball sum.
-    pub levels: BTreeMap<u8, LevelStats>,
-    /// Per symmetric interval (keyed by the lower level): pairs that have both ends, pairs inside.
-    pub intervals: BTreeMap<u8, Coverage>,
+    /// Per quantile level, ascending: pairs that have it, pairs with y <= value, and the
+    /// pinball sum. A sorted vector: a forecast carries a handful of levels, and the storage
+    /// documents add every stored pair to up to nine of these.
+    pub levels: SmallVec<[(u8, LevelStats); 3]>,
+    /// Per symmetric interval (keyed by the lower level), ascending: pairs that have both ends,
+    /// pairs inside.
+    pub intervals: SmallVec<[(u8, Coverage); 1]>,
+}
+
+/// The entry of `key` in a sorted (key, value) vector, inserted empty if missing.
+fn entry<V: Default, A: smallvec::Array<Item = (u8, V)>>(v: &mut SmallVec<A>, key: u8) -> &mut V {
+    let i = match v.binary_search_by_key(&key, |e| e.0) {
+        Ok(i) => i,
+        Err(i) => {
+            v.insert(i, (key, V::default()));
+            i
+        }
+    };
+    &mut v[i].1
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -151,14 +166,14 @@ impl Stats {
             self.ape.add(err / y);
         }
         for &(level, v) in pair.quantiles {
-            let l = self.levels.entry(level).or_default();
+            let l = entry(&mut self.levels, level);
             l.cover.n += 1;
             l.cover.hits += u64::from(y <= v);
             l.pinball.add(pinball(f64::from(level) / 100.0, y, v));
         }
         for &(lo, lo_v) in pair.quantiles.iter().take_while(|q| q.0 < 50) {
             if let Some(hi_v) = pair.level(100 - lo) {
-                let c = self.intervals.entry(lo).or_default();
+                let c = entry(&mut self.intervals, lo);
                 c.n += 1;
                 c.hits += u64::from(lo_v <= y && y <= hi_v);
             }
@@ -173,12 +188,12 @@ impl Stats {
         self.ape.merge(&o.ape);
         self.y.merge(&o.y);
         for (level, s) in &o.levels {
-            let l = self.levels.entry(*level).or_default();
+            let l = entry(&mut self.levels, *level);
             l.cover.merge(&s.cover);
             l.pinball.merge(&s.pinball);
         }
         for (lo, c) in &o.intervals {
-            self.intervals.entry(*lo).or_default().merge(c);
+            entry(&mut self.intervals, *lo).merge(c);
         }
     }
 
