@@ -45,12 +45,12 @@ pub enum StorageError {
 #[derive(Debug, Clone)]
 pub struct Storage {
     root: PathBuf,
-    sync: Sync,
+    sync: SyncMode,
 }
 
 /// How a batch of documents is made durable before the renames.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Sync {
+pub enum SyncMode {
     /// One `syncfs` for the batch: the cheapest for thousands of files written at once (the
     /// offline `fold`), but it also flushes whatever else is dirty on that filesystem.
     Filesystem,
@@ -71,12 +71,12 @@ impl Storage {
     pub fn new(root: impl Into<PathBuf>) -> Self {
         Storage {
             root: root.into(),
-            sync: Sync::Filesystem,
+            sync: SyncMode::Filesystem,
         }
     }
 
     /// The same directory, synced as `sync` says.
-    pub fn with_sync(self, sync: Sync) -> Self {
+    pub fn with_sync(self, sync: SyncMode) -> Self {
         Storage { sync, ..self }
     }
 
@@ -107,7 +107,7 @@ impl Storage {
     }
 
     /// Writes the documents of many tenants atomically: every temporary file is written, then
-    /// synced (one filesystem sync for all of them, or an fsync each: [`Sync`]), then each is
+    /// synced (one filesystem sync for all of them, or an fsync each: [`SyncMode`]), then each is
     /// renamed over its target. A reader sees each document old or new, never partial, and a
     /// crash leaves no target file empty.
     pub fn write_tenants(
@@ -140,10 +140,10 @@ impl Storage {
             source: e,
         };
         match self.sync {
-            Sync::Filesystem => {
+            SyncMode::Filesystem => {
                 rustix::fs::syncfs(first.as_file()).map_err(|e| sync_err(path, e.into()))?
             }
-            Sync::EachFile => {
+            SyncMode::EachFile => {
                 for (tmp, path) in &staged {
                     tmp.as_file().sync_data().map_err(|e| sync_err(path, e))?;
                 }

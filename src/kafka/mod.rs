@@ -39,7 +39,7 @@ pub struct Settings {
     /// How often the current transaction (or offset commit) is closed.
     pub commit_interval: Duration,
     pub storage_dir: PathBuf,
-    /// How often the storage documents of changed tenants are rewritten (after a commit).
+    /// How often a round of rewriting the changed tenants' storage documents starts.
     pub storage_interval: Duration,
     /// Names this process: its transactional id is `model-feedback-{group}-{instance_id}`. A
     /// restarted process with the same id fences the old one's open transaction at once;

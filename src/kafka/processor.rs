@@ -1,8 +1,8 @@
 //! `feedback run`: the consume-fold-produce loop with exactly-once commits (SPEC 7).
 //!
-//! One thread owns everything: the group consumer, the transactional producer and one
-//! [`Engine`] per assigned partition number. A record is decoded, folded into its partition's
-//! engine, and its alerts (or its DLQ copy) are produced inside the open transaction. Every
+//! One thread owns the group consumer and one [`Engine`] per assigned partition number, and
+//! drives the transactional producer. A record is decoded, folded into its partition's engine,
+//! and its alerts (or its DLQ copy) are produced inside the open transaction. Every
 //! `commit_interval` the transaction gets the changed tenants' state records (to the same
 //! partition number of `feedback-state`) and the consumer offsets, and commits: outputs, state
 //! and progress become visible together or not at all.
@@ -10,7 +10,8 @@
 //! The commit itself (`send_offsets_to_transaction`, `commit_transaction`) waits on the broker
 //! for about as long as a commit interval, so it runs on a thread of its own while this one
 //! folds the next records; their outputs wait in memory until the commit is done and the next
-//! transaction opens. A commit that fails aborts and rewinds those too.
+//! transaction opens. A commit that fails aborts and rewinds those too. The storage documents
+//! are computed on this thread, a slice at a time, and written by a writer thread.
 //!
 //! Rebalances arrive as librdkafka callbacks inside `poll`, on the same thread: on revocation
 //! the open transaction is committed and the partitions' engines dropped; on assignment their
@@ -39,10 +40,14 @@ use crate::codec::{self, AvroSchemas};
 use crate::event::validate::{RejectKind, Rejection};
 use crate::fold::Engine;
 use crate::metrics::Metrics;
-use crate::storage::Storage;
+use crate::storage::{Storage, SyncMode};
 
 /// Bound on each blocking call to the cluster; a call that times out is retried.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the loop folds on while a commit is in flight before it waits for the commit.
+const MAX_IN_FLIGHT: Duration = Duration::from_secs(2);
+/// How many outputs may wait for the next transaction before the loop waits for the commit.
+const MAX_BACKLOG: usize = 50_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -211,6 +216,9 @@ struct Pipeline {
     /// Next offset to commit per (topic, partition).
     offsets: BTreeMap<(String, i32), i64>,
     in_transaction: bool,
+    /// Whether librdkafka holds a transaction that is neither committed nor aborted (open, in
+    /// flight, or whose commit failed): what an abort has to end.
+    txn_open: bool,
     /// The transaction being committed on its own thread (exactly-once), while the loop goes on
     /// folding: their outputs wait in `backlog` for the next transaction.
     in_flight: Option<InFlight>,
@@ -220,7 +228,8 @@ struct Pipeline {
     stale_documents: BTreeMap<i32, BTreeSet<String>>,
     /// The round being written: (partition, tenant).
     documents_due: std::collections::VecDeque<(i32, String)>,
-    /// When the last commit started (or, outside a pipeline, ended).
+    /// When the last commit started (exactly-once, on the commit thread) or ended (at-least-once,
+    /// on this one); the next commit waits for `commit_interval` from then.
     last_commit: Instant,
     last_documents: Instant,
     alerts: Vec<Alert>,
@@ -251,84 +260,150 @@ enum Output {
 }
 
 /// Writes storage documents on a thread of its own: a round of a thousand tenants is hundreds
-/// of megabytes of JSON and a filesystem sync, which would otherwise hold up the records behind
-/// it (measured: 14,000 records/s with the writes on the loop, 51,000 without any). The loop
-/// computes the documents (they need the engines) and hands them over. The queue holds two
+/// of megabytes of JSON and a sync, which would otherwise hold up the records behind it
+/// (measured: 14,000 records/s with the writes on the loop, 51,000 without any). The loop
+/// computes the documents (they need the engines) and hands them over. The queue holds a few
 /// slices; when it is full the loop leaves the rest of the round for a later turn, so a slow
 /// disk makes the documents lag instead of slowing the fold, and memory stays bounded.
 struct DocumentWriter {
+    storage: Storage,
+    metrics: Arc<Metrics>,
     jobs: Option<std::sync::mpsc::SyncSender<WriteJob>>,
     /// Tenants whose write failed, to be marked stale again.
     failed: std::sync::mpsc::Receiver<(i32, String)>,
+    failed_tx: std::sync::mpsc::Sender<(i32, String)>,
     /// Slices queued and not yet written.
     queued: Arc<AtomicU64>,
+    /// Bumped by [`DocumentWriter::discard`]: slices queued before are dropped unwritten.
+    epoch: Arc<AtomicU64>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+/// Slices of documents the writer may hold at once.
+const WRITER_QUEUE: u64 = 4;
+
 enum WriteJob {
-    Write(Vec<(i32, crate::fold::TenantDocuments)>),
+    Write {
+        docs: Vec<(i32, crate::fold::TenantDocuments)>,
+        epoch: u64,
+        sync: SyncMode,
+    },
     /// Answered once everything before it is written.
     Flush(std::sync::mpsc::SyncSender<()>),
 }
 
+/// Counts a slice out of the queue however its write ends (a panic included).
+struct Dequeued<'a>(&'a AtomicU64);
+
+impl Drop for Dequeued<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 impl DocumentWriter {
     fn new(storage: Storage, metrics: Arc<Metrics>) -> Self {
-        let (jobs, rx) = std::sync::mpsc::sync_channel::<WriteJob>(2);
         let (failed_tx, failed) = std::sync::mpsc::channel();
-        let queued = Arc::new(AtomicU64::new(0));
-        let in_queue = queued.clone();
+        let mut writer = DocumentWriter {
+            storage,
+            metrics,
+            jobs: None,
+            failed,
+            failed_tx,
+            queued: Arc::new(AtomicU64::new(0)),
+            epoch: Arc::new(AtomicU64::new(0)),
+            thread: None,
+        };
+        writer.start();
+        writer
+    }
+
+    fn start(&mut self) {
+        let (jobs, rx) = std::sync::mpsc::sync_channel::<WriteJob>(WRITER_QUEUE as usize);
+        let storage = self.storage.clone();
+        let metrics = self.metrics.clone();
+        let failed_tx = self.failed_tx.clone();
+        let queued = self.queued.clone();
+        let current = self.epoch.clone();
+        queued.store(0, Ordering::Relaxed);
         let thread = std::thread::Builder::new()
             .name("feedback-documents".into())
             .spawn(move || {
                 for job in rx {
-                    match job {
-                        WriteJob::Write(docs) => {
-                            let tenants: Vec<(i32, String)> = docs
-                                .iter()
-                                .map(|(p, d)| (*p, d.performance.tenant.clone()))
-                                .collect();
-                            let n = docs.len() as u64;
-                            let result = storage.write_tenants(docs.into_iter().map(|(_, d)| d));
-                            in_queue.fetch_sub(1, Ordering::Relaxed);
-                            match result {
-                                Ok(()) => metrics.documents.inc_by(3 * n),
-                                Err(e) => {
-                                    // The state is safe in Kafka; the files catch up next round.
-                                    tracing::error!(error = %e, "cannot write the storage documents");
-                                    for t in tenants {
-                                        let _ = failed_tx.send(t);
-                                    }
-                                }
-                            }
-                        }
+                    let (docs, epoch, sync) = match job {
+                        WriteJob::Write { docs, epoch, sync } => (docs, epoch, sync),
                         WriteJob::Flush(done) => {
                             let _ = done.send(());
+                            continue;
+                        }
+                    };
+                    let _dequeued = Dequeued(&queued);
+                    if epoch != current.load(Ordering::Relaxed) {
+                        continue;
+                    }
+                    let tenants: Vec<(i32, String)> = docs
+                        .iter()
+                        .map(|(p, d)| (*p, d.performance.tenant.clone()))
+                        .collect();
+                    let n = docs.len() as u64;
+                    let storage = storage.clone().with_sync(sync);
+                    match storage.write_tenants(docs.into_iter().map(|(_, d)| d)) {
+                        Ok(()) => metrics.documents.inc_by(3 * n),
+                        Err(e) => {
+                            // The state is safe in Kafka; the files catch up next round.
+                            tracing::error!(error = %e, "cannot write the storage documents");
+                            for t in tenants {
+                                let _ = failed_tx.send(t);
+                            }
                         }
                     }
                 }
-            })
-            .ok();
-        DocumentWriter {
-            jobs: thread.is_some().then_some(jobs),
-            failed,
-            queued,
-            thread,
+            });
+        match thread {
+            Ok(t) => {
+                self.jobs = Some(jobs);
+                self.thread = Some(t);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the storage writer; documents are not written");
+            }
+        }
+    }
+
+    /// Starts the writer again if its thread is gone (a panic while writing).
+    fn ensure_running(&mut self) {
+        if self.thread.as_ref().is_some_and(|t| t.is_finished()) {
+            tracing::error!("the storage writer stopped; starting it again");
+            self.jobs = None;
+            if let Some(t) = self.thread.take() {
+                let _ = t.join();
+            }
+            self.start();
         }
     }
 
     /// Whether the queue has room for another slice.
     fn has_room(&self) -> bool {
-        self.jobs.is_some() && self.queued.load(Ordering::Relaxed) < 2
+        self.jobs.is_some() && self.queued.load(Ordering::Relaxed) < WRITER_QUEUE
     }
 
-    /// Queues documents (waiting for room); false when the writer thread is gone (could not
-    /// start, or panicked).
-    fn write(&self, docs: Vec<(i32, crate::fold::TenantDocuments)>) -> bool {
+    /// Queues documents (waiting for room); false when there is no writer.
+    fn write(&self, docs: Vec<(i32, crate::fold::TenantDocuments)>, sync: SyncMode) -> bool {
         let Some(jobs) = &self.jobs else {
             return false;
         };
         self.queued.fetch_add(1, Ordering::Relaxed);
-        jobs.send(WriteJob::Write(docs)).is_ok()
+        let epoch = self.epoch.load(Ordering::Relaxed);
+        if jobs.send(WriteJob::Write { docs, epoch, sync }).is_err() {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// Drops the slices queued so far unwritten (they were computed from work being rewound).
+    fn discard(&self) {
+        self.epoch.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Waits until everything queued so far is written.
@@ -392,6 +467,7 @@ impl Pipeline {
         let mut backoff = Backoff::new(&self.handles.stop);
         self.retry("begin transaction", &mut backoff, |p| p.begin_transaction())?;
         self.in_transaction = true;
+        self.txn_open = true;
         Ok(())
     }
 
@@ -624,12 +700,12 @@ impl Pipeline {
     /// the transaction is aborted and everything rewound to the last commit.
     fn commit(&mut self, consumer: &BaseConsumer<ConsumerHooks>) {
         self.settle(consumer, true);
-        if !self.in_transaction {
-            self.last_commit = Instant::now();
-            return;
-        }
         if self.fatal.is_some() {
             self.abandon();
+            return;
+        }
+        if !self.in_transaction {
+            self.last_commit = Instant::now();
             return;
         }
         let started = Instant::now();
@@ -640,6 +716,7 @@ impl Pipeline {
         match result {
             Ok(()) => {
                 self.in_transaction = false;
+                self.txn_open = false;
                 self.offsets.clear();
                 self.summary.commits += 1;
                 self.handles
@@ -674,8 +751,9 @@ impl Pipeline {
                 "records not delivered in this transaction (it was redone)"
             );
         }
-        // The interval runs from the end of a commit: a commit slower than the interval must
-        // not leave the next transaction with a single record.
+        // Here (at-least-once, or a commit that must finish now) the interval runs from the end
+        // of the commit: a commit slower than the interval must not leave the next transaction
+        // with a single record.
         self.last_commit = Instant::now();
     }
 
@@ -744,7 +822,11 @@ impl Pipeline {
         let Some(in_flight) = self.in_flight.take() else {
             return;
         };
-        if !wait && !in_flight.thread.is_finished() {
+        // A commit that hangs (the coordinator away) would let the loop fold on without limit,
+        // all of it to be rewound if the transaction then aborts: past a bound, wait for it.
+        let stuck = in_flight.started.elapsed() > MAX_IN_FLIGHT
+            || self.backlog.len() > MAX_BACKLOG;
+        if !wait && !stuck && !in_flight.thread.is_finished() {
             self.in_flight = Some(in_flight);
             return;
         }
@@ -754,6 +836,7 @@ impl Pipeline {
             .unwrap_or(Err(KafkaError::Canceled));
         match result {
             Ok(()) => {
+                self.txn_open = false;
                 self.committed(in_flight.started);
                 let backlog = std::mem::take(&mut self.backlog);
                 // After a fatal error nothing more is committed: `commit` abandons the rest.
@@ -868,30 +951,37 @@ impl Pipeline {
     /// After a fatal error: abort the open transaction if the producer still can, once, and
     /// forget what it held. Nothing of it was or will be committed.
     fn abandon(&mut self) {
-        if self.exactly_once() && self.in_transaction {
+        if self.exactly_once() && self.txn_open {
             if let Err(e) = self.producer.abort_transaction(CALL_TIMEOUT) {
                 tracing::warn!(error = %e, "could not abort the open transaction; the broker will time it out");
             }
         }
         self.in_transaction = false;
+        self.txn_open = false;
         self.offsets.clear();
+        self.backlog.clear();
+        self.documents.discard();
     }
 
     fn abort_and_rewind(&mut self, consumer: &BaseConsumer<ConsumerHooks>) {
         // Whatever a commit in flight does, the abort below rewinds to the last commit.
         if let Some(in_flight) = self.in_flight.take() {
             if let Ok(Ok(())) = in_flight.thread.join() {
+                self.txn_open = self.in_transaction;
                 self.committed(in_flight.started);
             }
         }
         self.backlog.clear();
+        // Documents computed from what is being rewound are not written; the restore below
+        // marks every restored tenant's documents for rewriting.
+        self.documents.discard();
         self.summary.aborts += 1;
         self.handles
             .metrics
             .commits
             .with_label_values(&["aborted"])
             .inc();
-        if self.exactly_once() {
+        if self.exactly_once() && self.txn_open {
             let mut backoff = Backoff::new(&self.handles.stop);
             loop {
                 match self.producer.abort_transaction(CALL_TIMEOUT) {
@@ -911,6 +1001,7 @@ impl Pipeline {
             }
         }
         self.in_transaction = false;
+        self.txn_open = false;
         self.offsets.clear();
         let partitions: BTreeSet<i32> = self.engines.keys().copied().collect();
         if let Err(e) = self.restore(&partitions) {
@@ -1031,7 +1122,10 @@ impl Pipeline {
             .set(self.tenants_owned() as i64);
     }
 
-    /// Rewrites the documents of the tenants changed by committed transactions: a round starts
+    /// Rewrites the documents of the tenants whose state records went into a transaction (the
+    /// state they are computed from can be ahead of the last commit by the transaction in flight
+    /// and what was folded since: an abort discards queued slices and rewrites every restored
+    /// tenant's documents; a fatal error discards them and writes no more): a round starts
     /// at most every `storage_interval`, and is computed a slice at a time (about 50 ms of work
     /// per loop turn) so a thousand tenants' documents do not stall the records behind them;
     /// the writer thread writes them. `now` takes everything that is due at once and waits
@@ -1041,6 +1135,7 @@ impl Pipeline {
         if self.fatal.is_some() {
             return;
         }
+        self.documents.ensure_running();
         while let Ok((p, t)) = self.documents.failed.try_recv() {
             self.stale_documents.entry(p).or_default().insert(t);
         }
@@ -1070,8 +1165,15 @@ impl Pipeline {
                     Some((*p, docs))
                 })
                 .collect();
-            if !self.documents.write(docs) {
-                tracing::error!("the storage writer stopped; documents are no longer written");
+            // A round written at once (a stop, a revocation) is synced with one filesystem
+            // sync; slices in the background an fsync per file (see `SyncMode`).
+            let sync = if now {
+                SyncMode::Filesystem
+            } else {
+                SyncMode::EachFile
+            };
+            if !self.documents.write(docs, sync) {
+                tracing::error!("no storage writer; documents are not written");
                 self.documents_due.clear();
                 return;
             }
@@ -1147,6 +1249,8 @@ pub fn run(settings: Settings, handles: Handles) -> Result<RunSummary, RunError>
                 tracing::warn!(error = %source, brokers = %settings.brokers, "cannot reach the cluster; retrying");
                 std::thread::sleep(Duration::from_secs(1));
             }
+            // Stopped while waiting for the cluster: nothing was started, a clean stop.
+            Err(_) if handles.stop.load(Ordering::Relaxed) => return Ok(RunSummary::default()),
             Err(e) => return Err(e.into()),
         }
     };
@@ -1165,6 +1269,9 @@ pub fn run(settings: Settings, handles: Handles) -> Result<RunSummary, RunError>
                 Ok(()) => break,
                 Err(e) => match classify(&e) {
                     Failure::Retry if backoff.wait("init transactions", &e) => {}
+                    _ if handles.stop.load(Ordering::Relaxed) => {
+                        return Ok(RunSummary::default())
+                    }
                     _ => return Err(RunError::Fatal(e)),
                 },
             }
@@ -1187,7 +1294,7 @@ pub fn run(settings: Settings, handles: Handles) -> Result<RunSummary, RunError>
     let now = Instant::now();
     *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(Pipeline {
         documents: DocumentWriter::new(
-            Storage::new(&settings.storage_dir).with_sync(crate::storage::Sync::EachFile),
+            Storage::new(&settings.storage_dir),
             handles.metrics.clone(),
         ),
         settings,
@@ -1198,6 +1305,7 @@ pub fn run(settings: Settings, handles: Handles) -> Result<RunSummary, RunError>
         engines: BTreeMap::new(),
         offsets: BTreeMap::new(),
         in_transaction: false,
+        txn_open: false,
         in_flight: None,
         backlog: Vec::new(),
         stale_documents: BTreeMap::new(),
