@@ -265,7 +265,12 @@ struct RunArgs {
     /// Bearer token for the API under /api/v1 and the dashboard's data: when set, requests need
     /// `Authorization: Bearer <token>` (the dashboard asks for it once). /metrics, /healthz and
     /// /readyz stay open. Unset: no token.
-    #[arg(long, env = "FEEDBACK_API_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    #[arg(
+        long,
+        env = "FEEDBACK_API_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
     api_token: Option<feedback::http::ApiToken>,
     /// Delivery guarantee: exactly-once (alerts, state and input offsets in one transaction)
     /// or at-least-once (outputs flushed, then offsets committed; a crash can repeat alerts).
@@ -306,7 +311,12 @@ struct DemoArgs {
     /// Bearer token for the API under /api/v1 and the dashboard's data: when set, requests need
     /// `Authorization: Bearer <token>` (the dashboard asks for it once). /metrics, /healthz and
     /// /readyz stay open. Unset: no token.
-    #[arg(long, env = "FEEDBACK_API_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    #[arg(
+        long,
+        env = "FEEDBACK_API_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
     api_token: Option<feedback::http::ApiToken>,
     /// Stop by itself after this long (e.g. 20s); default: run until Ctrl-C.
     #[arg(long, value_parser = humantime::parse_duration)]

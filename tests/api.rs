@@ -28,12 +28,8 @@ impl Response {
     }
 
     fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
-            panic!(
-                "not JSON ({e}): {}",
-                String::from_utf8_lossy(&self.body)
-            )
-        })
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
     }
 }
 
@@ -54,7 +50,14 @@ fn get(addr: SocketAddr, path: &str, token: Option<&str>) -> Response {
         .expect("a complete response");
     let head = String::from_utf8(raw[..split].to_vec()).unwrap();
     let mut lines = head.split("\r\n");
-    let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
     let headers: Vec<(String, String)> = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
@@ -147,9 +150,15 @@ fn tenants_lists_every_tenant_with_its_status_and_tags() {
     assert_eq!(r.header("cache-control"), Some("no-store"));
     let list = r.json();
     let tenants = list["tenants"].as_array().unwrap();
-    let names: Vec<&str> = tenants.iter().map(|t| t["tenant"].as_str().unwrap()).collect();
+    let names: Vec<&str> = tenants
+        .iter()
+        .map(|t| t["tenant"].as_str().unwrap())
+        .collect();
     // `unreadable` is left out: its performance document cannot be read.
-    assert_eq!(names, ["degraded-001", "drift-003", "healthy-000", "miscal-002"]);
+    assert_eq!(
+        names,
+        ["degraded-001", "drift-003", "healthy-000", "miscal-002"]
+    );
     let miscal = &tenants[3];
     let doc: Value = serde_json::from_slice(
         &std::fs::read(s.dir.path().join("metadata/performance/miscal-002.json")).unwrap(),
@@ -157,7 +166,10 @@ fn tenants_lists_every_tenant_with_its_status_and_tags() {
     .unwrap();
     assert_eq!(miscal["as_of"], doc["as_of"]);
     assert_eq!(miscal["status"], doc["status"]);
-    assert_eq!(miscal["tags"], serde_json::json!(["model.calibration.warn_low"]));
+    assert_eq!(
+        miscal["tags"],
+        serde_json::json!(["model.calibration.warn_low"])
+    );
     assert_eq!(miscal.as_object().unwrap().len(), 4, "{miscal}");
 }
 
@@ -266,14 +278,22 @@ fn the_token_guards_the_api_and_nothing_else() {
             .header("www-authenticate")
             .is_some_and(|v| v.starts_with("Bearer")));
         assert_error(&get(s.addr, path, Some("wrong-token")), 401, "unauthorized");
-        assert_error(&get(s.addr, path, Some(&TOKEN[..TOKEN.len() - 1])), 401, "unauthorized");
+        assert_error(
+            &get(s.addr, path, Some(&TOKEN[..TOKEN.len() - 1])),
+            401,
+            "unauthorized",
+        );
         assert_eq!(get(s.addr, path, Some(TOKEN)).status, 200, "{path}");
     }
     // Operators' and orchestrators' endpoints stay open, and so does the dashboard's page (its
     // data comes from the API).
     assert_eq!(get(s.addr, "/metrics", None).status, 200);
     assert_eq!(get(s.addr, "/healthz", None).status, 200);
-    assert_eq!(get(s.addr, "/readyz", None).status, 503, "not ready: no processor");
+    assert_eq!(
+        get(s.addr, "/readyz", None).status,
+        503,
+        "not ready: no processor"
+    );
     for asset in [
         "/calibration",
         "/calibration/app.js",
@@ -310,7 +330,10 @@ fn check_body(doc: &Value, schema: &Value, body: &Value, context: &str) {
             .unwrap_or_else(|| panic!("{context}: {key} missing from {body}"));
         let property = resolve(doc, &schema["properties"][key]);
         if let Some(values) = property["enum"].as_array() {
-            assert!(values.contains(value), "{context}: {key} = {value} not in {values:?}");
+            assert!(
+                values.contains(value),
+                "{context}: {key} = {value} not in {values:?}"
+            );
         }
         if property["type"] == "array" {
             if let Some(first) = value.as_array().and_then(|a| a.first()) {
@@ -332,7 +355,10 @@ fn the_openapi_document_describes_every_route_and_status_the_server_answers() {
     documented.sort_unstable();
     let mut routes = feedback::http::api::PATHS.to_vec();
     routes.sort_unstable();
-    assert_eq!(documented, routes, "the router's routes and the document's paths");
+    assert_eq!(
+        documented, routes,
+        "the router's routes and the document's paths"
+    );
 
     for (template, item) in paths {
         let methods: Vec<&String> = item.as_object().unwrap().keys().collect();
@@ -358,13 +384,25 @@ fn the_openapi_document_describes_every_route_and_status_the_server_answers() {
         for (path, token) in &requests {
             let r = get(s.addr, path, *token);
             let status = r.status.to_string();
-            let described = responses
-                .get(&status)
-                .unwrap_or_else(|| panic!("GET {path} answered {status}, which {template} does not describe"));
+            let described = responses.get(&status).unwrap_or_else(|| {
+                panic!("GET {path} answered {status}, which {template} does not describe")
+            });
             let media = &described["content"]["application/json"];
-            assert!(media.is_object(), "{template} {status}: no application/json content");
-            assert_eq!(r.header("content-type"), Some("application/json"), "GET {path}");
-            check_body(&doc, &media["schema"], &r.json(), &format!("GET {path} {status}"));
+            assert!(
+                media.is_object(),
+                "{template} {status}: no application/json content"
+            );
+            assert_eq!(
+                r.header("content-type"),
+                Some("application/json"),
+                "GET {path}"
+            );
+            check_body(
+                &doc,
+                &media["schema"],
+                &r.json(),
+                &format!("GET {path} {status}"),
+            );
             seen.insert(status);
         }
         for status in responses.keys() {
@@ -372,11 +410,19 @@ fn the_openapi_document_describes_every_route_and_status_the_server_answers() {
             if template == "/api/v1/tenants" && status == "500" {
                 continue;
             }
-            assert!(seen.contains(status), "{template} describes {status}, never answered");
+            assert!(
+                seen.contains(status),
+                "{template} describes {status}, never answered"
+            );
         }
     }
     // Any other path answers with the document's Error schema too.
     let r = get(s.addr, "/api/v1/elsewhere", Some(TOKEN));
     assert_eq!(r.status, 404);
-    check_body(&doc, &serde_json::json!({"$ref": "#/components/schemas/Error"}), &r.json(), "fallback");
+    check_body(
+        &doc,
+        &serde_json::json!({"$ref": "#/components/schemas/Error"}),
+        &r.json(),
+        "fallback",
+    );
 }

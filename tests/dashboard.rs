@@ -179,7 +179,12 @@ fn screenshot_dir() -> PathBuf {
 /// The width and height a PNG file says it has.
 fn png_size(path: &Path) -> (u32, u32) {
     let bytes = std::fs::read(path).unwrap();
-    assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "{} is not a PNG", path.display());
+    assert_eq!(
+        &bytes[..8],
+        b"\x89PNG\r\n\x1a\n",
+        "{} is not a PNG",
+        path.display()
+    );
     let be = |at: usize| u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap());
     (be(16), be(20))
 }
@@ -193,10 +198,14 @@ fn dashboard_shows_the_miscalibrated_tenant_in_chromium() {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
         let list = http_get(&demo.addr, "/api/v1/tenants");
-        if list.matches("{\"tenant\":").count() == 4 && list.contains("model.calibration.warn_low") {
+        if list.matches("{\"tenant\":").count() == 4 && list.contains("model.calibration.warn_low")
+        {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "the demo's documents never appeared: {list}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the demo's documents never appeared: {list}"
+        );
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
 
@@ -210,17 +219,29 @@ fn dashboard_shows_the_miscalibrated_tenant_in_chromium() {
         );
         // The page's own collector of errors (window errors, refused resources, CSP) stayed hidden.
         let errors = open_tag(dom, "<div id=\"errors\"");
-        assert!(errors.contains("hidden"), "the page reported errors: {errors}\n{dom}");
+        assert!(
+            errors.contains("hidden"),
+            "the page reported errors: {errors}\n{dom}"
+        );
         // The live indicator says the last poll succeeded.
-        assert!(open_tag(dom, "<span id=\"live\"").contains("live ok"), "{dom}");
+        assert!(
+            open_tag(dom, "<span id=\"live\"").contains("live ok"),
+            "{dom}"
+        );
         // A meter per quantile and one for the interval, the trend chart with its band.
         for key in ["p10", "p50", "p90", "p10_p90"] {
-            assert!(dom.contains(&format!("data-key=\"{key}\"")), "no {key} meter:\n{dom}");
+            assert!(
+                dom.contains(&format!("data-key=\"{key}\"")),
+                "no {key} meter:\n{dom}"
+            );
         }
         assert_eq!(dom.matches("class=\"meter-svg\"").count(), 4);
         let trend = &dom[dom.find("id=\"trend-chart\"").expect("a trend chart")..];
         assert!(trend.contains("<svg class=\"chart\""), "{trend}");
-        assert!(trend.contains("class=\"band\""), "the band is drawn: {trend}");
+        assert!(
+            trend.contains("class=\"band\""),
+            "the band is drawn: {trend}"
+        );
         // The warning is visible, in words as well as in colour.
         assert!(dom.contains("class=\"meter interval bad\""), "{dom}");
         assert!(dom.contains("WARN LOW"), "{dom}");
@@ -228,12 +249,21 @@ fn dashboard_shows_the_miscalibrated_tenant_in_chromium() {
         assert!(dom.contains("Intervals too narrow."), "{dom}");
         // The picker lists every tenant, with the current one marked.
         for t in ["healthy-000", "degraded-001", "miscal-002", "drift-003"] {
-            assert!(dom.contains(&format!("data-tenant=\"{t}\"")), "{t} not in the picker");
+            assert!(
+                dom.contains(&format!("data-tenant=\"{t}\"")),
+                "{t} not in the picker"
+            );
         }
-        assert!(dom.contains("aria-current=\"page\" data-tenant") || dom.contains("class=\"tenant current\""));
+        assert!(
+            dom.contains("aria-current=\"page\" data-tenant")
+                || dom.contains("class=\"tenant current\"")
+        );
         // The other sections.
         for id in ["horizons", "drift", "performance"] {
-            assert!(dom.contains(&format!("<section class=\"card\" id=\"{id}\"")), "no {id}");
+            assert!(
+                dom.contains(&format!("<section class=\"card\" id=\"{id}\"")),
+                "no {id}"
+            );
         }
         // The trend chart is drawn at the width the page has, not wider.
         let chart = open_tag(trend, "<svg class=\"chart\"");
@@ -246,7 +276,10 @@ fn dashboard_shows_the_miscalibrated_tenant_in_chromium() {
         // Headless Chromium lays a --dump-dom page out at least 500 px wide whatever the
         // window size; the screenshot, taken at the real 390 px, is the narrow check.
         let laid_out = width.max(500);
-        assert!(chart_width <= laid_out, "chart {chart_width}px wide on a {laid_out}px page");
+        assert!(
+            chart_width <= laid_out,
+            "chart {chart_width}px wide on a {laid_out}px page"
+        );
     }
 
     let dir = screenshot_dir();
@@ -292,9 +325,15 @@ fn dashboard_shows_the_miscalibrated_tenant_in_chromium() {
     let dom = &run.stdout;
     let form = open_tag(dom, "<form id=\"token-form\"");
     assert!(!form.contains("hidden"), "the token form is shown: {form}");
-    assert!(!dom.contains("data-key=\"p10\""), "no data without the token");
+    assert!(
+        !dom.contains("data-key=\"p10\""),
+        "no data without the token"
+    );
     assert!(open_tag(dom, "<span id=\"live\"").contains("locked"));
-    assert!(open_tag(dom, "<div id=\"errors\"").contains("hidden"), "{dom}");
+    assert!(
+        open_tag(dom, "<div id=\"errors\"").contains("hidden"),
+        "{dom}"
+    );
     // The browser logs the refused fetch (401) as a console message; nothing else may appear.
     for line in &run.console {
         assert!(line.contains("401"), "unexpected console message: {line}");

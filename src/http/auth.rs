@@ -14,7 +14,9 @@ pub struct ApiToken(String);
 
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
-    #[error("the API token is empty (leave --api-token and FEEDBACK_API_TOKEN unset for no token)")]
+    #[error(
+        "the API token is empty (leave --api-token and FEEDBACK_API_TOKEN unset for no token)"
+    )]
     Empty,
     #[error("the API token must be printable ASCII without spaces (it travels in an HTTP header)")]
     NotPrintable,
@@ -63,7 +65,11 @@ fn constant_time_eq(secret: &[u8], candidate: &[u8]) -> bool {
 }
 
 /// Lets a request through when no token is set or when it carries the token as a bearer token.
-pub async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
+pub async fn require_token(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
     let Some(token) = &state.token else {
         return next.run(request).await;
     };

@@ -32,7 +32,10 @@ pub fn routes() -> Router<AppState> {
             "/calibration/app.js",
             get(|| asset("text/javascript; charset=utf-8", JS)),
         )
-        .route("/calibration/icon.svg", get(|| asset("image/svg+xml", ICON)))
+        .route(
+            "/calibration/icon.svg",
+            get(|| asset("image/svg+xml", ICON)),
+        )
 }
 
 async fn asset(content_type: &'static str, body: &'static str) -> Response {
