@@ -61,8 +61,8 @@ enum Command {
     /// Starts librdkafka's in-process mock cluster, creates the topics, produces a synthetic
     /// history of four tenants (healthy, degrading, miscalibrated, drifting), runs the same
     /// processor as `run`, prints the alert transitions as they are committed and what is active
-    /// at the end, and keeps serving HTTP (/metrics, /healthz, /readyz) until Ctrl-C or
-    /// --duration.
+    /// at the end, and keeps serving HTTP until Ctrl-C or --duration: the /calibration dashboard
+    /// (its address is printed first), the API under /api/v1, /metrics, /healthz, /readyz.
     Demo(DemoArgs),
     /// Create the six topics of the processor (inputs, alerts, DLQ, compacted state).
     ///
@@ -258,9 +258,20 @@ struct RunArgs {
         value_name = "DIR"
     )]
     storage_dir: PathBuf,
-    /// Address of the HTTP server (/metrics, /healthz, /readyz).
+    /// Address of the HTTP server (/metrics, /healthz, /readyz, the API under /api/v1 and the
+    /// /calibration dashboard, which read the documents in --storage-dir).
     #[arg(long, env = "FEEDBACK_HTTP", default_value = "127.0.0.1:9464")]
     http: std::net::SocketAddr,
+    /// Bearer token for the API under /api/v1 and the dashboard's data: when set, requests need
+    /// `Authorization: Bearer <token>` (the dashboard asks for it once). /metrics, /healthz and
+    /// /readyz stay open. Unset: no token.
+    #[arg(
+        long,
+        env = "FEEDBACK_API_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    api_token: Option<feedback::http::ApiToken>,
     /// Delivery guarantee: exactly-once (alerts, state and input offsets in one transaction)
     /// or at-least-once (outputs flushed, then offsets committed; a crash can repeat alerts).
     #[arg(
@@ -294,9 +305,19 @@ struct DemoArgs {
     /// Where the storage documents go.
     #[arg(long, default_value = "storage", value_name = "DIR")]
     storage_dir: PathBuf,
-    /// Address of the HTTP server.
+    /// Address of the HTTP server: the /calibration dashboard, the API, /metrics.
     #[arg(long, default_value = "127.0.0.1:9464")]
     http: std::net::SocketAddr,
+    /// Bearer token for the API under /api/v1 and the dashboard's data: when set, requests need
+    /// `Authorization: Bearer <token>` (the dashboard asks for it once). /metrics, /healthz and
+    /// /readyz stay open. Unset: no token.
+    #[arg(
+        long,
+        env = "FEEDBACK_API_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    api_token: Option<feedback::http::ApiToken>,
     /// Stop by itself after this long (e.g. 20s); default: run until Ctrl-C.
     #[arg(long, value_parser = humantime::parse_duration)]
     duration: Option<std::time::Duration>,
@@ -528,14 +549,22 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let rt = runtime()?;
             let result = rt.block_on(async {
                 stop_on_signal(handles.stop.clone());
+                let options = feedback::http::HttpOptions {
+                    storage_dir: settings.storage_dir.clone(),
+                    api_token: args.api_token,
+                };
                 let http = feedback::http::serve(
                     args.http,
                     handles.clone(),
+                    options,
                     stopped(handles.stop.clone()),
                 )
                 .await
                 .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.http))?;
-                tracing::info!("HTTP on http://{}/metrics", http.addr);
+                tracing::info!(
+                    "HTTP on http://{addr}/metrics, dashboard on http://{addr}/calibration",
+                    addr = http.addr
+                );
                 let h = handles.clone();
                 let result = tokio::task::spawn_blocking(move || {
                     feedback::kafka::processor::run(settings, h)
@@ -568,7 +597,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let rt = runtime()?;
             let report = rt.block_on(async {
                 stop_on_signal(handles.stop.clone());
-                let http = feedback::http::serve(args.http, handles.clone(), stopped(handles.stop.clone()))
+                let http_options = feedback::http::HttpOptions {
+                    storage_dir: options.storage_dir.clone(),
+                    api_token: args.api_token,
+                };
+                let http = feedback::http::serve(args.http, handles.clone(), http_options, stopped(handles.stop.clone()))
                     .await
                     .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e} (choose another with --http)", args.http))?;
                 if let Some(d) = args.duration {
@@ -579,8 +612,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     });
                 }
                 println!("model-feedback demo: an in-process Kafka cluster, four tenants, {} days of history", options.days);
-                println!("tenant-wide alert transitions as they are committed (event time, type, tenant, scope, status):");
                 let addr = http.addr;
+                println!();
+                println!("  dashboard: http://{addr}/calibration");
+                println!();
+                println!("tenant-wide alert transitions as they are committed (event time, type, tenant, scope, status):");
                 let dir = options.storage_dir.display().to_string();
                 let h = handles.clone();
                 let report = tokio::task::spawn_blocking(move || {
@@ -596,7 +632,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         }
                         println!("(the daily model.calibration reports are counted above, not listed)");
                         println!();
-                        println!("metrics:  http://{addr}/metrics   ready: http://{addr}/readyz");
+                        println!("dashboard: http://{addr}/calibration   (the miscalibrated tenant: http://{addr}/calibration?tenant=miscal-002)");
+                        println!("metrics:  http://{addr}/metrics   ready: http://{addr}/readyz   API: http://{addr}/api/v1/tenants");
                         println!("documents: {}/metadata/performance/", dir);
                         println!("Ctrl-C to stop.");
                     })
