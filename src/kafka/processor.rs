@@ -718,38 +718,9 @@ impl Pipeline {
                 self.in_transaction = false;
                 self.txn_open = false;
                 self.offsets.clear();
-                self.summary.commits += 1;
-                self.handles
-                    .metrics
-                    .commit_seconds
-                    .observe(started.elapsed().as_secs_f64());
-                self.handles
-                    .metrics
-                    .commits
-                    .with_label_values(&["committed"])
-                    .inc();
-                self.handles
-                    .metrics
-                    .tenants
-                    .set(self.tenants_owned() as i64);
+                self.committed(started);
             }
-            Err(e) => match classify(&e) {
-                Failure::Fatal => {
-                    tracing::error!(error = %e, "fatal error while committing");
-                    self.fatal = Some(e);
-                }
-                _ => {
-                    tracing::warn!(error = %e, "commit failed: aborting and rewinding to the last commit");
-                    self.abort_and_rewind(consumer);
-                }
-            },
-        }
-        let failed = self.producer.context().failed.swap(0, Ordering::Relaxed);
-        if failed > 0 {
-            tracing::warn!(
-                records = failed,
-                "records not delivered in this transaction (it was redone)"
-            );
+            Err(e) => self.commit_failed(consumer, e),
         }
         // Here (at-least-once, or a commit that must finish now) the interval runs from the end
         // of the commit: a commit slower than the interval must not leave the next transaction
@@ -877,6 +848,11 @@ impl Pipeline {
             .metrics
             .tenants
             .set(self.tenants_owned() as i64);
+        self.report_undelivered();
+    }
+
+    /// Logs (once per transaction) how many of its records were not delivered.
+    fn report_undelivered(&self) {
         let failed = self.producer.context().failed.swap(0, Ordering::Relaxed);
         if failed > 0 {
             tracing::warn!(
@@ -899,6 +875,7 @@ impl Pipeline {
                 self.abort_and_rewind(consumer);
             }
         }
+        self.report_undelivered();
     }
 
     fn commit_transaction(
