@@ -203,7 +203,11 @@ fn main() {
     let s = settings(&brokers, &t, &group, &dir.path().join("run"));
     let h = handles.clone();
     let start = Instant::now();
-    let worker = std::thread::spawn(move || processor::run(s, h));
+    // Named, so a profile can tell the processor's loop from the rest.
+    let worker = std::thread::Builder::new()
+        .name("processor".into())
+        .spawn(move || processor::run(s, h))
+        .expect("processor thread");
     loop {
         std::thread::sleep(Duration::from_millis(200));
         let (committed, end) = progress(&brokers, &group, &t);
@@ -235,7 +239,11 @@ fn main() {
     let handles = Handles::new();
     let s = settings(&brokers, &t, &group, &dir.path().join("lat"));
     let h = handles.clone();
-    let worker = std::thread::spawn(move || processor::run(s, h));
+    // Named, so a profile can tell the processor's loop from the rest.
+    let worker = std::thread::Builder::new()
+        .name("processor".into())
+        .spawn(move || processor::run(s, h))
+        .expect("processor thread");
     while !handles.ready.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(50));
     }
