@@ -89,6 +89,8 @@ pub fn run(
     settings.storage_dir = options.storage_dir.clone();
     settings.storage_interval = Duration::from_secs(1);
     settings.instance_id = "demo".into();
+    // The mock cluster answers no DescribeConfigs; `create_topics` made the state topic compacted.
+    settings.check_state_policy = false;
     let processor = {
         let handles = handles.clone();
         std::thread::spawn(move || processor::run(settings, handles))

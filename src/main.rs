@@ -54,7 +54,9 @@ enum Command {
     /// assignment the partitions' tenants are restored from the state topic; /readyz answers
     /// 200 once that is done. Refused records go to the DLQ topic with their reason. SIGTERM
     /// or Ctrl-C commits, writes the documents, leaves the group and exits 0 (a second one
-    /// exits at once). Exit code 2 on a configuration or topic problem, 1 on a fatal Kafka error.
+    /// exits at once). Exit code 2 on a configuration or topic problem (inputs not
+    /// co-partitioned, a topic missing, a state topic that is not compacted), 1 on a fatal Kafka
+    /// error.
     Run(RunArgs),
     /// Everything on one machine, no broker to install: a demo of the processor.
     ///

@@ -1,13 +1,13 @@
 //! Start-up checks of `feedback run` on a real broker (SPEC 2): input topics that are not
-//! co-partitioned, or a topic that is missing, stop it at once with exit code 2 and a message
-//! that says what is wrong.
+//! co-partitioned, a topic that is missing, or a state topic that is not compacted stop it at
+//! once with exit code 2 and a message that says what is wrong.
 
 mod common;
 
 use std::process::Command;
 use std::time::Duration;
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions};
+use rdkafka::admin::{AdminClient, AdminOptions, AlterConfig, NewPartitions, ResourceSpecifier};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 
@@ -75,6 +75,27 @@ fn mismatched_or_missing_topics_stop_run_with_a_clear_message() {
     assert_eq!(code, 2, "{stderr}");
     assert!(
         stderr.contains(&format!("topic {other:?} does not exist")),
+        "{stderr}"
+    );
+
+    // A state topic that deletes old records instead of compacting them.
+    let altered = rt
+        .block_on(admin.alter_configs(
+            &[
+                AlterConfig::new(ResourceSpecifier::Topic(&fresh.topics.state))
+                    .set("cleanup.policy", "delete"),
+            ],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+        ))
+        .unwrap();
+    assert!(altered.iter().all(Result::is_ok), "{altered:?}");
+    let (code, stderr) = run_feedback(&fresh.brokers, &fresh.config);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "state topic {:?} has cleanup.policy=delete",
+            fresh.topics.state
+        )),
         "{stderr}"
     );
 }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::{Client, ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
 use rdkafka::error::RDKafkaErrorCode;
@@ -38,8 +38,55 @@ pub enum TopicError {
         has: usize,
         needs: usize,
     },
+    #[error(
+        "state topic {topic:?} has cleanup.policy={policy}: it must be compacted \
+         (cleanup.policy=compact), or Kafka deletes day records past retention and a restore \
+         silently loses state. Fix it with: kafka-configs.sh --bootstrap-server ... --alter \
+         --entity-type topics --entity-name {topic} --add-config cleanup.policy=compact"
+    )]
+    StateNotCompacted { topic: String, policy: String },
     #[error("cannot create topic {topic:?}: {reason}")]
     Create { topic: String, reason: String },
+}
+
+/// What a state topic's `cleanup.policy` means for the changelog.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Compaction {
+    /// `compact`: every key's latest record stays.
+    Compacted,
+    /// `compact,delete`: compacted, but segments older than retention go too, and with them
+    /// the state of tenants that did not change for that long.
+    CompactedAndDeleted,
+    /// Anything else (`delete`): records vanish past retention.
+    Not(String),
+}
+
+impl Compaction {
+    pub fn of(policy: &str) -> Compaction {
+        let parts: Vec<&str> = policy.split(',').map(str::trim).collect();
+        match (parts.contains(&"compact"), parts.contains(&"delete")) {
+            (true, false) => Compaction::Compacted,
+            (true, true) => Compaction::CompactedAndDeleted,
+            _ => Compaction::Not(policy.to_owned()),
+        }
+    }
+}
+
+/// The state topic's `cleanup.policy`, read with DescribeConfigs; None when the cluster does
+/// not say (no permission to describe configs, say), which `run` takes as a warning only.
+pub fn state_cleanup_policy(config: &ClientConfig, topic: &str, timeout: Duration) -> Option<String> {
+    let admin: AdminClient<DefaultClientContext> = config.create().ok()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .ok()?;
+    let resource = ResourceSpecifier::Topic(topic);
+    let opts = AdminOptions::new().request_timeout(Some(timeout));
+    let results = rt
+        .block_on(admin.describe_configs([&resource], &opts))
+        .ok()?;
+    let described = results.into_iter().next()?.ok()?;
+    described.get("cleanup.policy")?.value.clone()
 }
 
 /// The partition count of each named topic, or which is missing.
@@ -163,4 +210,23 @@ pub async fn create_topics(
         }
     }
     Ok(created)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Compaction;
+
+    #[test]
+    fn only_a_compacted_state_topic_passes() {
+        assert_eq!(Compaction::of("compact"), Compaction::Compacted);
+        assert_eq!(
+            Compaction::of("compact,delete"),
+            Compaction::CompactedAndDeleted
+        );
+        assert_eq!(
+            Compaction::of("delete, compact"),
+            Compaction::CompactedAndDeleted
+        );
+        assert_eq!(Compaction::of("delete"), Compaction::Not("delete".into()));
+    }
 }

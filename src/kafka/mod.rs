@@ -48,6 +48,9 @@ pub struct Settings {
     pub fold: FoldConfig,
     /// librdkafka properties set last, over the defaults (`--kafka-config key=value`).
     pub client_overrides: Vec<(String, String)>,
+    /// Whether start-up reads the state topic's `cleanup.policy` (refusing one that is not
+    /// compacted). Off for librdkafka's mock cluster, which cannot describe configs.
+    pub check_state_policy: bool,
 }
 
 impl Settings {
@@ -63,6 +66,7 @@ impl Settings {
             instance_id: uuid::Uuid::new_v4().simple().to_string(),
             fold: FoldConfig::default(),
             client_overrides: Vec::new(),
+            check_state_policy: true,
         }
     }
 
@@ -125,6 +129,12 @@ impl Settings {
                 c.set("message.timeout.ms", "0");
             }
         }
+        self.finish(c)
+    }
+
+    /// An admin client's (start-up checks of topic configs).
+    pub fn admin_config(&self) -> ClientConfig {
+        let c = self.base();
         self.finish(c)
     }
 

@@ -1232,6 +1232,34 @@ pub fn run(settings: Settings, handles: Handles) -> Result<RunSummary, RunError>
         }
     };
 
+    // The changelog is the state: on a topic that deletes old records a restore would come
+    // back with tenants missing their old days, and nothing would say so.
+    let state = &settings.topics.state;
+    let policy = settings
+        .check_state_policy
+        .then(|| admin::state_cleanup_policy(&settings.admin_config(), state, CALL_TIMEOUT));
+    match policy.map(|p| p.map(|p| (admin::Compaction::of(&p), p))) {
+        None => {}
+        Some(Some((admin::Compaction::Compacted, _))) => {}
+        Some(Some((admin::Compaction::CompactedAndDeleted, policy))) => tracing::warn!(
+            topic = %state,
+            %policy,
+            "the state topic deletes segments past retention: tenants that do not change for \
+             that long lose their state on the next restore"
+        ),
+        Some(Some((admin::Compaction::Not(policy), _))) => {
+            return Err(admin::TopicError::StateNotCompacted {
+                topic: state.clone(),
+                policy,
+            }
+            .into())
+        }
+        Some(None) => tracing::warn!(
+            topic = %state,
+            "cannot read the state topic's cleanup.policy (DescribeConfigs); it must be compact"
+        ),
+    }
+
     let producer: ThreadedProducer<ProducerHooks> = settings
         .producer_config()
         .create_with_context(ProducerHooks {
