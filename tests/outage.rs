@@ -67,6 +67,10 @@ fn the_processor_rides_out_a_broker_outage() {
     let mut settings = Settings::new(&brokers, "outage");
     // The mock cluster answers no DescribeConfigs.
     settings.check_state_policy = false;
+    // The first half is folded well inside one interval, so its transaction is still open (not
+    // yet committed, nor in flight) when the broker goes down: the outage must abort it. With
+    // 100 ms the first half could be committed before the outage, and nothing would abort.
+    settings.commit_interval = Duration::from_secs(3);
     settings.storage_dir = dir.path().join("storage");
     let handles = Handles::new();
     let h = handles.clone();
