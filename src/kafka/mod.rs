@@ -2,6 +2,7 @@
 //! [`processor`] is the consume-fold-produce loop itself.
 
 pub mod admin;
+mod documents;
 pub mod processor;
 pub mod produce;
 pub mod restore;
