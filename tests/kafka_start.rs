@@ -80,13 +80,15 @@ fn mismatched_or_missing_topics_stop_run_with_a_clear_message() {
 
     // A state topic that deletes old records instead of compacting them.
     let altered = rt
-        .block_on(admin.alter_configs(
-            &[
-                AlterConfig::new(ResourceSpecifier::Topic(&fresh.topics.state))
-                    .set("cleanup.policy", "delete"),
-            ],
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
-        ))
+        .block_on(
+            admin.alter_configs(
+                &[
+                    AlterConfig::new(ResourceSpecifier::Topic(&fresh.topics.state))
+                        .set("cleanup.policy", "delete"),
+                ],
+                &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+            ),
+        )
         .unwrap();
     assert!(altered.iter().all(Result::is_ok), "{altered:?}");
     let (code, stderr) = run_feedback(&fresh.brokers, &fresh.config);

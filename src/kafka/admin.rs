@@ -74,7 +74,11 @@ impl Compaction {
 
 /// The state topic's `cleanup.policy`, read with DescribeConfigs; None when the cluster does
 /// not say (no permission to describe configs, say), which `run` takes as a warning only.
-pub fn state_cleanup_policy(config: &ClientConfig, topic: &str, timeout: Duration) -> Option<String> {
+pub fn state_cleanup_policy(
+    config: &ClientConfig,
+    topic: &str,
+    timeout: Duration,
+) -> Option<String> {
     let admin: AdminClient<DefaultClientContext> = config.create().ok()?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

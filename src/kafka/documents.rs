@@ -136,7 +136,11 @@ impl DocumentWriter {
     }
 
     /// Queues documents (waiting for room); false when there is no writer.
-    pub(super) fn write(&self, docs: Vec<(i32, crate::fold::TenantDocuments)>, sync: SyncMode) -> bool {
+    pub(super) fn write(
+        &self,
+        docs: Vec<(i32, crate::fold::TenantDocuments)>,
+        sync: SyncMode,
+    ) -> bool {
         let Some(jobs) = &self.jobs else {
             return false;
         };
@@ -173,4 +177,3 @@ impl Drop for DocumentWriter {
         }
     }
 }
-

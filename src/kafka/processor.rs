@@ -33,6 +33,7 @@ use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer}
 use rdkafka::statistics::Statistics;
 use rdkafka::{Offset, TopicPartitionList};
 
+use super::documents::DocumentWriter;
 use super::restore::read_state;
 use super::{admin, ClientHooks, Guarantee, Settings};
 use crate::alert::Alert;
@@ -40,7 +41,6 @@ use crate::codec::{self, AvroSchemas};
 use crate::event::validate::{RejectKind, Rejection};
 use crate::fold::Engine;
 use crate::metrics::Metrics;
-use super::documents::DocumentWriter;
 use crate::storage::{Storage, SyncMode};
 
 /// Bound on each blocking call to the cluster; a call that times out is retried.
@@ -597,13 +597,21 @@ impl Pipeline {
             .spawn(move || {
                 let mut backoff = Backoff::new(&handles.stop);
                 if offsets.count() > 0 {
-                    retry(&producer, &handles.metrics, "send offsets to the transaction", &mut backoff, |p| {
-                        p.send_offsets_to_transaction(&offsets, &metadata, CALL_TIMEOUT)
-                    })?;
+                    retry(
+                        &producer,
+                        &handles.metrics,
+                        "send offsets to the transaction",
+                        &mut backoff,
+                        |p| p.send_offsets_to_transaction(&offsets, &metadata, CALL_TIMEOUT),
+                    )?;
                 }
-                retry(&producer, &handles.metrics, "commit transaction", &mut backoff, |p| {
-                    p.commit_transaction(CALL_TIMEOUT)
-                })
+                retry(
+                    &producer,
+                    &handles.metrics,
+                    "commit transaction",
+                    &mut backoff,
+                    |p| p.commit_transaction(CALL_TIMEOUT),
+                )
             });
         match thread {
             Ok(thread) => {
@@ -629,16 +637,12 @@ impl Pipeline {
         };
         // A commit that hangs (the coordinator away) would let the loop fold on without limit,
         // all of it to be rewound if the transaction then aborts: past a bound, wait for it.
-        let stuck = in_flight.started.elapsed() > MAX_IN_FLIGHT
-            || self.backlog.len() > MAX_BACKLOG;
+        let stuck = in_flight.started.elapsed() > MAX_IN_FLIGHT || self.backlog.len() > MAX_BACKLOG;
         if !wait && !stuck && !in_flight.thread.is_finished() {
             self.in_flight = Some(in_flight);
             return;
         }
-        let result = in_flight
-            .thread
-            .join()
-            .unwrap_or(Err(KafkaError::Canceled));
+        let result = in_flight.thread.join().unwrap_or(Err(KafkaError::Canceled));
         match result {
             Ok(()) => {
                 self.txn_open = false;
@@ -655,7 +659,11 @@ impl Pipeline {
                             key,
                             payload,
                             headers,
-                        } => self.send_dead_letter(key.as_deref(), payload.as_deref(), headers.clone()),
+                        } => self.send_dead_letter(
+                            key.as_deref(),
+                            payload.as_deref(),
+                            headers.clone(),
+                        ),
                     })
                 });
                 if let Err(e) = sent {
@@ -1108,9 +1116,7 @@ pub fn run(settings: Settings, handles: Handles) -> Result<RunSummary, RunError>
                 Ok(()) => break,
                 Err(e) => match classify(&e) {
                     Failure::Retry if backoff.wait("init transactions", &e) => {}
-                    _ if handles.stop.load(Ordering::Relaxed) => {
-                        return Ok(RunSummary::default())
-                    }
+                    _ if handles.stop.load(Ordering::Relaxed) => return Ok(RunSummary::default()),
                     _ => return Err(RunError::Fatal(e)),
                 },
             }
