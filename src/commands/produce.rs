@@ -35,13 +35,8 @@ pub enum ProduceError {
     Changed { path: PathBuf, line: u64, sent: u64 },
     #[error("cannot create the Kafka producer: {0}")]
     Client(rdkafka::error::KafkaError),
-    #[error("cannot read the topics of {brokers}: {source}")]
-    Metadata {
-        brokers: String,
-        source: rdkafka::error::KafkaError,
-    },
-    #[error("topic {topic:?} does not exist on {brokers} (feedback create-topics makes the input topics)")]
-    NoSuchTopic { topic: String, brokers: String },
+    #[error(transparent)]
+    Topic(#[from] crate::kafka::produce::TopicCheckError),
     #[error("producing to {topic}: {source}")]
     Send {
         topic: String,
@@ -209,21 +204,7 @@ pub fn produce(job: &ProduceJob) -> Result<ProduceReport, ProduceError> {
 
     let mut producer = InputProducer::with_overrides(&job.brokers, &job.kafka_config)
         .map_err(ProduceError::Client)?;
-    match producer.partitions(&job.topic, Duration::from_secs(10)) {
-        Err(source) => {
-            return Err(ProduceError::Metadata {
-                brokers: job.brokers.clone(),
-                source,
-            })
-        }
-        Ok(None) => {
-            return Err(ProduceError::NoSuchTopic {
-                topic: job.topic.clone(),
-                brokers: job.brokers.clone(),
-            })
-        }
-        Ok(Some(_)) => {}
-    }
+    producer.require_topic(&job.topic, &job.brokers)?;
     let mut sent = 0;
     for_each_line(&job.file, |line, bytes| {
         let event = decode(topic, bytes, &schemas).map_err(|_| ProduceError::Changed {

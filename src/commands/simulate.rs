@@ -18,13 +18,8 @@ pub enum SimulateError {
     Write(std::io::Error),
     #[error("cannot create the Kafka producer: {0}")]
     Client(rdkafka::error::KafkaError),
-    #[error("cannot read the topics of {brokers}: {source}")]
-    Metadata {
-        brokers: String,
-        source: rdkafka::error::KafkaError,
-    },
-    #[error("topic {topic:?} does not exist on {brokers} (feedback create-topics makes the input topics)")]
-    NoSuchTopic { topic: String, brokers: String },
+    #[error(transparent)]
+    Topic(#[from] crate::kafka::produce::TopicCheckError),
     #[error("producing to {topic}: {source}")]
     Send {
         topic: String,
@@ -92,21 +87,7 @@ pub fn produce(
     let mut producer =
         InputProducer::with_overrides(brokers, kafka_config).map_err(SimulateError::Client)?;
     for topic in topics.inputs() {
-        match producer.partitions(topic, Duration::from_secs(10)) {
-            Err(source) => {
-                return Err(SimulateError::Metadata {
-                    brokers: brokers.to_owned(),
-                    source,
-                })
-            }
-            Ok(None) => {
-                return Err(SimulateError::NoSuchTopic {
-                    topic: topic.to_owned(),
-                    brokers: brokers.to_owned(),
-                })
-            }
-            Ok(Some(_)) => {}
-        }
+        producer.require_topic(topic, brokers)?;
     }
     let mut report = SimulateReport::default();
     let mut payload = Vec::with_capacity(1 << 12);

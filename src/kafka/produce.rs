@@ -13,6 +13,17 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
 
 use super::Settings;
 
+/// A topic the producer is about to write to is not there, or the cluster did not say.
+#[derive(Debug, thiserror::Error)]
+pub enum TopicCheckError {
+    #[error("cannot read the topics of {brokers}: {source}")]
+    Metadata { brokers: String, source: KafkaError },
+    #[error(
+        "topic {topic:?} does not exist on {brokers} (feedback create-topics makes the input topics)"
+    )]
+    NoSuchTopic { topic: String, brokers: String },
+}
+
 /// Counts records the cluster did not take.
 #[derive(Default)]
 struct Failures(AtomicU64);
@@ -67,6 +78,21 @@ impl InputProducer {
             .find(|t| t.name() == topic && t.error().is_none())
             .map(|t| t.partitions().len())
             .filter(|&n| n > 0))
+    }
+
+    /// Checks that `topic` exists on `brokers` before anything is sent to it.
+    pub fn require_topic(&self, topic: &str, brokers: &str) -> Result<(), TopicCheckError> {
+        match self.partitions(topic, Duration::from_secs(10)) {
+            Ok(Some(_)) => Ok(()),
+            Ok(None) => Err(TopicCheckError::NoSuchTopic {
+                topic: topic.to_owned(),
+                brokers: brokers.to_owned(),
+            }),
+            Err(source) => Err(TopicCheckError::Metadata {
+                brokers: brokers.to_owned(),
+                source,
+            }),
+        }
     }
 
     /// Queues one record, waiting for room when the queue is full.
