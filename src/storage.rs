@@ -5,6 +5,7 @@ use std::fs::{self, File};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
+use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::event::validate::valid_tenant;
@@ -46,6 +47,8 @@ pub enum StorageError {
 pub struct Storage {
     root: PathBuf,
     sync: SyncMode,
+    /// Whether a batch is encoded on every core (rayon) or on the calling thread only.
+    parallel: bool,
 }
 
 /// How a batch of documents is made durable before the renames.
@@ -72,6 +75,17 @@ impl Storage {
         Storage {
             root: root.into(),
             sync: SyncMode::Filesystem,
+            parallel: false,
+        }
+    }
+
+    /// The same directory, with each batch encoded and staged on every core: for a one-off
+    /// write of thousands of documents (the offline `fold`), not for a writer that runs beside
+    /// the processor's loop.
+    pub fn with_parallel_staging(self) -> Self {
+        Storage {
+            parallel: true,
+            ..self
         }
     }
 
@@ -119,19 +133,27 @@ impl Storage {
             path: dir.clone(),
             source,
         })?;
-        let mut staged = Vec::new();
-        for d in docs {
+        let stage_tenant = |d: &TenantDocuments| {
             let tenant = &d.performance.tenant;
-            staged.push(stage(
-                &self.path(tenant, Document::Performance)?,
-                &d.performance,
-            )?);
-            staged.push(stage(
-                &self.path(tenant, Document::Calibration)?,
-                &d.calibration,
-            )?);
-            staged.push(stage(&self.path(tenant, Document::Drift)?, &d.drift)?);
-        }
+            Ok([
+                stage(&self.path(tenant, Document::Performance)?, &d.performance)?,
+                stage(&self.path(tenant, Document::Calibration)?, &d.calibration)?,
+                stage(&self.path(tenant, Document::Drift)?, &d.drift)?,
+            ])
+        };
+        let staged: Vec<[_; 3]> = if self.parallel {
+            // Encoding the JSON is most of the work: a tenant's calibration history runs to
+            // hundreds of kilobytes.
+            let docs: Vec<TenantDocuments> = docs.into_iter().collect();
+            docs.par_iter()
+                .map(stage_tenant)
+                .collect::<Result<_, StorageError>>()?
+        } else {
+            docs.into_iter()
+                .map(|d| stage_tenant(&d))
+                .collect::<Result<_, StorageError>>()?
+        };
+        let staged: Vec<_> = staged.into_iter().flatten().collect();
         let Some((first, path)) = staged.first() else {
             return Ok(());
         };

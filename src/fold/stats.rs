@@ -279,13 +279,21 @@ impl Layout {
 
 /// Index of `level` in a sorted (level, coverage) list, inserting an empty entry if missing.
 fn slot<A: smallvec::Array<Item = (u8, Coverage)>>(v: &mut SmallVec<A>, level: u8) -> usize {
-    match v.binary_search_by_key(&level, |e| e.0) {
-        Ok(i) => i,
-        Err(i) => {
-            v.insert(i, (level, Coverage::default()));
-            i
+    // A linear scan: a pair carries a handful of levels, and this runs for each of them on
+    // every rescored pair (a binary search cost twice as many instructions).
+    let mut i = 0;
+    while i < v.len() {
+        let l = v[i].0;
+        if l == level {
+            return i;
         }
+        if l > level {
+            break;
+        }
+        i += 1;
     }
+    v.insert(i, (level, Coverage::default()));
+    i
 }
 
 /// Counts one pair in (or out of) the entry of `level`; an entry that falls to zero goes.
