@@ -1,5 +1,6 @@
 //! Alert events: CloudEvents 1.0 in structured JSON (SPEC 5), with deterministic ids.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -53,14 +54,14 @@ impl fmt::Display for AlertType {
 /// cost more than the rest of the record's fold. [`Alert::data_json`] parses it when needed.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Alert {
-    pub specversion: String,
+    pub specversion: Cow<'static, str>,
     pub id: String,
-    pub source: String,
+    pub source: Cow<'static, str>,
     #[serde(rename = "type")]
     pub kind: AlertType,
     pub subject: String,
     pub time: String,
-    pub datacontenttype: String,
+    pub datacontenttype: Cow<'static, str>,
     pub data: Box<RawValue>,
 }
 
@@ -117,13 +118,16 @@ impl Alert {
     ) -> Alert {
         let name = format!("{kind}\n{tenant}\n{scope}\n{time}\n{status}\n{occurrence}");
         Alert {
-            specversion: SPEC_VERSION.to_owned(),
-            id: Uuid::new_v5(&ID_NAMESPACE, name.as_bytes()).to_string(),
-            source: SOURCE.to_owned(),
+            specversion: Cow::Borrowed(SPEC_VERSION),
+            id: Uuid::new_v5(&ID_NAMESPACE, name.as_bytes())
+                .hyphenated()
+                .encode_lower(&mut Uuid::encode_buffer())
+                .to_owned(),
+            source: Cow::Borrowed(SOURCE),
             kind,
             subject: tenant.to_owned(),
             time,
-            datacontenttype: "application/json".to_owned(),
+            datacontenttype: Cow::Borrowed("application/json"),
             data,
         }
     }

@@ -151,8 +151,11 @@ pub fn top_k_churn(
 /// Sorts `values` and keeps at most `max` order statistics: all of them when n <= max, else
 /// x[round(i (n - 1) / (max - 1))] for i = 0..max-1, rounding halves up. `max` is at least 2.
 pub fn thin_order_statistics(values: &[f64], max: usize) -> Vec<f64> {
-    let mut sorted = values.to_vec();
-    sorted.sort_unstable_by(f64::total_cmp);
+    // Sorted as integers that order the way `f64::total_cmp` orders the floats: the same result,
+    // for about half the instructions of sorting with the comparison itself.
+    let mut keys: Vec<u64> = values.iter().map(|&v| total_order_key(v)).collect();
+    keys.sort_unstable();
+    let sorted: Vec<f64> = keys.into_iter().map(from_total_order_key).collect();
     let max = max.max(2);
     let n = sorted.len();
     if n <= max {
@@ -166,6 +169,22 @@ pub fn thin_order_statistics(values: &[f64], max: usize) -> Vec<f64> {
             sorted.get(idx as usize).copied()
         })
         .collect()
+}
+
+/// An integer whose order is `f64::total_cmp`'s order of the floats (the transformation
+/// `total_cmp` itself uses, shifted to unsigned).
+#[inline]
+fn total_order_key(v: f64) -> u64 {
+    let bits = v.to_bits() as i64;
+    let key = bits ^ ((((bits >> 63) as u64) >> 1) as i64);
+    (key as u64) ^ (1 << 63)
+}
+
+#[inline]
+fn from_total_order_key(k: u64) -> f64 {
+    let key = (k ^ (1 << 63)) as i64;
+    let bits = key ^ ((((key >> 63) as u64) >> 1) as i64);
+    f64::from_bits(bits as u64)
 }
 
 /// The R type-7 (numpy default) quantile of sorted values; None when empty or p is not in [0, 1].
@@ -528,6 +547,36 @@ mod tests {
 
     // Expected numbers below were computed by hand or in Python (mpmath for chi-squared), not
     // with this module.
+
+    #[test]
+    fn total_order_keys_order_as_total_cmp_and_round_trip() {
+        let values = [
+            f64::NEG_INFINITY,
+            -1e300,
+            -1.0,
+            -f64::MIN_POSITIVE,
+            -0.0,
+            0.0,
+            5e-324,
+            1.0,
+            2.5,
+            1e300,
+            f64::INFINITY,
+        ];
+        for &a in &values {
+            assert_eq!(
+                from_total_order_key(total_order_key(a)).to_bits(),
+                a.to_bits()
+            );
+            for &b in &values {
+                assert_eq!(
+                    total_order_key(a).cmp(&total_order_key(b)),
+                    a.total_cmp(&b),
+                    "{a} {b}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn merging_sorted_runs_equals_sorting_the_pool() {

@@ -13,7 +13,7 @@ use serde_json::json;
 use super::config::{CalibrationLimits, PerformanceLimits};
 use super::drift::{DriftFigures, FeatureDrift};
 use super::report;
-use super::tenant::{date_of, Day, Dirty, RuleWindows, Shared, TenantState, Window};
+use super::tenant::{date_text, Day, Dirty, RuleWindows, Shared, TenantState, Window};
 use crate::alert::{raw_data, Alert, AlertType};
 use crate::event::FeatureImportance;
 use crate::fold::stats::Shares;
@@ -158,7 +158,9 @@ pub fn performance_firing(
 }
 
 fn as_of_time(day: Day) -> String {
-    format!("{}T00:00:00Z", date_of(day))
+    let mut time = date_text(day);
+    time.push_str("T00:00:00Z");
+    time
 }
 
 fn scope_channel(state: &TenantState, channel: u32) -> String {
@@ -220,7 +222,7 @@ fn performance_data(
         "tenant": state.name,
         "status": status,
         "scope": scope,
-        "as_of": date_of(as_of).to_string(),
+        "as_of": date_text(as_of),
         "window_days": l.window_days,
         "n": w.recent.n,
         "mae": w.recent.mae(),
@@ -277,7 +279,7 @@ fn evaluate_calibration(
         tenant: &state.name,
         status: now.as_str(),
         scope: &scope,
-        as_of: date_of(as_of),
+        as_of: &date_text(as_of),
         window_days: l.window_days,
         n: counts.n,
         coverage: Shares { counts, ci: false },
@@ -311,7 +313,7 @@ struct CalibrationData<'a> {
     tenant: &'a str,
     status: &'static str,
     scope: &'a str,
-    as_of: chrono::NaiveDate,
+    as_of: &'a str,
     window_days: u32,
     n: u64,
     coverage: Shares<'a>,

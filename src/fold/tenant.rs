@@ -31,6 +31,38 @@ pub fn date_of(day: Day) -> NaiveDate {
     NaiveDate::from_num_days_from_ce_opt(day).unwrap_or_default()
 }
 
+/// `YYYY-MM-DD`, as chrono's `Display` writes it, without going through `fmt` (a daily report
+/// formats its date twice, and `fmt` cost more than the rest of the alert's id).
+pub fn date_text(day: Day) -> String {
+    let date = date_of(day);
+    let (y, m, d) = (date.year(), date.month(), date.day());
+    if !(0..=9999).contains(&y) {
+        return date.to_string();
+    }
+    let digits = [
+        y / 1000,
+        y / 100 % 10,
+        y / 10 % 10,
+        y % 10,
+        -1,
+        (m / 10) as i32,
+        (m % 10) as i32,
+        -1,
+        (d / 10) as i32,
+        (d % 10) as i32,
+    ];
+    digits
+        .iter()
+        .map(|&n| {
+            if n < 0 {
+                '-'
+            } else {
+                char::from(b'0' + n as u8)
+            }
+        })
+        .collect()
+}
+
 /// Reconciled actuals of a cell or of a channel-day.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Actual {
@@ -979,6 +1011,23 @@ mod tests {
                 "calibration"
             );
         }
+    }
+
+    #[test]
+    fn date_text_is_chrono_display() {
+        for date in [
+            "0001-01-01",
+            "0999-12-31",
+            "1970-01-01",
+            "2024-02-29",
+            "9999-12-31",
+        ] {
+            let day = day_of(date.parse().unwrap());
+            assert_eq!(date_text(day), date);
+            assert_eq!(date_text(day), date_of(day).to_string());
+        }
+        let far = day_of(NaiveDate::from_ymd_opt(12345, 6, 7).unwrap());
+        assert_eq!(date_text(far), date_of(far).to_string());
     }
 
     #[test]
