@@ -650,7 +650,15 @@ impl TenantState {
         id
     }
 
-    fn level_set(&mut self, q: &Quantiles, shared: &Shared) -> u32 {
+    /// The level set of `q`; `hint` is a set to try first (the previous line's: a plan's lines
+    /// nearly always carry the same quantiles), which saves hashing the levels.
+    fn level_set(&mut self, q: &Quantiles, hint: Option<u32>, shared: &Shared) -> u32 {
+        if let Some(id) = hint {
+            let levels = &self.level_sets[id as usize].layout.levels;
+            if levels.iter().copied().eq(q.iter().map(|(l, _)| l)) {
+                return id;
+            }
+        }
         let levels: SmallVec<[u8; 8]> = q.iter().map(|(l, _)| l).collect();
         self.level_set_of(&levels, shared)
     }
@@ -796,6 +804,7 @@ impl TenantState {
         let cutoff = self.cutoff(shared);
         self.mark_head();
         let mut dirty = Dirty::default();
+        let mut last_levels = None;
         for fl in &f.lines {
             let day = day_of(fl.date);
             if cutoff.is_some_and(|c| day < c) {
@@ -806,7 +815,8 @@ impl TenantState {
             self.mark_day(day);
             let channel = self.channel(&fl.channel);
             let campaign = self.campaigns.intern(&fl.campaign_id);
-            let levels = self.level_set(&fl.revenue, shared);
+            let levels = self.level_set(&fl.revenue, last_levels, shared);
+            last_levels = Some(levels);
             let mut line = Line {
                 campaign,
                 plan,
