@@ -152,7 +152,7 @@ pub fn top_k_churn(
 /// x[round(i (n - 1) / (max - 1))] for i = 0..max-1, rounding halves up. `max` is at least 2.
 pub fn thin_order_statistics(values: &[f64], max: usize) -> Vec<f64> {
     // Sorted as integers that order the way `f64::total_cmp` orders the floats: the same result,
-    // for about half the instructions of sorting with the comparison itself.
+    // for about a third fewer instructions than sorting with the comparison itself.
     let mut keys: Vec<u64> = values.iter().map(|&v| total_order_key(v)).collect();
     keys.sort_unstable();
     let sorted: Vec<f64> = keys.into_iter().map(from_total_order_key).collect();
