@@ -157,10 +157,9 @@ pub fn performance_firing(
     }
 }
 
-fn as_of_time(day: Day) -> String {
-    let mut time = date_text(day);
-    time.push_str("T00:00:00Z");
-    time
+/// An alert's `time` for an as_of date (`YYYY-MM-DD`): its midnight in UTC.
+fn as_of_time(date: &str) -> String {
+    format!("{date}T00:00:00Z")
 }
 
 fn scope_channel(state: &TenantState, channel: u32) -> String {
@@ -195,7 +194,8 @@ fn evaluate_performance(state: &mut TenantState, channel: Option<u32>, out: &mut
         Some(c) => state.rules.perf_channels[c as usize] = now,
     }
     let status = if now { "firing" } else { "resolved" };
-    let data = performance_data(state, &scope, status, as_of, &windows);
+    let date = date_text(as_of);
+    let data = performance_data(state, &scope, status, &date, &windows);
     let occurrence = state
         .rules
         .occurrence(AlertType::PerformanceDegraded, &scope, status);
@@ -203,7 +203,7 @@ fn evaluate_performance(state: &mut TenantState, channel: Option<u32>, out: &mut
         AlertType::PerformanceDegraded,
         &state.name,
         &scope,
-        as_of_time(as_of),
+        as_of_time(&date),
         status,
         occurrence,
         data,
@@ -214,7 +214,7 @@ fn performance_data(
     state: &TenantState,
     scope: &str,
     status: &str,
-    as_of: Day,
+    as_of: &str,
     w: &RuleWindows,
 ) -> Box<serde_json::value::RawValue> {
     let l = &state.limits.performance;
@@ -222,7 +222,7 @@ fn performance_data(
         "tenant": state.name,
         "status": status,
         "scope": scope,
-        "as_of": date_text(as_of),
+        "as_of": as_of,
         "window_days": l.window_days,
         "n": w.recent.n,
         "mae": w.recent.mae(),
@@ -275,11 +275,12 @@ fn evaluate_calibration(
     } else {
         "status_change"
     };
+    let date = date_text(as_of);
     let data = raw_data(&CalibrationData {
         tenant: &state.name,
         status: now.as_str(),
         scope: &scope,
-        as_of: &date_text(as_of),
+        as_of: &date,
         window_days: l.window_days,
         n: counts.n,
         coverage: Shares { counts, ci: false },
@@ -300,7 +301,7 @@ fn evaluate_calibration(
         AlertType::Calibration,
         &state.name,
         &scope,
-        as_of_time(as_of),
+        as_of_time(&date),
         now.as_str(),
         occurrence,
         data,

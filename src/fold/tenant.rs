@@ -39,28 +39,16 @@ pub fn date_text(day: Day) -> String {
     if !(0..=9999).contains(&y) {
         return date.to_string();
     }
-    let digits = [
-        y / 1000,
-        y / 100 % 10,
-        y / 10 % 10,
-        y % 10,
-        -1,
-        (m / 10) as i32,
-        (m % 10) as i32,
-        -1,
-        (d / 10) as i32,
-        (d % 10) as i32,
-    ];
-    digits
-        .iter()
-        .map(|&n| {
-            if n < 0 {
-                '-'
-            } else {
-                char::from(b'0' + n as u8)
-            }
-        })
-        .collect()
+    let mut text = String::with_capacity(10);
+    for (n, width) in [(y as u32, 4), (m, 2), (d, 2)] {
+        if !text.is_empty() {
+            text.push('-');
+        }
+        for place in (0..width).rev() {
+            text.push(char::from(b'0' + (n / 10u32.pow(place) % 10) as u8));
+        }
+    }
+    text
 }
 
 /// Reconciled actuals of a cell or of a channel-day.
