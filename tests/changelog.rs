@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use feedback::alert::Alert;
 use feedback::event::validate::{RejectKind, Rejection};
 use feedback::event::Event;
-use feedback::fold::snapshot::{StateKey, TenantRecords};
+use feedback::fold::snapshot::{readable, StateKey, TenantRecords};
 use feedback::fold::{Engine, FoldConfig};
 use feedback::simulate::{generate, Scenario, SimConfig, SimPayload};
 
@@ -170,7 +170,7 @@ fn a_record_of_another_version_is_refused() {
         .iter_mut()
         .find(|(k, _)| matches!(StateKey::parse(k), Some(StateKey::Head { .. })))
         .unwrap();
-    let text = String::from_utf8(value.clone().unwrap()).unwrap();
+    let text = readable(key, value.as_ref().unwrap()).unwrap();
     *value = Some(text.replacen("\"v\":1", "\"v\":99", 1).into_bytes());
     let key = key.clone();
     let mut tenants = BTreeMap::new();
@@ -186,4 +186,50 @@ fn a_record_of_another_version_is_refused() {
     let mut tenants = BTreeMap::new();
     assert!(TenantRecords::apply(&mut tenants, "acme/nonsense", None).is_err());
     assert!(TenantRecords::apply(&mut tenants, "acme/day/2026-13-01", None).is_err());
+}
+
+/// Builds a log, then converts `convert` of its values; restoring it must give `expected`.
+fn restore_converted(
+    convert: impl Fn(&str, &[u8]) -> Vec<u8>,
+) -> Result<BTreeMap<String, String>, String> {
+    let mut engine = Engine::new(FoldConfig::default()).with_changelog();
+    let mut alerts = Vec::new();
+    for e in &events(45) {
+        engine.apply(e, &mut alerts);
+    }
+    let mut log = Compacted::default();
+    log.take(&mut engine);
+    let mut tenants = BTreeMap::new();
+    for (k, v) in &log.0 {
+        let v = v.as_ref().map(|v| convert(k, v));
+        TenantRecords::apply(&mut tenants, k, v).unwrap();
+    }
+    let mut restored = Engine::new(FoldConfig::default()).with_changelog();
+    restored.restore(&tenants).map_err(|e| e.to_string())?;
+    assert_eq!(documents(&restored), documents(&engine));
+    Ok(documents(&restored))
+}
+
+#[test]
+fn a_changelog_of_json_records_from_earlier_builds_is_still_restored() {
+    // `readable` writes a value the way format 1 stored it: `{...,"v":1,...}` JSON.
+    restore_converted(|k, v| {
+        let text = readable(k, v).unwrap();
+        assert!(text.starts_with('{') && text.contains("\"v\":1"), "{text}");
+        text.into_bytes()
+    })
+    .unwrap();
+}
+
+#[test]
+fn binary_records_are_refused_when_cut_short_or_of_an_unknown_tag() {
+    let err = restore_converted(|_, v| v[..v.len() / 2].to_vec()).unwrap_err();
+    assert!(err.contains("state record"), "{err}");
+    let err = restore_converted(|_, v| {
+        let mut v = v.to_vec();
+        v[0] = 7;
+        v
+    })
+    .unwrap_err();
+    assert!(err.contains("format version 7"), "{err}");
 }

@@ -17,8 +17,11 @@
 //! pairs, the same way the fold keeps them. The channel totals are stored with their
 //! compensation term, so a restored tenant publishes the same figures to the last bit.
 //!
-//! Values are JSON with a format version `v`: readable with any Kafka tool, and a record of an
-//! unknown version is refused instead of being misread.
+//! Values are binary (postcard) behind a one-byte format tag: a plan rewrites up to 28 day
+//! records of floats, and as JSON their encoding was a third of the processor's loop. Values
+//! that start with `{` are the JSON of format 1, written by earlier builds, and are still read,
+//! so a changelog written by one is restored as it is. A record of an unknown version is
+//! refused instead of being misread. [`readable`] renders any value as JSON for people.
 //!
 //! Architecture Invariant: like the rest of `fold`, this is pure data to bytes and back. Where
 //! the records go is the processor's business.
@@ -39,8 +42,11 @@ use super::tenant::{
 };
 use crate::alert::AlertType;
 
-/// The format of the records this code writes.
-pub const FORMAT_VERSION: u32 = 1;
+/// The format of the records this code writes: postcard behind the tag byte `2`.
+pub const FORMAT_VERSION: u32 = 2;
+
+/// The format of earlier builds, still read: JSON objects with `"v": 1`.
+const JSON_VERSION: u32 = 1;
 
 /// What changed in a tenant since its changes were last taken.
 #[derive(Debug, Clone, Default)]
@@ -174,6 +180,16 @@ struct DriftRecord {
     days: Vec<NaiveDate>,
 }
 
+/// [`DriftRecord`] as written, borrowing instead of cloning the baseline and history; the
+/// encoding is the same.
+#[derive(Serialize)]
+struct DriftRecordRef<'a> {
+    v: u32,
+    state: &'a DriftState,
+    history: &'a [DriftEntry],
+    days: Vec<NaiveDate>,
+}
+
 #[derive(Serialize, Deserialize)]
 struct DayRecord {
     v: u32,
@@ -199,9 +215,10 @@ const STATUSES: [&str; 6] = [
     "insufficient_data",
 ];
 
-fn to_json<T: Serialize>(value: &T) -> Vec<u8> {
-    // The record types hold no maps with non-string keys and no fallible Serialize impls.
-    serde_json::to_vec(value).expect("state records always serialize")
+/// A value as this build writes it: the format tag, then the record in postcard.
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    // The record types hold no fallible Serialize impls and no sequences of unknown length.
+    postcard::to_extend(value, vec![FORMAT_VERSION as u8]).expect("state records always serialize")
 }
 
 /// The records of what changed in `state` since the last call; clears the change set.
@@ -234,7 +251,7 @@ fn records(state: &TenantState, changes: ChangeSet, out: &mut Vec<StateRecord>) 
     // records are not one transaction).
     out.push(StateRecord {
         key: head_key(&state.name),
-        value: Some(to_json(&head_record(state))),
+        value: Some(encode(&head_record(state))),
     });
     let mut days: Vec<Day> = changes.days.into_iter().collect();
     days.sort_unstable();
@@ -242,7 +259,7 @@ fn records(state: &TenantState, changes: ChangeSet, out: &mut Vec<StateRecord>) 
         if let Some(data) = state.days.get(&day) {
             out.push(StateRecord {
                 key: day_key(&state.name, day),
-                value: Some(to_json(&day_record(data))),
+                value: Some(encode(&day_record(data))),
             });
         }
     }
@@ -255,10 +272,10 @@ fn records(state: &TenantState, changes: ChangeSet, out: &mut Vec<StateRecord>) 
     if changes.drift {
         out.push(StateRecord {
             key: drift_key(&state.name),
-            value: Some(to_json(&DriftRecord {
+            value: Some(encode(&DriftRecordRef {
                 v: FORMAT_VERSION,
-                state: state.drift.clone(),
-                history: state.drift_history.clone(),
+                state: &state.drift,
+                history: &state.drift_history,
                 days: state.drift_days.iter().map(|&d| date_of(d)).collect(),
             })),
         });
@@ -401,19 +418,86 @@ impl TenantRecords {
     }
 }
 
-fn parse<'a, T: Deserialize<'a>>(key: &str, bytes: &'a [u8]) -> Result<T, SnapshotError> {
-    let v: T = serde_json::from_slice(bytes).map_err(|e| invalid(key, e))?;
-    Ok(v)
+/// The records that carry their format version.
+trait Versioned {
+    fn version(&self) -> u32;
 }
 
-fn check_version(key: &str, v: u32) -> Result<(), SnapshotError> {
-    if v == FORMAT_VERSION {
-        Ok(())
+impl Versioned for Head {
+    fn version(&self) -> u32 {
+        self.v
+    }
+}
+
+impl Versioned for DayRecord {
+    fn version(&self) -> u32 {
+        self.v
+    }
+}
+
+impl Versioned for DriftRecord {
+    fn version(&self) -> u32 {
+        self.v
+    }
+}
+
+/// Reads a value of either format: JSON (format 1, starts with `{`) or the tag byte of format 2
+/// and postcard. The version inside must match the encoding's.
+fn parse<'a, T: Deserialize<'a> + Versioned>(
+    key: &str,
+    bytes: &'a [u8],
+) -> Result<T, SnapshotError> {
+    let (value, expected): (T, u32) = match bytes.first() {
+        Some(b'{') => (
+            serde_json::from_slice(bytes).map_err(|e| invalid(key, e))?,
+            JSON_VERSION,
+        ),
+        Some(&tag) if u32::from(tag) == FORMAT_VERSION => (
+            postcard::from_bytes(&bytes[1..]).map_err(|e| invalid(key, e))?,
+            FORMAT_VERSION,
+        ),
+        Some(&tag) => {
+            return Err(invalid(
+                key,
+                format!(
+                    "format version {tag}, this build reads versions {JSON_VERSION} (JSON) and \
+                     {FORMAT_VERSION}"
+                ),
+            ))
+        }
+        None => return Err(invalid(key, "empty value")),
+    };
+    let v = value.version();
+    if v == expected {
+        Ok(value)
     } else {
         Err(invalid(
             key,
-            format!("format version {v}, this build reads version {FORMAT_VERSION}"),
+            format!(
+                "format version {v}, this build reads versions {JSON_VERSION} (JSON) and \
+                 {FORMAT_VERSION}"
+            ),
         ))
+    }
+}
+
+/// A changelog value of either format as JSON, for people and tools (`kcat` shows format 2 as
+/// bytes); written the way format 1 stored it, so a value converted this way is also one that
+/// [`restore`] reads.
+pub fn readable(key: &str, value: &[u8]) -> Result<String, SnapshotError> {
+    fn json<'a, T: Deserialize<'a> + Versioned + Serialize>(
+        key: &str,
+        value: &'a [u8],
+        set_version: impl FnOnce(&mut T),
+    ) -> Result<String, SnapshotError> {
+        let mut record: T = parse(key, value)?;
+        set_version(&mut record);
+        Ok(serde_json::to_string(&record).expect("state records always serialize"))
+    }
+    match StateKey::parse(key).ok_or_else(|| invalid(key, "not a state key"))? {
+        StateKey::Head { .. } => json(key, value, |r: &mut Head| r.v = JSON_VERSION),
+        StateKey::Drift { .. } => json(key, value, |r: &mut DriftRecord| r.v = JSON_VERSION),
+        StateKey::Day { .. } => json(key, value, |r: &mut DayRecord| r.v = JSON_VERSION),
     }
 }
 
@@ -429,7 +513,6 @@ pub(super) fn restore(
     };
     let hk = head_key(name);
     let head: Head = parse(&hk, head_bytes)?;
-    check_version(&hk, head.v)?;
 
     let mut state = TenantState::new(name, shared);
     for (i, c) in head.channels.iter().enumerate() {
@@ -486,7 +569,6 @@ pub(super) fn restore(
     for (date, bytes) in &records.days {
         let key = day_key(name, day_of(*date));
         let record: DayRecord = parse(&key, bytes)?;
-        check_version(&key, record.v)?;
         let data = day_data(&record, &ids, shared).map_err(|reason| invalid(&key, reason))?;
         let day = day_of(*date);
         state.days.insert(day, data);
@@ -543,7 +625,6 @@ pub(super) fn restore(
     if let Some(bytes) = &records.drift {
         let key = drift_key(name);
         let d: DriftRecord = parse(&key, bytes)?;
-        check_version(&key, d.v)?;
         if d.history.len() != d.days.len() {
             return Err(invalid(&key, "history and its dates differ in length"));
         }
