@@ -49,6 +49,8 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_IN_FLIGHT: Duration = Duration::from_secs(2);
 /// How many outputs may wait for the next transaction before the loop waits for the commit.
 const MAX_BACKLOG: usize = 50_000;
+/// The most of the loop's time computing the documents may take while it is behind the inputs.
+const DOCUMENTS_SHARE: f64 = 0.1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -233,6 +235,14 @@ struct Pipeline {
     /// on this one); the next commit waits for `commit_interval` from then.
     last_commit: Instant,
     last_documents: Instant,
+    /// How long this loop spent computing the documents of the current round so far.
+    round_busy: Duration,
+    /// How long the loop waited for records (polls that came back empty) since the current
+    /// round started: time the documents took from nobody.
+    idle: Duration,
+    /// The least time between the starts of two rounds: `storage_interval`, or longer when the
+    /// last round's computing would otherwise take more than `DOCUMENTS_SHARE` of the loop.
+    round_gap: Duration,
     alerts: Vec<Alert>,
     summary: RunSummary,
     /// Set on an error the pipeline cannot recover from (a fatal producer error, a restore
@@ -947,8 +957,32 @@ impl Pipeline {
     /// tenant's documents; a fatal error discards them and writes no more): a round starts
     /// at most every `storage_interval`, and is computed a slice at a time (about 50 ms of work
     /// per loop turn) so a thousand tenants' documents do not stall the records behind them;
-    /// the writer thread writes them. `now` takes everything that is due at once and waits
-    /// until it is written (revocation, stop).
+    /// the writer thread writes them. Under a backlog the documents of every tenant change in
+    /// every round, and computing them is O(history) per tenant; so a round that took T of this
+    /// loop delays the next one to at least T / DOCUMENTS_SHARE after its start, and the
+    /// documents never take more than that share of the loop from the fold. `now` takes
+    /// everything that is due at once and waits until it is written (revocation, stop).
+    /// Sets when the next round may start. With a backlog (the loop found no time to wait for
+    /// records while the round was computed), a round that kept the loop busy for T starts the
+    /// next one no sooner than T / DOCUMENTS_SHARE after its own start; otherwise, and never
+    /// sooner than, `storage_interval`.
+    fn round_finished(&mut self) {
+        let interval = self.settings.storage_interval;
+        let gap = round_gap(interval, self.round_busy, self.idle);
+        if (gap > interval) != (self.round_gap > interval) {
+            if gap > interval {
+                tracing::info!(
+                    round_ms = self.round_busy.as_millis() as u64,
+                    next_round_s = gap.as_secs_f64(),
+                    "behind the inputs: documents are written less often while the backlog lasts"
+                );
+            } else {
+                tracing::info!("caught up: documents written every storage interval again");
+            }
+        }
+        self.round_gap = gap;
+    }
+
     fn write_documents(&mut self, now: bool) {
         // After a fatal error the engines may hold uncommitted work: leave the files as they are.
         if self.fatal.is_some() {
@@ -960,10 +994,12 @@ impl Pipeline {
         }
         // A new round starts when the last one is done and the interval has passed; `now`
         // takes in everything at once.
-        let round_due = self.documents_due.is_empty()
-            && self.last_documents.elapsed() >= self.settings.storage_interval;
+        let round_due =
+            self.documents_due.is_empty() && self.last_documents.elapsed() >= self.round_gap;
         if !self.stale_documents.is_empty() && (now || round_due) {
             self.last_documents = Instant::now();
+            self.round_busy = Duration::ZERO;
+            self.idle = Duration::ZERO;
             for (partition, tenants) in std::mem::take(&mut self.stale_documents) {
                 self.documents_due
                     .extend(tenants.into_iter().map(|t| (partition, t)));
@@ -975,6 +1011,7 @@ impl Pipeline {
             {
                 return;
             }
+            let slice_started = Instant::now();
             let take = self.documents_due.len().min(16);
             let slice: Vec<(i32, String)> = self.documents_due.drain(..take).collect();
             let docs: Vec<_> = slice
@@ -996,6 +1033,10 @@ impl Pipeline {
                 self.documents_due.clear();
                 return;
             }
+            self.round_busy += slice_started.elapsed();
+            if self.documents_due.is_empty() {
+                self.round_finished();
+            }
         }
         if now {
             self.documents.flush();
@@ -1003,6 +1044,17 @@ impl Pipeline {
                 self.stale_documents.entry(p).or_default().insert(t);
             }
         }
+    }
+}
+
+/// The least time from the start of a documents round to the start of the next: `interval`,
+/// unless the loop was behind the inputs (it waited less for records than the round took) and
+/// the round's `busy` time would then be more than `DOCUMENTS_SHARE` of the loop.
+fn round_gap(interval: Duration, busy: Duration, idle: Duration) -> Duration {
+    if idle >= busy {
+        interval
+    } else {
+        busy.div_f64(DOCUMENTS_SHARE).max(interval)
     }
 }
 
@@ -1136,6 +1188,7 @@ pub fn run(settings: Settings, handles: Handles) -> Result<RunSummary, RunError>
         .map_err(RunError::Subscribe)?;
 
     let interval = settings.commit_interval;
+    let storage_interval = settings.storage_interval;
     let now = Instant::now();
     *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(Pipeline {
         documents: DocumentWriter::new(
@@ -1157,6 +1210,9 @@ pub fn run(settings: Settings, handles: Handles) -> Result<RunSummary, RunError>
         documents_due: Default::default(),
         last_commit: now,
         last_documents: now,
+        round_busy: Duration::ZERO,
+        idle: Duration::ZERO,
+        round_gap: storage_interval,
         alerts: Vec::new(),
         summary: RunSummary::default(),
         fatal: None,
@@ -1167,9 +1223,13 @@ pub fn run(settings: Settings, handles: Handles) -> Result<RunSummary, RunError>
         if handles.stop.load(Ordering::Relaxed) {
             break Ok(());
         }
+        let waited = Instant::now();
         let polled = consumer.poll(Duration::from_millis(interval.as_millis().min(100) as u64));
         let mut guard = slot.lock().unwrap_or_else(|p| p.into_inner());
         let p = guard.as_mut().expect("pipeline set before polling");
+        if polled.is_none() {
+            p.idle += waited.elapsed();
+        }
         // A rebalance inside poll may have failed, or a signal come: then the record polled
         // is left for whoever reads the partition next.
         if let Some(e) = &p.fatal {
@@ -1262,5 +1322,22 @@ fn close_with_bound(consumer: BaseConsumer<ConsumerHooks>, slot: Arc<Mutex<Optio
     });
     if rx.recv_timeout(Duration::from_secs(15)).is_err() {
         tracing::warn!("the consumer did not close within 15 s; exiting anyway");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn documents_rounds_stretch_only_behind_the_inputs() {
+        let ms = Duration::from_millis;
+        let interval = ms(5_000);
+        // Caught up: the loop waited for records longer than the round took.
+        assert_eq!(round_gap(interval, ms(1_300), ms(3_000)), interval);
+        // Behind: the round's 1.3 s are at most a tenth of the loop.
+        assert_eq!(round_gap(interval, ms(1_300), ms(100)), ms(13_000));
+        // Behind, but a short round: never sooner than the interval.
+        assert_eq!(round_gap(interval, ms(200), Duration::ZERO), interval);
     }
 }
