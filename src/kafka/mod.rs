@@ -105,6 +105,10 @@ impl Settings {
             // split them, so the eager protocol is used (docs in ARCHITECTURE.md).
             .set("partition.assignment.strategy", "range")
             .set("enable.partition.eof", "false")
+            // Once the prefetch queue is full librdkafka waits this long before fetching
+            // again (default 1 s); a loop that drains the queue in about that time then found
+            // it empty for 100 ms every second (measured: 10% of the throughput).
+            .set("fetch.queue.backoff.ms", "100")
             .set("statistics.interval.ms", "5000");
         self.finish(c)
     }
