@@ -24,6 +24,8 @@ pub(super) struct DocumentWriter {
     queued: Arc<AtomicU64>,
     /// Bumped by [`DocumentWriter::discard`]: slices queued before are dropped unwritten.
     epoch: Arc<AtomicU64>,
+    /// Nanoseconds the thread has spent encoding, writing and syncing documents.
+    busy: Arc<AtomicU64>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -60,6 +62,7 @@ impl DocumentWriter {
             failed_tx,
             queued: Arc::new(AtomicU64::new(0)),
             epoch: Arc::new(AtomicU64::new(0)),
+            busy: Arc::new(AtomicU64::new(0)),
             thread: None,
         };
         writer.start();
@@ -73,6 +76,7 @@ impl DocumentWriter {
         let failed_tx = self.failed_tx.clone();
         let queued = self.queued.clone();
         let current = self.epoch.clone();
+        let busy = self.busy.clone();
         queued.store(0, Ordering::Relaxed);
         let thread = std::thread::Builder::new()
             .name("feedback-documents".into())
@@ -95,7 +99,10 @@ impl DocumentWriter {
                         .collect();
                     let n = docs.len() as u64;
                     let storage = storage.clone().with_sync(sync);
-                    match storage.write_tenants(docs.into_iter().map(|(_, d)| d)) {
+                    let started = std::time::Instant::now();
+                    let written = storage.write_tenants(docs.into_iter().map(|(_, d)| d));
+                    busy.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                    match written {
                         Ok(()) => metrics.documents.inc_by(3 * n),
                         Err(e) => {
                             // The state is safe in Kafka; the files catch up next round.
@@ -151,6 +158,11 @@ impl DocumentWriter {
             return false;
         }
         true
+    }
+
+    /// How long the thread has spent writing documents, in all.
+    pub(super) fn busy(&self) -> std::time::Duration {
+        std::time::Duration::from_nanos(self.busy.load(Ordering::Relaxed))
     }
 
     /// Drops the slices queued so far unwritten (they were computed from work being rewound).

@@ -49,7 +49,8 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_IN_FLIGHT: Duration = Duration::from_secs(2);
 /// How many outputs may wait for the next transaction before the loop waits for the commit.
 const MAX_BACKLOG: usize = 50_000;
-/// The most of the loop's time computing the documents may take while it is behind the inputs.
+/// The most of a core's time the documents (computed on the loop, written on the writer thread)
+/// may take while the loop is behind the inputs.
 const DOCUMENTS_SHARE: f64 = 0.1;
 
 #[derive(Debug, thiserror::Error)]
@@ -237,12 +238,14 @@ struct Pipeline {
     last_documents: Instant,
     /// How long this loop spent computing the documents of the current round so far.
     round_busy: Duration,
+    /// The writer thread's busy time when the current round started.
+    writer_busy_at_start: Duration,
     /// How long the loop waited for records (polls that came back empty) since the current
     /// round started: time the documents took from nobody.
     idle: Duration,
-    /// The least time between the starts of two rounds: `storage_interval`, or longer when the
-    /// last round's computing would otherwise take more than `DOCUMENTS_SHARE` of the loop.
-    round_gap: Duration,
+    /// Whether the last round started later than `storage_interval` after the one before (the
+    /// loop was behind the inputs), for a log line when that changes.
+    stretched: bool,
     alerts: Vec<Alert>,
     summary: RunSummary,
     /// Set on an error the pipeline cannot recover from (a fatal producer error, a restore
@@ -951,6 +954,21 @@ impl Pipeline {
             .set(self.tenants_owned() as i64);
     }
 
+    /// The least time from the start of the current round to the start of the next: see
+    /// [`round_gap`]. The round's cost is what it took this loop to compute it and the writer
+    /// thread to encode, write and sync it (so far: a round still being written only grows).
+    fn next_round_gap(&self) -> Duration {
+        let written = self
+            .documents
+            .busy()
+            .saturating_sub(self.writer_busy_at_start);
+        round_gap(
+            self.settings.storage_interval,
+            self.round_busy + written,
+            self.idle,
+        )
+    }
+
     /// Rewrites the documents of the tenants whose state records went into a transaction (the
     /// state they are computed from can be ahead of the last commit by the transaction in flight
     /// and what was folded since: an abort discards queued slices and rewrites every restored
@@ -958,31 +976,11 @@ impl Pipeline {
     /// at most every `storage_interval`, and is computed a slice at a time (about 50 ms of work
     /// per loop turn) so a thousand tenants' documents do not stall the records behind them;
     /// the writer thread writes them. Under a backlog the documents of every tenant change in
-    /// every round, and computing them is O(history) per tenant; so a round that took T of this
-    /// loop delays the next one to at least T / DOCUMENTS_SHARE after its start, and the
-    /// documents never take more than that share of the loop from the fold. `now` takes
-    /// everything that is due at once and waits until it is written (revocation, stop).
-    /// Sets when the next round may start. With a backlog (the loop found no time to wait for
-    /// records while the round was computed), a round that kept the loop busy for T starts the
-    /// next one no sooner than T / DOCUMENTS_SHARE after its own start; otherwise, and never
-    /// sooner than, `storage_interval`.
-    fn round_finished(&mut self) {
-        let interval = self.settings.storage_interval;
-        let gap = round_gap(interval, self.round_busy, self.idle);
-        if (gap > interval) != (self.round_gap > interval) {
-            if gap > interval {
-                tracing::info!(
-                    round_ms = self.round_busy.as_millis() as u64,
-                    next_round_s = gap.as_secs_f64(),
-                    "behind the inputs: documents are written less often while the backlog lasts"
-                );
-            } else {
-                tracing::info!("caught up: documents written every storage interval again");
-            }
-        }
-        self.round_gap = gap;
-    }
-
+    /// every round, and a round is O(history) per tenant; so while the loop is behind the
+    /// inputs, a round that cost T (this loop's computing and the writer's writing) delays the
+    /// next one to at least T / DOCUMENTS_SHARE after its start, and the documents never take
+    /// more than that share of a core from the fold. `now` takes everything that is due at once
+    /// and waits until it is written (revocation, stop).
     fn write_documents(&mut self, now: bool) {
         // After a fatal error the engines may hold uncommitted work: leave the files as they are.
         if self.fatal.is_some() {
@@ -994,11 +992,25 @@ impl Pipeline {
         }
         // A new round starts when the last one is done and the interval has passed; `now`
         // takes in everything at once.
-        let round_due =
-            self.documents_due.is_empty() && self.last_documents.elapsed() >= self.round_gap;
+        let gap = self.next_round_gap();
+        let round_due = self.documents_due.is_empty() && self.last_documents.elapsed() >= gap;
         if !self.stale_documents.is_empty() && (now || round_due) {
+            let interval = self.settings.storage_interval;
+            if !now && (gap > interval) != self.stretched {
+                self.stretched = gap > interval;
+                if self.stretched {
+                    tracing::info!(
+                        round_cost_ms = (gap.as_secs_f64() * DOCUMENTS_SHARE * 1e3) as u64,
+                        gap_s = gap.as_secs_f64(),
+                        "behind the inputs: document rounds are spaced out while the backlog lasts"
+                    );
+                } else {
+                    tracing::info!("caught up: documents written every storage interval again");
+                }
+            }
             self.last_documents = Instant::now();
             self.round_busy = Duration::ZERO;
+            self.writer_busy_at_start = self.documents.busy();
             self.idle = Duration::ZERO;
             for (partition, tenants) in std::mem::take(&mut self.stale_documents) {
                 self.documents_due
@@ -1034,9 +1046,6 @@ impl Pipeline {
                 return;
             }
             self.round_busy += slice_started.elapsed();
-            if self.documents_due.is_empty() {
-                self.round_finished();
-            }
         }
         if now {
             self.documents.flush();
@@ -1049,7 +1058,7 @@ impl Pipeline {
 
 /// The least time from the start of a documents round to the start of the next: `interval`,
 /// unless the loop was behind the inputs (it waited less for records than the round took) and
-/// the round's `busy` time would then be more than `DOCUMENTS_SHARE` of the loop.
+/// the round's `busy` time would then be more than `DOCUMENTS_SHARE` of the time.
 fn round_gap(interval: Duration, busy: Duration, idle: Duration) -> Duration {
     if idle >= busy {
         interval
@@ -1188,7 +1197,6 @@ pub fn run(settings: Settings, handles: Handles) -> Result<RunSummary, RunError>
         .map_err(RunError::Subscribe)?;
 
     let interval = settings.commit_interval;
-    let storage_interval = settings.storage_interval;
     let now = Instant::now();
     *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(Pipeline {
         documents: DocumentWriter::new(
@@ -1211,8 +1219,9 @@ pub fn run(settings: Settings, handles: Handles) -> Result<RunSummary, RunError>
         last_commit: now,
         last_documents: now,
         round_busy: Duration::ZERO,
+        writer_busy_at_start: Duration::ZERO,
         idle: Duration::ZERO,
-        round_gap: storage_interval,
+        stretched: false,
         alerts: Vec::new(),
         summary: RunSummary::default(),
         fatal: None,
