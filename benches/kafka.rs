@@ -6,6 +6,8 @@
 //! `KAFKA_BOOTSTRAP=127.0.0.1:9092 cargo bench --bench kafka` (start the broker with
 //! `scripts/kafka.sh start`). Run as a test (`cargo test --all-targets`) it does the same on a
 //! small history, to keep the benchmark working. Figures go in docs/PERFORMANCE.md.
+//! `BENCH_TENANTS` and `BENCH_DAYS` size the history, `BENCH_LATENCY_SECONDS` the latency run,
+//! `BENCH_STORAGE_INTERVAL` (seconds) and `BENCH_COMMIT_INTERVAL_MS` the processor's intervals.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -126,6 +128,12 @@ fn settings(brokers: &str, t: &TopicNames, group: &str, dir: &std::path::Path) -
         .and_then(|v| v.parse().ok())
     {
         s.storage_interval = Duration::from_secs(secs);
+    }
+    if let Some(ms) = std::env::var("BENCH_COMMIT_INTERVAL_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        s.commit_interval = Duration::from_millis(ms);
     }
     s
 }
