@@ -13,8 +13,12 @@ use feedback::fold::{Engine, FoldConfig};
 use feedback::simulate::{generate, Scenario, SimConfig, SimPayload};
 
 fn events(days: u32) -> Vec<Event> {
+    events_of(4, days)
+}
+
+fn events_of(tenants: usize, days: u32) -> Vec<Event> {
     let sim = SimConfig {
-        tenants: 4,
+        tenants,
         days,
         scenario: Scenario::Mixed,
         ..SimConfig::default()
@@ -211,14 +215,104 @@ fn restore_converted(
 }
 
 #[test]
-fn a_changelog_of_json_records_from_earlier_builds_is_still_restored() {
-    // `readable` writes a value the way format 1 stored it: `{...,"v":1,...}` JSON.
+fn a_changelog_rendered_as_json_is_still_restored() {
+    // `readable` writes head and day records the way format 1 stored them (`"v":1`), drift
+    // records, which format 1 did not have in this shape, with this format's version.
     restore_converted(|k, v| {
         let text = readable(k, v).unwrap();
-        assert!(text.starts_with('{') && text.contains("\"v\":1"), "{text}");
+        let version = match StateKey::parse(k) {
+            Some(StateKey::Drift { .. } | StateKey::DriftEvent { .. }) => "\"v\":3",
+            _ => "\"v\":1",
+        };
+        assert!(text.starts_with('{') && text.contains(version), "{text}");
         text.into_bytes()
     })
     .unwrap();
+}
+
+/// The changelog that build 1aff2d3 (format 2: postcard, the drift baseline whole in
+/// `{tenant}/drift`) wrote for `events_of(2, 15)` taken every 97 events, as
+/// `{"key", "format2": hex}` lines.
+fn format2_log() -> Compacted {
+    let text = include_str!("fixtures/changelog-format2.jsonl");
+    let mut log = Compacted::default();
+    for line in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let hex = v["format2"].as_str().unwrap();
+        let bytes = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            .collect();
+        log.0
+            .insert(v["key"].as_str().unwrap().to_owned(), Some(bytes));
+    }
+    log
+}
+
+#[test]
+fn a_changelog_of_an_earlier_build_is_restored_then_rewritten_in_this_format() {
+    let mut plain = Engine::new(FoldConfig::default());
+    let mut alerts = Vec::new();
+    for e in &events_of(2, 15) {
+        plain.apply(e, &mut alerts);
+    }
+    let expected = documents(&plain);
+
+    // Format 2 as that build wrote it, and as format-1 JSON.
+    let mut log = format2_log();
+    assert!(log.0.keys().any(|k| k.ends_with("/drift")));
+    let mut restored = log.restore(FoldConfig::default());
+    assert_eq!(documents(&restored), expected);
+    let mut json = Compacted::default();
+    for (k, v) in &log.0 {
+        let text = readable(k, v.as_ref().unwrap()).unwrap();
+        assert!(text.contains("\"v\":1"), "{text}");
+        json.0.insert(k.clone(), Some(text.into_bytes()));
+    }
+    assert_eq!(documents(&json.restore(FoldConfig::default())), expected);
+
+    // The first commit after the restore writes the drift records in this format, and the log
+    // restores to the same tenants from then on.
+    assert!(log.take(&mut restored) > 0);
+    for (k, v) in &log.0 {
+        if matches!(StateKey::parse(k), Some(StateKey::Drift { .. })) {
+            assert_eq!(v.as_ref().unwrap()[0], 3, "{k} still in format 2");
+        }
+    }
+    assert_eq!(log.take(&mut restored), 0);
+    assert_eq!(documents(&log.restore(FoldConfig::default())), expected);
+}
+
+#[test]
+fn the_log_keeps_only_the_baseline_events() {
+    let config = FoldConfig::default();
+    let k = config.drift.baseline_events as u64;
+    let mut engine = Engine::new(config.clone()).with_changelog();
+    let mut alerts = Vec::new();
+    let mut log = Compacted::default();
+    for part in events(90).chunks(61) {
+        for e in part {
+            engine.apply(e, &mut alerts);
+        }
+        log.take(&mut engine);
+    }
+    for tenant in engine.tenants() {
+        let seen = engine.tenant(tenant).unwrap().counters.feature_importances;
+        assert!(seen > k, "{tenant}: only {seen} events");
+        let mut live: Vec<u64> = log
+            .0
+            .iter()
+            .filter_map(|(key, v)| match StateKey::parse(key) {
+                Some(StateKey::DriftEvent { tenant: t, seq }) if t == tenant && v.is_some() => {
+                    Some(seq)
+                }
+                _ => None,
+            })
+            .collect();
+        live.sort_unstable();
+        assert_eq!(live, (seen - k..seen).collect::<Vec<_>>(), "{tenant}");
+    }
+    assert_eq!(documents(&log.restore(config)), documents(&engine));
 }
 
 #[test]

@@ -368,7 +368,7 @@ pub struct DriftState {
 
 /// What the baseline keeps of an event: all its shares and its thinned samples.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-struct KeptEvent {
+pub(crate) struct KeptEvent {
     shares: BTreeMap<String, f64>,
     order_statistics: BTreeMap<String, Vec<f64>>,
 }
@@ -416,6 +416,31 @@ impl DriftState {
     /// How many events this state has folded.
     pub fn events_seen(&self) -> u64 {
         self.seen
+    }
+
+    /// The sequence number of the oldest kept event (events are numbered from 0 in the order
+    /// they were folded), and how many are kept: the kept events are numbered
+    /// `first..events_seen()`.
+    pub(crate) fn kept(&self) -> (u64, usize) {
+        (
+            self.seen.saturating_sub(self.baseline.len() as u64),
+            self.baseline.len(),
+        )
+    }
+
+    /// The kept events with their sequence numbers, oldest first.
+    pub(crate) fn kept_events(&self) -> impl Iterator<Item = (u64, &KeptEvent)> {
+        let first = self.kept().0;
+        (first..).zip(&self.baseline)
+    }
+
+    /// The state that kept `baseline` (oldest first) after folding `seen` events; `None` when
+    /// it keeps more events than it folded.
+    pub(crate) fn from_kept(baseline: Vec<KeptEvent>, seen: u64) -> Option<Self> {
+        (baseline.len() as u64 <= seen).then(|| DriftState {
+            baseline: baseline.into(),
+            seen,
+        })
     }
 }
 

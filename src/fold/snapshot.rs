@@ -9,19 +9,24 @@
 //! | key | holds | written when |
 //! |---|---|---|
 //! | `{tenant}` | names, plans, as_of, counters, rule status, alert occurrence counts | the tenant changed |
-//! | `{tenant}/drift` | the drift baseline (last K events) and the drift history | a feature-importance event |
+//! | `{tenant}/drift` | how many feature-importance events were folded and kept, the drift history | a feature-importance event |
+//! | `{tenant}/drift/{n}` | the n-th feature-importance event (from 0) as the baseline keeps it | the event joined the baseline |
 //! | `{tenant}/day/{YYYY-MM-DD}` | that date's outcome reports and forecast lines | the date changed |
 //!
-//! An expired date is written as a tombstone (no value). Only what cannot be derived is stored:
+//! An expired date, and an event that left the baseline, are written as tombstones (no value).
+//! A baseline event is written once, not with every event after it: the baseline's samples were
+//! 40% of the changelog's bytes when `{tenant}/drift` held all K events (format 2). Only what cannot be derived is stored:
 //! the per-day scope sums and the running rule windows are rebuilt on restore from the stored
 //! pairs, the same way the fold keeps them. The channel totals are stored with their
 //! compensation term, so a restored tenant publishes the same figures to the last bit.
 //!
 //! Values are binary (postcard) behind a one-byte format tag: a plan rewrites up to 28 day
-//! records of floats, and as JSON their encoding was a third of the processor's loop. Values
-//! that start with `{` are the JSON of format 1, written by earlier builds, and are still read,
-//! so a changelog written by one is restored as it is. A record of an unknown version is
-//! refused instead of being misread. [`readable`] renders any value as JSON for people.
+//! records of floats, and as JSON their encoding was a third of the processor's loop. Records of
+//! earlier builds are still read, so a changelog written by one is restored as it is: values that
+//! start with `{` are the JSON of format 1, and tag 2 is format 2, whose `{tenant}/drift` held the
+//! whole baseline (a tenant restored from one is written in this format by the next commit). A
+//! record of an unknown version is refused instead of being misread. [`readable`] renders any
+//! value as JSON for people.
 //!
 //! Architecture Invariant: like the rest of `fold`, this is pure data to bytes and back. Where
 //! the records go is the processor's business.
@@ -33,7 +38,7 @@ use rustc_hash::FxHashSet;
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 
-use super::drift::DriftState;
+use super::drift::{DriftState, KeptEvent};
 use super::rules::{CalStatus, DriftEntry};
 use super::stats::Sum;
 use super::tenant::{
@@ -42,8 +47,12 @@ use super::tenant::{
 };
 use crate::alert::AlertType;
 
-/// The format of the records this code writes: postcard behind the tag byte `2`.
-pub const FORMAT_VERSION: u32 = 2;
+/// The format of the records this code writes: postcard behind the tag byte `3`.
+pub const FORMAT_VERSION: u32 = 3;
+
+/// The binary format of earlier builds, still read: postcard behind the tag byte `2`, the drift
+/// baseline whole in `{tenant}/drift`.
+const WHOLE_DRIFT_VERSION: u32 = 2;
 
 /// The format of earlier builds, still read: JSON objects with `"v": 1`.
 const JSON_VERSION: u32 = 1;
@@ -53,6 +62,10 @@ const JSON_VERSION: u32 = 1;
 pub struct ChangeSet {
     pub(super) head: bool,
     pub(super) drift: bool,
+    /// The first baseline event not yet written (`drift`), and the oldest one kept when the
+    /// changes were last taken: events before the current oldest become tombstones.
+    pub(super) drift_from: Option<u64>,
+    pub(super) drift_first: Option<u64>,
     pub(super) days: FxHashSet<Day>,
     pub(super) removed: Vec<Day>,
 }
@@ -65,6 +78,15 @@ impl ChangeSet {
     pub(super) fn day(&mut self, day: Day) {
         self.head = true;
         self.days.insert(day);
+    }
+
+    /// A feature-importance event numbered `seq` is about to be folded into a baseline whose
+    /// oldest event is `first_kept`.
+    pub(super) fn feature_importance(&mut self, first_kept: u64, seq: u64) {
+        self.head = true;
+        self.drift = true;
+        self.drift_from.get_or_insert(seq);
+        self.drift_first.get_or_insert(first_kept);
     }
 
     pub(super) fn expired(&mut self, day: Day) {
@@ -85,6 +107,7 @@ pub struct StateRecord {
 pub enum StateKey<'a> {
     Head { tenant: &'a str },
     Drift { tenant: &'a str },
+    DriftEvent { tenant: &'a str, seq: u64 },
     Day { tenant: &'a str, date: NaiveDate },
 }
 
@@ -95,6 +118,11 @@ impl<'a> StateKey<'a> {
         match (parts.next(), parts.next()) {
             (None, _) => Some(StateKey::Head { tenant }),
             (Some("drift"), None) => Some(StateKey::Drift { tenant }),
+            // Digits only: `u64::from_str` would also take a leading `+`.
+            (Some("drift"), Some(n)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => n
+                .parse()
+                .ok()
+                .map(|seq| StateKey::DriftEvent { tenant, seq }),
             (Some("day"), Some(date)) => NaiveDate::parse_from_str(date, "%Y-%m-%d")
                 .ok()
                 .map(|date| StateKey::Day { tenant, date }),
@@ -106,6 +134,7 @@ impl<'a> StateKey<'a> {
         match *self {
             StateKey::Head { tenant }
             | StateKey::Drift { tenant }
+            | StateKey::DriftEvent { tenant, .. }
             | StateKey::Day { tenant, .. } => tenant,
         }
     }
@@ -117,6 +146,10 @@ fn head_key(tenant: &str) -> String {
 
 fn drift_key(tenant: &str) -> String {
     format!("{tenant}/drift")
+}
+
+fn drift_event_key(tenant: &str, seq: u64) -> String {
+    format!("{tenant}/drift/{seq}")
 }
 
 fn day_key(tenant: &str, day: Day) -> String {
@@ -172,6 +205,7 @@ struct RulesRecord {
     occurrences: Vec<(AlertType, String, String, u64)>,
 }
 
+/// `{tenant}/drift` of formats 1 and 2: the baseline whole. Read, no longer written.
 #[derive(Serialize, Deserialize)]
 struct DriftRecord {
     v: u32,
@@ -180,14 +214,38 @@ struct DriftRecord {
     days: Vec<NaiveDate>,
 }
 
-/// [`DriftRecord`] as written, borrowing instead of cloning the baseline and history; the
-/// encoding is the same.
-#[derive(Serialize)]
-struct DriftRecordRef<'a> {
+/// `{tenant}/drift`: the baseline's events are `{tenant}/drift/{n}` for n in
+/// `seen - kept .. seen`.
+#[derive(Serialize, Deserialize)]
+struct DriftHead {
     v: u32,
-    state: &'a DriftState,
+    seen: u64,
+    kept: u64,
+    history: Vec<DriftEntry>,
+    days: Vec<NaiveDate>,
+}
+
+/// [`DriftHead`] as written, borrowing the history; the encoding is the same.
+#[derive(Serialize)]
+struct DriftHeadRef<'a> {
+    v: u32,
+    seen: u64,
+    kept: u64,
     history: &'a [DriftEntry],
     days: Vec<NaiveDate>,
+}
+
+/// `{tenant}/drift/{n}`: one event of the baseline.
+#[derive(Serialize, Deserialize)]
+struct DriftEventRecord {
+    v: u32,
+    event: KeptEvent,
+}
+
+#[derive(Serialize)]
+struct DriftEventRef<'a> {
+    v: u32,
+    event: &'a KeptEvent,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -252,6 +310,8 @@ pub(super) fn full(state: &TenantState) -> Vec<StateRecord> {
     let all = ChangeSet {
         head: true,
         drift: state.drift.events_seen() > 0,
+        drift_from: None,
+        drift_first: None,
         days: state.days.keys().copied().collect(),
         removed: Vec::new(),
     };
@@ -285,15 +345,35 @@ fn records(state: &TenantState, changes: ChangeSet, out: &mut Vec<StateRecord>) 
         });
     }
     if changes.drift {
+        // New events first, then the head that names them, then the tombstones of events it no
+        // longer names: a batch cut short (at-least-once) leaves a head whose events all exist.
+        let (first, kept) = state.drift.kept();
+        let from = changes.drift_from.unwrap_or(first);
+        for (seq, event) in state.drift.kept_events().filter(|&(seq, _)| seq >= from) {
+            out.push(StateRecord {
+                key: drift_event_key(&state.name, seq),
+                value: Some(encode(&DriftEventRef {
+                    v: FORMAT_VERSION,
+                    event,
+                })),
+            });
+        }
         out.push(StateRecord {
             key: drift_key(&state.name),
-            value: Some(encode(&DriftRecordRef {
+            value: Some(encode(&DriftHeadRef {
                 v: FORMAT_VERSION,
-                state: &state.drift,
+                seen: state.drift.events_seen(),
+                kept: kept as u64,
                 history: &state.drift_history,
                 days: state.drift_days.iter().map(|&d| date_of(d)).collect(),
             })),
         });
+        for seq in changes.drift_first.unwrap_or(first)..first {
+            out.push(StateRecord {
+                key: drift_event_key(&state.name, seq),
+                value: None,
+            });
+        }
     }
 }
 
@@ -406,6 +486,7 @@ fn day_record(data: &DayData) -> DayRecord {
 pub struct TenantRecords {
     pub head: Option<Vec<u8>>,
     pub drift: Option<Vec<u8>>,
+    pub drift_events: BTreeMap<u64, Vec<u8>>,
     pub days: BTreeMap<NaiveDate, Vec<u8>>,
 }
 
@@ -422,6 +503,12 @@ impl TenantRecords {
         match (parsed, value) {
             (StateKey::Head { .. }, v) => records.head = v,
             (StateKey::Drift { .. }, v) => records.drift = v,
+            (StateKey::DriftEvent { seq, .. }, Some(v)) => {
+                records.drift_events.insert(seq, v);
+            }
+            (StateKey::DriftEvent { seq, .. }, None) => {
+                records.drift_events.remove(&seq);
+            }
             (StateKey::Day { date, .. }, Some(v)) => {
                 records.days.insert(date, v);
             }
@@ -456,63 +543,113 @@ impl Versioned for DriftRecord {
     }
 }
 
-/// Reads a value of either format: JSON (format 1, starts with `{`) or the tag byte of format 2
-/// and postcard. The version inside must match the encoding's.
-fn parse<'a, T: Deserialize<'a> + Versioned>(
-    key: &str,
-    bytes: &'a [u8],
-) -> Result<T, SnapshotError> {
-    let (value, expected): (T, u32) = match bytes.first() {
-        Some(b'{') => (
-            serde_json::from_slice(bytes).map_err(|e| invalid(key, e))?,
-            JSON_VERSION,
-        ),
-        Some(&tag) if u32::from(tag) == FORMAT_VERSION => (
-            postcard::from_bytes(&bytes[1..]).map_err(|e| invalid(key, e))?,
-            FORMAT_VERSION,
-        ),
-        Some(&tag) => {
-            return Err(invalid(
-                key,
-                format!(
-                    "format version {tag}, this build reads versions {JSON_VERSION} (JSON) and \
-                     {FORMAT_VERSION}"
-                ),
-            ))
-        }
-        None => return Err(invalid(key, "empty value")),
-    };
-    let v = value.version();
-    if v == expected {
-        Ok(value)
-    } else {
-        Err(invalid(
-            key,
-            format!(
-                "format version {v}, this build reads versions {JSON_VERSION} (JSON) and \
-                 {FORMAT_VERSION}"
-            ),
-        ))
+impl Versioned for DriftHead {
+    fn version(&self) -> u32 {
+        self.v
     }
 }
 
-/// A changelog value of either format as JSON, for people and tools (`kcat` shows format 2 as
-/// bytes); written the way format 1 stored it, so a value converted this way is also one that
-/// [`restore`] reads.
+impl Versioned for DriftEventRecord {
+    fn version(&self) -> u32 {
+        self.v
+    }
+}
+
+/// The versions a head or day record may have: the record itself has not changed since format 1.
+const ANY_VERSION: &[u32] = &[JSON_VERSION, WHOLE_DRIFT_VERSION, FORMAT_VERSION];
+
+fn unknown_version(key: &str, v: impl std::fmt::Display) -> SnapshotError {
+    invalid(
+        key,
+        format!(
+            "format version {v}, this build reads versions {JSON_VERSION} (JSON), \
+             {WHOLE_DRIFT_VERSION} and {FORMAT_VERSION}"
+        ),
+    )
+}
+
+/// The version a value says it is: the tag byte, or the `v` of a JSON object.
+fn version_of(key: &str, bytes: &[u8]) -> Result<u32, SnapshotError> {
+    #[derive(Deserialize)]
+    struct Version {
+        v: u32,
+    }
+    match bytes.first() {
+        Some(b'{') => serde_json::from_slice::<Version>(bytes)
+            .map(|r| r.v)
+            .map_err(|e| invalid(key, e)),
+        Some(&tag) => Ok(u32::from(tag)),
+        None => Err(invalid(key, "empty value")),
+    }
+}
+
+/// Reads a value in one of `versions`: JSON (starts with `{`; format 1, or a record rendered by
+/// [`readable`]) or a tag byte and postcard. The version inside must be the tag's.
+fn parse<'a, T: Deserialize<'a> + Versioned>(
+    key: &str,
+    bytes: &'a [u8],
+    versions: &[u32],
+) -> Result<T, SnapshotError> {
+    let (value, tag): (T, Option<u32>) = match bytes.first() {
+        Some(b'{') => (
+            serde_json::from_slice(bytes).map_err(|e| invalid(key, e))?,
+            None,
+        ),
+        Some(&tag) if u32::from(tag) != JSON_VERSION => {
+            if !versions.contains(&u32::from(tag)) {
+                return Err(unknown_version(key, tag));
+            }
+            (
+                postcard::from_bytes(&bytes[1..]).map_err(|e| invalid(key, e))?,
+                Some(u32::from(tag)),
+            )
+        }
+        Some(&tag) => return Err(unknown_version(key, tag)),
+        None => return Err(invalid(key, "empty value")),
+    };
+    let v = value.version();
+    let known = match tag {
+        Some(tag) => v == tag,
+        None => versions.contains(&v),
+    };
+    if known {
+        Ok(value)
+    } else {
+        Err(unknown_version(key, v))
+    }
+}
+
+/// A changelog value of any format as JSON, for people and tools (`kcat` shows the binary
+/// formats as bytes). Head and day records, and drift records of format 2, are written the way
+/// format 1 stored them, the drift records of this format with their version; either way a
+/// value converted this way is also one that [`restore`] reads.
 pub fn readable(key: &str, value: &[u8]) -> Result<String, SnapshotError> {
     fn json<'a, T: Deserialize<'a> + Versioned + Serialize>(
         key: &str,
         value: &'a [u8],
+        versions: &[u32],
         set_version: impl FnOnce(&mut T),
     ) -> Result<String, SnapshotError> {
-        let mut record: T = parse(key, value)?;
+        let mut record: T = parse(key, value, versions)?;
         set_version(&mut record);
         Ok(serde_json::to_string(&record).expect("state records always serialize"))
     }
+    let this = &[FORMAT_VERSION];
     match StateKey::parse(key).ok_or_else(|| invalid(key, "not a state key"))? {
-        StateKey::Head { .. } => json(key, value, |r: &mut Head| r.v = JSON_VERSION),
-        StateKey::Drift { .. } => json(key, value, |r: &mut DriftRecord| r.v = JSON_VERSION),
-        StateKey::Day { .. } => json(key, value, |r: &mut DayRecord| r.v = JSON_VERSION),
+        StateKey::Head { .. } => json(key, value, ANY_VERSION, |r: &mut Head| r.v = JSON_VERSION),
+        StateKey::Day { .. } => json(key, value, ANY_VERSION, |r: &mut DayRecord| {
+            r.v = JSON_VERSION
+        }),
+        StateKey::Drift { .. } if version_of(key, value)? == FORMAT_VERSION => {
+            json(key, value, this, |_: &mut DriftHead| {})
+        }
+        StateKey::Drift { .. } => json(
+            key,
+            value,
+            &[JSON_VERSION, WHOLE_DRIFT_VERSION],
+            |r: &mut DriftRecord| r.v = JSON_VERSION,
+        ),
+        StateKey::DriftEvent { .. } => json(key, value, this, |_: &mut DriftEventRecord| {}),
     }
 }
 
@@ -527,7 +664,7 @@ pub(super) fn restore(
         return Ok(None);
     };
     let hk = head_key(name);
-    let head: Head = parse(&hk, head_bytes)?;
+    let head: Head = parse(&hk, head_bytes, ANY_VERSION)?;
 
     let mut state = TenantState::new(name, shared);
     for (i, c) in head.channels.iter().enumerate() {
@@ -583,7 +720,7 @@ pub(super) fn restore(
     };
     for (date, bytes) in &records.days {
         let key = day_key(name, day_of(*date));
-        let record: DayRecord = parse(&key, bytes)?;
+        let record: DayRecord = parse(&key, bytes, ANY_VERSION)?;
         let data = day_data(&record, &ids, shared).map_err(|reason| invalid(&key, reason))?;
         let day = day_of(*date);
         state.days.insert(day, data);
@@ -639,13 +776,54 @@ pub(super) fn restore(
 
     if let Some(bytes) = &records.drift {
         let key = drift_key(name);
-        let d: DriftRecord = parse(&key, bytes)?;
-        if d.history.len() != d.days.len() {
+        let (history, days) = if version_of(&key, bytes)? == FORMAT_VERSION {
+            let d: DriftHead = parse(&key, bytes, &[FORMAT_VERSION])?;
+            let first = d
+                .seen
+                .checked_sub(d.kept)
+                .ok_or_else(|| invalid(&key, "keeps more events than it folded"))?;
+            let mut baseline = Vec::with_capacity(d.kept.min(1000) as usize);
+            for seq in first..d.seen {
+                let event_key = drift_event_key(name, seq);
+                let bytes = records
+                    .drift_events
+                    .get(&seq)
+                    .ok_or_else(|| invalid(&event_key, "missing; the drift record names it"))?;
+                let e: DriftEventRecord = parse(&event_key, bytes, &[FORMAT_VERSION])?;
+                baseline.push(e.event);
+            }
+            state.drift = DriftState::from_kept(baseline, d.seen).expect("first <= seen");
+            // Events older than the baseline (a batch cut short before their tombstones) are
+            // deleted with the next commit.
+            let oldest = records.drift_events.keys().next().copied();
+            if let (Some(oldest), Some(c)) = (oldest, state.changes.as_mut()) {
+                if oldest < first {
+                    c.drift = true;
+                    c.drift_from = Some(d.seen);
+                    c.drift_first = Some(oldest);
+                }
+            }
+            (d.history, d.days)
+        } else {
+            let d: DriftRecord = parse(&key, bytes, &[JSON_VERSION, WHOLE_DRIFT_VERSION])?;
+            if d.state.kept().1 as u64 > d.state.events_seen() {
+                return Err(invalid(&key, "keeps more events than it folded"));
+            }
+            state.drift = d.state;
+            // Written whole by an earlier build: the next commit writes it in this format.
+            if let Some(c) = state.changes.as_mut() {
+                let first = state.drift.kept().0;
+                c.drift = true;
+                c.drift_from = Some(first);
+                c.drift_first = Some(first);
+            }
+            (d.history, d.days)
+        };
+        if history.len() != days.len() {
             return Err(invalid(&key, "history and its dates differ in length"));
         }
-        state.drift = d.state;
-        state.drift_history = d.history;
-        state.drift_days = d.days.into_iter().map(day_of).collect();
+        state.drift_history = history;
+        state.drift_days = days.into_iter().map(day_of).collect();
     }
     Ok(Some(state))
 }

@@ -852,8 +852,7 @@ impl TenantState {
     ) {
         self.counters.feature_importances += 1;
         if let Some(c) = self.changes.as_mut() {
-            c.head = true;
-            c.drift = true;
+            c.feature_importance(self.drift.kept().0, self.drift.events_seen());
         }
         let figures = self.drift.observe(fi, &shared.drift);
         super::rules::on_drift(self, fi, figures, out);
