@@ -1,0 +1,81 @@
+//! How many bytes of state changelog the fold writes for the simulator's history, by kind of
+//! record, and how long taking the changes takes (docs/PERFORMANCE.md, "State records").
+//!
+//! `TENANTS=1000 DAYS=120 TXN=23000 cargo run --release --example statebytes`: the history is
+//! folded `TXN` events at a time, like one transaction of `feedback run` under a backlog, and
+//! the changes are taken after each.
+
+use feedback::event::Event;
+use feedback::fold::snapshot::StateKey;
+use feedback::fold::{Engine, FoldConfig};
+use feedback::simulate::{generate, SimConfig, SimPayload};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() {
+    let env = |k: &str, d: usize| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let sim = SimConfig {
+        tenants: env("TENANTS", 100),
+        days: env("DAYS", 120) as u32,
+        ..SimConfig::default()
+    };
+    let events: Vec<Event> = generate(&sim)
+        .into_iter()
+        .filter_map(|r| match r.payload {
+            SimPayload::Event(e) => Some(e),
+            SimPayload::Poison(_) => None,
+        })
+        .collect();
+    let mut engine = Engine::new(FoldConfig::default()).with_changelog();
+    let mut alerts = Vec::new();
+    let kinds = ["head", "day", "drift", "drift event"];
+    let (mut records, mut bytes, mut tombstones) = ([0u64; 4], [0u64; 4], 0u64);
+    let mut taking = std::time::Duration::ZERO;
+    for chunk in events.chunks(env("TXN", 23_000)) {
+        for e in chunk {
+            engine.apply(e, &mut alerts);
+        }
+        let started = std::time::Instant::now();
+        let changes = engine.take_changes();
+        taking += started.elapsed();
+        for r in changes.records {
+            let kind = match StateKey::parse(&r.key) {
+                Some(StateKey::Head { .. }) => 0,
+                Some(StateKey::Day { .. }) => 1,
+                Some(StateKey::Drift { .. }) => 2,
+                Some(StateKey::DriftEvent { .. }) => 3,
+                None => unreachable!("the fold writes state keys only"),
+            };
+            match r.value {
+                Some(v) => {
+                    records[kind] += 1;
+                    bytes[kind] += v.len() as u64;
+                }
+                None => tombstones += 1,
+            }
+        }
+    }
+    println!(
+        "{} events, take_changes {:.3} s",
+        events.len(),
+        taking.as_secs_f64()
+    );
+    for (i, kind) in kinds.iter().enumerate() {
+        println!(
+            "{kind}: {} records, {} bytes, {:.0} bytes each",
+            records[i],
+            bytes[i],
+            bytes[i] as f64 / records[i].max(1) as f64
+        );
+    }
+    println!(
+        "all: {} bytes; {tombstones} tombstones",
+        bytes.iter().sum::<u64>()
+    );
+}
