@@ -34,8 +34,8 @@ fn main() {
         .collect();
     let mut engine = Engine::new(FoldConfig::default()).with_changelog();
     let mut alerts = Vec::new();
-    let kinds = ["head", "day", "drift", "drift event"];
-    let (mut records, mut bytes, mut tombstones) = ([0u64; 4], [0u64; 4], 0u64);
+    let kinds = ["head", "day", "plan day", "drift", "drift event"];
+    let (mut records, mut bytes, mut tombstones) = ([0u64; 5], [0u64; 5], 0u64);
     let mut taking = std::time::Duration::ZERO;
     for chunk in events.chunks(env("TXN", 23_000)) {
         for e in chunk {
@@ -48,8 +48,9 @@ fn main() {
             let kind = match StateKey::parse(&r.key) {
                 Some(StateKey::Head { .. }) => 0,
                 Some(StateKey::Day { .. }) => 1,
-                Some(StateKey::Drift { .. }) => 2,
-                Some(StateKey::DriftEvent { .. }) => 3,
+                Some(StateKey::PlanDay { .. }) => 2,
+                Some(StateKey::Drift { .. }) => 3,
+                Some(StateKey::DriftEvent { .. }) => 4,
                 None => unreachable!("the fold writes state keys only"),
             };
             match r.value {

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use feedback::alert::Alert;
 use feedback::event::validate::{RejectKind, Rejection};
 use feedback::event::Event;
-use feedback::fold::snapshot::{readable, StateKey, TenantRecords};
+use feedback::fold::snapshot::{readable, StateKey, TenantRecords, FORMAT_VERSION};
 use feedback::fold::{Engine, FoldConfig};
 use feedback::simulate::{generate, Scenario, SimConfig, SimPayload};
 
@@ -147,10 +147,12 @@ fn expired_days_become_tombstones() {
     let mut log = Compacted::default();
     let mut engine = Engine::new(config).with_changelog();
     let mut alerts = Vec::new();
-    for e in &evs {
-        engine.apply(e, &mut alerts);
+    for part in evs.chunks(500) {
+        for e in part {
+            engine.apply(e, &mut alerts);
+        }
+        log.take(&mut engine);
     }
-    log.take(&mut engine);
     // Four tenants, 20 days retained; forecast lines reach up to 28 days past as_of.
     assert!(
         log.live_days() <= 4 * (20 + 28),
@@ -158,6 +160,29 @@ fn expired_days_become_tombstones() {
         log.live_days()
     );
     assert!(log.0.values().any(Option::is_none), "no tombstone written");
+    // Every date with a live record, of its outcomes or of a plan's lines, is one the tenant
+    // still holds: expiry left nothing behind.
+    for tenant in engine.tenants() {
+        let dates: std::collections::BTreeSet<_> = log
+            .0
+            .iter()
+            .filter(|(_, v)| v.is_some())
+            .filter_map(|(k, _)| match StateKey::parse(k) {
+                Some(
+                    StateKey::Day { tenant: t, date }
+                    | StateKey::PlanDay {
+                        tenant: t, date, ..
+                    },
+                ) if t == tenant => Some(date),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            dates.len(),
+            engine.tenant(tenant).unwrap().days.len(),
+            "{tenant}"
+        );
+    }
 }
 
 #[test]
@@ -216,15 +241,15 @@ fn restore_converted(
 
 #[test]
 fn a_changelog_rendered_as_json_is_still_restored() {
-    // `readable` writes head and day records the way format 1 stored them (`"v":1`), drift
-    // records, which format 1 did not have in this shape, with this format's version.
+    // `readable` writes head records the way format 1 stored them (`"v":1`), the others,
+    // which format 1 did not have in this shape, with this format's version.
     restore_converted(|k, v| {
         let text = readable(k, v).unwrap();
         let version = match StateKey::parse(k) {
-            Some(StateKey::Drift { .. } | StateKey::DriftEvent { .. }) => "\"v\":3",
-            _ => "\"v\":1",
+            Some(StateKey::Head { .. }) => "\"v\":1".to_owned(),
+            _ => format!("\"v\":{FORMAT_VERSION}"),
         };
-        assert!(text.starts_with('{') && text.contains(version), "{text}");
+        assert!(text.starts_with('{') && text.contains(&version), "{text}");
         text.into_bytes()
     })
     .unwrap();
@@ -274,12 +299,49 @@ fn a_changelog_of_an_earlier_build_is_restored_then_rewritten_in_this_format() {
     // The first commit after the restore writes the drift records in this format, and the log
     // restores to the same tenants from then on.
     assert!(log.take(&mut restored) > 0);
-    for (k, v) in &log.0 {
+    let tag = |log: &Compacted, key: &str| u32::from(log.0[key].as_ref().unwrap()[0]);
+    for k in log.0.keys() {
         if matches!(StateKey::parse(k), Some(StateKey::Drift { .. })) {
-            assert_eq!(v.as_ref().unwrap()[0], 3, "{k} still in format 2");
+            assert_eq!(tag(&log, k), FORMAT_VERSION, "{k} still in format 2");
         }
     }
     assert_eq!(log.take(&mut restored), 0);
+    assert_eq!(documents(&log.restore(FoldConfig::default())), expected);
+
+    // A day restored from a whole-day record is written in this format once it changes: a plan
+    // sent again touches 28 of them, a corrected outcome one more.
+    let history = events_of(2, 15);
+    let plan = history
+        .iter()
+        .rev()
+        .find(|e| matches!(e, Event::Forecast(_)));
+    let mut correction = history
+        .iter()
+        .rev()
+        .find(|e| matches!(e, Event::Outcome(_)))
+        .unwrap()
+        .clone();
+    if let Event::Outcome(o) = &mut correction {
+        o.revenue *= 1.25;
+    }
+    for e in plan.into_iter().chain([&correction]) {
+        restored.apply(e, &mut alerts);
+        plain.apply(e, &mut Vec::new());
+    }
+    log.take(&mut restored);
+    let rewritten: Vec<&String> = log
+        .0
+        .keys()
+        .filter(|k| matches!(StateKey::parse(k), Some(StateKey::Day { .. })))
+        .filter(|k| tag(&log, k) == FORMAT_VERSION)
+        .collect();
+    assert!(rewritten.len() >= 2, "{rewritten:?}");
+    assert!(log
+        .0
+        .keys()
+        .any(|k| matches!(StateKey::parse(k), Some(StateKey::PlanDay { .. }))));
+    let expected = documents(&plain);
+    assert_eq!(documents(&restored), expected);
     assert_eq!(documents(&log.restore(FoldConfig::default())), expected);
 }
 

@@ -11,27 +11,32 @@
 //! | `{tenant}` | names, plans, as_of, counters, rule status, alert occurrence counts | the tenant changed |
 //! | `{tenant}/drift` | how many feature-importance events were folded and kept, the drift history | a feature-importance event |
 //! | `{tenant}/drift/{n}` | the n-th feature-importance event (from 0) as the baseline keeps it | the event joined the baseline |
-//! | `{tenant}/day/{YYYY-MM-DD}` | that date's outcome reports and forecast lines | the date changed |
+//! | `{tenant}/day/{YYYY-MM-DD}` | that date's outcome reports and channel totals | an outcome of the date |
+//! | `{tenant}/day/{YYYY-MM-DD}/{plan}` | that date's lines of one plan (its id in the head) | the plan's lines of the date |
 //!
-//! An expired date, and an event that left the baseline, are written as tombstones (no value).
-//! A baseline event is written once, not with every event after it: the baseline's samples were
-//! 40% of the changelog's bytes when `{tenant}/drift` held all K events (format 2). Only what cannot be derived is stored:
-//! the per-day scope sums and the running rule windows are rebuilt on restore from the stored
-//! pairs, the same way the fold keeps them. The channel totals are stored with their
-//! compensation term, so a restored tenant publishes the same figures to the last bit.
+//! An expired date (its record and its plans' records), and an event that left the baseline, are
+//! written as tombstones (no value). Each piece is written when it changes and not with the
+//! pieces beside it: when a date's record held every plan's lines, a plan rewrote 28 of them
+//! whole, and a baseline event was rewritten with each event after it; together that made the
+//! changelog bigger than the input (838 MB for 1.1 million input records, 305 MB now;
+//! `examples/statebytes.rs`). Only what cannot be derived is stored: the per-day scope sums and
+//! the running rule windows are rebuilt on restore from the stored pairs, the same way the fold
+//! keeps them. The channel totals are stored with their compensation term, so a restored
+//! tenant publishes the same figures to the last bit.
 //!
-//! Values are binary (postcard) behind a one-byte format tag: a plan rewrites up to 28 day
-//! records of floats, and as JSON their encoding was a third of the processor's loop. Records of
-//! earlier builds are still read, so a changelog written by one is restored as it is: values that
-//! start with `{` are the JSON of format 1, and tag 2 is format 2, whose `{tenant}/drift` held the
-//! whole baseline (a tenant restored from one is written in this format by the next commit). A
-//! record of an unknown version is refused instead of being misread. [`readable`] renders any
-//! value as JSON for people.
+//! Values are binary (postcard) behind a one-byte format tag (4): as JSON their encoding was a
+//! third of the processor's loop. Records of earlier builds are still read, so a changelog
+//! written by one is restored as it is: values that start with `{` are the JSON of format 1;
+//! format 2 kept the drift baseline whole in `{tenant}/drift`, formats 1 to 3 a date's reports
+//! and all its lines in `{tenant}/day/{date}`. Such a record is rewritten in this format when
+//! what it holds next changes (a drift record by the first commit after the restore). A record
+//! of an unknown version is refused instead of being misread. [`readable`] renders any value as
+//! JSON for people.
 //!
 //! Architecture Invariant: like the rest of `fold`, this is pure data to bytes and back. Where
 //! the records go is the processor's business.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, FixedOffset, NaiveDate};
 use rustc_hash::FxHashSet;
@@ -47,12 +52,18 @@ use super::tenant::{
 };
 use crate::alert::AlertType;
 
-/// The format of the records this code writes: postcard behind the tag byte `3`.
-pub const FORMAT_VERSION: u32 = 3;
+/// The format of the records this code writes: postcard behind the tag byte `4`.
+pub const FORMAT_VERSION: u32 = 4;
 
-/// The binary format of earlier builds, still read: postcard behind the tag byte `2`, the drift
-/// baseline whole in `{tenant}/drift`.
+/// Binary formats of earlier builds, still read (postcard behind the tag byte): format 2 kept
+/// the drift baseline whole in `{tenant}/drift`, formats 2 and 3 a date's outcome reports and
+/// every plan's lines in one `{tenant}/day/{date}`.
 const WHOLE_DRIFT_VERSION: u32 = 2;
+const WHOLE_DAY_VERSION: u32 = 3;
+
+/// The versions of a drift record with its baseline split into events, and of a whole day.
+const SPLIT_DRIFT: &[u32] = &[WHOLE_DAY_VERSION, FORMAT_VERSION];
+const WHOLE_DAY: &[u32] = &[JSON_VERSION, WHOLE_DRIFT_VERSION, WHOLE_DAY_VERSION];
 
 /// The format of earlier builds, still read: JSON objects with `"v": 1`.
 const JSON_VERSION: u32 = 1;
@@ -66,18 +77,36 @@ pub struct ChangeSet {
     /// changes were last taken: events before the current oldest become tombstones.
     pub(super) drift_from: Option<u64>,
     pub(super) drift_first: Option<u64>,
+    /// Dates whose outcome reports or channel totals changed.
     pub(super) days: FxHashSet<Day>,
-    pub(super) removed: Vec<Day>,
+    /// (date, plan) whose lines changed.
+    pub(super) plan_days: FxHashSet<(Day, u32)>,
+    /// Expired dates, with the plans that had lines on them.
+    pub(super) removed: Vec<(Day, Vec<u32>)>,
+    /// Dates restored from a whole-day record of an earlier format: the first change to one
+    /// writes it whole in this format. Not a change itself; kept across takes.
+    pub(super) legacy_days: FxHashSet<Day>,
 }
 
 impl ChangeSet {
     pub fn is_empty(&self) -> bool {
-        !self.head && !self.drift && self.days.is_empty() && self.removed.is_empty()
+        !self.head
+            && !self.drift
+            && self.days.is_empty()
+            && self.plan_days.is_empty()
+            && self.removed.is_empty()
     }
 
+    /// The outcome reports or channel totals of `day` changed.
     pub(super) fn day(&mut self, day: Day) {
         self.head = true;
         self.days.insert(day);
+    }
+
+    /// The lines of `plan` on `day` changed (and possibly the day's channel list).
+    pub(super) fn plan_day(&mut self, day: Day, plan: u32) {
+        self.head = true;
+        self.plan_days.insert((day, plan));
     }
 
     /// A feature-importance event numbered `seq` is about to be folded into a baseline whose
@@ -89,9 +118,12 @@ impl ChangeSet {
         self.drift_first.get_or_insert(first_kept);
     }
 
-    pub(super) fn expired(&mut self, day: Day) {
+    /// `day` expired; `data` is what it held.
+    pub(super) fn expired(&mut self, day: Day, data: &DayData) {
         self.days.remove(&day);
-        self.removed.push(day);
+        self.plan_days.retain(|&(d, _)| d != day);
+        self.legacy_days.remove(&day);
+        self.removed.push((day, plans_of(data)));
     }
 }
 
@@ -105,10 +137,25 @@ pub struct StateRecord {
 /// What a changelog key refers to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum StateKey<'a> {
-    Head { tenant: &'a str },
-    Drift { tenant: &'a str },
-    DriftEvent { tenant: &'a str, seq: u64 },
-    Day { tenant: &'a str, date: NaiveDate },
+    Head {
+        tenant: &'a str,
+    },
+    Drift {
+        tenant: &'a str,
+    },
+    DriftEvent {
+        tenant: &'a str,
+        seq: u64,
+    },
+    Day {
+        tenant: &'a str,
+        date: NaiveDate,
+    },
+    PlanDay {
+        tenant: &'a str,
+        date: NaiveDate,
+        plan: u32,
+    },
 }
 
 impl<'a> StateKey<'a> {
@@ -123,9 +170,21 @@ impl<'a> StateKey<'a> {
                 .parse()
                 .ok()
                 .map(|seq| StateKey::DriftEvent { tenant, seq }),
-            (Some("day"), Some(date)) => NaiveDate::parse_from_str(date, "%Y-%m-%d")
-                .ok()
-                .map(|date| StateKey::Day { tenant, date }),
+            (Some("day"), Some(rest)) => {
+                let (date, plan) = match rest.split_once('/') {
+                    Some((date, plan)) => (date, Some(plan)),
+                    None => (rest, None),
+                };
+                let date = NaiveDate::parse_from_str(date, "%Y-%m-%d").ok()?;
+                match plan {
+                    None => Some(StateKey::Day { tenant, date }),
+                    Some(p) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => p
+                        .parse()
+                        .ok()
+                        .map(|plan| StateKey::PlanDay { tenant, date, plan }),
+                    Some(_) => None,
+                }
+            }
             _ => None,
         }
     }
@@ -135,7 +194,8 @@ impl<'a> StateKey<'a> {
             StateKey::Head { tenant }
             | StateKey::Drift { tenant }
             | StateKey::DriftEvent { tenant, .. }
-            | StateKey::Day { tenant, .. } => tenant,
+            | StateKey::Day { tenant, .. }
+            | StateKey::PlanDay { tenant, .. } => tenant,
         }
     }
 }
@@ -154,6 +214,10 @@ fn drift_event_key(tenant: &str, seq: u64) -> String {
 
 fn day_key(tenant: &str, day: Day) -> String {
     format!("{tenant}/day/{}", date_of(day))
+}
+
+fn plan_day_key(tenant: &str, day: Day, plan: u32) -> String {
+    format!("{tenant}/day/{}/{plan}", date_of(day))
 }
 
 /// A state record that cannot be read back.
@@ -255,6 +319,28 @@ struct DayRecord {
     channels: Vec<ChannelRecord>,
 }
 
+/// `{tenant}/day/{date}` of this format: the date's outcome reports and channel totals (every
+/// channel the date has, lines or not).
+#[derive(Serialize, Deserialize)]
+struct ActualsRecord {
+    v: u32,
+    cells: Vec<CellRecord>,
+    totals: Vec<(u32, TotalRecord)>,
+}
+
+/// `{tenant}/day/{date}/{plan}`: one plan's lines for the date, by channel.
+#[derive(Serialize, Deserialize)]
+struct PlanDayRecord {
+    v: u32,
+    channels: Vec<(u32, Vec<PlanLineRecord>)>,
+}
+
+/// (campaign, horizon, level set, records, planned spend, quantile values).
+type PlanLineRecord = (u32, u32, u32, u32, Option<f64>, Vec<f64>);
+
+/// (revenue hi, revenue lo, spend hi, spend lo, cells).
+type TotalRecord = (f64, f64, f64, f64, u32);
+
 /// (channel, campaign, reports as (source, records, seq, spend, revenue)).
 type CellRecord = (u32, u32, Vec<(u32, u32, u64, f64, f64)>);
 
@@ -299,9 +385,31 @@ pub(super) fn take_changes(state: &mut TenantState, out: &mut Vec<StateRecord>) 
     let Some(changes) = state.changes.as_mut() else {
         return;
     };
-    if !changes.is_empty() {
-        let changes = std::mem::take(changes);
-        records(state, changes, out);
+    if changes.is_empty() {
+        return;
+    }
+    let mut taken = std::mem::take(changes);
+    let mut legacy = std::mem::take(&mut taken.legacy_days);
+    // A date restored from a whole-day record is written whole once it changes: its plans'
+    // records do not exist yet.
+    if !legacy.is_empty() {
+        let touched: Vec<Day> = (taken.days.iter().copied())
+            .chain(taken.plan_days.iter().map(|&(day, _)| day))
+            .filter(|day| legacy.contains(day))
+            .collect();
+        for day in touched {
+            legacy.remove(&day);
+            if let Some(data) = state.days.get(&day) {
+                taken.days.insert(day);
+                taken
+                    .plan_days
+                    .extend(plans_of(data).into_iter().map(|plan| (day, plan)));
+            }
+        }
+    }
+    records(state, taken, out);
+    if let Some(c) = state.changes.as_mut() {
+        c.legacy_days = legacy;
     }
 }
 
@@ -312,6 +420,12 @@ pub(super) fn full(state: &TenantState) -> Vec<StateRecord> {
         drift: state.drift.events_seen() > 0,
         drift_from: None,
         drift_first: None,
+        plan_days: state
+            .days
+            .iter()
+            .flat_map(|(&day, data)| plans_of(data).into_iter().map(move |plan| (day, plan)))
+            .collect(),
+        legacy_days: FxHashSet::default(),
         days: state.days.keys().copied().collect(),
         removed: Vec::new(),
     };
@@ -328,17 +442,35 @@ fn records(state: &TenantState, changes: ChangeSet, out: &mut Vec<StateRecord>) 
         key: head_key(&state.name),
         value: Some(encode(&head_record(state))),
     });
+    // A plan's lines before the date's record: a whole-day record of an earlier format is
+    // replaced by the date's record last, once its lines are all written apart.
+    let mut plan_days: Vec<(Day, u32)> = changes.plan_days.into_iter().collect();
+    plan_days.sort_unstable();
+    for (day, plan) in plan_days {
+        if let Some(record) = state.days.get(&day).and_then(|d| plan_day_record(d, plan)) {
+            out.push(StateRecord {
+                key: plan_day_key(&state.name, day, plan),
+                value: Some(encode(&record)),
+            });
+        }
+    }
     let mut days: Vec<Day> = changes.days.into_iter().collect();
     days.sort_unstable();
     for day in days {
         if let Some(data) = state.days.get(&day) {
             out.push(StateRecord {
                 key: day_key(&state.name, day),
-                value: Some(encode(&day_record(data))),
+                value: Some(encode(&actuals_record(data))),
             });
         }
     }
-    for day in changes.removed {
+    for (day, plans) in changes.removed {
+        for plan in plans {
+            out.push(StateRecord {
+                key: plan_day_key(&state.name, day, plan),
+                value: None,
+            });
+        }
         out.push(StateRecord {
             key: day_key(&state.name, day),
             value: None,
@@ -434,7 +566,19 @@ fn head_record(state: &TenantState) -> Head {
     }
 }
 
-fn day_record(data: &DayData) -> DayRecord {
+/// The plans with lines on a date, ascending.
+pub(super) fn plans_of(data: &DayData) -> Vec<u32> {
+    let mut plans: Vec<u32> = data
+        .channels
+        .values()
+        .flat_map(|cd| cd.lines.iter().map(|l| l.plan))
+        .collect();
+    plans.sort_unstable();
+    plans.dedup();
+    plans
+}
+
+fn actuals_record(data: &DayData) -> ActualsRecord {
     let mut cells: Vec<_> = data
         .cells
         .iter()
@@ -448,20 +592,39 @@ fn day_record(data: &DayData) -> DayRecord {
         })
         .collect();
     cells.sort_by_key(|c| (c.0, c.1));
-    let mut channels: Vec<_> = data
+    let mut totals: Vec<_> = data
         .channels
         .iter()
         .map(|(&channel, cd)| {
             let t = &cd.total;
-            let total = (t.revenue.hi, t.revenue.lo, t.spend.hi, t.spend.lo, t.cells);
-            let lines = cd
+            (
+                channel,
+                (t.revenue.hi, t.revenue.lo, t.spend.hi, t.spend.lo, t.cells),
+            )
+        })
+        .collect();
+    totals.sort_by_key(|t| t.0);
+    ActualsRecord {
+        v: FORMAT_VERSION,
+        cells,
+        totals,
+    }
+}
+
+/// The lines of `plan` on a date; `None` when it has none there.
+fn plan_day_record(data: &DayData, plan: u32) -> Option<PlanDayRecord> {
+    let mut channels: Vec<_> = data
+        .channels
+        .iter()
+        .filter_map(|(&channel, cd)| {
+            let lines: Vec<PlanLineRecord> = cd
                 .lines
                 .iter()
+                .filter(|l| l.plan == plan)
                 .map(|l| {
                     let spend = (!l.spend.is_nan()).then_some(l.spend);
                     (
                         l.campaign,
-                        l.plan,
                         l.horizon,
                         l.levels,
                         l.records,
@@ -470,15 +633,17 @@ fn day_record(data: &DayData) -> DayRecord {
                     )
                 })
                 .collect();
-            (channel, total, lines)
+            (!lines.is_empty()).then_some((channel, lines))
         })
         .collect();
-    channels.sort_by_key(|c| c.0);
-    DayRecord {
-        v: FORMAT_VERSION,
-        cells,
-        channels,
+    if channels.is_empty() {
+        return None;
     }
+    channels.sort_by_key(|c| c.0);
+    Some(PlanDayRecord {
+        v: FORMAT_VERSION,
+        channels,
+    })
 }
 
 /// The latest value of each key of one tenant, as read back from the changelog.
@@ -488,6 +653,7 @@ pub struct TenantRecords {
     pub drift: Option<Vec<u8>>,
     pub drift_events: BTreeMap<u64, Vec<u8>>,
     pub days: BTreeMap<NaiveDate, Vec<u8>>,
+    pub plan_days: BTreeMap<(NaiveDate, u32), Vec<u8>>,
 }
 
 impl TenantRecords {
@@ -514,6 +680,12 @@ impl TenantRecords {
             }
             (StateKey::Day { date, .. }, None) => {
                 records.days.remove(&date);
+            }
+            (StateKey::PlanDay { date, plan, .. }, Some(v)) => {
+                records.plan_days.insert((date, plan), v);
+            }
+            (StateKey::PlanDay { date, plan, .. }, None) => {
+                records.plan_days.remove(&(date, plan));
             }
         }
         Ok(())
@@ -543,6 +715,18 @@ impl Versioned for DriftRecord {
     }
 }
 
+impl Versioned for ActualsRecord {
+    fn version(&self) -> u32 {
+        self.v
+    }
+}
+
+impl Versioned for PlanDayRecord {
+    fn version(&self) -> u32 {
+        self.v
+    }
+}
+
 impl Versioned for DriftHead {
     fn version(&self) -> u32 {
         self.v
@@ -555,15 +739,20 @@ impl Versioned for DriftEventRecord {
     }
 }
 
-/// The versions a head or day record may have: the record itself has not changed since format 1.
-const ANY_VERSION: &[u32] = &[JSON_VERSION, WHOLE_DRIFT_VERSION, FORMAT_VERSION];
+/// The versions a head record may have: it has not changed since format 1.
+const ANY_VERSION: &[u32] = &[
+    JSON_VERSION,
+    WHOLE_DRIFT_VERSION,
+    WHOLE_DAY_VERSION,
+    FORMAT_VERSION,
+];
 
 fn unknown_version(key: &str, v: impl std::fmt::Display) -> SnapshotError {
     invalid(
         key,
         format!(
             "format version {v}, this build reads versions {JSON_VERSION} (JSON), \
-             {WHOLE_DRIFT_VERSION} and {FORMAT_VERSION}"
+             {WHOLE_DRIFT_VERSION}, {WHOLE_DAY_VERSION} and {FORMAT_VERSION}"
         ),
     )
 }
@@ -637,11 +826,15 @@ pub fn readable(key: &str, value: &[u8]) -> Result<String, SnapshotError> {
     let this = &[FORMAT_VERSION];
     match StateKey::parse(key).ok_or_else(|| invalid(key, "not a state key"))? {
         StateKey::Head { .. } => json(key, value, ANY_VERSION, |r: &mut Head| r.v = JSON_VERSION),
-        StateKey::Day { .. } => json(key, value, ANY_VERSION, |r: &mut DayRecord| {
+        StateKey::Day { .. } if version_of(key, value)? == FORMAT_VERSION => {
+            json(key, value, this, |_: &mut ActualsRecord| {})
+        }
+        StateKey::Day { .. } => json(key, value, WHOLE_DAY, |r: &mut DayRecord| {
             r.v = JSON_VERSION
         }),
-        StateKey::Drift { .. } if version_of(key, value)? == FORMAT_VERSION => {
-            json(key, value, this, |_: &mut DriftHead| {})
+        StateKey::PlanDay { .. } => json(key, value, this, |_: &mut PlanDayRecord| {}),
+        StateKey::Drift { .. } if SPLIT_DRIFT.contains(&version_of(key, value)?) => {
+            json(key, value, SPLIT_DRIFT, |_: &mut DriftHead| {})
         }
         StateKey::Drift { .. } => json(
             key,
@@ -649,7 +842,7 @@ pub fn readable(key: &str, value: &[u8]) -> Result<String, SnapshotError> {
             &[JSON_VERSION, WHOLE_DRIFT_VERSION],
             |r: &mut DriftRecord| r.v = JSON_VERSION,
         ),
-        StateKey::DriftEvent { .. } => json(key, value, this, |_: &mut DriftEventRecord| {}),
+        StateKey::DriftEvent { .. } => json(key, value, SPLIT_DRIFT, |_: &mut DriftEventRecord| {}),
     }
 }
 
@@ -718,11 +911,46 @@ pub(super) fn restore(
             .map(|s| s.layout.levels.len())
             .collect(),
     };
-    for (date, bytes) in &records.days {
-        let key = day_key(name, day_of(*date));
-        let record: DayRecord = parse(&key, bytes, ANY_VERSION)?;
-        let data = day_data(&record, &ids, shared).map_err(|reason| invalid(&key, reason))?;
-        let day = day_of(*date);
+    let mut dates: BTreeSet<NaiveDate> = records.days.keys().copied().collect();
+    dates.extend(records.plan_days.keys().map(|&(date, _)| date));
+    for date in dates {
+        let day = day_of(date);
+        let key = day_key(name, day);
+        let data = match records.days.get(&date) {
+            // A whole-day record of an earlier format holds every line of the date; records of
+            // its plans (from a batch cut short while it was being rewritten) are older.
+            Some(bytes) if version_of(&key, bytes)? != FORMAT_VERSION => {
+                let record: DayRecord = parse(&key, bytes, WHOLE_DAY)?;
+                if let Some(c) = state.changes.as_mut() {
+                    c.legacy_days.insert(day);
+                }
+                day_data(&record, &ids, shared).map_err(|reason| invalid(&key, reason))?
+            }
+            actuals => {
+                let mut data = DayData::default();
+                if let Some(bytes) = actuals {
+                    let record: ActualsRecord = parse(&key, bytes, &[FORMAT_VERSION])?;
+                    actuals_into(&mut data, &record, &ids)
+                        .map_err(|reason| invalid(&key, reason))?;
+                }
+                for (&(_, plan), bytes) in records.plan_days.range((date, 0)..=(date, u32::MAX)) {
+                    let key = plan_day_key(name, day, plan);
+                    let record: PlanDayRecord = parse(&key, bytes, &[FORMAT_VERSION])?;
+                    plan_lines_into(&mut data, plan, &record, &ids, shared)
+                        .map_err(|reason| invalid(&key, reason))?;
+                }
+                for (channel, cd) in &mut data.channels {
+                    cd.lines.sort_unstable_by_key(|l| (l.campaign, l.plan));
+                    if !sorted_lines(&cd.lines) {
+                        return Err(invalid(
+                            &key,
+                            format!("channel {channel} has two lines of one (campaign, plan)"),
+                        ));
+                    }
+                }
+                data
+            }
+        };
         state.days.insert(day, data);
         // Score the day's pairs into its sums; with as_of unset no running window is touched.
         let (mut scorer, days, ranks) = state.scorer();
@@ -776,8 +1004,8 @@ pub(super) fn restore(
 
     if let Some(bytes) = &records.drift {
         let key = drift_key(name);
-        let (history, days) = if version_of(&key, bytes)? == FORMAT_VERSION {
-            let d: DriftHead = parse(&key, bytes, &[FORMAT_VERSION])?;
+        let (history, days) = if SPLIT_DRIFT.contains(&version_of(&key, bytes)?) {
+            let d: DriftHead = parse(&key, bytes, SPLIT_DRIFT)?;
             let first = d
                 .seen
                 .checked_sub(d.kept)
@@ -789,7 +1017,7 @@ pub(super) fn restore(
                     .drift_events
                     .get(&seq)
                     .ok_or_else(|| invalid(&event_key, "missing; the drift record names it"))?;
-                let e: DriftEventRecord = parse(&event_key, bytes, &[FORMAT_VERSION])?;
+                let e: DriftEventRecord = parse(&event_key, bytes, SPLIT_DRIFT)?;
                 baseline.push(e.event);
             }
             state.drift = DriftState::from_kept(baseline, d.seen).expect("first <= seen");
@@ -839,7 +1067,73 @@ struct Ids {
 
 fn day_data(record: &DayRecord, ids: &Ids, shared: &Shared) -> Result<DayData, String> {
     let mut data = DayData::default();
-    for (channel, campaign, reports) in &record.cells {
+    cells_into(&mut data, &record.cells, ids)?;
+    for (channel, total, lines) in &record.channels {
+        if *channel >= ids.channels {
+            return Err(format!("lines of unknown channel id {channel}"));
+        }
+        let mut out = Vec::with_capacity(lines.len());
+        for (campaign, plan, horizon, levels, records, spend, values) in lines {
+            let line = (
+                *campaign,
+                *horizon,
+                *levels,
+                *records,
+                *spend,
+                values.clone(),
+            );
+            out.push(line_of(*plan, &line, ids, shared)?);
+        }
+        if !sorted_lines(&out) {
+            return Err(format!(
+                "lines of channel {channel} are not sorted by (campaign, plan)"
+            ));
+        }
+        data.channels.insert(
+            *channel,
+            ChannelDay {
+                total: total_of(total),
+                lines: out,
+            },
+        );
+    }
+    Ok(data)
+}
+
+/// The outcome reports and channel totals of a date, into `data`.
+fn actuals_into(data: &mut DayData, record: &ActualsRecord, ids: &Ids) -> Result<(), String> {
+    cells_into(data, &record.cells, ids)?;
+    for (channel, total) in &record.totals {
+        if *channel >= ids.channels {
+            return Err(format!("total of unknown channel id {channel}"));
+        }
+        data.channels.entry(*channel).or_default().total = total_of(total);
+    }
+    Ok(())
+}
+
+/// One plan's lines of a date, into `data` (unsorted).
+fn plan_lines_into(
+    data: &mut DayData,
+    plan: u32,
+    record: &PlanDayRecord,
+    ids: &Ids,
+    shared: &Shared,
+) -> Result<(), String> {
+    for (channel, lines) in &record.channels {
+        if *channel >= ids.channels {
+            return Err(format!("lines of unknown channel id {channel}"));
+        }
+        let cd = data.channels.entry(*channel).or_default();
+        for line in lines {
+            cd.lines.push(line_of(plan, line, ids, shared)?);
+        }
+    }
+    Ok(())
+}
+
+fn cells_into(data: &mut DayData, cells: &[CellRecord], ids: &Ids) -> Result<(), String> {
+    for (channel, campaign, reports) in cells {
         if *channel >= ids.channels || *campaign >= ids.campaigns {
             return Err(format!("cell ({channel}, {campaign}) names an unknown id"));
         }
@@ -858,48 +1152,40 @@ fn day_data(record: &DayRecord, ids: &Ids, shared: &Shared) -> Result<DayData, S
         }
         data.cells.insert((*channel, *campaign), cell);
     }
-    for (channel, (rh, rl, sh, sl, cells), lines) in &record.channels {
-        if *channel >= ids.channels {
-            return Err(format!("lines of unknown channel id {channel}"));
-        }
-        let mut out = Vec::with_capacity(lines.len());
-        for (campaign, plan, horizon, levels, records, spend, values) in lines {
-            let arity = ids.level_sets.get(*levels as usize);
-            if *campaign >= ids.campaigns || *plan >= ids.plans || arity != Some(&values.len()) {
-                return Err(format!(
-                    "line ({campaign}, {plan}) names an unknown id or has the wrong number of values"
-                ));
-            }
-            out.push(Line {
-                campaign: *campaign,
-                plan: *plan,
-                horizon: *horizon,
-                levels: *levels,
-                records: *records,
-                bucket: shared.config.horizon_bucket(*horizon),
-                spend: spend.unwrap_or(f64::NAN),
-                values: SmallVec::from_slice(values),
-            });
-        }
-        if !out
-            .windows(2)
-            .all(|w| (w[0].campaign, w[0].plan) < (w[1].campaign, w[1].plan))
-        {
-            return Err(format!(
-                "lines of channel {channel} are not sorted by (campaign, plan)"
-            ));
-        }
-        data.channels.insert(
-            *channel,
-            ChannelDay {
-                total: Total {
-                    revenue: Sum { hi: *rh, lo: *rl },
-                    spend: Sum { hi: *sh, lo: *sl },
-                    cells: *cells,
-                },
-                lines: out,
-            },
-        );
+    Ok(())
+}
+
+fn line_of(plan: u32, line: &PlanLineRecord, ids: &Ids, shared: &Shared) -> Result<Line, String> {
+    let (campaign, horizon, levels, records, spend, values) = line;
+    let arity = ids.level_sets.get(*levels as usize);
+    if *campaign >= ids.campaigns || plan >= ids.plans || arity != Some(&values.len()) {
+        return Err(format!(
+            "line ({campaign}, {plan}) names an unknown id or has the wrong number of values"
+        ));
     }
-    Ok(data)
+    Ok(Line {
+        campaign: *campaign,
+        plan,
+        horizon: *horizon,
+        levels: *levels,
+        records: *records,
+        bucket: shared.config.horizon_bucket(*horizon),
+        spend: spend.unwrap_or(f64::NAN),
+        values: SmallVec::from_slice(values),
+    })
+}
+
+fn total_of(&(rh, rl, sh, sl, cells): &TotalRecord) -> Total {
+    Total {
+        revenue: Sum { hi: rh, lo: rl },
+        spend: Sum { hi: sh, lo: sl },
+        cells,
+    }
+}
+
+/// Whether lines are strictly ascending by (campaign, plan), as a channel keeps them.
+fn sorted_lines(lines: &[Line]) -> bool {
+    lines
+        .windows(2)
+        .all(|w| (w[0].campaign, w[0].plan) < (w[1].campaign, w[1].plan))
 }

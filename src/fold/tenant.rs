@@ -800,7 +800,9 @@ impl TenantState {
                 continue;
             }
             let horizon = (day - issued).max(0) as u32;
-            self.mark_day(day);
+            if let Some(c) = self.changes.as_mut() {
+                c.plan_day(day, plan);
+            }
             let channel = self.channel(&fl.channel);
             let campaign = self.campaigns.intern(&fl.campaign_id);
             let levels = self.level_set(&fl.revenue, last_levels, shared);
@@ -881,7 +883,7 @@ impl TenantState {
             let day = *entry.key();
             let data = entry.remove();
             if let Some(c) = self.changes.as_mut() {
-                c.expired(day);
+                c.expired(day, &data);
             }
             let inw = InWindows::of(&self.limits, self.as_of, day);
             for (kind, inside) in [
