@@ -215,6 +215,11 @@ fn a_record_of_another_version_is_refused() {
     let mut tenants = BTreeMap::new();
     assert!(TenantRecords::apply(&mut tenants, "acme/nonsense", None).is_err());
     assert!(TenantRecords::apply(&mut tenants, "acme/day/2026-13-01", None).is_err());
+    assert!(TenantRecords::apply(&mut tenants, "acme/day/2026-1-05", None).is_err());
+    assert!(TenantRecords::apply(&mut tenants, "acme/day/2026-01-05/", None).is_err());
+    assert!(TenantRecords::apply(&mut tenants, "acme/drift/+3", None).is_err());
+    assert!(TenantRecords::apply(&mut tenants, "acme/day/2026-01-05/3", None).is_ok());
+    assert!(TenantRecords::apply(&mut tenants, "acme/drift/3", None).is_ok());
 }
 
 /// Builds a log, then converts `convert` of its values; restoring it must give `expected`.

@@ -175,7 +175,11 @@ impl<'a> StateKey<'a> {
                     Some((date, plan)) => (date, Some(plan)),
                     None => (rest, None),
                 };
-                let date = NaiveDate::parse_from_str(date, "%Y-%m-%d").ok()?;
+                // Zero-padded only: chrono also takes `2024-1-5`, which would be a second key
+                // for the same date.
+                let date = (date.len() == 10)
+                    .then(|| NaiveDate::parse_from_str(date, "%Y-%m-%d").ok())
+                    .flatten()?;
                 match plan {
                     None => Some(StateKey::Day { tenant, date }),
                     Some(p) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => p
@@ -917,8 +921,10 @@ pub(super) fn restore(
         let day = day_of(date);
         let key = day_key(name, day);
         let data = match records.days.get(&date) {
-            // A whole-day record of an earlier format holds every line of the date; records of
-            // its plans (from a batch cut short while it was being rewritten) are older.
+            // A whole-day record of an earlier format holds every line of the date as of the
+            // last commit. Records of its plans beside it come from a rewrite cut short
+            // (at-least-once) of work that is folded again from the committed offsets, which
+            // rewrites the day whole; until then they are ignored.
             Some(bytes) if version_of(&key, bytes)? != FORMAT_VERSION => {
                 let record: DayRecord = parse(&key, bytes, WHOLE_DAY)?;
                 if let Some(c) = state.changes.as_mut() {
