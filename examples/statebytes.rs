@@ -3,10 +3,11 @@
 //!
 //! `TENANTS=1000 DAYS=120 TXN=23000 cargo run --release --example statebytes`: the history is
 //! folded `TXN` events at a time, like one transaction of `feedback run` under a backlog, and
-//! the changes are taken after each.
+//! the changes are taken after each. Then the compacted log (the latest value of each key) is
+//! restored into a new engine, as `feedback run` does on assignment, and timed.
 
 use feedback::event::Event;
-use feedback::fold::snapshot::StateKey;
+use feedback::fold::snapshot::{StateKey, TenantRecords};
 use feedback::fold::{Engine, FoldConfig};
 use feedback::simulate::{generate, SimConfig, SimPayload};
 
@@ -37,6 +38,7 @@ fn main() {
     let kinds = ["head", "day", "plan day", "drift", "drift event"];
     let (mut records, mut bytes, mut tombstones) = ([0u64; 5], [0u64; 5], 0u64);
     let mut taking = std::time::Duration::ZERO;
+    let mut log = std::collections::BTreeMap::new();
     for chunk in events.chunks(env("TXN", 23_000)) {
         for e in chunk {
             engine.apply(e, &mut alerts);
@@ -53,13 +55,14 @@ fn main() {
                 Some(StateKey::DriftEvent { .. }) => 4,
                 None => unreachable!("the fold writes state keys only"),
             };
-            match r.value {
+            match &r.value {
                 Some(v) => {
                     records[kind] += 1;
                     bytes[kind] += v.len() as u64;
                 }
                 None => tombstones += 1,
             }
+            log.insert(r.key, r.value);
         }
     }
     println!(
@@ -78,5 +81,23 @@ fn main() {
     println!(
         "all: {} bytes; {tombstones} tombstones",
         bytes.iter().sum::<u64>()
+    );
+
+    let live: Vec<_> = log.into_iter().filter(|(_, v)| v.is_some()).collect();
+    let live_bytes: usize = live
+        .iter()
+        .map(|(_, v)| v.as_ref().map_or(0, Vec::len))
+        .sum();
+    let started = std::time::Instant::now();
+    let mut tenants = std::collections::BTreeMap::new();
+    for (key, value) in live.iter().cloned() {
+        TenantRecords::apply(&mut tenants, &key, value).expect("a state key");
+    }
+    let mut restored = Engine::new(FoldConfig::default()).with_changelog();
+    let n = restored.restore(&tenants).expect("the log restores");
+    println!(
+        "restore: {n} tenants from {} live records ({live_bytes} bytes) in {:.3} s",
+        live.len(),
+        started.elapsed().as_secs_f64()
     );
 }
