@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicIsize, Ordering};
 
 use feedback::event::Event;
 use feedback::fold::{Engine, FoldConfig};
-use feedback::simulate::{generate, SimConfig, SimPayload};
+use feedback::simulate::{generate_events, SimConfig};
 
 struct Counting;
 
@@ -75,13 +75,7 @@ fn main() {
         days: env("BENCH_DAYS", days) as u32,
         ..SimConfig::default()
     };
-    let events: Vec<Event> = generate(&sim)
-        .into_iter()
-        .filter_map(|r| match r.payload {
-            SimPayload::Event(e) => Some(e),
-            SimPayload::Poison(_) => None,
-        })
-        .collect();
+    let events: Vec<Event> = generate_events(&sim);
     println!(
         "history: {} tenants, {} days, {} events",
         sim.tenants,

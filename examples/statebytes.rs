@@ -9,7 +9,7 @@
 use feedback::event::Event;
 use feedback::fold::snapshot::{StateKey, TenantRecords};
 use feedback::fold::{Engine, FoldConfig};
-use feedback::simulate::{generate, SimConfig, SimPayload};
+use feedback::simulate::{generate_events, SimConfig};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -26,13 +26,7 @@ fn main() {
         days: env("DAYS", 120) as u32,
         ..SimConfig::default()
     };
-    let events: Vec<Event> = generate(&sim)
-        .into_iter()
-        .filter_map(|r| match r.payload {
-            SimPayload::Event(e) => Some(e),
-            SimPayload::Poison(_) => None,
-        })
-        .collect();
+    let events: Vec<Event> = generate_events(&sim);
     let mut engine = Engine::new(FoldConfig::default()).with_changelog();
     let mut alerts = Vec::new();
     let kinds = ["head", "day", "plan day", "drift", "drift event"];

@@ -441,6 +441,16 @@ pub fn generate(config: &SimConfig) -> Vec<SimRecord> {
     Simulator::new(config).collect()
 }
 
+/// The well-formed events of the history, without its poison records: what the fold sees.
+pub fn generate_events(config: &SimConfig) -> Vec<crate::event::Event> {
+    Simulator::new(config)
+        .filter_map(|r| match r.payload {
+            SimPayload::Event(e) => Some(e),
+            SimPayload::Poison(_) => None,
+        })
+        .collect()
+}
+
 /// A record validation must refuse, of one of the kinds a real connector gets wrong.
 fn poison(rng: &mut Pcg64Mcg, tenant: &str) -> String {
     match rng.gen_range(0..6) {

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use feedback::alert::{Alert, AlertType};
 use feedback::event::{Event, Topic};
 use feedback::fold::{Engine, FoldConfig};
-use feedback::simulate::{generate, Scenario, SimConfig, SimPayload};
+use feedback::simulate::{generate_events, Scenario, SimConfig};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 
@@ -18,13 +18,7 @@ fn events() -> Vec<Event> {
         days: 80,
         ..SimConfig::default()
     };
-    generate(&sim)
-        .into_iter()
-        .filter_map(|r| match r.payload {
-            SimPayload::Event(e) => Some(e),
-            SimPayload::Poison(_) => None,
-        })
-        .collect()
+    generate_events(&sim)
 }
 
 /// The same per-topic sequences, interleaved at random (each topic keeps its own order).
@@ -209,13 +203,7 @@ fn a_batch_grouped_by_tenant_leaves_the_same_state_and_alerts() {
 
 /// Folds a simulated history and returns the engine and the alerts.
 fn fold_sim(sim: &SimConfig) -> (Engine, Vec<Alert>) {
-    let events: Vec<Event> = generate(sim)
-        .into_iter()
-        .filter_map(|r| match r.payload {
-            SimPayload::Event(e) => Some(e),
-            SimPayload::Poison(_) => None,
-        })
-        .collect();
+    let events: Vec<Event> = generate_events(sim);
     fold(&events)
 }
 

@@ -10,7 +10,7 @@ use feedback::event::validate::{RejectKind, Rejection};
 use feedback::event::Event;
 use feedback::fold::snapshot::{readable, StateKey, TenantRecords, FORMAT_VERSION};
 use feedback::fold::{Engine, FoldConfig};
-use feedback::simulate::{generate, Scenario, SimConfig, SimPayload};
+use feedback::simulate::{generate_events, Scenario, SimConfig};
 
 fn events(days: u32) -> Vec<Event> {
     events_of(4, days)
@@ -23,13 +23,7 @@ fn events_of(tenants: usize, days: u32) -> Vec<Event> {
         scenario: Scenario::Mixed,
         ..SimConfig::default()
     };
-    generate(&sim)
-        .into_iter()
-        .filter_map(|r| match r.payload {
-            SimPayload::Event(e) => Some(e),
-            SimPayload::Poison(_) => None,
-        })
-        .collect()
+    generate_events(&sim)
 }
 
 /// A compacted topic: the latest value per key, tombstones removing keys.

@@ -701,47 +701,25 @@ trait Versioned {
     fn version(&self) -> u32;
 }
 
-impl Versioned for Head {
-    fn version(&self) -> u32 {
-        self.v
-    }
+macro_rules! versioned {
+    ($($record:ty),*) => {
+        $(impl Versioned for $record {
+            fn version(&self) -> u32 {
+                self.v
+            }
+        })*
+    };
 }
 
-impl Versioned for DayRecord {
-    fn version(&self) -> u32 {
-        self.v
-    }
-}
-
-impl Versioned for DriftRecord {
-    fn version(&self) -> u32 {
-        self.v
-    }
-}
-
-impl Versioned for ActualsRecord {
-    fn version(&self) -> u32 {
-        self.v
-    }
-}
-
-impl Versioned for PlanDayRecord {
-    fn version(&self) -> u32 {
-        self.v
-    }
-}
-
-impl Versioned for DriftHead {
-    fn version(&self) -> u32 {
-        self.v
-    }
-}
-
-impl Versioned for DriftEventRecord {
-    fn version(&self) -> u32 {
-        self.v
-    }
-}
+versioned!(
+    Head,
+    DayRecord,
+    DriftRecord,
+    ActualsRecord,
+    PlanDayRecord,
+    DriftHead,
+    DriftEventRecord
+);
 
 /// The versions a head record may have: it has not changed since format 1.
 const ANY_VERSION: &[u32] = &[
