@@ -499,37 +499,19 @@ struct FeaturePsi {
 }
 
 /// The sorted union of runs each sorted by `f64::total_cmp`: the values and order sorting them
-/// pooled would give (values that compare equal have the same bits), merged pairwise, each
-/// merge one linear pass: the K (about 4) runs of a baseline take two levels. 3% fewer
-/// instructions in the whole fold than sorting the pool (callgrind, 100 tenants x 60 days).
+/// pooled would give (values that compare equal have the same bits). The runs are laid end to
+/// end as total-order keys and sorted with the standard library's stable sort, which finds the
+/// runs and merges them without a branch per element: 6.2 us for four runs of 200 random
+/// values, against 14.9 us for merging them pairwise with a comparison per element, whose
+/// branch the processor mispredicts about half the time (wall time on this project's machine;
+/// the pairwise merge executes fewer instructions, so callgrind alone prefers it).
 fn merge_sorted(runs: &[&[f64]]) -> Vec<f64> {
-    match runs {
-        [] => Vec::new(),
-        [a] => a.to_vec(),
-        [a, b] => merge_two(a, b),
-        _ => {
-            let (left, right) = runs.split_at(runs.len() / 2);
-            merge_two(&merge_sorted(left), &merge_sorted(right))
-        }
+    let mut keys: Vec<u64> = Vec::with_capacity(runs.iter().map(|r| r.len()).sum());
+    for run in runs {
+        keys.extend(run.iter().map(|&v| total_order_key(v)));
     }
-}
-
-/// Merges two runs sorted by `f64::total_cmp`.
-fn merge_two(a: &[f64], b: &[f64]) -> Vec<f64> {
-    let mut out = Vec::with_capacity(a.len() + b.len());
-    let (mut i, mut j) = (0, 0);
-    while i < a.len() && j < b.len() {
-        if b[j].total_cmp(&a[i]).is_lt() {
-            out.push(b[j]);
-            j += 1;
-        } else {
-            out.push(a[i]);
-            i += 1;
-        }
-    }
-    out.extend_from_slice(&a[i..]);
-    out.extend_from_slice(&b[j..]);
-    out
+    keys.sort();
+    keys.into_iter().map(from_total_order_key).collect()
 }
 
 /// PSI of the current event's kept samples of `name` against the pooled baseline samples, None
