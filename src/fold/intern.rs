@@ -3,6 +3,9 @@
 
 use rustc_hash::FxHashMap;
 
+/// Up to this many names, a lookup scans them instead of hashing.
+const SCAN_UP_TO: usize = 8;
+
 #[derive(Debug, Clone, Default)]
 pub struct Interner {
     ids: FxHashMap<Box<str>, u32>,
@@ -18,7 +21,7 @@ impl Interner {
     }
 
     pub fn intern(&mut self, name: &str) -> u32 {
-        if let Some(&id) = self.ids.get(name) {
+        if let Some(id) = self.get(name) {
             return id;
         }
         let id = self.names.len() as u32;
@@ -28,6 +31,15 @@ impl Interner {
     }
 
     pub fn get(&self, name: &str) -> Option<u32> {
+        // A tenant has a handful of channels, campaigns and sources: comparing the names costs
+        // less than hashing the one looked up (a name's id is its index).
+        if self.names.len() <= SCAN_UP_TO {
+            return self
+                .names
+                .iter()
+                .position(|n| **n == *name)
+                .map(|i| i as u32);
+        }
         self.ids.get(name).copied()
     }
 
@@ -56,5 +68,20 @@ mod tests {
         assert_eq!(i.intern("meta"), a);
         assert_eq!(i.name(a), "meta");
         assert_eq!(i.len(), 2);
+    }
+
+    #[test]
+    fn lookups_agree_past_the_scanned_size() {
+        let mut i = Interner::with_empty();
+        let names: Vec<String> = (0..3 * SCAN_UP_TO).map(|n| format!("c{n}")).collect();
+        for (n, name) in names.iter().enumerate() {
+            assert_eq!(i.intern(name), n as u32 + 1);
+            for (m, earlier) in names[..=n].iter().enumerate() {
+                assert_eq!(i.get(earlier), Some(m as u32 + 1));
+                assert_eq!(i.intern(earlier), m as u32 + 1);
+            }
+            assert_eq!(i.get("missing"), None);
+        }
+        assert_eq!(i.get(""), Some(0));
     }
 }
