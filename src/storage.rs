@@ -1,5 +1,9 @@
 //! The storage directory of SPEC 6: tenant documents written atomically (temporary file, fsync,
 //! rename), so a reader never sees half a document and a crash never leaves one.
+//!
+//! Documents are compact JSON. Indented, a tenant's calibration history of 120 days took 330 KB
+//! and the documents of 1,000 tenants 363 MB; compact, 187 MB, and `feedback fold` over that
+//! history ran 15 to 20% faster (docs/PERFORMANCE.md). `jq .` indents them for reading.
 
 use std::fs::{self, File};
 use std::io::{BufWriter, Write};
@@ -216,7 +220,7 @@ fn stage<T: Serialize>(
     }
     {
         let mut w = BufWriter::new(tmp.as_file());
-        serde_json::to_writer_pretty(&mut w, value).map_err(|source| StorageError::Encode {
+        serde_json::to_writer(&mut w, value).map_err(|source| StorageError::Encode {
             path: path.to_owned(),
             source,
         })?;
