@@ -187,15 +187,19 @@ fn date<'de, D: Deserializer<'de>>(d: D) -> Result<NaiveDate, D::Error> {
 }
 
 fn fast_date(b: &[u8]) -> Option<NaiveDate> {
-    let digits = |r: std::ops::Range<usize>| {
-        b[r].iter().try_fold(0u32, |n, &c| {
-            c.is_ascii_digit().then(|| n * 10 + u32::from(c - b'0'))
-        })
-    };
+    let digits = |r| ascii_number(b, r);
     if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
         return None;
     }
     NaiveDate::from_ymd_opt(digits(0..4)? as i32, digits(5..7)?, digits(8..10)?)
+}
+
+/// The decimal number written by the ASCII digits `b[r]`; None if any is not a digit or the
+/// range is out of `b`.
+fn ascii_number(b: &[u8], r: std::ops::Range<usize>) -> Option<u32> {
+    b.get(r)?.iter().try_fold(0u32, |n, &c| {
+        c.is_ascii_digit().then(|| n * 10 + u32::from(c - b'0'))
+    })
 }
 
 /// An RFC 3339 time as chrono's `Deserialize` reads it, with the common forms
@@ -242,11 +246,7 @@ fn optional_utc_time<'de, D: Deserializer<'de>>(d: D) -> Result<Option<DateTime<
 /// `YYYY-MM-DDTHH:MM:SS[.F](Z|+HH:MM|-HH:MM)` with 1 to 9 fraction digits; None for anything
 /// else, leap seconds included, which chrono then reads by its own rules.
 fn fast_rfc3339(b: &[u8]) -> Option<DateTime<FixedOffset>> {
-    let number = |r: std::ops::Range<usize>| {
-        b.get(r)?.iter().try_fold(0u32, |n, &c| {
-            c.is_ascii_digit().then(|| n * 10 + u32::from(c - b'0'))
-        })
-    };
+    let number = |r| ascii_number(b, r);
     if b.len() < 20 || b[10] != b'T' || b[13] != b':' || b[16] != b':' {
         return None;
     }
