@@ -60,20 +60,18 @@ pub fn read_state(
     let topic = &settings.topics.state;
     let mut tpl = TopicPartitionList::new();
     let mut pending = BTreeSet::new();
-    // The end each partition had when the restore began. Read committed, a partition "ends"
-    // at its last stable offset, which trails the end while a transaction is open or while
-    // the markers of one that just committed are still being written (EndTxn returns before
-    // they are): the restore goes on until the stable offset has reached this end, so a
-    // transaction whose offsets are already committed is never missed.
-    let mut ends: BTreeMap<i32, i64> = BTreeMap::new();
+    // The end each partition had when the restore began: its high watermark, which a client
+    // reading committed cannot see (librdkafka answers such a client's watermark query with
+    // the last stable offset). Reading committed, a partition "ends" at its last stable
+    // offset, which trails the high watermark while a transaction is open or while the markers
+    // of one that just committed are still being written (EndTxn returns before they are): the
+    // restore goes on until the stable offset has reached the high watermark, so a transaction
+    // whose offsets are already committed is never missed.
+    let ends = high_watermarks(settings, hooks, partitions)?;
     for &p in partitions {
         // An empty partition has nothing to wait for (a fetch at its end would wait first).
-        match consumer.fetch_watermarks(topic, p, Duration::from_secs(10)) {
-            Ok((low, high)) if low >= high => continue,
-            Ok((_, high)) => {
-                ends.insert(p, high);
-            }
-            Err(_) => {}
+        if ends.get(&p) == Some(&End::Empty) {
+            continue;
         }
         tpl.add_partition_offset(topic, p, Offset::Beginning)
             .map_err(RestoreError::Client)?;
@@ -128,7 +126,10 @@ pub fn read_state(
             if let Ok(positions) = consumer.position() {
                 at_end.retain(|&p, since| {
                     let position = positions.find_partition(topic, p).map(|e| e.offset());
-                    let end = ends.get(&p).copied().unwrap_or(0);
+                    let end = match ends.get(&p) {
+                        Some(End::At(high)) => *high,
+                        _ => i64::MAX,
+                    };
                     let mut done = matches!(position, Some(Offset::Offset(o)) if o >= end);
                     // Any transaction open at the start is resolved within the transaction
                     // timeout (10 s, or fenced sooner); past that, stop waiting and say so.
@@ -154,4 +155,43 @@ pub fn read_state(
         }
     }
     Ok(out)
+}
+
+/// Where a partition of the state topic ended when its restore began.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// Nothing to read: never written, or compacted away to nothing.
+    Empty,
+    /// The high watermark.
+    At(i64),
+    /// The watermark could not be had: the restore waits its bound for a stable end.
+    Unknown,
+}
+
+/// Where each of `partitions` of the state topic ends, asked by a client that reads
+/// uncommitted so that the answer is the high watermark (see [`read_state`]).
+fn high_watermarks(
+    settings: &Settings,
+    hooks: &ClientHooks,
+    partitions: &BTreeSet<i32>,
+) -> Result<BTreeMap<i32, End>, RestoreError> {
+    let client: BaseConsumer<HookContext> = settings
+        .restore_config()
+        .set("isolation.level", "read_uncommitted")
+        .create_with_context(HookContext(hooks.clone()))
+        .map_err(RestoreError::Client)?;
+    let topic = &settings.topics.state;
+    let mut ends = BTreeMap::new();
+    for &p in partitions {
+        let end = match client.fetch_watermarks(topic, p, Duration::from_secs(10)) {
+            Ok((low, high)) if low >= high => End::Empty,
+            Ok((_, high)) => End::At(high),
+            Err(e) => {
+                tracing::warn!(error = %e, partition = p, "cannot read the changelog's high watermark; the restore of this partition waits 30 s for a stable end");
+                End::Unknown
+            }
+        };
+        ends.insert(p, end);
+    }
+    Ok(ends)
 }
