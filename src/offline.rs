@@ -130,10 +130,15 @@ struct Outputs {
 
 fn create(path: &Option<PathBuf>) -> Result<Option<(PathBuf, BufWriter<File>)>, OfflineError> {
     let Some(path) = path else { return Ok(None) };
-    let file = File::create(path).map_err(|source| OfflineError::WriteOutput {
+    let err = |source| OfflineError::WriteOutput {
         path: path.clone(),
         source,
-    })?;
+    };
+    // Like --storage-dir, a directory named for an output is created.
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
+    let file = File::create(path).map_err(err)?;
     Ok(Some((
         path.clone(),
         BufWriter::with_capacity(1 << 16, file),

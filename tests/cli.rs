@@ -53,6 +53,33 @@ fn a_directory_as_input_is_refused_before_any_output_is_touched() {
 }
 
 #[test]
+fn output_files_may_name_directories_that_do_not_exist_yet() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(&input, "garbage\n").unwrap();
+    let alerts = dir.path().join("out/alerts/alerts.jsonl");
+    let dlq = dir.path().join("out/dlq.jsonl");
+    let out = feedback(&[
+        "fold",
+        input.to_str().unwrap(),
+        "--storage-dir",
+        dir.path().join("out/storage").to_str().unwrap(),
+        "--alerts-out",
+        alerts.to_str().unwrap(),
+        "--dlq-out",
+        dlq.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::read_to_string(&alerts).unwrap(), "");
+    assert_eq!(std::fs::read_to_string(&dlq).unwrap().lines().count(), 1);
+}
+
+#[test]
 fn invalid_config_is_refused_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("bad.toml");
