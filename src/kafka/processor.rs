@@ -42,6 +42,7 @@ use crate::event::validate::{RejectKind, Rejection};
 use crate::fold::Engine;
 use crate::metrics::Metrics;
 use crate::storage::{Storage, SyncMode};
+use rayon::prelude::*;
 
 /// Bound on each blocking call to the cluster; a call that times out is retried.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -52,6 +53,14 @@ const MAX_BACKLOG: usize = 50_000;
 /// The most of a core's time the documents (computed on the loop, written on the writer thread)
 /// may take while the loop is behind the inputs.
 const DOCUMENTS_SHARE: f64 = 0.1;
+
+/// The most records polled and folded together: enough that a tenant's records fold together
+/// and decoding them is worth spreading over the cores, few enough that a batch folds in
+/// milliseconds.
+const MAX_BATCH: usize = 1024;
+
+/// Batches at least this large are decoded in parallel.
+const PARALLEL_DECODE: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -146,6 +155,8 @@ impl ProducerContext for ProducerHooks {
 struct ConsumerHooks {
     hooks: ClientHooks,
     pipeline: Arc<Mutex<Option<Pipeline>>>,
+    /// Counts rebalances: records polled before one are not folded (see [`run`]).
+    rebalances: Arc<AtomicU64>,
 }
 
 impl ClientContext for ConsumerHooks {
@@ -164,6 +175,7 @@ impl ClientContext for ConsumerHooks {
 
 impl ConsumerContext for ConsumerHooks {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        self.rebalances.fetch_add(1, Ordering::Relaxed);
         let mut guard = self.pipeline.lock().unwrap_or_else(|p| p.into_inner());
         let Some(pipeline) = guard.as_mut() else {
             return;
@@ -176,6 +188,7 @@ impl ConsumerContext for ConsumerHooks {
     }
 
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        self.rebalances.fetch_add(1, Ordering::Relaxed);
         let mut guard = self.pipeline.lock().unwrap_or_else(|p| p.into_inner());
         let Some(pipeline) = guard.as_mut() else {
             return;
@@ -349,61 +362,78 @@ impl Pipeline {
     }
 
     /// Folds one input record.
-    fn handle(&mut self, msg: &BorrowedMessage<'_>) -> Result<(), KafkaError> {
-        let Some(topic) = self.settings.topics.input(msg.topic()) else {
-            tracing::warn!(
-                topic = msg.topic(),
-                "a record of a topic that is not an input"
-            );
-            return Ok(());
-        };
+    /// Folds records polled together, in the order polled: each partition's events go to its
+    /// engine as one batch (a tenant's events in order, see [`Engine::apply_batch`]), refused
+    /// records to the DLQ. The records are decoded first, in parallel when there are enough.
+    fn handle(&mut self, msgs: &[BorrowedMessage<'_>]) -> Result<(), KafkaError> {
         if self.in_flight.is_none() {
             self.begin()?;
         }
-        let partition = msg.partition();
-        self.handles
-            .metrics
-            .consumed
-            .with_label_values(&[msg.topic()])
-            .inc();
-        self.summary.consumed += 1;
-        let decoded = match msg.payload() {
-            Some(bytes) => codec::decode(topic, bytes, &self.avro),
-            None => Err(Rejection::new(
-                RejectKind::Malformed,
-                "the record has no value (a tombstone); inputs carry one event per record",
-            )),
+        let decode = |msg: &BorrowedMessage<'_>| {
+            let topic = self.settings.topics.input(msg.topic())?;
+            Some(match msg.payload() {
+                Some(bytes) => codec::decode(topic, bytes, &self.avro),
+                None => Err(Rejection::new(
+                    RejectKind::Malformed,
+                    "the record has no value (a tombstone); inputs carry one event per record",
+                )),
+            })
         };
-        // Every assigned partition is restored before its records are read; one without an
-        // engine had its restore fail or stopped, and folding it from nothing would commit an
-        // empty state over the real one.
-        let Some(engine) = self.engines.get_mut(&partition) else {
-            if !self.handles.stop.load(Ordering::Relaxed) {
-                tracing::error!(
-                    partition,
-                    "a record of a partition whose state was not restored"
+        let decoded: Vec<Option<Result<crate::event::Event, Rejection>>> =
+            if msgs.len() >= PARALLEL_DECODE {
+                msgs.par_iter().map(decode).collect()
+            } else {
+                msgs.iter().map(decode).collect()
+            };
+        let mut events: BTreeMap<i32, Vec<crate::event::Event>> = BTreeMap::new();
+        for (msg, decoded) in msgs.iter().zip(decoded) {
+            let Some(decoded) = decoded else {
+                tracing::warn!(
+                    topic = msg.topic(),
+                    "a record of a topic that is not an input"
                 );
-                self.fatal = Some(KafkaError::Canceled);
-            }
-            return Ok(());
-        };
-        match decoded {
-            Ok(event) => {
-                engine.apply(&event, &mut self.alerts);
-                let alerts = std::mem::take(&mut self.alerts);
-                for alert in &alerts {
-                    self.publish(alert)?;
+                continue;
+            };
+            let partition = msg.partition();
+            self.handles
+                .metrics
+                .consumed
+                .with_label_values(&[msg.topic()])
+                .inc();
+            self.summary.consumed += 1;
+            // Every assigned partition is restored before its records are read; one without an
+            // engine had its restore fail or stopped, and folding it from nothing would commit
+            // an empty state over the real one.
+            let Some(engine) = self.engines.get_mut(&partition) else {
+                if !self.handles.stop.load(Ordering::Relaxed) {
+                    tracing::error!(
+                        partition,
+                        "a record of a partition whose state was not restored"
+                    );
+                    self.fatal = Some(KafkaError::Canceled);
                 }
-                self.alerts = alerts;
-                self.alerts.clear();
+                return Ok(());
+            };
+            match decoded {
+                Ok(event) => events.entry(partition).or_default().push(event),
+                Err(rejection) => {
+                    engine.record_rejection(&rejection);
+                    self.dead_letter(msg, &rejection)?;
+                }
             }
-            Err(rejection) => {
-                engine.record_rejection(&rejection);
-                self.dead_letter(msg, &rejection)?;
-            }
+            self.offsets
+                .insert((msg.topic().to_owned(), partition), msg.offset() + 1);
         }
-        self.offsets
-            .insert((msg.topic().to_owned(), partition), msg.offset() + 1);
+        let mut alerts = std::mem::take(&mut self.alerts);
+        for (partition, events) in events {
+            let engine = self.engines.get_mut(&partition).expect("checked above");
+            engine.apply_batch(&events, &mut alerts);
+            for alert in &alerts {
+                self.publish(alert)?;
+            }
+            alerts.clear();
+        }
+        self.alerts = alerts;
         Ok(())
     }
 
@@ -1106,11 +1136,13 @@ pub fn run(settings: Settings, handles: Handles) -> Result<RunSummary, RunError>
         metrics: handles.metrics.clone(),
     };
     let slot: Arc<Mutex<Option<Pipeline>>> = Arc::new(Mutex::new(None));
+    let rebalances = Arc::new(AtomicU64::new(0));
     let consumer: BaseConsumer<ConsumerHooks> = settings
         .consumer_config()
         .create_with_context(ConsumerHooks {
             hooks: hooks.clone(),
             pipeline: slot.clone(),
+            rebalances: rebalances.clone(),
         })
         .map_err(RunError::Client)?;
 
@@ -1233,10 +1265,31 @@ pub fn run(settings: Settings, handles: Handles) -> Result<RunSummary, RunError>
             break Ok(());
         }
         let waited = Instant::now();
-        let polled = consumer.poll(Duration::from_millis(interval.as_millis().min(100) as u64));
+        let mut polled = consumer.poll(Duration::from_millis(interval.as_millis().min(100) as u64));
+        // Whatever else is ready joins the first record, up to MAX_BATCH. The pipeline is not
+        // locked while polling (a rebalance callback locks it). A rebalance revokes and
+        // reassigns every partition (eager), and their reading resumes from the committed
+        // offsets: records polled before it are dropped unfolded, to be read again.
+        let mut batch = Vec::new();
+        if let Some(Ok(_)) = &polled {
+            let mut epoch = rebalances.load(Ordering::Relaxed);
+            while let Some(Ok(msg)) = polled {
+                batch.push(msg);
+                if batch.len() >= MAX_BATCH {
+                    polled = None;
+                    break;
+                }
+                polled = consumer.poll(Duration::ZERO);
+                let now = rebalances.load(Ordering::Relaxed);
+                if now != epoch {
+                    epoch = now;
+                    batch.clear();
+                }
+            }
+        }
         let mut guard = slot.lock().unwrap_or_else(|p| p.into_inner());
         let p = guard.as_mut().expect("pipeline set before polling");
-        if polled.is_none() {
+        if polled.is_none() && batch.is_empty() {
             p.idle += waited.elapsed();
         }
         // A rebalance inside poll may have failed, or a signal come: then the record polled
@@ -1247,24 +1300,24 @@ pub fn run(settings: Settings, handles: Handles) -> Result<RunSummary, RunError>
         if handles.stop.load(Ordering::Relaxed) {
             break Ok(());
         }
-        match polled {
-            None => {}
-            Some(Ok(msg)) => {
-                if let Err(e) = p.handle(&msg) {
-                    match classify(&e) {
-                        Failure::Fatal
-                            if p.exactly_once() || p.producer.client().fatal_error().is_some() =>
-                        {
-                            p.fatal = Some(e)
-                        }
-                        _ => {
-                            tracing::warn!(error = %e, "producing failed: aborting and rewinding");
-                            drop(msg);
-                            p.abort_and_rewind(&consumer);
-                        }
+        if !batch.is_empty() {
+            if let Err(e) = p.handle(&batch) {
+                match classify(&e) {
+                    Failure::Fatal
+                        if p.exactly_once() || p.producer.client().fatal_error().is_some() =>
+                    {
+                        p.fatal = Some(e)
+                    }
+                    _ => {
+                        tracing::warn!(error = %e, "producing failed: aborting and rewinding");
+                        drop(batch);
+                        p.abort_and_rewind(&consumer);
                     }
                 }
             }
+        }
+        match polled {
+            None | Some(Ok(_)) => {}
             // Transport and broker errors: librdkafka reconnects by itself.
             Some(Err(e))
                 if last_poll_error.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) =>
