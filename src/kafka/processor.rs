@@ -241,6 +241,9 @@ struct Pipeline {
     in_flight: Option<InFlight>,
     /// Alerts and DLQ copies of records folded while a commit was in flight.
     backlog: Vec<Output>,
+    /// Buffers of [`Pipeline::handle`]: a batch's records decoded, its events by partition.
+    decoded: Vec<Option<Result<crate::event::Event, Rejection>>>,
+    events: BTreeMap<i32, Vec<crate::event::Event>>,
     /// Tenants whose documents changed since the last round, per partition.
     stale_documents: BTreeMap<i32, BTreeSet<String>>,
     /// The round being written: (partition, tenant).
@@ -379,14 +382,16 @@ impl Pipeline {
                 )),
             })
         };
-        let decoded: Vec<Option<Result<crate::event::Event, Rejection>>> =
-            if msgs.len() >= PARALLEL_DECODE {
-                msgs.par_iter().map(decode).collect()
-            } else {
-                msgs.iter().map(decode).collect()
-            };
-        let mut events: BTreeMap<i32, Vec<crate::event::Event>> = BTreeMap::new();
-        for (msg, decoded) in msgs.iter().zip(decoded) {
+        // The buffers are kept from batch to batch: growing them anew costs page faults.
+        let mut decoded = std::mem::take(&mut self.decoded);
+        if msgs.len() >= PARALLEL_DECODE {
+            msgs.par_iter().map(decode).collect_into_vec(&mut decoded);
+        } else {
+            decoded.clear();
+            decoded.extend(msgs.iter().map(decode));
+        }
+        let mut events = std::mem::take(&mut self.events);
+        for (msg, decoded) in msgs.iter().zip(decoded.drain(..)) {
             let Some(decoded) = decoded else {
                 tracing::warn!(
                     topic = msg.topic(),
@@ -424,31 +429,36 @@ impl Pipeline {
             self.offsets
                 .insert((msg.topic().to_owned(), partition), msg.offset() + 1);
         }
+        self.decoded = decoded;
         let mut alerts = std::mem::take(&mut self.alerts);
-        for (partition, events) in events {
-            let engine = self.engines.get_mut(&partition).expect("checked above");
-            engine.apply_batch(&events, &mut alerts);
-            for alert in &alerts {
+        for (partition, events) in &mut events {
+            if events.is_empty() {
+                continue;
+            }
+            let engine = self.engines.get_mut(partition).expect("checked above");
+            engine.apply_batch(events, &mut alerts);
+            events.clear();
+            for alert in alerts.drain(..) {
                 self.publish(alert)?;
             }
-            alerts.clear();
         }
         self.alerts = alerts;
+        self.events = events;
         Ok(())
     }
 
-    fn publish(&mut self, alert: &Alert) -> Result<(), KafkaError> {
-        if self.in_flight.is_some() {
-            self.backlog.push(Output::Alert(alert.clone()));
-        } else {
-            self.send_alert(alert)?;
-        }
+    fn publish(&mut self, alert: Alert) -> Result<(), KafkaError> {
         self.handles
             .metrics
             .alerts
             .with_label_values(&[alert.kind.as_str()])
             .inc();
         self.summary.alerts += 1;
+        if self.in_flight.is_some() {
+            self.backlog.push(Output::Alert(alert));
+        } else {
+            self.send_alert(&alert)?;
+        }
         Ok(())
     }
 
@@ -690,7 +700,7 @@ impl Pipeline {
             Ok(()) => {
                 self.txn_open = false;
                 self.committed(in_flight.started);
-                let backlog = std::mem::take(&mut self.backlog);
+                let mut backlog = std::mem::take(&mut self.backlog);
                 // After a fatal error nothing more is committed: `commit` abandons the rest.
                 if self.fatal.is_some() || (self.offsets.is_empty() && backlog.is_empty()) {
                     return;
@@ -709,6 +719,11 @@ impl Pipeline {
                         ),
                     })
                 });
+                // The buffer is kept: growing one anew per transaction costs page faults.
+                backlog.clear();
+                if self.backlog.is_empty() {
+                    self.backlog = backlog;
+                }
                 if let Err(e) = sent {
                     self.commit_failed(consumer, e);
                 }
@@ -1246,6 +1261,8 @@ pub fn run(settings: Settings, handles: Handles) -> Result<RunSummary, RunError>
         txn_open: false,
         in_flight: None,
         backlog: Vec::new(),
+        decoded: Vec::new(),
+        events: BTreeMap::new(),
         stale_documents: BTreeMap::new(),
         documents_due: Default::default(),
         last_commit: now,
