@@ -146,6 +146,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 fn main() {
+    feedback::allocator::keep_freed_memory();
     let full = std::env::args().any(|a| a == "--bench");
     let Some(brokers) = std::env::var("KAFKA_BOOTSTRAP")
         .ok()

@@ -4,6 +4,7 @@
 //! `storage`, `offline`, and the CLI in `main.rs`). See ARCHITECTURE.md for the map and its invariants.
 
 pub mod alert;
+pub mod allocator;
 pub mod codec;
 pub mod commands;
 pub mod config;
