@@ -177,23 +177,38 @@ pub fn performance(state: &TenantState, shared: &Shared) -> PerformanceDoc {
         by_channel.insert(state.channels.name(c).to_owned(), empty());
     }
     if let Some(as_of) = state.as_of {
-        // One pass over the longest window's days: each pair goes into every window that holds
-        // its day, in the same order as a pass per window would add it.
-        let mut accs: Vec<(u32, Stats, Vec<Stats>, Vec<Stats>)> = config
-            .windows
-            .iter()
-            .map(|&w| {
-                (
-                    w,
-                    Stats::default(),
-                    vec![Stats::default(); state.channels.len()],
-                    vec![Stats::default(); labels.len()],
-                )
-            })
-            .collect();
-        let longest = config.windows.iter().copied().max().unwrap_or(0) as Day;
-        for (&day, data) in state.days.range(as_of - longest + 1..=as_of) {
+        // The windows all end at as_of, so each holds the next shorter one: one pass from as_of
+        // backwards adds every pair once, to one set of sums, and a window is read off those sums
+        // when the pass reaches the first day it does not hold.
+        let mut lengths = config.windows.clone();
+        lengths.sort_unstable();
+        lengths.dedup();
+        let mut tenant = Stats::default();
+        let mut channels = vec![Stats::default(); state.channels.len()];
+        let mut horizons = vec![Stats::default(); labels.len()];
+        let mut read_off = |w: u32, tenant: &Stats, channels: &[Stats], horizons: &[Stats]| {
+            let key = window_key(w);
+            windows.insert(key.clone(), tenant.window());
+            for (c, s) in channels.iter().enumerate() {
+                by_channel
+                    .entry(state.channels.name(c as u32).to_owned())
+                    .or_default()
+                    .insert(key.clone(), s.window());
+            }
+            for (b, s) in horizons.iter().enumerate() {
+                by_horizon
+                    .entry(labels[b].clone())
+                    .or_default()
+                    .insert(key.clone(), s.window());
+            }
+        };
+        let mut pending = lengths.iter().copied().peekable();
+        let longest = lengths.last().copied().unwrap_or(0) as Day;
+        for (&day, data) in state.days.range(as_of - longest + 1..=as_of).rev() {
             let age = (as_of - day) as u32;
+            while let Some(w) = pending.next_if(|&w| w <= age) {
+                read_off(w, &tenant, &channels, &horizons);
+            }
             for (&channel, cd) in &data.channels {
                 // Lines are sorted by campaign: look each campaign's actual up once.
                 let mut actual: Option<(u32, Option<super::tenant::Actual>)> = None;
@@ -214,31 +229,14 @@ pub fn performance(state: &TenantState, shared: &Shared) -> PerformanceDoc {
                         y: a.revenue,
                         quantiles: &quantiles,
                     };
-                    for (w, tenant, channels, horizons) in &mut accs {
-                        if age < *w {
-                            tenant.add(&pair);
-                            channels[channel as usize].add(&pair);
-                            horizons[line.bucket as usize].add(&pair);
-                        }
-                    }
+                    tenant.add(&pair);
+                    channels[channel as usize].add(&pair);
+                    horizons[line.bucket as usize].add(&pair);
                 }
             }
         }
-        for (w, tenant, channels, horizons) in accs {
-            let key = window_key(w);
-            windows.insert(key.clone(), tenant.window());
-            for (c, s) in channels.iter().enumerate() {
-                by_channel
-                    .entry(state.channels.name(c as u32).to_owned())
-                    .or_default()
-                    .insert(key.clone(), s.window());
-            }
-            for (b, s) in horizons.iter().enumerate() {
-                by_horizon
-                    .entry(labels[b].clone())
-                    .or_default()
-                    .insert(key.clone(), s.window());
-            }
+        for w in pending {
+            read_off(w, &tenant, &channels, &horizons);
         }
     }
 

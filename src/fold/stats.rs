@@ -112,6 +112,21 @@ pub struct Stats {
     pub intervals: SmallVec<[(u8, Coverage); 1]>,
 }
 
+/// The entry of `key` in a sorted (key, value) vector, looked for first at index `hint`: the
+/// pairs added to one set of sums mostly carry the same levels, so the i-th level of a pair is
+/// mostly the i-th entry.
+#[inline]
+fn entry_at<V: Default, A: smallvec::Array<Item = (u8, V)>>(
+    v: &mut SmallVec<A>,
+    hint: usize,
+    key: u8,
+) -> &mut V {
+    if v.get(hint).is_some_and(|e| e.0 == key) {
+        return &mut v[hint].1;
+    }
+    entry(v, key)
+}
+
 /// The entry of `key` in a sorted (key, value) vector, inserted empty if missing.
 fn entry<V: Default, A: smallvec::Array<Item = (u8, V)>>(v: &mut SmallVec<A>, key: u8) -> &mut V {
     let i = match v.binary_search_by_key(&key, |e| e.0) {
@@ -165,17 +180,19 @@ impl Stats {
             self.n_pos += 1;
             self.ape.add(err / y);
         }
-        for &(level, v) in pair.quantiles {
-            let l = entry(&mut self.levels, level);
+        for (i, &(level, v)) in pair.quantiles.iter().enumerate() {
+            let l = entry_at(&mut self.levels, i, level);
             l.cover.n += 1;
             l.cover.hits += u64::from(y <= v);
             l.pinball.add(pinball(f64::from(level) / 100.0, y, v));
         }
+        let mut j = 0;
         for &(lo, lo_v) in pair.quantiles.iter().take_while(|q| q.0 < 50) {
             if let Some(hi_v) = pair.level(100 - lo) {
-                let c = entry(&mut self.intervals, lo);
+                let c = entry_at(&mut self.intervals, j, lo);
                 c.n += 1;
                 c.hits += u64::from(lo_v <= y && y <= hi_v);
+                j += 1;
             }
         }
     }
