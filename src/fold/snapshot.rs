@@ -47,8 +47,8 @@ use super::drift::{DriftState, KeptEvent};
 use super::rules::{CalStatus, DriftEntry};
 use super::stats::Sum;
 use super::tenant::{
-    date_of, day_of, line_actual, Cell, ChannelDay, Counters, Day, DayData, Line, PlanMeta, Report,
-    Shared, TenantState, Total,
+    date_of, day_of, line_actual, push_date, Cell, ChannelDay, Counters, Day, DayData, Line,
+    PlanMeta, Report, Shared, TenantState, Total,
 };
 use crate::alert::AlertType;
 
@@ -208,20 +208,40 @@ fn head_key(tenant: &str) -> String {
     tenant.to_owned()
 }
 
+// The keys are built without `fmt`: a transaction writes one per changed day and plan, and
+// `format!` with chrono's date `Display` was a twentieth of the processor's loop.
+
 fn drift_key(tenant: &str) -> String {
-    format!("{tenant}/drift")
+    let mut key = String::with_capacity(tenant.len() + 6);
+    key.push_str(tenant);
+    key.push_str("/drift");
+    key
 }
 
 fn drift_event_key(tenant: &str, seq: u64) -> String {
-    format!("{tenant}/drift/{seq}")
+    let mut key = String::with_capacity(tenant.len() + 27);
+    key.push_str(tenant);
+    key.push_str("/drift/");
+    key.push_str(itoa::Buffer::new().format(seq));
+    key
 }
 
 fn day_key(tenant: &str, day: Day) -> String {
-    format!("{tenant}/day/{}", date_of(day))
+    let mut key = String::with_capacity(tenant.len() + 16);
+    key.push_str(tenant);
+    key.push_str("/day/");
+    push_date(&mut key, day);
+    key
 }
 
 fn plan_day_key(tenant: &str, day: Day, plan: u32) -> String {
-    format!("{tenant}/day/{}/{plan}", date_of(day))
+    let mut key = String::with_capacity(tenant.len() + 27);
+    key.push_str(tenant);
+    key.push_str("/day/");
+    push_date(&mut key, day);
+    key.push('/');
+    key.push_str(itoa::Buffer::new().format(plan));
+    key
 }
 
 /// A state record that cannot be read back.
@@ -1172,4 +1192,27 @@ fn sorted_lines(lines: &[Line]) -> bool {
     lines
         .windows(2)
         .all(|w| (w[0].campaign, w[0].plan) < (w[1].campaign, w[1].plan))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_read_as_the_changelog_table_writes_them() {
+        for date in ["2026-11-05", "0001-01-01", "9999-12-31", "2024-02-29"] {
+            let day = day_of(date.parse().unwrap());
+            assert_eq!(day_key("acme", day), format!("acme/day/{date}"));
+            assert_eq!(
+                plan_day_key("acme", day, 4_000_000_000),
+                format!("acme/day/{date}/4000000000")
+            );
+        }
+        assert_eq!(drift_key("a/b"), "a/b/drift");
+        assert_eq!(drift_event_key("acme", 0), "acme/drift/0");
+        assert_eq!(
+            drift_event_key("acme", u64::MAX),
+            format!("acme/drift/{}", u64::MAX)
+        );
+    }
 }

@@ -34,21 +34,27 @@ pub fn date_of(day: Day) -> NaiveDate {
 /// `YYYY-MM-DD`, as chrono's `Display` writes it, without going through `fmt` (a daily report
 /// formats its date twice, and `fmt` cost more than the rest of the alert's id).
 pub fn date_text(day: Day) -> String {
+    let mut text = String::with_capacity(10);
+    push_date(&mut text, day);
+    text
+}
+
+/// Appends [`date_text`] of `day` to `text`.
+pub fn push_date(text: &mut String, day: Day) {
     let date = date_of(day);
     let (y, m, d) = (date.year(), date.month(), date.day());
     if !(0..=9999).contains(&y) {
-        return date.to_string();
+        text.push_str(&date.to_string());
+        return;
     }
-    let mut text = String::with_capacity(10);
-    for (n, width) in [(y as u32, 4), (m, 2), (d, 2)] {
-        if !text.is_empty() {
+    for (i, (n, width)) in [(y as u32, 4), (m, 2), (d, 2)].into_iter().enumerate() {
+        if i > 0 {
             text.push('-');
         }
         for place in (0..width).rev() {
             text.push(char::from(b'0' + (n / 10u32.pow(place) % 10) as u8));
         }
     }
-    text
 }
 
 /// Reconciled actuals of a cell or of a channel-day.
