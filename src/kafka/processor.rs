@@ -32,6 +32,7 @@ use rdkafka::message::{BorrowedMessage, DeliveryResult, Header, Headers, Message
 use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::statistics::Statistics;
 use rdkafka::{Offset, TopicPartitionList};
+use smallvec::SmallVec;
 
 use super::documents::DocumentWriter;
 use super::restore::read_state;
@@ -391,6 +392,11 @@ impl Pipeline {
             decoded.extend(msgs.iter().map(decode));
         }
         let mut events = std::mem::take(&mut self.events);
+        // The next offset per (topic, partition) and the records per topic, gathered over the
+        // batch and written once: per record, the map insert allocated the topic's name and the
+        // metric hashed its label.
+        let mut next: SmallVec<[(&str, i32, i64); 18]> = SmallVec::new();
+        let mut consumed: SmallVec<[(&str, u64); 3]> = SmallVec::new();
         for (msg, decoded) in msgs.iter().zip(decoded.drain(..)) {
             let Some(decoded) = decoded else {
                 tracing::warn!(
@@ -400,11 +406,10 @@ impl Pipeline {
                 continue;
             };
             let partition = msg.partition();
-            self.handles
-                .metrics
-                .consumed
-                .with_label_values(&[msg.topic()])
-                .inc();
+            match consumed.iter_mut().find(|c| c.0 == msg.topic()) {
+                Some(c) => c.1 += 1,
+                None => consumed.push((msg.topic(), 1)),
+            }
             self.summary.consumed += 1;
             // Every assigned partition is restored before its records are read; one without an
             // engine had its restore fail or stopped, and folding it from nothing would commit
@@ -417,6 +422,7 @@ impl Pipeline {
                     );
                     self.fatal = Some(KafkaError::Canceled);
                 }
+                self.note_consumed(&next, &consumed);
                 return Ok(());
             };
             match decoded {
@@ -426,9 +432,15 @@ impl Pipeline {
                     self.dead_letter(msg, &rejection)?;
                 }
             }
-            self.offsets
-                .insert((msg.topic().to_owned(), partition), msg.offset() + 1);
+            match next
+                .iter_mut()
+                .find(|n| n.1 == partition && n.0 == msg.topic())
+            {
+                Some(n) => n.2 = msg.offset() + 1,
+                None => next.push((msg.topic(), partition, msg.offset() + 1)),
+            }
         }
+        self.note_consumed(&next, &consumed);
         self.decoded = decoded;
         let mut alerts = std::mem::take(&mut self.alerts);
         for (partition, events) in &mut events {
@@ -445,6 +457,20 @@ impl Pipeline {
         self.alerts = alerts;
         self.events = events;
         Ok(())
+    }
+
+    /// Records what a batch consumed: the next offset per (topic, partition), the count per topic.
+    fn note_consumed(&mut self, next: &[(&str, i32, i64)], consumed: &[(&str, u64)]) {
+        for &(topic, partition, offset) in next {
+            self.offsets.insert((topic.to_owned(), partition), offset);
+        }
+        for &(topic, n) in consumed {
+            self.handles
+                .metrics
+                .consumed
+                .with_label_values(&[topic])
+                .inc_by(n);
+        }
     }
 
     fn publish(&mut self, alert: Alert) -> Result<(), KafkaError> {
