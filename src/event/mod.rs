@@ -338,7 +338,20 @@ impl Quantiles {
 
 /// `p07` for level 7: the wire name of a quantile level.
 pub fn quantile_key(level: u8) -> String {
-    format!("p{level:02}")
+    let mut key = String::with_capacity(3);
+    push_quantile_key(&mut key, level);
+    key
+}
+
+/// Appends [`quantile_key`] of `level` to `text`, without `fmt` (the storage documents name
+/// every quantile of every day's calibration figures).
+pub fn push_quantile_key(text: &mut String, level: u8) {
+    text.push('p');
+    if level >= 100 {
+        text.push(char::from(b'0' + level / 100));
+    }
+    text.push(char::from(b'0' + level / 10 % 10));
+    text.push(char::from(b'0' + level % 10));
 }
 
 /// Parses `pNN` (NN in 01..99) into the level NN.
@@ -548,6 +561,19 @@ mod tests {
                 _ => {}
             }
             same_as_chrono(&text);
+        }
+    }
+
+    #[test]
+    fn quantile_keys_are_written_as_fmt_writes_them() {
+        for level in 0..=u8::MAX {
+            assert_eq!(quantile_key(level), format!("p{level:02}"));
+        }
+        for lo in 0..=100 {
+            assert_eq!(
+                crate::fold::stats::interval_key(lo),
+                format!("p{lo:02}_p{:02}", 100 - lo)
+            );
         }
     }
 

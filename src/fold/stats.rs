@@ -445,11 +445,11 @@ impl CoverageCounts {
 
 /// `p10_p90` for the lower level 10.
 pub fn interval_key(lo: u8) -> String {
-    format!(
-        "{}_{}",
-        crate::event::quantile_key(lo),
-        crate::event::quantile_key(100 - lo)
-    )
+    let mut key = String::with_capacity(7);
+    crate::event::push_quantile_key(&mut key, lo);
+    key.push('_');
+    crate::event::push_quantile_key(&mut key, 100 - lo);
+    key
 }
 
 /// `p07` and `p07_p93` for every level, made once: alert data names them without allocating.
