@@ -429,7 +429,12 @@ impl Pipeline {
                 Ok(event) => events.entry(partition).or_default().push(event),
                 Err(rejection) => {
                     engine.record_rejection(&rejection);
-                    self.dead_letter(msg, &rejection)?;
+                    if let Err(e) = self.dead_letter(msg, &rejection) {
+                        // The caller aborts (clearing the offsets) or stops; the consumed
+                        // counts still tell what was read.
+                        self.note_consumed(&next, &consumed);
+                        return Err(e);
+                    }
                 }
             }
             match next
