@@ -105,7 +105,7 @@ pub struct Stats {
     pub y: Sum,
     /// Per quantile level, ascending: pairs that have it, pairs with y <= value, and the
     /// pinball sum. A sorted vector: a forecast carries a handful of levels, and the storage
-    /// documents add every stored pair to up to nine of these.
+    /// documents add every stored pair to three of these (tenant, channel, horizon).
     pub levels: SmallVec<[(u8, LevelStats); 3]>,
     /// Per symmetric interval (keyed by the lower level), ascending: pairs that have both ends,
     /// pairs inside.
