@@ -24,6 +24,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use rayon::prelude::*;
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
@@ -43,7 +44,6 @@ use crate::event::validate::{RejectKind, Rejection};
 use crate::fold::Engine;
 use crate::metrics::Metrics;
 use crate::storage::{Storage, SyncMode};
-use rayon::prelude::*;
 
 /// Bound on each blocking call to the cluster; a call that times out is retried.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -365,7 +365,6 @@ impl Pipeline {
         }
     }
 
-    /// Folds one input record.
     /// Folds records polled together, in the order polled: each partition's events go to its
     /// engine as one batch (a tenant's events in order, see [`Engine::apply_batch`]), refused
     /// records to the DLQ. The records are decoded first, in parallel when there are enough.
