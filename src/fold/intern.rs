@@ -10,6 +10,23 @@ const SCAN_UP_TO: usize = 8;
 pub struct Interner {
     ids: FxHashMap<Box<str>, u32>,
     names: Vec<Box<str>>,
+    /// Each name's [`tag`], by id: a scan compares these and calls `memcmp` only on a match.
+    tags: Vec<(usize, u64)>,
+}
+
+/// A name's length, and its first and last four bytes (all its bytes when shorter than four):
+/// for names of up to eight bytes (`meta`, `cmp-1`, `shopify`) equal tags mean equal names.
+fn tag(name: &str) -> (usize, u64) {
+    let b = name.as_bytes();
+    let n = b.len();
+    let bytes = if n >= 4 {
+        let first = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        let last = u32::from_le_bytes([b[n - 4], b[n - 3], b[n - 2], b[n - 1]]);
+        u64::from(first) | u64::from(last) << 32
+    } else {
+        b.iter().fold(0, |t, &x| t << 8 | u64::from(x))
+    };
+    (n, bytes)
 }
 
 impl Interner {
@@ -26,6 +43,7 @@ impl Interner {
         }
         let id = self.names.len() as u32;
         self.names.push(name.into());
+        self.tags.push(tag(name));
         self.ids.insert(name.into(), id);
         id
     }
@@ -34,11 +52,13 @@ impl Interner {
         // A tenant has a handful of channels, campaigns and sources: comparing the names costs
         // less than hashing the one looked up (a name's id is its index).
         if self.names.len() <= SCAN_UP_TO {
-            return self
-                .names
-                .iter()
-                .position(|n| **n == *name)
-                .map(|i| i as u32);
+            let t = tag(name);
+            for (i, &u) in self.tags.iter().enumerate() {
+                if u == t && (t.0 <= 8 || *self.names[i] == *name) {
+                    return Some(i as u32);
+                }
+            }
+            return None;
         }
         self.ids.get(name).copied()
     }

@@ -152,6 +152,17 @@ pub struct Coverage {
 }
 
 impl Coverage {
+    /// Counts one pair in (`add`) or out, a hit or not.
+    fn count(&mut self, add: bool, hit: bool) {
+        if add {
+            self.n += 1;
+            self.hits += u64::from(hit);
+        } else {
+            self.n -= 1;
+            self.hits -= u64::from(hit);
+        }
+    }
+
     pub fn share(&self) -> Option<f64> {
         (self.n > 0).then(|| self.hits as f64 / self.n as f64)
     }
@@ -313,7 +324,8 @@ fn slot<A: smallvec::Array<Item = (u8, Coverage)>>(v: &mut SmallVec<A>, level: u
     i
 }
 
-/// Counts one pair in (or out of) the entry of `level`; an entry that falls to zero goes.
+/// Counts one pair in (or out of) the entry of `level`; the caller drops entries that fall to
+/// zero.
 fn step<A: smallvec::Array<Item = (u8, Coverage)>>(
     v: &mut SmallVec<A>,
     level: u8,
@@ -321,17 +333,15 @@ fn step<A: smallvec::Array<Item = (u8, Coverage)>>(
     hit: bool,
 ) {
     let i = slot(v, level);
-    let c = &mut v[i].1;
-    if add {
-        c.n += 1;
-        c.hits += u64::from(hit);
-    } else {
-        c.n -= 1;
-        c.hits -= u64::from(hit);
-        if c.n == 0 {
-            v.remove(i);
-        }
-    }
+    v[i].1.count(add, hit);
+}
+
+/// Whether the entries of `v` are exactly `levels`, in that order.
+fn same_levels<A: smallvec::Array<Item = (u8, Coverage)>>(
+    v: &SmallVec<A>,
+    levels: impl ExactSizeIterator<Item = u8>,
+) -> bool {
+    v.len() == levels.len() && v.iter().zip(levels).all(|(e, l)| e.0 == l)
 }
 
 /// Moves one hit of the entry of `level` from `was` to `is`.
@@ -359,16 +369,32 @@ impl CoverageCounts {
         } else {
             self.n -= 1
         }
-        for (&level, &v) in layout.levels.iter().zip(values) {
-            step(&mut self.levels, level, add, y <= v);
+        // Usually every pair of the window has the same levels as this one: then the entries
+        // are the layout's, in its order, and need no finding (a third of this function's
+        // instructions went to finding them).
+        if same_levels(&self.levels, layout.levels.iter().copied()) {
+            for ((_, c), &v) in self.levels.iter_mut().zip(values) {
+                c.count(add, y <= v);
+            }
+        } else {
+            for (&level, &v) in layout.levels.iter().zip(values) {
+                step(&mut self.levels, level, add, y <= v);
+            }
         }
-        for &(lo, i, j) in &layout.intervals {
-            step(
-                &mut self.intervals,
-                lo,
-                add,
-                values[i] <= y && y <= values[j],
-            );
+        let inside = |&(_, i, j): &(u8, usize, usize)| values[i] <= y && y <= values[j];
+        if same_levels(&self.intervals, layout.intervals.iter().map(|x| x.0)) {
+            for ((_, c), x) in self.intervals.iter_mut().zip(&layout.intervals) {
+                c.count(add, inside(x));
+            }
+        } else {
+            for x in &layout.intervals {
+                step(&mut self.intervals, x.0, add, inside(x));
+            }
+        }
+        // An entry that falls to zero goes (only a removal can do that).
+        if !add {
+            self.levels.retain(|e| e.1.n > 0);
+            self.intervals.retain(|e| e.1.n > 0);
         }
     }
 
