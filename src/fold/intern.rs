@@ -91,6 +91,30 @@ mod tests {
     }
 
     #[test]
+    fn names_with_the_same_length_and_edges_stay_apart() {
+        // Up to SCAN_UP_TO names each, so that lookups scan. In the second set the nine-byte
+        // names share their length and their first and last four bytes: only the full
+        // comparison tells them apart.
+        let sets: [&[&str]; 2] = [
+            &["", "a", "ab", "ba", "abc", "cmp-1", "cmp-2", "abcdefgh"],
+            &["abcdefgh", "abcdefgi", "bbcdefgh", "abcdXefgh", "abcdYefgh"],
+        ];
+        for names in sets {
+            assert!(names.len() <= SCAN_UP_TO);
+            let mut i = Interner::default();
+            for (n, name) in names.iter().enumerate() {
+                assert_eq!(i.intern(name), n as u32);
+            }
+            for (n, name) in names.iter().enumerate() {
+                assert_eq!(i.get(name), Some(n as u32), "{name}");
+            }
+            for absent in ["abcdZefgh", "cmp-3", "b", "abcdefgj"] {
+                assert_eq!(i.get(absent), None, "{absent}");
+            }
+        }
+    }
+
+    #[test]
     fn lookups_agree_past_the_scanned_size() {
         let mut i = Interner::with_empty();
         let names: Vec<String> = (0..3 * SCAN_UP_TO).map(|n| format!("c{n}")).collect();
