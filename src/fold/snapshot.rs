@@ -965,7 +965,15 @@ pub(super) fn restore(
             let lines = std::mem::take(&mut data.channels.get_mut(&channel).expect("listed").lines);
             for line in &lines {
                 if let Some(a) = line_actual(ranks, data, channel, line.campaign) {
-                    scorer.rescore(data, day, channel, line, None, Some(a.revenue), &mut dirty);
+                    scorer.rescore(
+                        &mut data.scores,
+                        day,
+                        channel,
+                        line,
+                        None,
+                        Some(a.revenue),
+                        &mut dirty,
+                    );
                 }
             }
             data.channels.get_mut(&channel).expect("listed").lines = lines;

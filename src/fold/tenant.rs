@@ -414,7 +414,7 @@ impl Scorer<'_> {
     #[allow(clippy::too_many_arguments)]
     pub(super) fn rescore(
         &mut self,
-        data: &mut DayData,
+        scores: &mut Option<Box<DayScores>>,
         day: Day,
         channel: u32,
         line: &Line,
@@ -444,9 +444,7 @@ impl Scorer<'_> {
         };
         let b = line.bucket as usize;
         let buckets = self.windows.horizons.len();
-        let scores = data
-            .scores
-            .get_or_insert_with(|| Box::new(DayScores::new(buckets)));
+        let scores = scores.get_or_insert_with(|| Box::new(DayScores::new(buckets)));
         apply(&mut scores.tenant);
         apply(&mut scores.horizons[b]);
         apply(scores.channel(channel));
@@ -763,11 +761,20 @@ impl TenantState {
         let old_total = cd.total.get();
         cd.total.replace(old, new);
         let new_total = cd.total.get();
-        let lines = std::mem::take(&mut cd.lines);
+        let lines = &cd.lines;
+        let scores = &mut data.scores;
         let channel_lines = lines.partition_point(|l| l.campaign == 0);
         let mut rescore = |line: &Line, old: Option<Actual>, new: Option<Actual>| {
             let revenue = |a: Option<Actual>| a.map(|a| a.revenue);
-            scorer.rescore(data, day, channel, line, revenue(old), revenue(new), dirty);
+            scorer.rescore(
+                scores,
+                day,
+                channel,
+                line,
+                revenue(old),
+                revenue(new),
+                dirty,
+            );
         };
         if campaign != 0 {
             let from = lines.partition_point(|l| l.campaign < campaign);
@@ -778,9 +785,6 @@ impl TenantState {
         }
         for line in &lines[..channel_lines] {
             rescore(line, old_total, new_total);
-        }
-        if let Some(cd) = data.channels.get_mut(&channel) {
-            cd.lines = lines;
         }
     }
 
@@ -813,7 +817,7 @@ impl TenantState {
             let campaign = self.campaigns.intern(&fl.campaign_id);
             let levels = self.level_set(&fl.revenue, last_levels, shared);
             last_levels = Some(levels);
-            let mut line = Line {
+            let line = Line {
                 campaign,
                 plan,
                 horizon,
@@ -827,24 +831,36 @@ impl TenantState {
             let data = days.entry(day).or_default();
             let actual = line_actual(ranks, data, channel, campaign);
             let cd = data.channels.entry(channel).or_default();
-            let old = match cd
+            let (i, old) = match cd
                 .lines
                 .binary_search_by_key(&(campaign, plan), |l| (l.campaign, l.plan))
             {
                 Ok(i) => {
-                    line.records += cd.lines[i].records;
-                    Some(std::mem::replace(&mut cd.lines[i], line.clone()))
+                    let records = line.records + cd.lines[i].records;
+                    let old = std::mem::replace(&mut cd.lines[i], line);
+                    cd.lines[i].records = records;
+                    (i, Some(old))
                 }
                 Err(i) => {
-                    cd.lines.insert(i, line.clone());
-                    None
+                    cd.lines.insert(i, line);
+                    (i, None)
                 }
             };
             if let Some(a) = actual {
+                let scores = &mut data.scores;
                 if let Some(old) = &old {
-                    scorer.rescore(data, day, channel, old, Some(a.revenue), None, &mut dirty);
+                    scorer.rescore(scores, day, channel, old, Some(a.revenue), None, &mut dirty);
                 }
-                scorer.rescore(data, day, channel, &line, None, Some(a.revenue), &mut dirty);
+                let line = &cd.lines[i];
+                scorer.rescore(
+                    scores,
+                    day,
+                    channel,
+                    line,
+                    None,
+                    Some(a.revenue),
+                    &mut dirty,
+                );
             }
         }
         if !dirty.is_empty() {
