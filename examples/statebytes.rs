@@ -29,8 +29,15 @@ fn main() {
     let events: Vec<Event> = generate_events(&sim);
     let mut engine = Engine::new(FoldConfig::default()).with_changelog();
     let mut alerts = Vec::new();
-    let kinds = ["head", "day", "plan day", "drift", "drift event"];
-    let (mut records, mut bytes, mut tombstones) = ([0u64; 5], [0u64; 5], 0u64);
+    let kinds = [
+        "head",
+        "day",
+        "plan day",
+        "drift",
+        "drift event",
+        "drift history entry",
+    ];
+    let (mut records, mut bytes, mut tombstones) = ([0u64; 6], [0u64; 6], 0u64);
     let mut taking = std::time::Duration::ZERO;
     let mut log = std::collections::BTreeMap::new();
     for chunk in events.chunks(env("TXN", 23_000)) {
@@ -47,6 +54,7 @@ fn main() {
                 Some(StateKey::PlanDay { .. }) => 2,
                 Some(StateKey::Drift { .. }) => 3,
                 Some(StateKey::DriftEvent { .. }) => 4,
+                Some(StateKey::DriftHistory { .. }) => 5,
                 None => unreachable!("the fold writes state keys only"),
             };
             match &r.value {

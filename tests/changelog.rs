@@ -176,7 +176,30 @@ fn expired_days_become_tombstones() {
             engine.tenant(tenant).unwrap().days.len(),
             "{tenant}"
         );
+        // Drift history entries past retention are deleted too: one live entry per entry the
+        // tenant keeps, and at least one was dropped (60 days of weekly events, 20 retained).
+        let entries = log
+            .0
+            .iter()
+            .filter(|(k, v)| {
+                v.is_some()
+                    && matches!(StateKey::parse(k), Some(StateKey::DriftHistory { tenant: t, .. }) if t == tenant)
+            })
+            .count();
+        let state = engine.tenant(tenant).unwrap();
+        assert_eq!(entries, state.drift_history.len(), "{tenant}");
+        assert!(
+            (entries as u64) < state.counters.feature_importances,
+            "{tenant}: no entry expired"
+        );
     }
+    assert_eq!(
+        documents(&log.restore(FoldConfig {
+            retention_days: 20,
+            ..FoldConfig::default()
+        })),
+        documents(&engine)
+    );
 }
 
 #[test]
@@ -214,6 +237,10 @@ fn a_record_of_another_version_is_refused() {
     assert!(TenantRecords::apply(&mut tenants, "acme/drift/+3", None).is_err());
     assert!(TenantRecords::apply(&mut tenants, "acme/day/2026-01-05/3", None).is_ok());
     assert!(TenantRecords::apply(&mut tenants, "acme/drift/3", None).is_ok());
+    assert!(TenantRecords::apply(&mut tenants, "acme/drift/history/3", None).is_ok());
+    assert!(TenantRecords::apply(&mut tenants, "acme/drift/history/+3", None).is_err());
+    assert!(TenantRecords::apply(&mut tenants, "acme/drift/history/", None).is_err());
+    assert!(TenantRecords::apply(&mut tenants, "acme/drift/other/3", None).is_err());
 }
 
 /// Builds a log, then converts `convert` of its values; restoring it must give `expected`.
@@ -342,6 +369,84 @@ fn a_changelog_of_an_earlier_build_is_restored_then_rewritten_in_this_format() {
     let expected = documents(&plain);
     assert_eq!(documents(&restored), expected);
     assert_eq!(documents(&log.restore(FoldConfig::default())), expected);
+}
+
+/// The changelog that format 4 (the drift history inside `{tenant}/drift`, commit c26a35e)
+/// wrote for `events_of(2, 15)` taken every 97 events, as `{"key", "format4": hex}` lines.
+fn format4_log() -> Compacted {
+    let text = include_str!("fixtures/changelog-format4.jsonl");
+    let mut log = Compacted::default();
+    for line in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let hex = v["format4"].as_str().unwrap();
+        let bytes = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            .collect();
+        log.0
+            .insert(v["key"].as_str().unwrap().to_owned(), Some(bytes));
+    }
+    log
+}
+
+#[test]
+fn a_format4_changelog_is_restored_then_its_drift_history_written_apart() {
+    let mut plain = Engine::new(FoldConfig::default());
+    let history = events_of(2, 15);
+    for e in &history {
+        plain.apply(e, &mut Vec::new());
+    }
+    let mut log = format4_log();
+    let tag = |log: &Compacted, key: &str| u32::from(log.0[key].as_ref().unwrap()[0]);
+    assert!(log.0.keys().all(|k| tag(&log, k) == 4));
+    let mut restored = log.restore(FoldConfig::default());
+    assert_eq!(documents(&restored), documents(&plain));
+
+    // The first commit rewrites the drift records, each history entry apart; then nothing is
+    // left to write, and the log restores to the same tenants.
+    assert!(log.take(&mut restored) > 0);
+    let entries = |log: &Compacted| {
+        (log.0.iter())
+            .filter(|(k, v)| {
+                v.is_some() && matches!(StateKey::parse(k), Some(StateKey::DriftHistory { .. }))
+            })
+            .count()
+    };
+    let kept: usize = restored
+        .tenants()
+        .into_iter()
+        .map(|t| restored.tenant(t).unwrap().drift_history.len())
+        .sum();
+    assert!(kept >= 2);
+    assert_eq!(entries(&log), kept);
+    for k in log.0.keys() {
+        if matches!(StateKey::parse(k), Some(StateKey::Drift { .. })) {
+            assert_eq!(tag(&log, k), FORMAT_VERSION, "{k} still in format 4");
+        }
+    }
+    assert_eq!(log.take(&mut restored), 0);
+    assert_eq!(
+        documents(&log.restore(FoldConfig::default())),
+        documents(&plain)
+    );
+
+    // Folding on from the restored tenants writes one new entry per event.
+    let later = events_of(2, 30);
+    let more: Vec<&Event> = later[history.len()..]
+        .iter()
+        .filter(|e| matches!(e, Event::FeatureImportance(_)))
+        .collect();
+    assert!(!more.is_empty());
+    for e in &more {
+        restored.apply(e, &mut Vec::new());
+        plain.apply(e, &mut Vec::new());
+    }
+    log.take(&mut restored);
+    assert_eq!(entries(&log), kept + more.len());
+    assert_eq!(
+        documents(&log.restore(FoldConfig::default())),
+        documents(&plain)
+    );
 }
 
 #[test]

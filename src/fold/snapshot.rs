@@ -9,13 +9,14 @@
 //! | key | holds | written when |
 //! |---|---|---|
 //! | `{tenant}` | names, plans, as_of, counters, rule status, alert occurrence counts | the tenant changed |
-//! | `{tenant}/drift` | how many feature-importance events were folded and kept, the drift history | a feature-importance event |
+//! | `{tenant}/drift` | how many feature-importance events were folded and kept, which history entries there are | a feature-importance event |
 //! | `{tenant}/drift/{n}` | the n-th feature-importance event (from 0) as the baseline keeps it | the event joined the baseline |
+//! | `{tenant}/drift/history/{n}` | the drift history entry of the n-th feature-importance event | the event was folded |
 //! | `{tenant}/day/{YYYY-MM-DD}` | that date's outcome reports and channel totals | an outcome of the date |
 //! | `{tenant}/day/{YYYY-MM-DD}/{plan}` | that date's lines of one plan (its id in the head) | the plan's lines of the date |
 //!
-//! An expired date (its record and its plans' records), and an event that left the baseline, are
-//! written as tombstones (no value). Each piece is written when it changes and not with the
+//! An expired date (its record and its plans' records), an event that left the baseline, and a
+//! history entry past retention are written as tombstones (no value). Each piece is written when it changes and not with the
 //! pieces beside it: when a date's record held every plan's lines, a plan rewrote 28 of them
 //! whole, and a baseline event was rewritten with each event after it; together that made the
 //! changelog bigger than the input (838 MB for 1.1 million input records, 305 MB now;
@@ -24,11 +25,13 @@
 //! keeps them. The channel totals are stored with their compensation term, so a restored
 //! tenant publishes the same figures to the last bit.
 //!
-//! Values are binary (postcard) behind a one-byte format tag (4): as JSON their encoding was a
+//! Values are binary (postcard) behind a one-byte format tag (5): as JSON their encoding was a
 //! third of the processor's loop. Records of earlier builds are still read, so a changelog
 //! written by one is restored as it is: values that start with `{` are the JSON of format 1;
 //! format 2 kept the drift baseline whole in `{tenant}/drift`, formats 1 to 3 a date's reports
-//! and all its lines in `{tenant}/day/{date}`. Such a record is rewritten in this format when
+//! and all its lines in `{tenant}/day/{date}`, formats 1 to 4 the whole drift history in
+//! `{tenant}/drift` (rewritten with every feature-importance event, it was a tenth of the
+//! processor's loop). Such a record is rewritten in this format when
 //! what it holds next changes (a drift record by the first commit after the restore). A record
 //! of an unknown version is refused instead of being misread. [`readable`] renders any value as
 //! JSON for people.
@@ -52,18 +55,23 @@ use super::tenant::{
 };
 use crate::alert::AlertType;
 
-/// The format of the records this code writes: postcard behind the tag byte `4`.
-pub const FORMAT_VERSION: u32 = 4;
+/// The format of the records this code writes: postcard behind the tag byte `5`.
+pub const FORMAT_VERSION: u32 = 5;
 
 /// Binary formats of earlier builds, still read (postcard behind the tag byte): format 2 kept
 /// the drift baseline whole in `{tenant}/drift`, formats 2 and 3 a date's outcome reports and
 /// every plan's lines in one `{tenant}/day/{date}`.
 const WHOLE_DRIFT_VERSION: u32 = 2;
 const WHOLE_DAY_VERSION: u32 = 3;
+/// Format 4 split a date's lines by plan, and still kept the drift history in `{tenant}/drift`.
+const WHOLE_HISTORY_VERSION: u32 = 4;
 
-/// The versions of a drift record with its baseline split into events, and of a whole day.
-const SPLIT_DRIFT: &[u32] = &[WHOLE_DAY_VERSION, FORMAT_VERSION];
+/// The versions of a baseline event record, of a drift record holding its history, of a whole
+/// day, and of the records a date is split into.
+const SPLIT_DRIFT: &[u32] = &[WHOLE_DAY_VERSION, WHOLE_HISTORY_VERSION, FORMAT_VERSION];
+const WHOLE_HISTORY: &[u32] = &[WHOLE_DAY_VERSION, WHOLE_HISTORY_VERSION];
 const WHOLE_DAY: &[u32] = &[JSON_VERSION, WHOLE_DRIFT_VERSION, WHOLE_DAY_VERSION];
+const SPLIT_DAY: &[u32] = &[WHOLE_HISTORY_VERSION, FORMAT_VERSION];
 
 /// The format of earlier builds, still read: JSON objects with `"v": 1`.
 const JSON_VERSION: u32 = 1;
@@ -83,6 +91,8 @@ pub struct ChangeSet {
     pub(super) plan_days: FxHashSet<(Day, u32)>,
     /// Expired dates, with the plans that had lines on them.
     pub(super) removed: Vec<(Day, Vec<u32>)>,
+    /// Drift history entries (by event number) that went past retention.
+    pub(super) history_removed: Vec<u64>,
     /// Dates restored from a whole-day record of an earlier format: the first change to one
     /// writes it whole in this format. Not a change itself; kept across takes.
     pub(super) legacy_days: FxHashSet<Day>,
@@ -95,6 +105,7 @@ impl ChangeSet {
             && self.days.is_empty()
             && self.plan_days.is_empty()
             && self.removed.is_empty()
+            && self.history_removed.is_empty()
     }
 
     /// The outcome reports or channel totals of `day` changed.
@@ -147,6 +158,10 @@ pub enum StateKey<'a> {
         tenant: &'a str,
         seq: u64,
     },
+    DriftHistory {
+        tenant: &'a str,
+        seq: u64,
+    },
     Day {
         tenant: &'a str,
         date: NaiveDate,
@@ -166,10 +181,15 @@ impl<'a> StateKey<'a> {
             (None, _) => Some(StateKey::Head { tenant }),
             (Some("drift"), None) => Some(StateKey::Drift { tenant }),
             // Digits only: `u64::from_str` would also take a leading `+`.
-            (Some("drift"), Some(n)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => n
+            (Some("drift"), Some(n)) if digits(n) => n
                 .parse()
                 .ok()
                 .map(|seq| StateKey::DriftEvent { tenant, seq }),
+            (Some("drift"), Some(rest)) => rest
+                .strip_prefix("history/")
+                .filter(|n| digits(n))
+                .and_then(|n| n.parse().ok())
+                .map(|seq| StateKey::DriftHistory { tenant, seq }),
             (Some("day"), Some(rest)) => {
                 let (date, plan) = match rest.split_once('/') {
                     Some((date, plan)) => (date, Some(plan)),
@@ -182,10 +202,11 @@ impl<'a> StateKey<'a> {
                     .flatten()?;
                 match plan {
                     None => Some(StateKey::Day { tenant, date }),
-                    Some(p) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => p
-                        .parse()
-                        .ok()
-                        .map(|plan| StateKey::PlanDay { tenant, date, plan }),
+                    Some(p) if digits(p) => {
+                        p.parse()
+                            .ok()
+                            .map(|plan| StateKey::PlanDay { tenant, date, plan })
+                    }
                     Some(_) => None,
                 }
             }
@@ -198,10 +219,16 @@ impl<'a> StateKey<'a> {
             StateKey::Head { tenant }
             | StateKey::Drift { tenant }
             | StateKey::DriftEvent { tenant, .. }
+            | StateKey::DriftHistory { tenant, .. }
             | StateKey::Day { tenant, .. }
             | StateKey::PlanDay { tenant, .. } => tenant,
         }
     }
+}
+
+/// A non-empty run of ASCII digits: `u64::from_str` would also take a leading `+`.
+fn digits(n: &str) -> bool {
+    !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())
 }
 
 fn head_key(tenant: &str) -> String {
@@ -222,6 +249,14 @@ fn drift_event_key(tenant: &str, seq: u64) -> String {
     let mut key = String::with_capacity(tenant.len() + 27);
     key.push_str(tenant);
     key.push_str("/drift/");
+    key.push_str(itoa::Buffer::new().format(seq));
+    key
+}
+
+fn drift_history_key(tenant: &str, seq: u64) -> String {
+    let mut key = String::with_capacity(tenant.len() + 35);
+    key.push_str(tenant);
+    key.push_str("/drift/history/");
     key.push_str(itoa::Buffer::new().format(seq));
     key
 }
@@ -302,10 +337,10 @@ struct DriftRecord {
     days: Vec<NaiveDate>,
 }
 
-/// `{tenant}/drift`: the baseline's events are `{tenant}/drift/{n}` for n in
-/// `seen - kept .. seen`.
+/// `{tenant}/drift` of formats 3 and 4: the baseline's events apart, the history inside. Read,
+/// no longer written.
 #[derive(Serialize, Deserialize)]
-struct DriftHead {
+struct DriftHeadWithHistory {
     v: u32,
     seen: u64,
     kept: u64,
@@ -313,14 +348,28 @@ struct DriftHead {
     days: Vec<NaiveDate>,
 }
 
-/// [`DriftHead`] as written, borrowing the history; the encoding is the same.
-#[derive(Serialize)]
-struct DriftHeadRef<'a> {
+/// `{tenant}/drift`: the baseline's events are `{tenant}/drift/{n}` for n in
+/// `seen - kept .. seen`; the history's entries, oldest first, are
+/// `{tenant}/drift/history/{n}` for the (n, date) of `history`.
+#[derive(Serialize, Deserialize)]
+struct DriftHead {
     v: u32,
     seen: u64,
     kept: u64,
-    history: &'a [DriftEntry],
-    days: Vec<NaiveDate>,
+    history: Vec<(u64, NaiveDate)>,
+}
+
+/// `{tenant}/drift/history/{n}`: the history entry of the n-th feature-importance event.
+#[derive(Serialize, Deserialize)]
+struct DriftHistoryRecord {
+    v: u32,
+    entry: DriftEntry,
+}
+
+#[derive(Serialize)]
+struct DriftHistoryRef<'a> {
+    v: u32,
+    entry: &'a DriftEntry,
 }
 
 /// `{tenant}/drift/{n}`: one event of the baseline.
@@ -452,6 +501,7 @@ pub(super) fn full(state: &TenantState) -> Vec<StateRecord> {
         legacy_days: FxHashSet::default(),
         days: state.days.keys().copied().collect(),
         removed: Vec::new(),
+        history_removed: Vec::new(),
     };
     let mut out = Vec::new();
     records(state, all, &mut out);
@@ -514,19 +564,39 @@ fn records(state: &TenantState, changes: ChangeSet, out: &mut Vec<StateRecord>) 
                 })),
             });
         }
+        // History entries are numbered by their event: those folded since the last take are
+        // new (all of them for a whole write, `drift_from` unset).
+        let new_from = changes.drift_from.unwrap_or(0);
+        let history = state.drift_seqs.iter().zip(&state.drift_history);
+        for (&seq, entry) in history.filter(|&(&seq, _)| seq >= new_from) {
+            out.push(StateRecord {
+                key: drift_history_key(&state.name, seq),
+                value: Some(encode(&DriftHistoryRef {
+                    v: FORMAT_VERSION,
+                    entry,
+                })),
+            });
+        }
         out.push(StateRecord {
             key: drift_key(&state.name),
-            value: Some(encode(&DriftHeadRef {
+            value: Some(encode(&DriftHead {
                 v: FORMAT_VERSION,
                 seen: state.drift.events_seen(),
                 kept: kept as u64,
-                history: &state.drift_history,
-                days: state.drift_days.iter().map(|&d| date_of(d)).collect(),
+                history: (state.drift_seqs.iter().copied())
+                    .zip(state.drift_days.iter().map(|&d| date_of(d)))
+                    .collect(),
             })),
         });
         for seq in changes.drift_first.unwrap_or(first)..first {
             out.push(StateRecord {
                 key: drift_event_key(&state.name, seq),
+                value: None,
+            });
+        }
+        for seq in changes.history_removed {
+            out.push(StateRecord {
+                key: drift_history_key(&state.name, seq),
                 value: None,
             });
         }
@@ -676,6 +746,7 @@ pub struct TenantRecords {
     pub head: Option<Vec<u8>>,
     pub drift: Option<Vec<u8>>,
     pub drift_events: BTreeMap<u64, Vec<u8>>,
+    pub drift_history: BTreeMap<u64, Vec<u8>>,
     pub days: BTreeMap<NaiveDate, Vec<u8>>,
     pub plan_days: BTreeMap<(NaiveDate, u32), Vec<u8>>,
 }
@@ -698,6 +769,12 @@ impl TenantRecords {
             }
             (StateKey::DriftEvent { seq, .. }, None) => {
                 records.drift_events.remove(&seq);
+            }
+            (StateKey::DriftHistory { seq, .. }, Some(v)) => {
+                records.drift_history.insert(seq, v);
+            }
+            (StateKey::DriftHistory { seq, .. }, None) => {
+                records.drift_history.remove(&seq);
             }
             (StateKey::Day { date, .. }, Some(v)) => {
                 records.days.insert(date, v);
@@ -737,8 +814,10 @@ versioned!(
     DriftRecord,
     ActualsRecord,
     PlanDayRecord,
+    DriftHeadWithHistory,
     DriftHead,
-    DriftEventRecord
+    DriftEventRecord,
+    DriftHistoryRecord
 );
 
 /// The versions a head record may have: it has not changed since format 1.
@@ -746,6 +825,7 @@ const ANY_VERSION: &[u32] = &[
     JSON_VERSION,
     WHOLE_DRIFT_VERSION,
     WHOLE_DAY_VERSION,
+    WHOLE_HISTORY_VERSION,
     FORMAT_VERSION,
 ];
 
@@ -754,7 +834,8 @@ fn unknown_version(key: &str, v: impl std::fmt::Display) -> SnapshotError {
         key,
         format!(
             "format version {v}, this build reads versions {JSON_VERSION} (JSON), \
-             {WHOLE_DRIFT_VERSION}, {WHOLE_DAY_VERSION} and {FORMAT_VERSION}"
+             {WHOLE_DRIFT_VERSION}, {WHOLE_DAY_VERSION}, {WHOLE_HISTORY_VERSION} and \
+             {FORMAT_VERSION}"
         ),
     )
 }
@@ -828,15 +909,18 @@ pub fn readable(key: &str, value: &[u8]) -> Result<String, SnapshotError> {
     let this = &[FORMAT_VERSION];
     match StateKey::parse(key).ok_or_else(|| invalid(key, "not a state key"))? {
         StateKey::Head { .. } => json(key, value, ANY_VERSION, |r: &mut Head| r.v = JSON_VERSION),
-        StateKey::Day { .. } if version_of(key, value)? == FORMAT_VERSION => {
-            json(key, value, this, |_: &mut ActualsRecord| {})
+        StateKey::Day { .. } if SPLIT_DAY.contains(&version_of(key, value)?) => {
+            json(key, value, SPLIT_DAY, |_: &mut ActualsRecord| {})
         }
         StateKey::Day { .. } => json(key, value, WHOLE_DAY, |r: &mut DayRecord| {
             r.v = JSON_VERSION
         }),
-        StateKey::PlanDay { .. } => json(key, value, this, |_: &mut PlanDayRecord| {}),
-        StateKey::Drift { .. } if SPLIT_DRIFT.contains(&version_of(key, value)?) => {
-            json(key, value, SPLIT_DRIFT, |_: &mut DriftHead| {})
+        StateKey::PlanDay { .. } => json(key, value, SPLIT_DAY, |_: &mut PlanDayRecord| {}),
+        StateKey::Drift { .. } if version_of(key, value)? == FORMAT_VERSION => {
+            json(key, value, this, |_: &mut DriftHead| {})
+        }
+        StateKey::Drift { .. } if WHOLE_HISTORY.contains(&version_of(key, value)?) => {
+            json(key, value, WHOLE_HISTORY, |_: &mut DriftHeadWithHistory| {})
         }
         StateKey::Drift { .. } => json(
             key,
@@ -845,6 +929,7 @@ pub fn readable(key: &str, value: &[u8]) -> Result<String, SnapshotError> {
             |r: &mut DriftRecord| r.v = JSON_VERSION,
         ),
         StateKey::DriftEvent { .. } => json(key, value, SPLIT_DRIFT, |_: &mut DriftEventRecord| {}),
+        StateKey::DriftHistory { .. } => json(key, value, this, |_: &mut DriftHistoryRecord| {}),
     }
 }
 
@@ -923,7 +1008,7 @@ pub(super) fn restore(
             // last commit. Records of its plans beside it come from a rewrite cut short
             // (at-least-once) of work that is folded again from the committed offsets, which
             // rewrites the day whole; until then they are ignored.
-            Some(bytes) if version_of(&key, bytes)? != FORMAT_VERSION => {
+            Some(bytes) if !SPLIT_DAY.contains(&version_of(&key, bytes)?) => {
                 let record: DayRecord = parse(&key, bytes, WHOLE_DAY)?;
                 if let Some(c) = state.changes.as_mut() {
                     c.legacy_days.insert(day);
@@ -933,13 +1018,13 @@ pub(super) fn restore(
             actuals => {
                 let mut data = DayData::default();
                 if let Some(bytes) = actuals {
-                    let record: ActualsRecord = parse(&key, bytes, &[FORMAT_VERSION])?;
+                    let record: ActualsRecord = parse(&key, bytes, SPLIT_DAY)?;
                     actuals_into(&mut data, &record, &ids)
                         .map_err(|reason| invalid(&key, reason))?;
                 }
                 for (&(_, plan), bytes) in records.plan_days.range((date, 0)..=(date, u32::MAX)) {
                     let key = plan_day_key(name, day, plan);
-                    let record: PlanDayRecord = parse(&key, bytes, &[FORMAT_VERSION])?;
+                    let record: PlanDayRecord = parse(&key, bytes, SPLIT_DAY)?;
                     plan_lines_into(&mut data, plan, &record, &ids, shared)
                         .map_err(|reason| invalid(&key, reason))?;
                 }
@@ -1016,14 +1101,21 @@ pub(super) fn restore(
 
     if let Some(bytes) = &records.drift {
         let key = drift_key(name);
-        let (history, days) = if SPLIT_DRIFT.contains(&version_of(&key, bytes)?) {
-            let d: DriftHead = parse(&key, bytes, SPLIT_DRIFT)?;
-            let first = d
-                .seen
-                .checked_sub(d.kept)
+        let version = version_of(&key, bytes)?;
+        // The history, its dates, and the event number of each entry where the record says.
+        let (history, days, seqs) = if SPLIT_DRIFT.contains(&version) {
+            let (seen, kept, history) = if version == FORMAT_VERSION {
+                let d: DriftHead = parse(&key, bytes, &[FORMAT_VERSION])?;
+                (d.seen, d.kept, Ok(d.history))
+            } else {
+                let d: DriftHeadWithHistory = parse(&key, bytes, WHOLE_HISTORY)?;
+                (d.seen, d.kept, Err((d.history, d.days)))
+            };
+            let first = seen
+                .checked_sub(kept)
                 .ok_or_else(|| invalid(&key, "keeps more events than it folded"))?;
-            let mut baseline = Vec::with_capacity(d.kept.min(1000) as usize);
-            for seq in first..d.seen {
+            let mut baseline = Vec::with_capacity(kept.min(1000) as usize);
+            for seq in first..seen {
                 let event_key = drift_event_key(name, seq);
                 let bytes = records
                     .drift_events
@@ -1032,38 +1124,82 @@ pub(super) fn restore(
                 let e: DriftEventRecord = parse(&event_key, bytes, SPLIT_DRIFT)?;
                 baseline.push(e.event);
             }
-            state.drift = DriftState::from_kept(baseline, d.seen).expect("first <= seen");
+            state.drift = DriftState::from_kept(baseline, seen).expect("first <= seen");
             // Events older than the baseline (a batch cut short before their tombstones) are
             // deleted with the next commit.
             let oldest = records.drift_events.keys().next().copied();
             if let (Some(oldest), Some(c)) = (oldest, state.changes.as_mut()) {
                 if oldest < first {
                     c.drift = true;
-                    c.drift_from = Some(d.seen);
+                    c.drift_from = Some(seen);
                     c.drift_first = Some(oldest);
                 }
             }
-            (d.history, d.days)
+            match history {
+                Ok(named) => {
+                    let mut entries = Vec::with_capacity(named.len());
+                    let (mut days, mut seqs) = (Vec::new(), Vec::new());
+                    for (seq, date) in named {
+                        let entry_key = drift_history_key(name, seq);
+                        if seq >= seen {
+                            return Err(invalid(&entry_key, "names an event not folded yet"));
+                        }
+                        let bytes = records.drift_history.get(&seq).ok_or_else(|| {
+                            invalid(&entry_key, "missing; the drift record names it")
+                        })?;
+                        let r: DriftHistoryRecord = parse(&entry_key, bytes, &[FORMAT_VERSION])?;
+                        entries.push(r.entry);
+                        days.push(date);
+                        seqs.push(seq);
+                    }
+                    // Entries the drift record no longer names (a batch cut short before their
+                    // tombstones) are deleted with the next commit.
+                    let named: BTreeSet<u64> = seqs.iter().copied().collect();
+                    let stale = records.drift_history.keys().filter(|s| !named.contains(s));
+                    if let Some(c) = state.changes.as_mut() {
+                        c.history_removed.extend(stale);
+                        if !c.history_removed.is_empty() {
+                            c.drift = true;
+                            c.drift_from.get_or_insert(seen);
+                            c.drift_first.get_or_insert(first);
+                        }
+                    }
+                    (entries, days, Some(seqs))
+                }
+                Err((history, days)) => (history, days, None),
+            }
         } else {
             let d: DriftRecord = parse(&key, bytes, &[JSON_VERSION, WHOLE_DRIFT_VERSION])?;
             if d.state.kept().1 as u64 > d.state.events_seen() {
                 return Err(invalid(&key, "keeps more events than it folded"));
             }
             state.drift = d.state;
-            // Written whole by an earlier build: the next commit writes it in this format.
-            if let Some(c) = state.changes.as_mut() {
-                let first = state.drift.kept().0;
-                c.drift = true;
-                c.drift_from = Some(first);
-                c.drift_first = Some(first);
-            }
-            (d.history, d.days)
+            (d.history, d.days, None)
         };
         if history.len() != days.len() {
             return Err(invalid(&key, "history and its dates differ in length"));
         }
+        let seqs = match seqs {
+            Some(seqs) => seqs,
+            // Written by an earlier build, the history inside the drift record: its entries
+            // are numbered as the last events folded, and the next commit writes the drift
+            // records in this format, each entry apart.
+            None => {
+                let seen = state.drift.events_seen();
+                let from = seen
+                    .checked_sub(history.len() as u64)
+                    .ok_or_else(|| invalid(&key, "more history entries than events folded"))?;
+                if let Some(c) = state.changes.as_mut() {
+                    c.drift = true;
+                    c.drift_from = Some(0);
+                    c.drift_first.get_or_insert(state.drift.kept().0);
+                }
+                (from..seen).collect()
+            }
+        };
         state.drift_history = history;
         state.drift_days = days.into_iter().map(day_of).collect();
+        state.drift_seqs = seqs;
     }
     Ok(Some(state))
 }

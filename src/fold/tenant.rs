@@ -565,6 +565,9 @@ pub struct TenantState {
     pub drift_history: Vec<DriftEntry>,
     /// The date of each drift history entry, to trim the history by retention.
     pub drift_days: Vec<Day>,
+    /// The number of the feature-importance event behind each drift history entry (from 0, in
+    /// the order folded): its changelog key.
+    pub(super) drift_seqs: Vec<u64>,
     /// What changed since the changelog last looked; None when nobody tracks changes.
     pub(super) changes: Option<ChangeSet>,
 }
@@ -595,6 +598,7 @@ impl TenantState {
             drift: DriftState::default(),
             drift_history: Vec::new(),
             drift_days: Vec::new(),
+            drift_seqs: Vec::new(),
             changes: shared.track_changes.then(ChangeSet::default),
         }
     }
@@ -878,17 +882,27 @@ impl TenantState {
         if let Some(c) = self.changes.as_mut() {
             c.feature_importance(self.drift.kept().0, self.drift.events_seen());
         }
+        let seq = self.drift.events_seen();
         let figures = self.drift.observe(fi, &shared.drift);
         super::rules::on_drift(self, fi, figures, out);
         // The history keeps the events within retention of the latest one (feature-importance
         // time only, so the trim does not depend on how the topics interleave).
         let day = day_of(fi.computed_at.date_naive());
         self.drift_days.push(day);
+        self.drift_seqs.push(seq);
         let latest = self.drift_days.iter().copied().max().unwrap_or(day);
         let cutoff = latest - shared.config.retention_days as Day + 1;
         if self.drift_days.iter().any(|&d| d < cutoff) {
-            let mut keep = self.drift_days.iter().map(|&d| d >= cutoff);
+            let keep = |i: usize| self.drift_days[i] >= cutoff;
+            let kept: Vec<bool> = (0..self.drift_days.len()).map(keep).collect();
+            if let Some(c) = self.changes.as_mut() {
+                let gone = self.drift_seqs.iter().zip(&kept).filter(|(_, &k)| !k);
+                c.history_removed.extend(gone.map(|(&seq, _)| seq));
+            }
+            let mut keep = kept.iter().copied();
             self.drift_history.retain(|_| keep.next().unwrap_or(true));
+            let mut keep = kept.iter().copied();
+            self.drift_seqs.retain(|_| keep.next().unwrap_or(true));
             self.drift_days.retain(|&d| d >= cutoff);
         }
     }
