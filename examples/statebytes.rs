@@ -36,8 +36,9 @@ fn main() {
         "drift",
         "drift event",
         "drift history entry",
+        "plan",
     ];
-    let (mut records, mut bytes, mut tombstones) = ([0u64; 6], [0u64; 6], 0u64);
+    let (mut records, mut bytes, mut tombstones) = ([0u64; 7], [0u64; 7], 0u64);
     let mut taking = std::time::Duration::ZERO;
     let mut log = std::collections::BTreeMap::new();
     for chunk in events.chunks(env("TXN", 23_000)) {
@@ -55,6 +56,7 @@ fn main() {
                 Some(StateKey::Drift { .. }) => 3,
                 Some(StateKey::DriftEvent { .. }) => 4,
                 Some(StateKey::DriftHistory { .. }) => 5,
+                Some(StateKey::Plan { .. }) => 6,
                 None => unreachable!("the fold writes state keys only"),
             };
             match &r.value {

@@ -217,7 +217,8 @@ fn a_record_of_another_version_is_refused() {
         .find(|(k, _)| matches!(StateKey::parse(k), Some(StateKey::Head { .. })))
         .unwrap();
     let text = readable(key, value.as_ref().unwrap()).unwrap();
-    *value = Some(text.replacen("\"v\":1", "\"v\":99", 1).into_bytes());
+    let version = format!("\"v\":{FORMAT_VERSION}");
+    *value = Some(text.replacen(&version, "\"v\":99", 1).into_bytes());
     let key = key.clone();
     let mut tenants = BTreeMap::new();
     for (k, v) in &log.0 {
@@ -241,6 +242,9 @@ fn a_record_of_another_version_is_refused() {
     assert!(TenantRecords::apply(&mut tenants, "acme/drift/history/+3", None).is_err());
     assert!(TenantRecords::apply(&mut tenants, "acme/drift/history/", None).is_err());
     assert!(TenantRecords::apply(&mut tenants, "acme/drift/other/3", None).is_err());
+    assert!(TenantRecords::apply(&mut tenants, "acme/plan/0", None).is_ok());
+    assert!(TenantRecords::apply(&mut tenants, "acme/plan/x", None).is_err());
+    assert!(TenantRecords::apply(&mut tenants, "acme/plan", None).is_err());
 }
 
 /// Builds a log, then converts `convert` of its values; restoring it must give `expected`.
@@ -267,14 +271,11 @@ fn restore_converted(
 
 #[test]
 fn a_changelog_rendered_as_json_is_still_restored() {
-    // `readable` writes head records the way format 1 stored them (`"v":1`), the others,
-    // which format 1 did not have in this shape, with this format's version.
+    // `readable` keeps this format's version; records of earlier builds it writes the way
+    // format 1 stored them (below).
     restore_converted(|k, v| {
         let text = readable(k, v).unwrap();
-        let version = match StateKey::parse(k) {
-            Some(StateKey::Head { .. }) => "\"v\":1".to_owned(),
-            _ => format!("\"v\":{FORMAT_VERSION}"),
-        };
+        let version = format!("\"v\":{FORMAT_VERSION}");
         assert!(text.starts_with('{') && text.contains(&version), "{text}");
         text.into_bytes()
     })
@@ -402,9 +403,23 @@ fn a_format4_changelog_is_restored_then_its_drift_history_written_apart() {
     let mut restored = log.restore(FoldConfig::default());
     assert_eq!(documents(&restored), documents(&plain));
 
-    // The first commit rewrites the drift records, each history entry apart; then nothing is
-    // left to write, and the log restores to the same tenants.
+    // The first commit rewrites the heads and drift records, each plan and history entry
+    // apart; then nothing is left to write, and the log restores to the same tenants.
     assert!(log.take(&mut restored) > 0);
+    for t in restored.tenants() {
+        assert_eq!(
+            tag(&log, t),
+            FORMAT_VERSION,
+            "head of {t} still in format 4"
+        );
+        let plans = (log.0.iter())
+            .filter(|(k, v)| {
+                v.is_some()
+                    && matches!(StateKey::parse(k), Some(StateKey::Plan { tenant, .. }) if tenant == t)
+            })
+            .count();
+        assert!(plans >= 2, "{t}: {plans} plan records");
+    }
     let entries = |log: &Compacted| {
         (log.0.iter())
             .filter(|(k, v)| {

@@ -8,7 +8,8 @@
 //!
 //! | key | holds | written when |
 //! |---|---|---|
-//! | `{tenant}` | names, plans, as_of, counters, rule status, alert occurrence counts | the tenant changed |
+//! | `{tenant}` | names, how many plans, as_of, counters, rule status, alert occurrence counts | the tenant changed |
+//! | `{tenant}/plan/{n}` | the n-th plan's id, issue time and model version | a forecast of that plan |
 //! | `{tenant}/drift` | how many feature-importance events were folded and kept, which history entries there are | a feature-importance event |
 //! | `{tenant}/drift/{n}` | the n-th feature-importance event (from 0) as the baseline keeps it | the event joined the baseline |
 //! | `{tenant}/drift/history/{n}` | the drift history entry of the n-th feature-importance event | the event was folded |
@@ -31,7 +32,8 @@
 //! format 2 kept the drift baseline whole in `{tenant}/drift`, formats 1 to 3 a date's reports
 //! and all its lines in `{tenant}/day/{date}`, formats 1 to 4 the whole drift history in
 //! `{tenant}/drift` (rewritten with every feature-importance event, it was a tenth of the
-//! processor's loop). Such a record is rewritten in this format when
+//! processor's loop) and every plan in the head (which grew by a plan a week and was rewritten
+//! with every change of the tenant). Such a record is rewritten in this format when
 //! what it holds next changes (a drift record by the first commit after the restore). A record
 //! of an unknown version is refused instead of being misread. [`readable`] renders any value as
 //! JSON for people.
@@ -93,6 +95,8 @@ pub struct ChangeSet {
     pub(super) removed: Vec<(Day, Vec<u32>)>,
     /// Drift history entries (by event number) that went past retention.
     pub(super) history_removed: Vec<u64>,
+    /// Plans whose id, issue time or model version is new.
+    pub(super) plans: FxHashSet<u32>,
     /// Dates restored from a whole-day record of an earlier format: the first change to one
     /// writes it whole in this format. Not a change itself; kept across takes.
     pub(super) legacy_days: FxHashSet<Day>,
@@ -112,6 +116,12 @@ impl ChangeSet {
     pub(super) fn day(&mut self, day: Day) {
         self.head = true;
         self.days.insert(day);
+    }
+
+    /// A forecast of `plan` came: its issue time and model version are written again.
+    pub(super) fn plan(&mut self, plan: u32) {
+        self.head = true;
+        self.plans.insert(plan);
     }
 
     /// The lines of `plan` on `day` changed (and possibly the day's channel list).
@@ -151,6 +161,10 @@ pub enum StateKey<'a> {
     Head {
         tenant: &'a str,
     },
+    Plan {
+        tenant: &'a str,
+        plan: u32,
+    },
     Drift {
         tenant: &'a str,
     },
@@ -180,6 +194,9 @@ impl<'a> StateKey<'a> {
         match (parts.next(), parts.next()) {
             (None, _) => Some(StateKey::Head { tenant }),
             (Some("drift"), None) => Some(StateKey::Drift { tenant }),
+            (Some("plan"), Some(n)) if digits(n) => {
+                n.parse().ok().map(|plan| StateKey::Plan { tenant, plan })
+            }
             // Digits only: `u64::from_str` would also take a leading `+`.
             (Some("drift"), Some(n)) if digits(n) => n
                 .parse()
@@ -217,6 +234,7 @@ impl<'a> StateKey<'a> {
     pub fn tenant(&self) -> &'a str {
         match *self {
             StateKey::Head { tenant }
+            | StateKey::Plan { tenant, .. }
             | StateKey::Drift { tenant }
             | StateKey::DriftEvent { tenant, .. }
             | StateKey::DriftHistory { tenant, .. }
@@ -237,6 +255,14 @@ fn head_key(tenant: &str) -> String {
 
 // The keys are built without `fmt`: a transaction writes one per changed day and plan, and
 // `format!` with chrono's date `Display` was a twentieth of the processor's loop.
+
+fn plan_key(tenant: &str, plan: u32) -> String {
+    let mut key = String::with_capacity(tenant.len() + 16);
+    key.push_str(tenant);
+    key.push_str("/plan/");
+    key.push_str(itoa::Buffer::new().format(plan));
+    key
+}
 
 fn drift_key(tenant: &str) -> String {
     let mut key = String::with_capacity(tenant.len() + 6);
@@ -293,13 +319,52 @@ fn invalid(key: &str, reason: impl ToString) -> SnapshotError {
     }
 }
 
+/// `{tenant}` of formats 1 to 4: every plan inside. Read, no longer written.
+#[derive(Serialize, Deserialize)]
+struct HeadWithPlans {
+    v: u32,
+    channels: Vec<String>,
+    campaigns: Vec<String>,
+    sources: Vec<String>,
+    plans: Vec<PlanRecord>,
+    level_sets: Vec<Vec<u8>>,
+    as_of: Option<NaiveDate>,
+    outcome_seq: u64,
+    feature_importances: u64,
+    rejected: u64,
+    expired: u64,
+    rules: RulesRecord,
+}
+
+impl HeadWithPlans {
+    /// The head of this format, and the plans it no longer holds.
+    fn split(self) -> (Head, Vec<PlanRecord>) {
+        let head = Head {
+            v: self.v,
+            channels: self.channels,
+            campaigns: self.campaigns,
+            sources: self.sources,
+            plans: self.plans.len() as u32,
+            level_sets: self.level_sets,
+            as_of: self.as_of,
+            outcome_seq: self.outcome_seq,
+            feature_importances: self.feature_importances,
+            rejected: self.rejected,
+            expired: self.expired,
+            rules: self.rules,
+        };
+        (head, self.plans)
+    }
+}
+
+/// `{tenant}`: the plans are `{tenant}/plan/{n}` for n in `0..plans`.
 #[derive(Serialize, Deserialize)]
 struct Head {
     v: u32,
     channels: Vec<String>,
     campaigns: Vec<String>,
     sources: Vec<String>,
-    plans: Vec<PlanRecord>,
+    plans: u32,
     /// The quantile levels of each level set, in id order.
     level_sets: Vec<Vec<u8>>,
     as_of: Option<NaiveDate>,
@@ -315,6 +380,13 @@ struct PlanRecord {
     id: String,
     issued_at: Option<DateTime<FixedOffset>>,
     model_version: Option<String>,
+}
+
+/// `{tenant}/plan/{n}`.
+#[derive(Serialize, Deserialize)]
+struct PlanEntryRecord {
+    v: u32,
+    plan: PlanRecord,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -502,6 +574,7 @@ pub(super) fn full(state: &TenantState) -> Vec<StateRecord> {
         days: state.days.keys().copied().collect(),
         removed: Vec::new(),
         history_removed: Vec::new(),
+        plans: (0..state.plans.len() as u32).collect(),
     };
     let mut out = Vec::new();
     records(state, all, &mut out);
@@ -509,9 +582,21 @@ pub(super) fn full(state: &TenantState) -> Vec<StateRecord> {
 }
 
 fn records(state: &TenantState, changes: ChangeSet, out: &mut Vec<StateRecord>) {
-    // The head first: ids are only ever added, so a head written ahead of the day records
-    // names every id they use even if a crash cuts the batch short (at-least-once, where the
-    // records are not one transaction).
+    // New plans, then the head that counts them, then the rest: ids are only ever added, so a
+    // head written ahead of the day records names every id they use, and its plans exist,
+    // even if a crash cuts the batch short (at-least-once, where the records are not one
+    // transaction).
+    let mut plans: Vec<u32> = changes.plans.into_iter().collect();
+    plans.sort_unstable();
+    for plan in plans {
+        out.push(StateRecord {
+            key: plan_key(&state.name, plan),
+            value: Some(encode(&PlanEntryRecord {
+                v: FORMAT_VERSION,
+                plan: plan_record(state, plan),
+            })),
+        });
+    }
     out.push(StateRecord {
         key: head_key(&state.name),
         value: Some(encode(&head_record(state))),
@@ -614,20 +699,7 @@ fn head_record(state: &TenantState) -> Head {
         channels: names(&state.channels),
         campaigns: names(&state.campaigns),
         sources: names(&state.sources),
-        plans: (0..state.plans.len() as u32)
-            .map(|id| {
-                let meta = state
-                    .plan_meta
-                    .get(id as usize)
-                    .cloned()
-                    .unwrap_or_default();
-                PlanRecord {
-                    id: state.plans.name(id).to_owned(),
-                    issued_at: meta.issued_at,
-                    model_version: meta.model_version,
-                }
-            })
-            .collect(),
+        plans: state.plans.len() as u32,
         level_sets: state
             .level_sets
             .iter()
@@ -657,6 +729,19 @@ fn head_record(state: &TenantState) -> Head {
                 o
             },
         },
+    }
+}
+
+fn plan_record(state: &TenantState, plan: u32) -> PlanRecord {
+    let meta = state
+        .plan_meta
+        .get(plan as usize)
+        .cloned()
+        .unwrap_or_default();
+    PlanRecord {
+        id: state.plans.name(plan).to_owned(),
+        issued_at: meta.issued_at,
+        model_version: meta.model_version,
     }
 }
 
@@ -744,6 +829,7 @@ fn plan_day_record(data: &DayData, plan: u32) -> Option<PlanDayRecord> {
 #[derive(Debug, Default)]
 pub struct TenantRecords {
     pub head: Option<Vec<u8>>,
+    pub plans: BTreeMap<u32, Vec<u8>>,
     pub drift: Option<Vec<u8>>,
     pub drift_events: BTreeMap<u64, Vec<u8>>,
     pub drift_history: BTreeMap<u64, Vec<u8>>,
@@ -763,6 +849,12 @@ impl TenantRecords {
         let records = tenants.entry(parsed.tenant().to_owned()).or_default();
         match (parsed, value) {
             (StateKey::Head { .. }, v) => records.head = v,
+            (StateKey::Plan { plan, .. }, Some(v)) => {
+                records.plans.insert(plan, v);
+            }
+            (StateKey::Plan { plan, .. }, None) => {
+                records.plans.remove(&plan);
+            }
             (StateKey::Drift { .. }, v) => records.drift = v,
             (StateKey::DriftEvent { seq, .. }, Some(v)) => {
                 records.drift_events.insert(seq, v);
@@ -810,6 +902,8 @@ macro_rules! versioned {
 
 versioned!(
     Head,
+    HeadWithPlans,
+    PlanEntryRecord,
     DayRecord,
     DriftRecord,
     ActualsRecord,
@@ -820,13 +914,12 @@ versioned!(
     DriftHistoryRecord
 );
 
-/// The versions a head record may have: it has not changed since format 1.
-const ANY_VERSION: &[u32] = &[
+/// The versions of a head record with its plans inside: it did not change from format 1 to 4.
+const HEAD_WITH_PLANS: &[u32] = &[
     JSON_VERSION,
     WHOLE_DRIFT_VERSION,
     WHOLE_DAY_VERSION,
     WHOLE_HISTORY_VERSION,
-    FORMAT_VERSION,
 ];
 
 fn unknown_version(key: &str, v: impl std::fmt::Display) -> SnapshotError {
@@ -908,7 +1001,13 @@ pub fn readable(key: &str, value: &[u8]) -> Result<String, SnapshotError> {
     }
     let this = &[FORMAT_VERSION];
     match StateKey::parse(key).ok_or_else(|| invalid(key, "not a state key"))? {
-        StateKey::Head { .. } => json(key, value, ANY_VERSION, |r: &mut Head| r.v = JSON_VERSION),
+        StateKey::Head { .. } if version_of(key, value)? == FORMAT_VERSION => {
+            json(key, value, this, |_: &mut Head| {})
+        }
+        StateKey::Head { .. } => json(key, value, HEAD_WITH_PLANS, |r: &mut HeadWithPlans| {
+            r.v = JSON_VERSION
+        }),
+        StateKey::Plan { .. } => json(key, value, this, |_: &mut PlanEntryRecord| {}),
         StateKey::Day { .. } if SPLIT_DAY.contains(&version_of(key, value)?) => {
             json(key, value, SPLIT_DAY, |_: &mut ActualsRecord| {})
         }
@@ -944,7 +1043,26 @@ pub(super) fn restore(
         return Ok(None);
     };
     let hk = head_key(name);
-    let head: Head = parse(&hk, head_bytes, ANY_VERSION)?;
+    let version = version_of(&hk, head_bytes)?;
+    let (head, plans) = if version == FORMAT_VERSION {
+        let head: Head = parse(&hk, head_bytes, &[FORMAT_VERSION])?;
+        let mut plans = Vec::with_capacity(head.plans.min(10_000) as usize);
+        for plan in 0..head.plans {
+            let key = plan_key(name, plan);
+            let bytes = records
+                .plans
+                .get(&plan)
+                .ok_or_else(|| invalid(&key, "missing; the head counts it"))?;
+            let r: PlanEntryRecord = parse(&key, bytes, &[FORMAT_VERSION])?;
+            plans.push(r.plan);
+        }
+        (head, plans)
+    } else if HEAD_WITH_PLANS.contains(&version) {
+        parse::<HeadWithPlans>(&hk, head_bytes, HEAD_WITH_PLANS)?.split()
+    } else {
+        return Err(unknown_version(&hk, version));
+    };
+    let legacy_head = head.v != FORMAT_VERSION;
 
     let mut state = TenantState::new(name, shared);
     for (i, c) in head.channels.iter().enumerate() {
@@ -965,7 +1083,7 @@ pub(super) fn restore(
             return Err(invalid(&hk, format!("source {s:?} named twice")));
         }
     }
-    for (i, p) in head.plans.iter().enumerate() {
+    for (i, p) in plans.iter().enumerate() {
         if state.plans.intern(&p.id) as usize != i {
             return Err(invalid(&hk, format!("plan {:?} named twice", p.id)));
         }
@@ -991,7 +1109,7 @@ pub(super) fn restore(
         channels: head.channels.len() as u32,
         campaigns: head.campaigns.len() as u32,
         sources: head.sources.len() as u32,
-        plans: head.plans.len() as u32,
+        plans: head.plans,
         level_sets: state
             .level_sets
             .iter()
@@ -1168,13 +1286,15 @@ pub(super) fn restore(
                 }
                 Err((history, days)) => (history, days, None),
             }
-        } else {
+        } else if [JSON_VERSION, WHOLE_DRIFT_VERSION].contains(&version) {
             let d: DriftRecord = parse(&key, bytes, &[JSON_VERSION, WHOLE_DRIFT_VERSION])?;
             if d.state.kept().1 as u64 > d.state.events_seen() {
                 return Err(invalid(&key, "keeps more events than it folded"));
             }
             state.drift = d.state;
             (d.history, d.days, None)
+        } else {
+            return Err(unknown_version(&key, version));
         };
         if history.len() != days.len() {
             return Err(invalid(&key, "history and its dates differ in length"));
@@ -1200,6 +1320,11 @@ pub(super) fn restore(
         state.drift_history = history;
         state.drift_days = days.into_iter().map(day_of).collect();
         state.drift_seqs = seqs;
+    }
+    // A head of an earlier build, its plans inside: the next commit writes them apart.
+    if let Some(c) = state.changes.as_mut().filter(|_| legacy_head) {
+        c.head = true;
+        c.plans.extend(0..state.plans.len() as u32);
     }
     Ok(Some(state))
 }

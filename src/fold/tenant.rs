@@ -802,6 +802,9 @@ impl TenantState {
             issued_at: Some(f.issued_at),
             model_version: f.model_version.clone(),
         };
+        if let Some(c) = self.changes.as_mut() {
+            c.plan(plan);
+        }
         let issued = day_of(f.issued_at.date_naive());
         let cutoff = self.cutoff(shared);
         self.mark_head();
