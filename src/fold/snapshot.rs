@@ -33,8 +33,8 @@
 //! and all its lines in `{tenant}/day/{date}`, formats 1 to 4 the whole drift history in
 //! `{tenant}/drift` (rewritten with every feature-importance event, it was a tenth of the
 //! processor's loop) and every plan in the head (which grew by a plan a week and was rewritten
-//! with every change of the tenant). Such a record is rewritten in this format when
-//! what it holds next changes (a drift record by the first commit after the restore). A record
+//! with every change of the tenant). Such a record is rewritten in this format when what it
+//! holds next changes (a head or drift record by the first commit after the restore). A record
 //! of an unknown version is refused instead of being misread. [`readable`] renders any value as
 //! JSON for people.
 //!
@@ -985,9 +985,9 @@ fn parse<'a, T: Deserialize<'a> + Versioned>(
 }
 
 /// A changelog value of any format as JSON, for people and tools (`kcat` shows the binary
-/// formats as bytes). Head and day records, and drift records of format 2, are written the way
-/// format 1 stored them, the drift records of this format with their version; either way a
-/// value converted this way is also one that [`restore`] reads.
+/// formats as bytes). Records of a layout format 1 had (heads with their plans, whole days,
+/// whole drift records) are written the way format 1 stored them, the others with their
+/// version; either way a value converted this way is also one that [`restore`] reads.
 pub fn readable(key: &str, value: &[u8]) -> Result<String, SnapshotError> {
     fn json<'a, T: Deserialize<'a> + Versioned + Serialize>(
         key: &str,
