@@ -679,7 +679,13 @@ fn records(state: &TenantState, changes: ChangeSet, out: &mut Vec<StateRecord>) 
                 value: None,
             });
         }
+        // An entry the history holds again is not deleted: a batch cut short after a new
+        // entry but before the drift record leaves the entry unnamed (deleted after the
+        // restore), and folding its event again numbers it the same.
         for seq in changes.history_removed {
+            if state.drift_seqs.contains(&seq) {
+                continue;
+            }
             out.push(StateRecord {
                 key: drift_history_key(&state.name, seq),
                 value: None,
@@ -1270,8 +1276,9 @@ pub(super) fn restore(
                         days.push(date);
                         seqs.push(seq);
                     }
-                    // Entries the drift record no longer names (a batch cut short before their
-                    // tombstones) are deleted with the next commit.
+                    // Entries the drift record does not name (a batch cut short before their
+                    // tombstones, or before the drift record that would have named them) are
+                    // deleted with the next commit, unless folding an event again writes them.
                     let named: BTreeSet<u64> = seqs.iter().copied().collect();
                     let stale = records.drift_history.keys().filter(|s| !named.contains(s));
                     if let Some(c) = state.changes.as_mut() {
