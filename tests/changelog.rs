@@ -282,15 +282,12 @@ fn a_changelog_rendered_as_json_is_still_restored() {
     .unwrap();
 }
 
-/// The changelog that build 1aff2d3 (format 2: postcard, the drift baseline whole in
-/// `{tenant}/drift`) wrote for `events_of(2, 15)` taken every 97 events, as
-/// `{"key", "format2": hex}` lines.
-fn format2_log() -> Compacted {
-    let text = include_str!("fixtures/changelog-format2.jsonl");
+/// A changelog an earlier build wrote, from a fixture of `{"key", FIELD: hex}` lines.
+fn fixture_log(text: &str, field: &str) -> Compacted {
     let mut log = Compacted::default();
     for line in text.lines() {
         let v: serde_json::Value = serde_json::from_str(line).unwrap();
-        let hex = v["format2"].as_str().unwrap();
+        let hex = v[field].as_str().unwrap();
         let bytes = (0..hex.len())
             .step_by(2)
             .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
@@ -299,6 +296,12 @@ fn format2_log() -> Compacted {
             .insert(v["key"].as_str().unwrap().to_owned(), Some(bytes));
     }
     log
+}
+
+/// The changelog that build 1aff2d3 (format 2: postcard, the drift baseline whole in
+/// `{tenant}/drift`) wrote for `events_of(2, 15)` taken every 97 events.
+fn format2_log() -> Compacted {
+    fixture_log(include_str!("fixtures/changelog-format2.jsonl"), "format2")
 }
 
 #[test]
@@ -373,21 +376,9 @@ fn a_changelog_of_an_earlier_build_is_restored_then_rewritten_in_this_format() {
 }
 
 /// The changelog that format 4 (the drift history inside `{tenant}/drift`, commit c26a35e)
-/// wrote for `events_of(2, 15)` taken every 97 events, as `{"key", "format4": hex}` lines.
+/// wrote for `events_of(2, 15)` taken every 97 events.
 fn format4_log() -> Compacted {
-    let text = include_str!("fixtures/changelog-format4.jsonl");
-    let mut log = Compacted::default();
-    for line in text.lines() {
-        let v: serde_json::Value = serde_json::from_str(line).unwrap();
-        let hex = v["format4"].as_str().unwrap();
-        let bytes = (0..hex.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
-            .collect();
-        log.0
-            .insert(v["key"].as_str().unwrap().to_owned(), Some(bytes));
-    }
-    log
+    fixture_log(include_str!("fixtures/changelog-format4.jsonl"), "format4")
 }
 
 #[test]

@@ -197,7 +197,6 @@ impl<'a> StateKey<'a> {
             (Some("plan"), Some(n)) if digits(n) => {
                 n.parse().ok().map(|plan| StateKey::Plan { tenant, plan })
             }
-            // Digits only: `u64::from_str` would also take a leading `+`.
             (Some("drift"), Some(n)) if digits(n) => n
                 .parse()
                 .ok()
@@ -256,12 +255,17 @@ fn head_key(tenant: &str) -> String {
 // The keys are built without `fmt`: a transaction writes one per changed day and plan, and
 // `format!` with chrono's date `Display` was a twentieth of the processor's loop.
 
-fn plan_key(tenant: &str, plan: u32) -> String {
-    let mut key = String::with_capacity(tenant.len() + 16);
+/// `{tenant}{path}{n}`.
+fn numbered_key(tenant: &str, path: &str, n: u64) -> String {
+    let mut key = String::with_capacity(tenant.len() + path.len() + 20);
     key.push_str(tenant);
-    key.push_str("/plan/");
-    key.push_str(itoa::Buffer::new().format(plan));
+    key.push_str(path);
+    key.push_str(itoa::Buffer::new().format(n));
     key
+}
+
+fn plan_key(tenant: &str, plan: u32) -> String {
+    numbered_key(tenant, "/plan/", u64::from(plan))
 }
 
 fn drift_key(tenant: &str) -> String {
@@ -272,19 +276,11 @@ fn drift_key(tenant: &str) -> String {
 }
 
 fn drift_event_key(tenant: &str, seq: u64) -> String {
-    let mut key = String::with_capacity(tenant.len() + 27);
-    key.push_str(tenant);
-    key.push_str("/drift/");
-    key.push_str(itoa::Buffer::new().format(seq));
-    key
+    numbered_key(tenant, "/drift/", seq)
 }
 
 fn drift_history_key(tenant: &str, seq: u64) -> String {
-    let mut key = String::with_capacity(tenant.len() + 35);
-    key.push_str(tenant);
-    key.push_str("/drift/history/");
-    key.push_str(itoa::Buffer::new().format(seq));
-    key
+    numbered_key(tenant, "/drift/history/", seq)
 }
 
 fn day_key(tenant: &str, day: Day) -> String {
@@ -1489,6 +1485,26 @@ mod tests {
         assert_eq!(
             drift_event_key("acme", u64::MAX),
             format!("acme/drift/{}", u64::MAX)
+        );
+        assert_eq!(
+            drift_history_key("acme", u64::MAX),
+            format!("acme/drift/history/{}", u64::MAX)
+        );
+        assert_eq!(plan_key("acme", 7), "acme/plan/7");
+        // Each parses back to what wrote it.
+        assert_eq!(
+            StateKey::parse(&drift_history_key("acme", 12)),
+            Some(StateKey::DriftHistory {
+                tenant: "acme",
+                seq: 12
+            })
+        );
+        assert_eq!(
+            StateKey::parse(&plan_key("acme", u32::MAX)),
+            Some(StateKey::Plan {
+                tenant: "acme",
+                plan: u32::MAX
+            })
         );
     }
 }
