@@ -138,6 +138,120 @@ fn settings(brokers: &str, t: &TopicNames, group: &str, dir: &std::path::Path) -
     s
 }
 
+/// The fields of a /proc stat file after the command name (which is in parentheses and may
+/// hold spaces), and the command name.
+fn stat_fields(path: &str) -> Option<(String, Vec<String>)> {
+    let stat = std::fs::read_to_string(path).ok()?;
+    let name = stat.get(stat.find('(')? + 1..stat.rfind(')')?)?.to_owned();
+    let fields = stat.get(stat.rfind(')')? + 2..)?;
+    Some((name, fields.split(' ').map(str::to_owned).collect()))
+}
+
+/// CPU seconds (user and system) in a /proc stat file: utime and stime, in USER_HZ ticks, which
+/// are 100 per second on every Linux ABI.
+fn stat_cpu(fields: &[String]) -> Option<f64> {
+    let ticks = |i: usize| fields.get(i)?.parse::<f64>().ok();
+    Some((ticks(11)? + ticks(12)?) / 100.0)
+}
+
+/// CPU seconds a process has used so far, all threads; None off Linux or once it is gone.
+fn cpu_seconds(pid: &str) -> Option<f64> {
+    stat_cpu(&stat_fields(&format!("/proc/{pid}/stat"))?.1)
+}
+
+/// CPU seconds of this process's live threads, summed by thread name with digits dropped
+/// (`rdk:broker3` and `rdk:broker4` are one line).
+fn thread_cpu() -> HashMap<String, f64> {
+    let mut by_name = HashMap::new();
+    for task in std::fs::read_dir("/proc/self/task")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let path = format!("{}/stat", task.path().display());
+        if let Some((name, fields)) = stat_fields(&path) {
+            let name: String = name.chars().filter(|c| !c.is_ascii_digit()).collect();
+            *by_name.entry(name).or_insert(0.0) += stat_cpu(&fields).unwrap_or(0.0);
+        }
+    }
+    by_name
+}
+
+/// The pid of a local Apache Kafka broker (a JVM running `kafka.Kafka`, as `scripts/kafka.sh`
+/// starts it), to count what a phase costs the broker too; None when the broker is elsewhere.
+fn local_broker_pid() -> Option<String> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid = e.file_name().into_string().ok()?;
+        pid.bytes().all(|b| b.is_ascii_digit()).then_some(())?;
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        cmdline
+            .split(|&b| b == 0)
+            .any(|arg| arg == b"kafka.Kafka")
+            .then_some(pid)
+    })
+}
+
+/// The CPU a phase used, in this process (by thread) and in the local broker. Wall-clock
+/// throughput on a small shared machine moves by a quarter from run to run; the CPU a phase
+/// costs per record moves far less, and says where a record's cost goes.
+struct CpuMeter {
+    broker: Option<String>,
+    own: Option<f64>,
+    threads: HashMap<String, f64>,
+    broker_start: Option<f64>,
+}
+
+impl CpuMeter {
+    fn start(broker: Option<String>) -> Self {
+        CpuMeter {
+            own: cpu_seconds("self"),
+            threads: thread_cpu(),
+            broker_start: broker.as_deref().and_then(cpu_seconds),
+            broker,
+        }
+    }
+
+    /// The CPU used since `start`, per record of `records`: this process, its threads that
+    /// used at least 2% of it (threads that ended are left in the total only), the broker.
+    fn report(&self, records: u64) -> String {
+        let per_record =
+            |s: f64| format!("{s:.1} s, {:.1} us/record", s * 1e6 / records.max(1) as f64);
+        let Some(own) = cpu_seconds("self")
+            .zip(self.own)
+            .map(|(now, start)| now - start)
+        else {
+            return "CPU: n/a (no /proc)".to_owned();
+        };
+        let mut threads: Vec<(String, f64)> = thread_cpu()
+            .into_iter()
+            .map(|(name, now)| {
+                let used = now - self.threads.get(&name).copied().unwrap_or(0.0);
+                (name, used)
+            })
+            .filter(|(_, used)| *used >= 0.02 * own)
+            .collect();
+        threads.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let threads: Vec<String> = threads
+            .iter()
+            .map(|(name, used)| format!("{name} {used:.1} s"))
+            .collect();
+        let broker = self
+            .broker
+            .as_deref()
+            .and_then(cpu_seconds)
+            .zip(self.broker_start)
+            .map(|(now, start)| per_record(now - start));
+        format!(
+            "CPU: this process {} ({}); broker {}",
+            per_record(own),
+            threads.join(", "),
+            broker
+                .as_deref()
+                .unwrap_or("n/a (not a local kafka.Kafka process)")
+        )
+    }
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -147,6 +261,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 fn main() {
     feedback::allocator::keep_freed_memory();
+    feedback::name_worker_threads();
     let full = std::env::args().any(|a| a == "--bench");
     let Some(brokers) = std::env::var("KAFKA_BOOTSTRAP")
         .ok()
@@ -201,16 +316,20 @@ fn main() {
     );
     drop(records);
 
+    let broker_pid = local_broker_pid();
+    let cpu = CpuMeter::start(broker_pid.clone());
     let (bare_n, bare_s) = bare_consumer(&brokers, &t);
     println!(
-        "bare consumer:           {bare_n} records in {bare_s:.2} s = {:.0} records/s",
-        bare_n as f64 / bare_s
+        "bare consumer:           {bare_n} records in {bare_s:.2} s = {:.0} records/s; {}",
+        bare_n as f64 / bare_s,
+        cpu.report(bare_n)
     );
 
     let group = format!("bench-{run}-run");
     let handles = Handles::new();
     let s = settings(&brokers, &t, &group, &dir.path().join("run"));
     let h = handles.clone();
+    let cpu = CpuMeter::start(broker_pid);
     let start = Instant::now();
     // Named, so a profile can tell the processor's loop from the rest.
     let worker = std::thread::Builder::new()
@@ -226,6 +345,7 @@ fn main() {
         assert!(!worker.is_finished(), "the processor stopped early");
     }
     let run_s = start.elapsed().as_secs_f64();
+    let cpu_run = cpu.report(progress(&brokers, &group, &t).1 as u64);
     handles.stop.store(true, Ordering::Relaxed);
     let summary = worker.join().unwrap().unwrap();
     let commit = handles.metrics.commit_seconds.get_sample_sum()
@@ -239,6 +359,8 @@ fn main() {
         commit * 1e3,
         summary.alerts,
     );
+    // Read before the stop's final documents round, which is not part of the run's time.
+    println!("feedback run: {}", cpu_run);
 
     // 2. Latency at a steady rate: produce time of the first outcome of (tenant, date) to the
     //    moment the daily calibration report it causes is readable (committed).

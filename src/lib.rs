@@ -17,3 +17,14 @@ pub mod metrics;
 pub mod offline;
 pub mod simulate;
 pub mod storage;
+
+/// Names the threads of rayon's global pool, which decodes records (`fold`, `run`) and encodes
+/// documents (`fold`), `feedback-pool-N`: unnamed, they take the name of the thread that first
+/// used the pool, and `top -H` or a profile would count their work as that thread's. Call it
+/// before anything uses the pool; once the pool exists this does nothing.
+pub fn name_worker_threads() {
+    // An error means the pool was built already, with whatever names it has.
+    let _ = rayon::ThreadPoolBuilder::new()
+        .thread_name(|i| format!("feedback-pool-{i}"))
+        .build_global();
+}

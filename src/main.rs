@@ -435,6 +435,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     feedback::allocator::keep_freed_memory();
+    feedback::name_worker_threads();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
