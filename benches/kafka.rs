@@ -7,7 +7,8 @@
 //! `scripts/kafka.sh start`). Run as a test (`cargo test --all-targets`) it does the same on a
 //! small history, to keep the benchmark working. Figures go in docs/PERFORMANCE.md.
 //! `BENCH_TENANTS` and `BENCH_DAYS` size the history, `BENCH_LATENCY_SECONDS` the latency run,
-//! `BENCH_STORAGE_INTERVAL` (seconds) and `BENCH_COMMIT_INTERVAL_MS` the processor's intervals.
+//! `BENCH_STORAGE_INTERVAL` (seconds) and `BENCH_COMMIT_INTERVAL_MS` the processor's intervals,
+//! `BENCH_BROKER_PID` the broker whose CPU is reported (default: the one local `kafka.Kafka`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -147,11 +148,10 @@ fn stat_fields(path: &str) -> Option<(String, Vec<String>)> {
     Some((name, fields.split(' ').map(str::to_owned).collect()))
 }
 
-/// CPU seconds (user and system) in a /proc stat file: utime and stime, in USER_HZ ticks, which
-/// are 100 per second on every Linux ABI.
+/// CPU seconds (user and system) in a /proc stat file: utime and stime, in clock ticks.
 fn stat_cpu(fields: &[String]) -> Option<f64> {
     let ticks = |i: usize| fields.get(i)?.parse::<f64>().ok();
-    Some((ticks(11)? + ticks(12)?) / 100.0)
+    Some((ticks(11)? + ticks(12)?) / rustix::param::clock_ticks_per_second() as f64)
 }
 
 /// CPU seconds a process has used so far, all threads; None off Linux or once it is gone.
@@ -177,18 +177,39 @@ fn thread_cpu() -> HashMap<String, f64> {
     by_name
 }
 
-/// The pid of a local Apache Kafka broker (a JVM running `kafka.Kafka`, as `scripts/kafka.sh`
-/// starts it), to count what a phase costs the broker too; None when the broker is elsewhere.
+/// The pid of the local Apache Kafka broker, to count what a phase costs it too:
+/// `BENCH_BROKER_PID` when set, else the one process running `kafka.Kafka` (as
+/// `scripts/kafka.sh` starts it). None when there is none or more than one (another broker, a
+/// CI run beside this one): the figure would be somebody else's.
 fn local_broker_pid() -> Option<String> {
-    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
-        let pid = e.file_name().into_string().ok()?;
-        pid.bytes().all(|b| b.is_ascii_digit()).then_some(())?;
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-        cmdline
-            .split(|&b| b == 0)
-            .any(|arg| arg == b"kafka.Kafka")
-            .then_some(pid)
-    })
+    if let Ok(pid) = std::env::var("BENCH_BROKER_PID") {
+        return Some(pid);
+    }
+    let brokers: Vec<String> = std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .filter_map(|e| {
+            let pid = e.file_name().into_string().ok()?;
+            pid.bytes().all(|b| b.is_ascii_digit()).then_some(())?;
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            cmdline
+                .split(|&b| b == 0)
+                .any(|arg| arg == b"kafka.Kafka")
+                .then_some(pid)
+        })
+        .collect();
+    match <[String; 1]>::try_from(brokers) {
+        Ok([pid]) => Some(pid),
+        Err(brokers) => {
+            if brokers.len() > 1 {
+                eprintln!(
+                    "{} kafka.Kafka processes: the broker's CPU is not reported (BENCH_BROKER_PID picks one)",
+                    brokers.len()
+                );
+            }
+            None
+        }
+    }
 }
 
 /// The CPU a phase used, in this process (by thread) and in the local broker. Wall-clock

@@ -120,10 +120,10 @@ impl Settings {
             // Java's partitioner, so alerts land where a Java producer would put the tenant.
             .set("partitioner", "murmur2_random")
             .set("linger.ms", "5")
-            // State records and alerts are JSON and shrink severalfold: the broker then
-            // appends, replicates and compacts a fraction of the bytes. Measured on a local
-            // broker (docs/PERFORMANCE.md): its CPU per record during a run halved, and this
-            // process used no more.
+            // Alerts are JSON, and state records repeat their tenant and date in keys and
+            // values: compressed, the broker appends, replicates and compacts fewer bytes.
+            // Measured on a local broker (docs/PERFORMANCE.md): its CPU per record during a
+            // run halved, and this process used no more.
             .set("compression.type", "lz4")
             // A DLQ record carries the refused bytes whole, which may exceed 1 MiB.
             .set("message.max.bytes", "16777216");
