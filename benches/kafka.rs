@@ -268,7 +268,7 @@ impl CpuMeter {
             threads.join(", "),
             broker
                 .as_deref()
-                .unwrap_or("n/a (not a local kafka.Kafka process)")
+                .unwrap_or("n/a (not one local kafka.Kafka process; see BENCH_BROKER_PID)")
         )
     }
 }
