@@ -392,7 +392,8 @@ struct Refused<'a> {
 }
 
 /// Records decoded before they are folded together: the fold takes each tenant's records of a
-/// batch in one go ([`Engine::apply_batch`]), so alerts of different tenants interleave by batch.
+/// batch in one go, the tenants on every core ([`Engine::apply_batch_parallel`]), so alerts of
+/// different tenants interleave by batch.
 const BATCH: usize = 65_536;
 
 /// Folds the decoded batch and writes the alerts it caused.
@@ -403,7 +404,7 @@ fn fold_batch(
     outputs: &mut Outputs,
 ) -> Result<(), OfflineError> {
     let mut alerts: Vec<Alert> = Vec::new();
-    engine.apply_batch(batch, &mut alerts);
+    engine.apply_batch_parallel(batch, &mut alerts);
     batch.clear();
     for alert in &alerts {
         summary.alerts += 1;
