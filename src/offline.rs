@@ -244,17 +244,9 @@ pub fn fold_files(job: &FoldJob) -> Result<FoldSummary, OfflineError> {
     fold_batch(&mut engine, &mut batch, &mut summary, &mut outputs)?;
     progress.finish_and_clear();
 
-    let storage = Storage::new(&job.storage_dir).with_parallel_staging();
+    let storage = Storage::new(&job.storage_dir);
     let names = engine.tenants();
-    // Computed and encoded on every core, a slice of tenants at a time so that the documents
-    // held in memory stay bounded (a long calibration history runs to megabytes).
-    for slice in names.chunks(DOCUMENT_SLICE) {
-        let docs: Vec<_> = slice
-            .par_iter()
-            .filter_map(|name| engine.documents(name))
-            .collect();
-        storage.write_tenants(docs)?;
-    }
+    storage.write_all_tenants(&names, |name| engine.documents(name))?;
     for out in [&mut outputs.alerts, &mut outputs.dlq]
         .into_iter()
         .flatten()
@@ -312,9 +304,6 @@ struct Rejected {
     offset: Option<i64>,
     payload: String,
 }
-
-/// Tenants whose documents are computed and written together.
-const DOCUMENT_SLICE: usize = 128;
 
 /// Lines per chunk: enough to keep both cores busy decoding one chunk, few enough that the
 /// queue of chunks waiting for the fold stays small (about 5 MB each).

@@ -309,7 +309,7 @@ pub fn replay(job: &ReplayJob) -> Result<ReplaySummary, ReplayError> {
 
     let storage = Storage::new(&job.storage_dir);
     let names = engine.tenants();
-    storage.write_tenants(names.iter().filter_map(|name| engine.documents(name)))?;
+    storage.write_all_tenants(&names, |name| engine.documents(name))?;
     summary.fold.tenants = names.len() as u64;
     summary.not_found = job
         .tenants
