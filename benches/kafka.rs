@@ -477,7 +477,7 @@ fn main() {
             )
             .unwrap();
         if let SimPayload::Event(feedback::event::Event::Outcome(o)) = &r.payload {
-            sent.entry((o.tenant.clone(), o.date.to_string()))
+            sent.entry((o.tenant.to_string(), o.date.to_string()))
                 .or_insert_with(Instant::now);
         }
         n += 1;

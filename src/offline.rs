@@ -317,11 +317,14 @@ fn read_chunks(
     schemas: &AvroSchemas,
     out: &std::sync::mpsc::SyncSender<Result<Chunk, OfflineError>>,
 ) {
+    // One buffer for every chunk: a fresh one grew by copying to the chunk's size (megabytes)
+    // and had the kernel zero new pages for it each time.
+    let mut text = Vec::with_capacity(1 << 20);
     for (file, (path, mut reader)) in readers.into_iter().enumerate() {
         let mut line_no = 0u64;
         let mut eof = false;
         while !eof {
-            let mut text = Vec::with_capacity(1 << 20);
+            text.clear();
             let mut lines: Vec<(u64, std::ops::Range<usize>)> = Vec::with_capacity(CHUNK_LINES);
             while lines.len() < CHUNK_LINES {
                 let at = text.len();

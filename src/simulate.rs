@@ -290,8 +290,8 @@ impl Simulator {
                         let p50 = round2(expected(cell, day + h));
                         ForecastLine {
                             date: date + Days::new(u64::from(h)),
-                            channel: cell.channel.clone(),
-                            campaign_id: cell.campaign.clone(),
+                            channel: cell.channel.clone().into(),
+                            campaign_id: cell.campaign.clone().into(),
                             spend: Some(round2(p50 / cell.roas)),
                             revenue: Quantiles::from_pairs([
                                 (10, round2(p50 * (-half).exp())),
@@ -302,8 +302,8 @@ impl Simulator {
                     })
                     .collect();
                 let forecast = Forecast {
-                    tenant: tenant.name.clone(),
-                    plan_id: format!("plan-{date}"),
+                    tenant: tenant.name.clone().into(),
+                    plan_id: format!("plan-{date}").into(),
                     model_version: Some("mmm-v12".into()),
                     issued_at: self.midnight(day).fixed_offset(),
                     lines,
@@ -328,13 +328,13 @@ impl Simulator {
                     let platform = format!("{}_ads", cell.channel);
                     let observed_at = Some(self.midnight(day) + chrono::Duration::hours(3));
                     let outcome = |source: &str, revenue: f64| Outcome {
-                        tenant: tenant.name.clone(),
+                        tenant: tenant.name.clone().into(),
                         date: odate,
-                        channel: cell.channel.clone(),
-                        campaign_id: cell.campaign.clone(),
+                        channel: cell.channel.clone().into(),
+                        campaign_id: cell.campaign.clone().into(),
                         spend,
                         revenue,
-                        source: source.to_owned(),
+                        source: source.to_owned().into(),
                         observed_at,
                     };
                     // Where Shopify reports (every other campaign) it has the cart truth and wins
@@ -401,7 +401,7 @@ impl Simulator {
                 );
                 importances.insert("price".into(), round4(0.15 * (1.0 + 0.05 * self.noise())));
                 let fi = FeatureImportance {
-                    tenant: tenant.name.clone(),
+                    tenant: tenant.name.clone().into(),
                     model_version: Some("mmm-v12".into()),
                     computed_at: self.midnight(day),
                     method: Some("shap".into()),

@@ -56,7 +56,7 @@ fn as_of_advances(events: &[Event]) -> BTreeSet<(String, String)> {
         if let Event::Outcome(o) = e {
             if latest.get(o.tenant.as_str()).is_none_or(|d| o.date > *d) {
                 latest.insert(&o.tenant, o.date);
-                out.insert((o.tenant.clone(), o.date.to_string()));
+                out.insert((o.tenant.to_string(), o.date.to_string()));
             }
         }
     }

@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt::Debug;
 
 use chrono::{NaiveDate, TimeDelta, TimeZone, Utc};
+use compact_str::CompactString;
 use feedback::event::{Event, FeatureImportance, Forecast, ForecastLine, Outcome, Quantiles};
 use feedback::fold::config::{CalibrationOverrides, LimitOverrides, ReconcileConfig};
 use feedback::fold::report::{
@@ -1156,7 +1157,7 @@ impl RawLine {
 }
 
 /// A (date, channel, campaign) by name.
-type Cell = (NaiveDate, String, String);
+type Cell = (NaiveDate, CompactString, CompactString);
 
 /// Turns raw draws into valid events. The stream has a clock that walks through the 40 days, so
 /// as_of advances and retention expires data part-way; records land around it, some far behind.
@@ -1197,11 +1198,7 @@ impl Stream {
     fn near(&self, i: usize, delta: i64, channel: usize, campaign: usize) -> Cell {
         let clock = i as i64 * DAYS / self.len as i64;
         let date = first_day() + TimeDelta::days((clock + delta).clamp(0, DAYS - 1));
-        (
-            date,
-            CHANNELS[channel].to_owned(),
-            CAMPAIGNS[campaign].to_owned(),
-        )
+        (date, CHANNELS[channel].into(), CAMPAIGNS[campaign].into())
     }
 
     /// Outcomes `Like` another copy one placed near the clock: its tenant and cell, and its
@@ -1217,13 +1214,13 @@ impl Stream {
                 Place::Like(_) => self.near(i, 0, 0, 0),
             };
             Outcome {
-                tenant: self.tenant(r.tenant),
+                tenant: self.tenant(r.tenant).into(),
                 date,
-                channel,
-                campaign_id,
+                channel: channel.into(),
+                campaign_id: campaign_id.into(),
                 spend: r.spend,
                 revenue: r.revenue,
-                source: SOURCES[r.source.unwrap_or(0)].to_owned(),
+                source: SOURCES[r.source.unwrap_or(0)].into(),
                 observed_at: None,
             }
         };
@@ -1270,7 +1267,11 @@ impl Stream {
                     .lines
                     .iter()
                     .map(|l| (l.date, l.channel.clone(), l.campaign_id.clone()));
-                (old.tenant.clone(), old.plan_id.clone(), keys.collect())
+                (
+                    old.tenant.to_string(),
+                    old.plan_id.to_string(),
+                    keys.collect(),
+                )
             }
             _ => {
                 let tenant = self.tenant(f.tenant);
@@ -1291,7 +1292,7 @@ impl Stream {
                         date,
                         channel,
                         if l.whole_channel {
-                            String::new()
+                            CompactString::default()
                         } else {
                             campaign
                         },
@@ -1310,16 +1311,16 @@ impl Stream {
                 let l = &f.lines[j % f.lines.len()];
                 ForecastLine {
                     date,
-                    channel,
-                    campaign_id,
+                    channel: channel.into(),
+                    campaign_id: campaign_id.into(),
                     spend: l.spend,
                     revenue: l.quantiles(),
                 }
             })
             .collect();
         Forecast {
-            tenant,
-            plan_id,
+            tenant: tenant.into(),
+            plan_id: plan_id.into(),
             model_version: Some(format!("mmm-v{i}")),
             issued_at: Utc
                 .from_utc_datetime(&issued.and_hms_opt(f.hour, 30, 0).unwrap())
@@ -1341,7 +1342,7 @@ impl Stream {
             )
         });
         FeatureImportance {
-            tenant: self.tenant(fi.tenant),
+            tenant: self.tenant(fi.tenant).into(),
             model_version: Some("mmm-v1".to_owned()),
             computed_at: midnight + TimeDelta::hours(i as i64),
             method: Some("shap".to_owned()),

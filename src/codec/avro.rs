@@ -873,13 +873,13 @@ fn outcome(tenant: &mut String, record: Vec<Datum>) -> Result<Outcome, String> {
     let source = string(source, "source")?;
     let observed_at = optional(observed_at, |d| timestamp(d, "observed_at"))?;
     Ok(Outcome {
-        tenant: std::mem::take(tenant),
+        tenant: std::mem::take(tenant).into(),
         date,
-        channel,
-        campaign_id,
+        channel: channel.into(),
+        campaign_id: campaign_id.into(),
         spend,
         revenue,
-        source,
+        source: source.into(),
         observed_at,
     })
 }
@@ -898,8 +898,8 @@ fn forecast(tenant: &mut String, record: Vec<Datum>) -> Result<Forecast, String>
         .map(|(i, line)| forecast_line(line).map_err(|e| format!("lines[{i}].{e}")))
         .collect::<Result<_, _>>()?;
     Ok(Forecast {
-        tenant: std::mem::take(tenant),
-        plan_id,
+        tenant: std::mem::take(tenant).into(),
+        plan_id: plan_id.into(),
         model_version,
         issued_at,
         lines,
@@ -913,8 +913,8 @@ fn forecast_line(line: Datum) -> Result<ForecastLine, String> {
     let [date, channel, campaign_id, spend, revenue] = fields(line)?;
     Ok(ForecastLine {
         date: day(date, "date")?,
-        channel: string(channel, "channel")?,
-        campaign_id: string(campaign_id, "campaign_id")?,
+        channel: string(channel, "channel")?.into(),
+        campaign_id: string(campaign_id, "campaign_id")?.into(),
         spend: optional(spend, |d| double(d, "spend"))?,
         revenue: quantiles(revenue)?,
     })
@@ -968,7 +968,7 @@ fn feature_importance(
         })
         .collect::<Result<BTreeMap<_, _>, String>>()?;
     Ok(FeatureImportance {
-        tenant: std::mem::take(tenant),
+        tenant: std::mem::take(tenant).into(),
         model_version,
         computed_at,
         method,
@@ -1031,21 +1031,21 @@ fn to_value(event: &Event) -> Value {
         Event::Outcome(o) => record(
             OUTCOME_FIELDS,
             [
-                Value::String(o.tenant.clone()),
+                Value::String(o.tenant.to_string()),
                 Value::String(o.date.to_string()),
-                Value::String(o.channel.clone()),
-                Value::String(o.campaign_id.clone()),
+                Value::String(o.channel.to_string()),
+                Value::String(o.campaign_id.to_string()),
                 Value::Double(o.spend),
                 Value::Double(o.revenue),
-                Value::String(o.source.clone()),
+                Value::String(o.source.to_string()),
                 nullable(o.observed_at.map(|t| Value::String(rfc3339(t)))),
             ],
         ),
         Event::Forecast(f) => record(
             FORECAST_FIELDS,
             [
-                Value::String(f.tenant.clone()),
-                Value::String(f.plan_id.clone()),
+                Value::String(f.tenant.to_string()),
+                Value::String(f.plan_id.to_string()),
                 nullable(f.model_version.clone().map(Value::String)),
                 Value::String(rfc3339(f.issued_at)),
                 Value::Array(f.lines.iter().map(line_value).collect()),
@@ -1054,7 +1054,7 @@ fn to_value(event: &Event) -> Value {
         Event::FeatureImportance(f) => record(
             IMPORTANCE_FIELDS,
             [
-                Value::String(f.tenant.clone()),
+                Value::String(f.tenant.to_string()),
                 nullable(f.model_version.clone().map(Value::String)),
                 Value::String(rfc3339(f.computed_at)),
                 nullable(f.method.clone().map(Value::String)),
@@ -1085,8 +1085,8 @@ fn line_value(line: &ForecastLine) -> Value {
         LINE_FIELDS,
         [
             Value::String(line.date.to_string()),
-            Value::String(line.channel.clone()),
-            Value::String(line.campaign_id.clone()),
+            Value::String(line.channel.to_string()),
+            Value::String(line.campaign_id.to_string()),
             nullable(line.spend.map(Value::Double)),
             Value::Map(
                 line.revenue

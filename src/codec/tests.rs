@@ -47,7 +47,7 @@ fn forecast() -> Forecast {
             ForecastLine {
                 date: day(2026, 11, 15),
                 channel: "google".into(),
-                campaign_id: String::new(),
+                campaign_id: Default::default(),
                 spend: None,
                 // Crossing quantiles are accepted.
                 revenue: Quantiles::from_pairs([(5, 0.1 + 0.2), (50, 1e-300), (95, 0.0)]),
@@ -183,7 +183,7 @@ fn absent_optionals_round_trip_through_both_formats() {
     let avro = AvroSchemas::builtin();
     let mut o = outcome();
     o.observed_at = None;
-    o.campaign_id = String::new();
+    o.campaign_id = Default::default();
     let mut f = importance();
     f.model_version = None;
     f.method = None;
@@ -262,13 +262,13 @@ fn random_event(rng: &mut Rng) -> Event {
     let tenant = format!("t{}", rng.below(1000));
     match rng.below(3) {
         0 => Event::Outcome(Outcome {
-            tenant,
+            tenant: tenant.into(),
             date: day(2026, 1, 1) + chrono::Days::new(rng.below(700)),
-            channel: rng.name(),
-            campaign_id: rng.text(&FREE_TEXT, 30),
+            channel: rng.name().into(),
+            campaign_id: rng.text(&FREE_TEXT, 30).into(),
             spend: rng.double(),
             revenue: rng.double(),
-            source: rng.name(),
+            source: rng.name().into(),
             observed_at: (rng.below(2) == 0).then(|| rng.timestamp()),
         }),
         1 => {
@@ -277,8 +277,8 @@ fn random_event(rng: &mut Rng) -> Event {
                 (0..1 + rng.below(20))
                     .map(|_| ForecastLine {
                         date: issued_at.date_naive() + chrono::Days::new(rng.below(90)),
-                        channel: rng.name(),
-                        campaign_id: rng.text(&FREE_TEXT, 10),
+                        channel: rng.name().into(),
+                        campaign_id: rng.text(&FREE_TEXT, 10).into(),
                         spend: (rng.below(2) == 0).then(|| rng.double()),
                         revenue: Quantiles::from_pairs(std::iter::once((50, rng.double())).chain(
                             (0..rng.below(5)).map(|_| (1 + rng.below(99) as u8, rng.double())),
@@ -286,15 +286,15 @@ fn random_event(rng: &mut Rng) -> Event {
                     })
                     .collect();
             Event::Forecast(Forecast {
-                tenant,
-                plan_id: format!("plan-{}", rng.text(&FREE_TEXT, 10)),
+                tenant: tenant.into(),
+                plan_id: format!("plan-{}", rng.text(&FREE_TEXT, 10)).into(),
                 model_version: (rng.below(2) == 0).then(|| rng.text(&FREE_TEXT, 10)),
                 issued_at,
                 lines,
             })
         }
         _ => Event::FeatureImportance(FeatureImportance {
-            tenant,
+            tenant: tenant.into(),
             model_version: (rng.below(2) == 0).then(|| rng.text(&FREE_TEXT, 10)),
             computed_at: rng.timestamp(),
             method: (rng.below(2) == 0).then(|| "shap".into()),

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use chrono::{DateTime, FixedOffset, NaiveDate, TimeZone, Utc};
+use compact_str::CompactString;
 use serde::de::{MapAccess, Visitor};
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -39,19 +40,23 @@ impl Topic {
 }
 
 /// What spend and revenue really were for one (tenant, date, channel, campaign, source).
+///
+/// Names and ids are `CompactString`s: up to 24 bytes they live inline, so decoding a record (a
+/// plan has a channel and a campaign per line) allocates nothing for them. Against `String`,
+/// `feedback fold` spent 5 to 9% less CPU time (docs/PERFORMANCE.md).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Outcome {
-    pub tenant: String,
+    pub tenant: CompactString,
     #[serde(deserialize_with = "date")]
     pub date: NaiveDate,
-    pub channel: String,
+    pub channel: CompactString,
     #[serde(default)]
-    pub campaign_id: String,
+    pub campaign_id: CompactString,
     pub spend: f64,
     pub revenue: f64,
     #[serde(default = "default_source")]
-    pub source: String,
+    pub source: CompactString,
     #[serde(
         default,
         deserialize_with = "optional_utc_time",
@@ -60,16 +65,16 @@ pub struct Outcome {
     pub observed_at: Option<DateTime<Utc>>,
 }
 
-pub fn default_source() -> String {
-    "default".to_owned()
+pub fn default_source() -> CompactString {
+    CompactString::const_new("default")
 }
 
 /// One plan: many forecast lines issued together.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Forecast {
-    pub tenant: String,
-    pub plan_id: String,
+    pub tenant: CompactString,
+    pub plan_id: CompactString,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model_version: Option<String>,
     /// When the plan was issued, with the offset it was written in: a line's horizon counts
@@ -86,9 +91,9 @@ pub struct Forecast {
 pub struct ForecastLine {
     #[serde(deserialize_with = "date")]
     pub date: NaiveDate,
-    pub channel: String,
+    pub channel: CompactString,
     #[serde(default)]
-    pub campaign_id: String,
+    pub campaign_id: CompactString,
     /// Planned spend.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spend: Option<f64>,
@@ -99,7 +104,7 @@ pub struct ForecastLine {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FeatureImportance {
-    pub tenant: String,
+    pub tenant: CompactString,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model_version: Option<String>,
     #[serde(deserialize_with = "utc_time")]

@@ -532,11 +532,7 @@ mod tests {
     #[test]
     fn tenant_must_match_the_pattern_and_is_not_reported_when_bad() {
         for good in ["a", "0", "acme_eu-1", &"a".repeat(64)] {
-            assert_eq!(
-                with_outcome(|o| o.tenant = good.to_string()),
-                Ok(()),
-                "{good}"
-            );
+            assert_eq!(with_outcome(|o| o.tenant = good.into()), Ok(()), "{good}");
         }
         for bad in [
             "",
@@ -549,9 +545,9 @@ mod tests {
             &"a".repeat(65),
         ] {
             for r in [
-                with_outcome(|o| o.tenant = bad.to_string()),
-                with_forecast(|f| f.tenant = bad.to_string()),
-                with_importance(|f| f.tenant = bad.to_string()),
+                with_outcome(|o| o.tenant = bad.into()),
+                with_forecast(|f| f.tenant = bad.into()),
+                with_importance(|f| f.tenant = bad.into()),
             ] {
                 let r = r.expect_err(bad);
                 assert_eq!(r.kind, RejectKind::InvalidField);
@@ -564,37 +560,43 @@ mod tests {
     #[test]
     fn channel_is_1_to_64_of_the_name_alphabet() {
         for good in ["m", "Meta.Ads_2-x", &"c".repeat(64)] {
-            assert_eq!(with_outcome(|o| o.channel = good.to_string()), Ok(()));
-            assert_eq!(with_line(|l| l.channel = good.to_string()), Ok(()));
+            assert_eq!(with_outcome(|o| o.channel = good.into()), Ok(()));
+            assert_eq!(with_line(|l| l.channel = good.into()), Ok(()));
         }
         for bad in ["", "me ta", "meta/ads", "métà", &"c".repeat(65)] {
-            rejected(with_outcome(|o| o.channel = bad.to_string()), "channel: ");
-            rejected(
-                with_line(|l| l.channel = bad.to_string()),
-                "lines[1].channel: ",
-            );
+            rejected(with_outcome(|o| o.channel = bad.into()), "channel: ");
+            rejected(with_line(|l| l.channel = bad.into()), "lines[1].channel: ");
         }
     }
 
     #[test]
     fn source_is_1_to_64_of_the_name_alphabet() {
         assert_eq!(with_outcome(|o| o.source = "shopify".into()), Ok(()));
-        rejected(with_outcome(|o| o.source = String::new()), "source: \"\"");
+        rejected(
+            with_outcome(|o| o.source = Default::default()),
+            "source: \"\"",
+        );
         rejected(
             with_outcome(|o| o.source = "shop ify".into()),
             "source: \"shop ify\"",
         );
-        rejected(with_outcome(|o| o.source = "s".repeat(65)), "source: ");
+        rejected(
+            with_outcome(|o| o.source = "s".repeat(65).into()),
+            "source: ",
+        );
     }
 
     #[test]
     fn campaign_id_is_at_most_128_printable_characters_and_may_be_empty() {
         for good in [String::new(), "cmp 1 / été".into(), "é".repeat(128)] {
-            assert_eq!(with_outcome(|o| o.campaign_id = good.clone()), Ok(()));
-            assert_eq!(with_line(|l| l.campaign_id = good.clone()), Ok(()));
+            assert_eq!(
+                with_outcome(|o| o.campaign_id = good.clone().into()),
+                Ok(())
+            );
+            assert_eq!(with_line(|l| l.campaign_id = good.clone().into()), Ok(()));
         }
         rejected(
-            with_outcome(|o| o.campaign_id = "é".repeat(129)),
+            with_outcome(|o| o.campaign_id = "é".repeat(129).into()),
             "129 characters, at most 128",
         );
         rejected(
@@ -609,12 +611,18 @@ mod tests {
 
     #[test]
     fn plan_id_is_required_and_at_most_128_printable_characters() {
-        assert_eq!(with_forecast(|f| f.plan_id = "p".repeat(128)), Ok(()));
+        assert_eq!(
+            with_forecast(|f| f.plan_id = "p".repeat(128).into()),
+            Ok(())
+        );
         rejected(
-            with_forecast(|f| f.plan_id = String::new()),
+            with_forecast(|f| f.plan_id = Default::default()),
             "plan_id is empty",
         );
-        rejected(with_forecast(|f| f.plan_id = "p".repeat(129)), "plan_id: ");
+        rejected(
+            with_forecast(|f| f.plan_id = "p".repeat(129).into()),
+            "plan_id: ",
+        );
         rejected(with_forecast(|f| f.plan_id = "plan\t1".into()), "U+0009");
     }
 
@@ -760,7 +768,7 @@ mod tests {
         let r = with_forecast(|f| {
             f.lines = vec![line(); 5];
             f.lines[3].revenue = Quantiles::from_pairs([(10, 1.0)]);
-            f.lines[4].channel = String::new();
+            f.lines[4].channel = Default::default();
         });
         rejected(r, "lines[3].revenue: p50 is missing");
     }
@@ -851,7 +859,7 @@ mod tests {
 
     #[test]
     fn long_values_are_cut_short_in_messages() {
-        let r = with_outcome(|o| o.channel = "x".repeat(100_000)).unwrap_err();
+        let r = with_outcome(|o| o.channel = "x".repeat(100_000).into()).unwrap_err();
         assert!(r.message.len() < 200, "{}", r.message);
         assert!(r.message.contains("..."));
     }

@@ -638,7 +638,7 @@ mod tests {
 
     fn event(importances: &[(&str, f64)], samples: &[(&str, Vec<f64>)]) -> FeatureImportance {
         FeatureImportance {
-            tenant: "acme".to_owned(),
+            tenant: "acme".to_owned().into(),
             model_version: None,
             computed_at: "2026-11-15T00:00:00Z".parse().unwrap(),
             method: None,

@@ -1130,7 +1130,7 @@ mod tests {
                 .collect();
             records.extend(late.into_iter().map(|o| crate::simulate::SimRecord {
                 topic: crate::event::Topic::Outcomes,
-                tenant: o.tenant.clone(),
+                tenant: o.tenant.to_string(),
                 payload: SimPayload::Event(Event::Outcome(o)),
             }));
             let mut alerts = Vec::new();
