@@ -1216,8 +1216,8 @@ impl Stream {
             Outcome {
                 tenant: self.tenant(r.tenant).into(),
                 date,
-                channel: channel,
-                campaign_id: campaign_id,
+                channel,
+                campaign_id,
                 spend: r.spend,
                 revenue: r.revenue,
                 source: SOURCES[r.source.unwrap_or(0)].into(),
@@ -1311,8 +1311,8 @@ impl Stream {
                 let l = &f.lines[j % f.lines.len()];
                 ForecastLine {
                     date,
-                    channel: channel,
-                    campaign_id: campaign_id,
+                    channel,
+                    campaign_id,
                     spend: l.spend,
                     revenue: l.quantiles(),
                 }
