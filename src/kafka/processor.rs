@@ -60,8 +60,9 @@ const DOCUMENTS_SHARE: f64 = 0.1;
 /// milliseconds.
 const MAX_BATCH: usize = 1024;
 
-/// Batches at least this large are decoded in parallel.
-const PARALLEL_DECODE: usize = 64;
+/// Batches at least this large are decoded, and a partition's events at least this many folded, on
+/// every core.
+const PARALLEL_BATCH: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -367,7 +368,8 @@ impl Pipeline {
 
     /// Folds records polled together, in the order polled: each partition's events go to its
     /// engine as one batch (a tenant's events in order, see [`Engine::apply_batch`]), refused
-    /// records to the DLQ. The records are decoded first, in parallel when there are enough.
+    /// records to the DLQ. The records are decoded first, and the partition's tenants folded,
+    /// on every core when there are enough.
     fn handle(&mut self, msgs: &[BorrowedMessage<'_>]) -> Result<(), KafkaError> {
         if self.in_flight.is_none() {
             self.begin()?;
@@ -384,7 +386,7 @@ impl Pipeline {
         };
         // The buffers are kept from batch to batch: growing them anew costs page faults.
         let mut decoded = std::mem::take(&mut self.decoded);
-        if msgs.len() >= PARALLEL_DECODE {
+        if msgs.len() >= PARALLEL_BATCH {
             msgs.par_iter().map(decode).collect_into_vec(&mut decoded);
         } else {
             decoded.clear();
@@ -452,7 +454,11 @@ impl Pipeline {
                 continue;
             }
             let engine = self.engines.get_mut(partition).expect("checked above");
-            engine.apply_batch(events, &mut alerts);
+            if events.len() >= PARALLEL_BATCH {
+                engine.apply_batch_parallel(events, &mut alerts);
+            } else {
+                engine.apply_batch(events, &mut alerts);
+            }
             events.clear();
             for alert in alerts.drain(..) {
                 self.publish(alert)?;
