@@ -125,17 +125,19 @@ impl Storage {
 
     /// Writes the documents of every tenant in `tenants`, as `documents` gives them, with all
     /// cores: the documents are computed and encoded on every core (rayon), a slice of tenants
-    /// at a time so that the JSON held in memory stays bounded (a long calibration history runs
-    /// to megabytes), while a writer thread stages, syncs and renames the slice before. For a
-    /// one-off write of thousands of tenants (`fold`, `replay`), not for a writer that runs
-    /// beside the processor's loop.
+    /// at a time, while a writer thread stages, syncs and renames the slice before. At most two
+    /// slices of JSON are held (a long calibration history runs to megabytes a tenant). Each
+    /// slice is atomic as [`Storage::write_tenants`] says, not the whole write: on an error the
+    /// slices before it stay written. One `syncfs` per slice: for a one-off write of thousands
+    /// of tenants (`fold`), not beside a broker or the processor.
     pub fn write_all_tenants<F>(&self, tenants: &[&str], documents: F) -> Result<(), StorageError>
     where
         F: Fn(&str) -> Option<TenantDocuments> + Sync,
     {
         /// Tenants whose documents are computed and written together.
         const SLICE: usize = 128;
-        let (slices, received) = std::sync::mpsc::sync_channel::<Vec<EncodedTenant>>(1);
+        // A rendezvous: a slice is handed over only when the writer is ready for it.
+        let (slices, received) = std::sync::mpsc::sync_channel::<Vec<EncodedTenant>>(0);
         std::thread::scope(|scope| {
             let writer = scope.spawn(move || -> Result<(), StorageError> {
                 for slice in received {
@@ -309,7 +311,8 @@ mod tests {
     }
 
     /// More tenants than one slice: every document lands, readable, with no temporary file
-    /// left; a tenant that cannot be written is an error, not a hang.
+    /// left; a tenant that cannot be encoded, or a directory the writer thread cannot write,
+    /// is an error, not a hang, and leaves no temporary file.
     #[test]
     fn write_all_tenants_writes_every_slice() {
         use crate::fold::{Engine, FoldConfig};
@@ -347,6 +350,22 @@ mod tests {
         };
         let err = storage.write_all_tenants(&names, bad).unwrap_err();
         assert!(matches!(err, StorageError::InvalidTenant(_)), "{err}");
+        let left: Vec<_> = fs::read_dir(storage.performance_dir())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|name| !name.ends_with(".json"))
+            .collect();
+        assert!(left.is_empty(), "temporary files left: {left:?}");
+
+        // The writer thread fails (the documents' directory is a file) while the caller still
+        // has slices to hand over.
+        let blocked = tempfile::tempdir().unwrap();
+        fs::create_dir_all(blocked.path().join("metadata")).unwrap();
+        fs::write(blocked.path().join("metadata/performance"), b"").unwrap();
+        let err = Storage::new(blocked.path())
+            .write_all_tenants(&names, |name| engine.documents(name))
+            .unwrap_err();
+        assert!(matches!(err, StorageError::CreateDir { .. }), "{err}");
     }
 
     #[test]

@@ -309,7 +309,8 @@ pub fn replay(job: &ReplayJob) -> Result<ReplaySummary, ReplayError> {
 
     let storage = Storage::new(&job.storage_dir);
     let names = engine.tenants();
-    storage.write_all_tenants(&names, |name| engine.documents(name))?;
+    // All or nothing, with one filesystem sync: a replay may run beside a live processor.
+    storage.write_tenants(names.iter().filter_map(|name| engine.documents(name)))?;
     summary.fold.tenants = names.len() as u64;
     summary.not_found = job
         .tenants
@@ -448,7 +449,7 @@ fn fold_batch(
     publisher: &mut Option<InputProducer>,
 ) -> Result<(), ReplayError> {
     alerts.clear();
-    engine.apply_batch(batch, alerts);
+    engine.apply_batch_parallel(batch, alerts);
     batch.clear();
     for alert in alerts.iter() {
         summary.fold.alerts += 1;
