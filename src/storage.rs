@@ -108,7 +108,7 @@ impl Storage {
 
     /// Writes the three documents of a tenant.
     pub fn write_tenant(&self, docs: &TenantDocuments) -> Result<(), StorageError> {
-        self.write_tenants(std::iter::once(docs.clone()))
+        self.write_staged(std::iter::once(self.encode_tenant(docs)))
     }
 
     /// Writes the documents of many tenants atomically: every temporary file is written, then
