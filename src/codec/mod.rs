@@ -16,6 +16,7 @@
 //! A rejection carries the record's tenant whenever a valid one can be read from it.
 
 mod avro;
+mod fast;
 #[cfg(test)]
 mod tests;
 
@@ -135,6 +136,9 @@ fn decode_json(topic: Topic, bytes: &[u8]) -> Result<Event, Rejection> {
         Rejection::new(RejectKind::Malformed, format!("json: not UTF-8: {e}"))
             .with_tenant(json_tenant(&bytes[..e.valid_up_to()]).as_deref())
     })?;
+    if let Some(event) = fast::decode(topic, text) {
+        return Ok(event);
+    }
     let parsed = match topic {
         Topic::Outcomes => serde_json::from_str(text).map(|ObjectOnly(o)| Event::Outcome(o)),
         Topic::Forecasts => serde_json::from_str(text).map(|ObjectOnly(f)| Event::Forecast(f)),

@@ -116,27 +116,29 @@ fn frame(id: u32, schema: &Schema, value: &Value) -> Vec<u8> {
 const OUTCOME_JSON: &str = r#"{"tenant": "acme", "date": "2026-11-20", "channel": "meta", "campaign_id": "cmp-1",
  "spend": 120.5, "revenue": 480.0, "source": "meta_ads", "observed_at": "2026-11-21T03:00:00Z"}"#;
 
+const FORECAST_JSON: &str = r#"{"tenant": "acme", "plan_id": "plan-2026-11-15", "model_version": "mmm-v12",
+ "issued_at": "2026-11-15T00:00:00Z",
+ "lines": [{"date": "2026-11-20", "channel": "meta", "campaign_id": "cmp-1",
+            "spend": 100.0, "revenue": {"p10": 300, "p50": 420, "p90": 560}}]}"#;
+
+const IMPORTANCE_JSON: &str = r#"{"tenant": "acme", "model_version": "mmm-v12", "computed_at": "2026-11-15T00:00:00Z",
+ "method": "shap",
+ "importances": {"meta_spend": 0.41, "google_spend": 0.33, "seasonality": 0.12},
+ "samples": {"meta_spend": [120.0, 98.5, 143.2]}}"#;
+
 #[test]
 fn the_spec_examples_decode() {
     assert_eq!(
         json_decode(Topic::Outcomes, OUTCOME_JSON),
         Ok(Event::Outcome(outcome()))
     );
-    let forecast = r#"{"tenant": "acme", "plan_id": "plan-2026-11-15", "model_version": "mmm-v12",
-     "issued_at": "2026-11-15T00:00:00Z",
-     "lines": [{"date": "2026-11-20", "channel": "meta", "campaign_id": "cmp-1",
-                "spend": 100.0, "revenue": {"p10": 300, "p50": 420, "p90": 560}}]}"#;
     let mut expected = self::forecast();
     expected.lines.truncate(1);
     assert_eq!(
-        json_decode(Topic::Forecasts, forecast),
+        json_decode(Topic::Forecasts, FORECAST_JSON),
         Ok(Event::Forecast(expected))
     );
-    let importance = r#"{"tenant": "acme", "model_version": "mmm-v12", "computed_at": "2026-11-15T00:00:00Z",
-     "method": "shap",
-     "importances": {"meta_spend": 0.41, "google_spend": 0.33, "seasonality": 0.12},
-     "samples": {"meta_spend": [120.0, 98.5, 143.2]}}"#;
-    let Ok(Event::FeatureImportance(fi)) = json_decode(Topic::FeatureImportances, importance)
+    let Ok(Event::FeatureImportance(fi)) = json_decode(Topic::FeatureImportances, IMPORTANCE_JSON)
     else {
         panic!("the SPEC example does not decode");
     };
@@ -258,14 +260,22 @@ impl Rng {
 
 const FREE_TEXT: [&str; 8] = ["a", "Z", " ", "\"", "\\", "/", "é", "漢"];
 
+/// Free text that JSON writes without escapes.
+const PLAIN_TEXT: [&str; 6] = ["a", "Z", " ", "/", "é", "漢"];
+
 fn random_event(rng: &mut Rng) -> Event {
+    random_event_of(rng, &FREE_TEXT)
+}
+
+/// A random event whose free-text fields are made of `text`.
+fn random_event_of(rng: &mut Rng, text: &[&str]) -> Event {
     let tenant = format!("t{}", rng.below(1000));
     match rng.below(3) {
         0 => Event::Outcome(Outcome {
             tenant: tenant.into(),
             date: day(2026, 1, 1) + chrono::Days::new(rng.below(700)),
             channel: rng.name().into(),
-            campaign_id: rng.text(&FREE_TEXT, 30).into(),
+            campaign_id: rng.text(text, 30).into(),
             spend: rng.double(),
             revenue: rng.double(),
             source: rng.name().into(),
@@ -278,7 +288,7 @@ fn random_event(rng: &mut Rng) -> Event {
                     .map(|_| ForecastLine {
                         date: issued_at.date_naive() + chrono::Days::new(rng.below(90)),
                         channel: rng.name().into(),
-                        campaign_id: rng.text(&FREE_TEXT, 10).into(),
+                        campaign_id: rng.text(text, 10).into(),
                         spend: (rng.below(2) == 0).then(|| rng.double()),
                         revenue: Quantiles::from_pairs(std::iter::once((50, rng.double())).chain(
                             (0..rng.below(5)).map(|_| (1 + rng.below(99) as u8, rng.double())),
@@ -287,19 +297,19 @@ fn random_event(rng: &mut Rng) -> Event {
                     .collect();
             Event::Forecast(Forecast {
                 tenant: tenant.into(),
-                plan_id: format!("plan-{}", rng.text(&FREE_TEXT, 10)).into(),
-                model_version: (rng.below(2) == 0).then(|| rng.text(&FREE_TEXT, 10)),
+                plan_id: format!("plan-{}", rng.text(text, 10)).into(),
+                model_version: (rng.below(2) == 0).then(|| rng.text(text, 10)),
                 issued_at,
                 lines,
             })
         }
         _ => Event::FeatureImportance(FeatureImportance {
             tenant: tenant.into(),
-            model_version: (rng.below(2) == 0).then(|| rng.text(&FREE_TEXT, 10)),
+            model_version: (rng.below(2) == 0).then(|| rng.text(text, 10)),
             computed_at: rng.timestamp(),
             method: (rng.below(2) == 0).then(|| "shap".into()),
             importances: (0..1 + rng.below(30))
-                .map(|i| (format!("f{i} {}", rng.text(&FREE_TEXT, 5)), -rng.double()))
+                .map(|i| (format!("f{i} {}", rng.text(text, 5)), -rng.double()))
                 .collect(),
             samples: (0..rng.below(4))
                 .map(|i| {
@@ -1026,4 +1036,156 @@ fn the_avro_schemas_mirror_the_json_shapes() {
         avro.writer_schema(ALERT_SCHEMA_ID),
         Some(avro.alert_schema())
     );
+}
+
+// The JSON fast path
+
+/// What serde_json alone makes of a payload, the authority the fast path must agree with.
+fn serde_only(topic: Topic, text: &str) -> Result<Event, serde_json::Error> {
+    match topic {
+        Topic::Outcomes => serde_json::from_str(text).map(|ObjectOnly(o)| Event::Outcome(o)),
+        Topic::Forecasts => serde_json::from_str(text).map(|ObjectOnly(f)| Event::Forecast(f)),
+        Topic::FeatureImportances => {
+            serde_json::from_str(text).map(|ObjectOnly(f)| Event::FeatureImportance(f))
+        }
+    }
+}
+
+/// Debug text tells -0.0 from 0.0, which `==` does not.
+fn same(a: &Event, b: &Event) -> bool {
+    format!("{a:?}") == format!("{b:?}")
+}
+
+#[test]
+fn the_fast_path_reads_plain_events_as_serde_json_does() {
+    let mut rng = Rng(0x2545_F491_4F6C_DD1D);
+    for i in 0..3000 {
+        let event = random_event_of(&mut rng, &PLAIN_TEXT);
+        let topic = event.topic();
+        let json = String::from_utf8(encode_json(&event)).unwrap();
+        let expected = serde_only(topic, &json).unwrap();
+        match fast::decode(topic, &json) {
+            Some(got) => {
+                assert!(same(&got, &expected), "event {i}: {json}");
+            }
+            None => panic!("event {i} left to serde_json: {json}"),
+        }
+    }
+    for (topic, json) in [
+        (Topic::Outcomes, OUTCOME_JSON),
+        (Topic::Forecasts, FORECAST_JSON),
+        (Topic::FeatureImportances, IMPORTANCE_JSON),
+    ] {
+        let got = fast::decode(topic, json).expect("the SPEC examples are plain");
+        assert!(same(&got, &serde_only(topic, json).unwrap()));
+    }
+}
+
+#[test]
+fn the_fast_path_never_accepts_what_serde_json_refuses_or_reads_it_differently() {
+    const SPLICE: [&str; 24] = [
+        "{",
+        "}",
+        "[",
+        "]",
+        ",",
+        ":",
+        "\"",
+        "\\",
+        " ",
+        "\n",
+        "\u{1}",
+        "0",
+        "7",
+        "-",
+        "+",
+        ".",
+        "e",
+        "E",
+        "null",
+        "true",
+        "\"tenant\"",
+        "\"p50\"",
+        "\"spend\":1,",
+        "1e999",
+    ];
+    let mut rng = Rng(0xD1B5_4A32_D192_ED03);
+    let (mut both, mut refused) = (0, 0);
+    for i in 0..20_000 {
+        let event = random_event_of(&mut rng, &PLAIN_TEXT);
+        let topic = event.topic();
+        let mut json = encode_json(&event);
+        for _ in 0..1 + rng.below(3) {
+            let at = rng.below(json.len() as u64 + 1) as usize;
+            match rng.below(4) {
+                0 if at < json.len() => {
+                    json.remove(at);
+                }
+                1 if at < json.len() => {
+                    let end = (at + 1 + rng.below(12) as usize).min(json.len());
+                    let piece = json[at..end].to_vec();
+                    json.splice(at..at, piece);
+                }
+                _ => {
+                    let piece = SPLICE[rng.below(SPLICE.len() as u64) as usize];
+                    json.splice(at..at, piece.bytes());
+                }
+            }
+        }
+        let Ok(text) = std::str::from_utf8(&json) else {
+            continue;
+        };
+        match (fast::decode(topic, text), serde_only(topic, text)) {
+            (Some(got), Ok(expected)) => {
+                assert!(same(&got, &expected), "mutation {i}: {text}");
+                both += 1;
+            }
+            (Some(got), Err(e)) => {
+                panic!("mutation {i}: fast path read {got:?}, serde_json: {e}; {text}")
+            }
+            (None, Err(_)) => refused += 1,
+            (None, Ok(_)) => {}
+        }
+    }
+    // Both outcomes occur often enough for the comparison to mean something.
+    assert!(
+        both > 2000 && refused > 5000,
+        "{both} read by both, {refused} refused"
+    );
+}
+
+#[test]
+fn the_fast_path_reads_numbers_as_serde_json_does() {
+    let mut rng = Rng(0x94D0_49BB_1331_11EB);
+    let digits = |rng: &mut Rng, most: u64| -> String {
+        let n = 1 + rng.below(most);
+        (0..n)
+            .map(|_| char::from(b'0' + rng.below(10) as u8))
+            .collect()
+    };
+    let mut checked = 0;
+    for _ in 0..50_000 {
+        let text = match rng.below(5) {
+            0 => format!("{}", f64::from_bits(rng.next())),
+            1 => format!("{:e}", f64::from_bits(rng.next())),
+            2 => format!("{}.{}", digits(&mut rng, 12), digits(&mut rng, 12)),
+            3 => {
+                let mantissa = digits(&mut rng, 20);
+                let sign = ["", "-", "+"][rng.below(3) as usize];
+                format!("-{mantissa}e{sign}{}", rng.below(400))
+            }
+            _ => digits(&mut rng, 22),
+        };
+        let json = format!(r#"{{"p50":{text}}}"#);
+        let mut reader = fast::Json::new(&json);
+        let fast = reader.quantiles().map(|q| q.get(50).unwrap().to_bits());
+        let serde = serde_json::from_str::<BTreeMap<String, f64>>(&json)
+            .ok()
+            .map(|m| m["p50"].to_bits());
+        if let Some(bits) = fast {
+            assert_eq!(Some(bits), serde, "{text}");
+            checked += 1;
+        }
+    }
+    assert!(checked > 20_000, "{checked}");
 }

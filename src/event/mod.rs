@@ -192,7 +192,7 @@ fn date<'de, D: Deserializer<'de>>(d: D) -> Result<NaiveDate, D::Error> {
     d.deserialize_str(DateVisitor)
 }
 
-fn fast_date(b: &[u8]) -> Option<NaiveDate> {
+pub(crate) fn fast_date(b: &[u8]) -> Option<NaiveDate> {
     let digits = |r| ascii_number(b, r);
     if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
         return None;
@@ -251,7 +251,7 @@ fn optional_utc_time<'de, D: Deserializer<'de>>(d: D) -> Result<Option<DateTime<
 
 /// `YYYY-MM-DDTHH:MM:SS[.F](Z|+HH:MM|-HH:MM)` with 1 to 9 fraction digits; None for anything
 /// else, leap seconds included, which chrono then reads by its own rules.
-fn fast_rfc3339(b: &[u8]) -> Option<DateTime<FixedOffset>> {
+pub(crate) fn fast_rfc3339(b: &[u8]) -> Option<DateTime<FixedOffset>> {
     let number = |r| ascii_number(b, r);
     if b.len() < 20 || b[10] != b'T' || b[13] != b':' || b[16] != b':' {
         return None;

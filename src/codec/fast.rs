@@ -1,0 +1,405 @@
+//! A fast path for the plainest JSON payloads, the ones producers actually write: an object of
+//! the topic's fields, each at most once, strings without escapes, numbers of at most 19
+//! significant digits. For anything else it returns `None` and [`super::decode_json`] hands the record to
+//! serde_json, whose answer, the event or the error, is the authority.
+//!
+//! serde_json spends most of a plan's decoding in its generic layers (a visitor per line, per
+//! field and per quantile map, about 4,000 instructions a line; docs/PERFORMANCE.md); reading
+//! the three known shapes directly costs a fraction of that. The fast path must never accept a
+//! record serde_json refuses, nor decode one to a different value: the tests feed both the
+//! same random events and byte-level mutations of them and compare.
+//!
+//! Numbers are read with the standard library's parser, which rounds correctly, as serde_json
+//! does with `float_roundtrip`; JSON's stricter grammar (no `+`, no leading zeros, digits on
+//! both sides of the point) is checked first.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, FixedOffset, NaiveDate, Utc};
+use compact_str::CompactString;
+use smallvec::SmallVec;
+
+use crate::event::{
+    fast_date, fast_rfc3339, parse_quantile_key, Event, FeatureImportance, Forecast, ForecastLine,
+    Outcome, Quantiles, Topic,
+};
+
+/// The event `text` holds, when it is in the plain form; `None` leaves it to serde_json.
+pub(super) fn decode(topic: Topic, text: &str) -> Option<Event> {
+    let mut json = Json::new(text);
+    let event = match topic {
+        Topic::Outcomes => Event::Outcome(json.outcome()?),
+        Topic::Forecasts => Event::Forecast(json.forecast()?),
+        Topic::FeatureImportances => Event::FeatureImportance(json.importance()?),
+    };
+    json.skip_whitespace();
+    (json.at == text.len()).then_some(event)
+}
+
+/// A JSON reader over valid UTF-8 (the caller checked it) that gives up, with `None`, at the
+/// first thing it does not read plainly.
+pub(super) struct Json<'a> {
+    text: &'a str,
+    at: usize,
+}
+
+/// Stores a field's value; `None` when the field was already given (serde_json's "duplicate
+/// field" error, or a map's last-wins: either way serde_json decides).
+fn set<T>(slot: &mut Option<T>, value: T) -> Option<()> {
+    match slot {
+        Some(_) => None,
+        None => {
+            *slot = Some(value);
+            Some(())
+        }
+    }
+}
+
+impl<'a> Json<'a> {
+    pub(super) fn new(text: &'a str) -> Self {
+        Json { text, at: 0 }
+    }
+
+    fn bytes(&self) -> &'a [u8] {
+        self.text.as_bytes()
+    }
+
+    fn skip_whitespace(&mut self) {
+        while let Some(b' ' | b'\n' | b'\t' | b'\r') = self.bytes().get(self.at) {
+            self.at += 1;
+        }
+    }
+
+    /// The next byte after whitespace, consumed.
+    fn next(&mut self) -> Option<u8> {
+        self.skip_whitespace();
+        let b = *self.bytes().get(self.at)?;
+        self.at += 1;
+        Some(b)
+    }
+
+    fn expect(&mut self, byte: u8) -> Option<()> {
+        (self.next()? == byte).then_some(())
+    }
+
+    /// A string without escapes or control characters.
+    fn string(&mut self) -> Option<&'a str> {
+        self.expect(b'"')?;
+        let start = self.at;
+        let rest = &self.bytes()[start..];
+        let len = rest
+            .iter()
+            .position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
+        if rest[len] != b'"' {
+            return None;
+        }
+        let end = start + len;
+        self.at = end + 1;
+        self.text.get(start..end)
+    }
+
+    fn compact(&mut self) -> Option<CompactString> {
+        self.string().map(CompactString::from)
+    }
+
+    fn date(&mut self) -> Option<NaiveDate> {
+        fast_date(self.string()?.as_bytes())
+    }
+
+    fn time(&mut self) -> Option<DateTime<FixedOffset>> {
+        fast_rfc3339(self.string()?.as_bytes())
+    }
+
+    /// `null`, consumed; false (and nothing consumed but whitespace) for anything else.
+    fn null(&mut self) -> bool {
+        self.skip_whitespace();
+        let found = self.bytes()[self.at..].starts_with(b"null");
+        if found {
+            self.at += 4;
+        }
+        found
+    }
+
+    fn optional_string(&mut self) -> Option<Option<String>> {
+        if self.null() {
+            return Some(None);
+        }
+        self.string().map(|s| Some(s.to_owned()))
+    }
+
+    /// A JSON number of at most 19 significant digits, as the nearest double; `None` for
+    /// anything outside JSON's grammar and for results that are infinite or flushed to zero.
+    ///
+    /// The usual number (at most 2^53 as an integer of its digits, at most 22 places from the
+    /// point) is that integer times or over an exact power of ten, one correctly rounded
+    /// operation (Clinger's fast path); any other goes to the standard library's parser.
+    fn number(&mut self) -> Option<f64> {
+        self.skip_whitespace();
+        let bytes = self.bytes();
+        let start = self.at;
+        let mut at = start;
+        let negative = bytes.get(at) == Some(&b'-');
+        at += usize::from(negative);
+        let (mut significand, mut significant) = (0u64, 0u32);
+        let mut digits = |at: &mut usize| {
+            let from = *at;
+            while let Some(&b @ b'0'..=b'9') = bytes.get(*at) {
+                if significant > 0 || b != b'0' {
+                    significant += 1;
+                    significand = significand
+                        .wrapping_mul(10)
+                        .wrapping_add(u64::from(b - b'0'));
+                }
+                *at += 1;
+            }
+            *at - from
+        };
+        let whole = digits(&mut at);
+        if whole == 0 || (whole > 1 && bytes[at - whole] == b'0') {
+            return None;
+        }
+        let mut exponent = 0i32;
+        if bytes.get(at) == Some(&b'.') {
+            at += 1;
+            let fraction = digits(&mut at);
+            if fraction == 0 {
+                return None;
+            }
+            exponent = -(fraction as i32);
+        }
+        if significant > 19 {
+            return None;
+        }
+        let mut plain = true;
+        if let Some(b'e' | b'E') = bytes.get(at) {
+            at += 1;
+            let sign = match bytes.get(at) {
+                Some(b'-') => -1,
+                Some(b'+') => 1,
+                _ => 0,
+            };
+            at += usize::from(sign != 0);
+            let from = at;
+            while bytes.get(at).is_some_and(u8::is_ascii_digit) {
+                at += 1;
+            }
+            match self.text.get(from..at)?.parse::<i32>() {
+                Ok(e) if at - from <= 4 => exponent += if sign < 0 { -e } else { e },
+                _ if at > from => plain = false,
+                _ => return None,
+            }
+        }
+        const EXACT: u64 = 1 << 53;
+        const POWERS: [f64; 23] = [
+            1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+            1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+        ];
+        let value = match POWERS.get(exponent.unsigned_abs() as usize) {
+            Some(&power) if plain && significand <= EXACT => {
+                let magnitude = if exponent < 0 {
+                    significand as f64 / power
+                } else {
+                    significand as f64 * power
+                };
+                if negative {
+                    -magnitude
+                } else {
+                    magnitude
+                }
+            }
+            _ => {
+                let value: f64 = self.text.get(start..at)?.parse().ok()?;
+                if !value.is_finite() || (value == 0.0 && significand != 0) {
+                    return None;
+                }
+                value
+            }
+        };
+        self.at = at;
+        Some(value)
+    }
+
+    fn optional_number(&mut self) -> Option<Option<f64>> {
+        if self.null() {
+            return Some(None);
+        }
+        self.number().map(Some)
+    }
+
+    /// Reads an object, calling `field` with each key and the reader at its value.
+    fn object(&mut self, mut field: impl FnMut(&mut Self, &'a str) -> Option<()>) -> Option<()> {
+        self.expect(b'{')?;
+        self.skip_whitespace();
+        if self.bytes().get(self.at) == Some(&b'}') {
+            self.at += 1;
+            return Some(());
+        }
+        loop {
+            let key = self.string()?;
+            self.expect(b':')?;
+            field(self, key)?;
+            match self.next()? {
+                b',' => continue,
+                b'}' => return Some(()),
+                _ => return None,
+            }
+        }
+    }
+
+    /// Reads an array, calling `item` with the reader at each element.
+    fn array(&mut self, mut item: impl FnMut(&mut Self) -> Option<()>) -> Option<()> {
+        self.expect(b'[')?;
+        self.skip_whitespace();
+        if self.bytes().get(self.at) == Some(&b']') {
+            self.at += 1;
+            return Some(());
+        }
+        loop {
+            item(self)?;
+            match self.next()? {
+                b',' => continue,
+                b']' => return Some(()),
+                _ => return None,
+            }
+        }
+    }
+
+    fn outcome(&mut self) -> Option<Outcome> {
+        let (mut tenant, mut date, mut channel, mut campaign_id) = (None, None, None, None);
+        let (mut spend, mut revenue, mut source, mut observed_at) = (None, None, None, None);
+        self.object(|json, key| match key {
+            "tenant" => set(&mut tenant, json.compact()?),
+            "date" => set(&mut date, json.date()?),
+            "channel" => set(&mut channel, json.compact()?),
+            "campaign_id" => set(&mut campaign_id, json.compact()?),
+            "spend" => set(&mut spend, json.number()?),
+            "revenue" => set(&mut revenue, json.number()?),
+            "source" => set(&mut source, json.compact()?),
+            "observed_at" => {
+                let time = if json.null() {
+                    None
+                } else {
+                    Some(json.time()?.with_timezone(&Utc))
+                };
+                set(&mut observed_at, time)
+            }
+            _ => None,
+        })?;
+        Some(Outcome {
+            tenant: tenant?,
+            date: date?,
+            channel: channel?,
+            campaign_id: campaign_id.unwrap_or_default(),
+            spend: spend?,
+            revenue: revenue?,
+            source: source.unwrap_or_else(crate::event::default_source),
+            observed_at: observed_at.flatten(),
+        })
+    }
+
+    fn forecast(&mut self) -> Option<Forecast> {
+        let (mut tenant, mut plan_id, mut model_version) = (None, None, None);
+        let (mut issued_at, mut lines) = (None, None);
+        self.object(|json, key| match key {
+            "tenant" => set(&mut tenant, json.compact()?),
+            "plan_id" => set(&mut plan_id, json.compact()?),
+            "model_version" => set(&mut model_version, json.optional_string()?),
+            "issued_at" => set(&mut issued_at, json.time()?),
+            "lines" => {
+                let mut read = Vec::new();
+                json.array(|json| {
+                    read.push(json.line()?);
+                    Some(())
+                })?;
+                set(&mut lines, read)
+            }
+            _ => None,
+        })?;
+        Some(Forecast {
+            tenant: tenant?,
+            plan_id: plan_id?,
+            model_version: model_version.flatten(),
+            issued_at: issued_at?,
+            lines: lines?,
+        })
+    }
+
+    fn line(&mut self) -> Option<ForecastLine> {
+        let (mut date, mut channel, mut campaign_id) = (None, None, None);
+        let (mut spend, mut revenue) = (None, None);
+        self.object(|json, key| match key {
+            "date" => set(&mut date, json.date()?),
+            "channel" => set(&mut channel, json.compact()?),
+            "campaign_id" => set(&mut campaign_id, json.compact()?),
+            "spend" => set(&mut spend, json.optional_number()?),
+            "revenue" => set(&mut revenue, json.quantiles()?),
+            _ => None,
+        })?;
+        Some(ForecastLine {
+            date: date?,
+            channel: channel?,
+            campaign_id: campaign_id.unwrap_or_default(),
+            spend: spend.flatten(),
+            revenue: revenue?,
+        })
+    }
+
+    pub(super) fn quantiles(&mut self) -> Option<Quantiles> {
+        let mut pairs: SmallVec<[(u8, f64); 3]> = SmallVec::new();
+        self.object(|json, key| {
+            let level = parse_quantile_key(key)?;
+            if pairs.iter().any(|&(l, _)| l == level) {
+                return None;
+            }
+            pairs.push((level, json.number()?));
+            Some(())
+        })?;
+        pairs.sort_by_key(|&(level, _)| level);
+        Some(Quantiles(pairs))
+    }
+
+    fn importance(&mut self) -> Option<FeatureImportance> {
+        let (mut tenant, mut model_version, mut computed_at) = (None, None, None);
+        let (mut method, mut importances, mut samples) = (None, None, None);
+        self.object(|json, key| match key {
+            "tenant" => set(&mut tenant, json.compact()?),
+            "model_version" => set(&mut model_version, json.optional_string()?),
+            "computed_at" => set(&mut computed_at, json.time()?.with_timezone(&Utc)),
+            "method" => set(&mut method, json.optional_string()?),
+            "importances" => {
+                let mut read = BTreeMap::new();
+                json.object(
+                    |json, name| match read.insert(name.to_owned(), json.number()?) {
+                        Some(_) => None,
+                        None => Some(()),
+                    },
+                )?;
+                set(&mut importances, read)
+            }
+            "samples" => {
+                let mut read = BTreeMap::new();
+                json.object(|json, name| {
+                    let mut values = Vec::new();
+                    json.array(|json| {
+                        values.push(json.number()?);
+                        Some(())
+                    })?;
+                    match read.insert(name.to_owned(), values) {
+                        Some(_) => None,
+                        None => Some(()),
+                    }
+                })?;
+                set(&mut samples, read)
+            }
+            _ => None,
+        })?;
+        Some(FeatureImportance {
+            tenant: tenant?,
+            model_version: model_version.flatten(),
+            computed_at: computed_at?,
+            method: method.flatten(),
+            importances: importances?,
+            samples: samples.unwrap_or_default(),
+        })
+    }
+}
