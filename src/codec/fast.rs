@@ -1,7 +1,7 @@
 //! A fast path for the plainest JSON payloads, the ones producers actually write: an object of
 //! the topic's fields, each at most once, strings without escapes, numbers of at most 19
-//! significant digits. For anything else it returns `None` and [`super::decode_json`] hands the record to
-//! serde_json, whose answer, the event or the error, is the authority.
+//! significant digits. For anything else it returns `None` and `decode_json` hands the record
+//! to serde_json, whose answer, the event or the error, is the authority.
 //!
 //! serde_json spends most of a plan's decoding in its generic layers (a visitor per line, per
 //! field and per quantile map, about 4,000 instructions a line; docs/PERFORMANCE.md); reading
@@ -9,9 +9,8 @@
 //! record serde_json refuses, nor decode one to a different value: the tests feed both the
 //! same random events and byte-level mutations of them and compare.
 //!
-//! Numbers are read with the standard library's parser, which rounds correctly, as serde_json
-//! does with `float_roundtrip`; JSON's stricter grammar (no `+`, no leading zeros, digits on
-//! both sides of the point) is checked first.
+//! Numbers follow JSON's grammar (no `+`, no leading zeros, digits on both sides of the point)
+//! and round correctly, as serde_json's do with `float_roundtrip` (see [`Json::number`]).
 
 use std::collections::BTreeMap;
 
@@ -140,16 +139,13 @@ impl<'a> Json<'a> {
         let mut at = start;
         let negative = bytes.get(at) == Some(&b'-');
         at += usize::from(negative);
-        let (mut significand, mut significant) = (0u64, 0u32);
+        let mut significand = 0u64;
         let mut digits = |at: &mut usize| {
             let from = *at;
             while let Some(&b @ b'0'..=b'9') = bytes.get(*at) {
-                if significant > 0 || b != b'0' {
-                    significant += 1;
-                    significand = significand
-                        .wrapping_mul(10)
-                        .wrapping_add(u64::from(b - b'0'));
-                }
+                significand = significand
+                    .wrapping_mul(10)
+                    .wrapping_add(u64::from(b - b'0'));
                 *at += 1;
             }
             *at - from
@@ -158,18 +154,27 @@ impl<'a> Json<'a> {
         if whole == 0 || (whole > 1 && bytes[at - whole] == b'0') {
             return None;
         }
-        let mut exponent = 0i32;
+        let mut fraction = 0;
         if bytes.get(at) == Some(&b'.') {
             at += 1;
-            let fraction = digits(&mut at);
+            fraction = digits(&mut at);
             if fraction == 0 {
                 return None;
             }
-            exponent = -(fraction as i32);
         }
-        if significant > 19 {
-            return None;
+        // Up to 19 digits cannot overflow the u64; past that only the significant ones count.
+        if whole + fraction > 19 {
+            let significant = bytes[start..at]
+                .iter()
+                .filter(|b| b.is_ascii_digit())
+                .skip_while(|&&b| b == b'0')
+                .count();
+            if significant > 19 {
+                return None;
+            }
+            significand = u64::MAX;
         }
+        let mut exponent = -(fraction as i32);
         let mut plain = true;
         if let Some(b'e' | b'E') = bytes.get(at) {
             at += 1;
@@ -209,7 +214,11 @@ impl<'a> Json<'a> {
             }
             _ => {
                 let value: f64 = self.text.get(start..at)?.parse().ok()?;
-                if !value.is_finite() || (value == 0.0 && significand != 0) {
+                let zero = bytes[start..at]
+                    .iter()
+                    .take_while(|b| !matches!(b, b'e' | b'E'))
+                    .all(|b| matches!(b, b'0' | b'-' | b'.'));
+                if !value.is_finite() || (value == 0.0 && !zero) {
                     return None;
                 }
                 value
