@@ -3,13 +3,13 @@
 //! significant digits. For anything else it returns `None` and `decode_json` hands the record
 //! to serde_json, whose answer, the event or the error, is the authority.
 //!
-//! serde_json spends most of a plan's decoding in its generic layers (a visitor per line, per
-//! field and per quantile map, about 4,000 instructions a line; docs/PERFORMANCE.md); reading
-//! the three known shapes directly costs a fraction of that. The fast path must never accept a
+//! Measured under callgrind (docs/PERFORMANCE.md), serde_json spent about 4,000 instructions on
+//! a plan line, 1,650 of them on its quantiles map and about 240 on each float; read directly, a
+//! string costs about 120 and a number about 155. The fast path must never accept a
 //! record serde_json refuses, nor decode one to a different value: the tests feed both the
 //! same random events and byte-level mutations of them and compare.
 //!
-//! Numbers follow JSON's grammar (no `+`, no leading zeros, digits on both sides of the point)
+//! Numbers follow JSON's grammar (no leading `+` or zeros, digits on both sides of the point)
 //! and round correctly, as serde_json's do with `float_roundtrip` (see [`Json::number`]).
 
 use std::collections::BTreeMap;

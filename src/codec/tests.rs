@@ -1189,3 +1189,135 @@ fn the_fast_path_reads_numbers_as_serde_json_does() {
     }
     assert!(checked > 20_000, "{checked}");
 }
+
+/// Hand-picked payloads at the fast path's edges: each must either be read by the fast path
+/// to serde_json's value (`true`) or be left to serde_json (`false`), whatever serde_json
+/// then makes of it.
+#[test]
+fn the_fast_path_takes_exactly_the_plain_edge_cases() {
+    const OUTCOME: &str = r#""date":"2026-11-20","channel":"meta","spend":1,"revenue":2"#;
+    const LINE: &str = r#""date":"2026-11-20","channel":"meta","revenue":{"p50":3}"#;
+    const PLAN: &str = r#""tenant":"a","plan_id":"p","issued_at":"2026-11-15T00:00:00Z""#;
+    const IMPORTANCE: &str = r#""tenant":"a","computed_at":"2026-11-15T00:00:00Z""#;
+    let outcome = |fields: &str| (Topic::Outcomes, format!(r#"{{{fields},{OUTCOME}}}"#));
+    let number = |n: &str| {
+        let fields = r#""tenant":"a","date":"2026-11-20","channel":"c","revenue":2"#;
+        (Topic::Outcomes, format!(r#"{{{fields},"spend":{n}}}"#))
+    };
+    let line = |fields: &str| {
+        let lines = format!(r#""lines":[{{{fields}{LINE}}}]"#);
+        (Topic::Forecasts, format!("{{{PLAN},{lines}}}"))
+    };
+    let plan = |fields: &str| {
+        let lines = format!(r#""lines":[{{{LINE}}}]"#);
+        (Topic::Forecasts, format!("{{{fields}{PLAN},{lines}}}"))
+    };
+    let importance = |fields: &str| {
+        let maps = r#""importances":{"x":0.5}"#;
+        (
+            Topic::FeatureImportances,
+            format!("{{{fields}{IMPORTANCE},{maps}}}"),
+        )
+    };
+    let cases: Vec<((Topic, String), bool)> = vec![
+        // Optional fields: absent or null, read by the fast path.
+        (outcome(r#""tenant":"a""#), true),
+        (outcome(r#""tenant":"a","observed_at":null"#), true),
+        (line(""), true),
+        (line(r#""spend":null,"#), true),
+        (line(r#""spend":null,"campaign_id":"k","#), true),
+        (plan(r#""model_version":null,"#), true),
+        (importance(r#""model_version":null,"method":null,"#), true),
+        (importance(r#""samples":{},"#), true),
+        // Null where a value is required: serde_json's to refuse.
+        (outcome(r#""tenant":null"#), false),
+        (outcome(r#""tenant":"a","campaign_id":null"#), false),
+        (outcome(r#""tenant":"a","source":null"#), false),
+        (line(r#""campaign_id":null,"#), false),
+        (plan(r#""lines":null,"#), false),
+        (importance(r#""samples":null,"#), false),
+        // Every duplicated key is serde_json's: an error for fields, last-wins for maps.
+        (outcome(r#""tenant":"a","tenant":"b""#), false),
+        (outcome(r#""tenant":"a","date":"2026-11-21""#), false),
+        (outcome(r#""tenant":"a","spend":1"#), false),
+        (
+            outcome(r#""tenant":"a","observed_at":null,"observed_at":null"#),
+            false,
+        ),
+        (line(r#""date":"2026-11-21","#), false),
+        (line(r#""revenue":{"p50":3},"#), false),
+        (line(r#""campaign_id":"k","campaign_id":"k","#), false),
+        (plan(r#""plan_id":"q","#), false),
+        (plan(r#""issued_at":"2026-11-15T00:00:00Z","#), false),
+        (plan(r#""lines":[],"#), false),
+        (importance(r#""tenant":"b","#), false),
+        (importance(r#""method":"a","method":"b","#), false),
+        (importance(r#""samples":{"x":[1],"x":[2]},"#), false),
+        (
+            (
+                Topic::FeatureImportances,
+                format!(r#"{{{IMPORTANCE},"importances":{{"x":0.5,"x":0.7}}}}"#),
+            ),
+            false,
+        ),
+        (
+            (
+                Topic::Forecasts,
+                line("").1.replace(r#""p50":3"#, r#""p50":3,"p50":4"#),
+            ),
+            false,
+        ),
+        // JSON's four whitespace characters, and no other.
+        (
+            (
+                Topic::Outcomes,
+                format!("{{\t\"tenant\"\r:\r\n \"a\" ,\t{OUTCOME}\n}}\r\n"),
+            ),
+            true,
+        ),
+        (
+            (
+                Topic::Outcomes,
+                format!("{{\u{b}\"tenant\":\"a\",{OUTCOME}}}"),
+            ),
+            false,
+        ),
+        (
+            (
+                Topic::Outcomes,
+                format!("{{\"tenant\":\"a\",{OUTCOME}}}\u{c}"),
+            ),
+            false,
+        ),
+        // Numbers at the grammar's edges.
+        (number("-0"), true),
+        (number("-0.0"), true),
+        (number("0e99999"), true),
+        (number("1e00005"), true),
+        (number("1E+2"), true),
+        (number("12345678901234567890"), false),
+        (number("1e-400"), false),
+        (number("1e400"), false),
+        (number("1e99999999999"), false),
+        (number("+1"), false),
+        (number("01"), false),
+        (number("1."), false),
+        (number(".5"), false),
+        (number("1e"), false),
+        (number("1e+"), false),
+    ];
+    for ((topic, json), plain) in cases {
+        let serde = serde_only(topic, &json);
+        match fast::decode(topic, &json) {
+            Some(got) => {
+                assert!(plain, "the fast path read {json:?}");
+                let expected = serde.unwrap_or_else(|e| panic!("{json}: {e}"));
+                assert!(same(&got, &expected), "{json}");
+            }
+            None => assert!(
+                !plain,
+                "the fast path left {json} to serde_json ({serde:?})"
+            ),
+        }
+    }
+}
