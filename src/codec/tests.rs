@@ -1321,3 +1321,26 @@ fn the_fast_path_takes_exactly_the_plain_edge_cases() {
         }
     }
 }
+
+#[test]
+fn the_word_wise_string_scan_finds_what_a_byte_wise_one_finds() {
+    // Bytes at and around each boundary the word-wise tests draw.
+    const BYTES: [u8; 16] = [
+        b'"', b'\\', 0x00, 0x01, 0x1F, 0x20, 0x21, 0x23, 0x5B, 0x5D, b'a', 0x7F, 0x80, 0xA2, 0xDC,
+        0xFF,
+    ];
+    let mut rng = Rng(0x6A09_E667_F3BC_C908);
+    for _ in 0..100_000 {
+        let len = rng.below(40) as usize;
+        let bytes: Vec<u8> = (0..len)
+            .map(|_| match rng.below(4) {
+                0 => BYTES[rng.below(BYTES.len() as u64) as usize],
+                _ => b'a' + rng.below(26) as u8,
+            })
+            .collect();
+        let expected = bytes
+            .iter()
+            .position(|&b| b == b'"' || b == b'\\' || b < 0x20);
+        assert_eq!(fast::string_end(&bytes), expected, "{bytes:?}");
+    }
+}
