@@ -35,6 +35,54 @@ pub(super) fn decode(topic: Topic, text: &str) -> Option<Event> {
     (json.at == text.len()).then_some(event)
 }
 
+/// A key as producers usually write it, `"name"`, with the words that recognise it: its first
+/// eight bytes (`mask` selects those of a shorter key) and, past eight, its last eight.
+pub(super) struct Known {
+    name: &'static str,
+    len: usize,
+    head: u64,
+    mask: u64,
+    tail: u64,
+}
+
+impl Known {
+    /// `name` quoted; at most 14 bytes long, without quotes, backslashes or control characters
+    /// (checked when the constant is built).
+    const fn new(name: &'static str) -> Known {
+        let bytes = name.as_bytes();
+        let len = bytes.len() + 2;
+        assert!(len <= 16);
+        let (mut head, mut tail, mut i) = (0u64, 0u64, 0);
+        while i < len {
+            let byte = if i == 0 || i == len - 1 {
+                b'"'
+            } else {
+                bytes[i - 1]
+            };
+            assert!(byte >= 0x20 && byte != b'\\' && (byte != b'"' || i == 0 || i == len - 1));
+            if i < 8 {
+                head |= (byte as u64) << (8 * i);
+            }
+            if len > 8 && i >= len - 8 {
+                tail |= (byte as u64) << (8 * (i + 8 - len));
+            }
+            i += 1;
+        }
+        let mask = if len >= 8 {
+            u64::MAX
+        } else {
+            (1 << (8 * len)) - 1
+        };
+        Known {
+            name,
+            len,
+            head,
+            mask,
+            tail,
+        }
+    }
+}
+
 /// A JSON reader over valid UTF-8 (the caller checked it) that gives up, with `None`, at the
 /// first thing it does not read plainly.
 pub(super) struct Json<'a> {
@@ -121,16 +169,20 @@ impl<'a> Json<'a> {
         self.text.get(start..end)
     }
 
-    /// The key at the reader, when it is `quoted` (a key of the form `"name"`, the quotes
-    /// included), consumed; `None`, with nothing consumed but whitespace, otherwise. The same
-    /// key [`Json::string`] would read, found with one comparison.
-    fn known_key(&mut self, quoted: &'static str) -> Option<&'static str> {
+    /// The key at the reader, when it is `key`, consumed; `None`, with nothing consumed but
+    /// whitespace, otherwise. The same key [`Json::string`] would read, recognised by comparing
+    /// a word or two.
+    fn known_key(&mut self, key: &Known) -> Option<&'static str> {
         self.skip_whitespace();
-        if !self.bytes()[self.at..].starts_with(quoted.as_bytes()) {
+        let rest = self.bytes().get(self.at..self.at + 16)?;
+        let word = |at: usize| u64::from_le_bytes(rest[at..at + 8].try_into().unwrap_or([0; 8]));
+        let found =
+            (word(0) ^ key.head) & key.mask == 0 && (key.len <= 8 || word(key.len - 8) == key.tail);
+        if !found {
             return None;
         }
-        self.at += quoted.len();
-        quoted.get(1..quoted.len() - 1)
+        self.at += key.len;
+        Some(key.name)
     }
 
     fn compact(&mut self) -> Option<CompactString> {
@@ -277,7 +329,7 @@ impl<'a> Json<'a> {
     /// read the usual way, so the order changes nothing but the speed).
     fn object(
         &mut self,
-        usual: &[&'static str],
+        usual: &[Known],
         mut field: impl FnMut(&mut Self, &'a str) -> Option<()>,
     ) -> Option<()> {
         self.expect(b'{')?;
@@ -288,7 +340,7 @@ impl<'a> Json<'a> {
         }
         let mut next = usual.iter();
         loop {
-            let key = match next.next().and_then(|&quoted| self.known_key(quoted)) {
+            let key = match next.next().and_then(|key| self.known_key(key)) {
                 Some(key) => key,
                 None => {
                     next = [].iter();
@@ -326,15 +378,15 @@ impl<'a> Json<'a> {
     fn outcome(&mut self) -> Option<Outcome> {
         let (mut tenant, mut date, mut channel, mut campaign_id) = (None, None, None, None);
         let (mut spend, mut revenue, mut source, mut observed_at) = (None, None, None, None);
-        const USUAL: [&str; 8] = [
-            "\"tenant\"",
-            "\"date\"",
-            "\"channel\"",
-            "\"campaign_id\"",
-            "\"spend\"",
-            "\"revenue\"",
-            "\"source\"",
-            "\"observed_at\"",
+        const USUAL: [Known; 8] = [
+            Known::new("tenant"),
+            Known::new("date"),
+            Known::new("channel"),
+            Known::new("campaign_id"),
+            Known::new("spend"),
+            Known::new("revenue"),
+            Known::new("source"),
+            Known::new("observed_at"),
         ];
         self.object(&USUAL, |json, key| match key {
             "tenant" => set(&mut tenant, json.compact()?),
@@ -369,12 +421,12 @@ impl<'a> Json<'a> {
     fn forecast(&mut self) -> Option<Forecast> {
         let (mut tenant, mut plan_id, mut model_version) = (None, None, None);
         let (mut issued_at, mut lines) = (None, None);
-        const USUAL: [&str; 5] = [
-            "\"tenant\"",
-            "\"plan_id\"",
-            "\"model_version\"",
-            "\"issued_at\"",
-            "\"lines\"",
+        const USUAL: [Known; 5] = [
+            Known::new("tenant"),
+            Known::new("plan_id"),
+            Known::new("model_version"),
+            Known::new("issued_at"),
+            Known::new("lines"),
         ];
         self.object(&USUAL, |json, key| match key {
             "tenant" => set(&mut tenant, json.compact()?),
@@ -382,9 +434,17 @@ impl<'a> Json<'a> {
             "model_version" => set(&mut model_version, json.optional_string()?),
             "issued_at" => set(&mut issued_at, json.time()?),
             "lines" => {
+                // Room, after the first line, for as many more as the rest of the text would
+                // hold at its length: one allocation for a plan of similar lines, where
+                // doubling copied each plan's lines about twice over.
                 let mut read = Vec::new();
                 json.array(|json| {
+                    let from = json.at;
                     read.push(json.line()?);
+                    if read.len() == 1 {
+                        let rest = json.text.len() - json.at;
+                        read.reserve(rest / (json.at - from).max(1));
+                    }
                     Some(())
                 })?;
                 set(&mut lines, read)
@@ -403,12 +463,12 @@ impl<'a> Json<'a> {
     fn line(&mut self) -> Option<ForecastLine> {
         let (mut date, mut channel, mut campaign_id) = (None, None, None);
         let (mut spend, mut revenue) = (None, None);
-        const USUAL: [&str; 5] = [
-            "\"date\"",
-            "\"channel\"",
-            "\"campaign_id\"",
-            "\"spend\"",
-            "\"revenue\"",
+        const USUAL: [Known; 5] = [
+            Known::new("date"),
+            Known::new("channel"),
+            Known::new("campaign_id"),
+            Known::new("spend"),
+            Known::new("revenue"),
         ];
         self.object(&USUAL, |json, key| match key {
             "date" => set(&mut date, json.date()?),
@@ -429,7 +489,7 @@ impl<'a> Json<'a> {
 
     pub(super) fn quantiles(&mut self) -> Option<Quantiles> {
         let mut pairs: SmallVec<[(u8, f64); 3]> = SmallVec::new();
-        const USUAL: [&str; 3] = ["\"p10\"", "\"p50\"", "\"p90\""];
+        const USUAL: [Known; 3] = [Known::new("p10"), Known::new("p50"), Known::new("p90")];
         self.object(&USUAL, |json, key| {
             let level = parse_quantile_key(key)?;
             if pairs.iter().any(|&(l, _)| l == level) {
@@ -445,13 +505,13 @@ impl<'a> Json<'a> {
     fn importance(&mut self) -> Option<FeatureImportance> {
         let (mut tenant, mut model_version, mut computed_at) = (None, None, None);
         let (mut method, mut importances, mut samples) = (None, None, None);
-        const USUAL: [&str; 6] = [
-            "\"tenant\"",
-            "\"model_version\"",
-            "\"computed_at\"",
-            "\"method\"",
-            "\"importances\"",
-            "\"samples\"",
+        const USUAL: [Known; 6] = [
+            Known::new("tenant"),
+            Known::new("model_version"),
+            Known::new("computed_at"),
+            Known::new("method"),
+            Known::new("importances"),
+            Known::new("samples"),
         ];
         self.object(&USUAL, |json, key| match key {
             "tenant" => set(&mut tenant, json.compact()?),

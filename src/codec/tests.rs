@@ -1204,6 +1204,11 @@ fn the_fast_path_takes_exactly_the_plain_edge_cases() {
         let fields = r#""tenant":"a","date":"2026-11-20","channel":"c","revenue":2"#;
         (Topic::Outcomes, format!(r#"{{{fields},"spend":{n}}}"#))
     };
+    // An outcome with its keys in the usual order.
+    let usual = |fields: &str| {
+        let values = r#""spend":1,"revenue":2,"source":"s","observed_at":null"#;
+        (Topic::Outcomes, format!("{{{fields}{values}}}"))
+    };
     let line = |fields: &str| {
         let lines = format!(r#""lines":[{{{fields}{LINE}}}]"#);
         (Topic::Forecasts, format!("{{{PLAN},{lines}}}"))
@@ -1266,6 +1271,45 @@ fn the_fast_path_takes_exactly_the_plain_edge_cases() {
                 line("").1.replace(r#""p50":3"#, r#""p50":3,"p50":4"#),
             ),
             false,
+        ),
+        // Keys one byte off the usual ones where the usual ones are due, at either end of the
+        // words that recognise them.
+        (
+            usual(r#""tenant":"a","date":"2026-11-20","channel":"c","campaign_ie":"k","#),
+            false,
+        ),
+        (
+            usual(r#""tenant":"a","date":"2026-11-20","channel":"c","campaign_id":"k","#),
+            true,
+        ),
+        (
+            usual(r#""tenanu":"a","date":"2026-11-20","channel":"c","#),
+            false,
+        ),
+        (
+            usual(r#""tenant":"a","date":"2026-11-2","channel":"c","#),
+            false,
+        ),
+        (
+            usual(r#""tenant":"a","datf":"2026-11-20","channel":"c","#),
+            false,
+        ),
+        (
+            (
+                Topic::Forecasts,
+                format!(
+                    r#"{{"tenant":"a","plan_id":"p","model_versiom":null,{}}}"#,
+                    r#""issued_at":"2026-11-15T00:00:00Z","lines":[]"#
+                ),
+            ),
+            false,
+        ),
+        (
+            (
+                Topic::Forecasts,
+                line("").1.replace(r#""p50":3"#, r#""p51":3"#),
+            ),
+            true,
         ),
         // JSON's four whitespace characters, and no other.
         (
