@@ -20,6 +20,7 @@ use chrono::{DateTime, FixedOffset, NaiveDate, Utc};
 use compact_str::CompactString;
 use smallvec::SmallVec;
 
+use crate::event::validate::MAX_FORECAST_LINES;
 use crate::event::{
     fast_date, fast_rfc3339, parse_quantile_key, Event, FeatureImportance, Forecast, ForecastLine,
     Outcome, Quantiles, Topic,
@@ -106,9 +107,9 @@ fn set<T>(slot: &mut Option<T>, value: T) -> Option<()> {
 
 /// The index of the first quote, backslash or control character in `bytes`, which ends a
 /// plain string: eight bytes a step, each word tested for all three at once with the
-/// carry-free tests of "Bit Twiddling Hacks" (a byte of zero after xor with the quote or the
-/// backslash, a byte below 0x20); a borrow can only mark bytes after the first true one, so the
-/// lowest mark is exact. Bytes of multi-byte characters (0x80 and above) never match.
+/// subtracting tests of "Bit Twiddling Hacks" (`haszero` after xor with the quote or the
+/// backslash, `hasless` than 0x20); a borrow can only mark bytes after the first true one, so
+/// the lowest mark is exact. Bytes of multi-byte characters (0x80 and above) never match.
 pub(super) fn string_end(bytes: &[u8]) -> Option<usize> {
     const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
     const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
@@ -327,8 +328,8 @@ impl<'a> Json<'a> {
 
     /// Reads an object, calling `field` with each key and the reader at its value. `usual` is
     /// the order producers usually write the keys in, quoted: while the keys come in that
-    /// order each is recognised by one comparison instead of being scanned (any other key is
-    /// read the usual way, so the order changes nothing but the speed).
+    /// order each is recognised by comparing one or two words instead of being scanned (any
+    /// other key is read the usual way, so the order changes nothing but the speed).
     fn object(
         &mut self,
         usual: &[Known],
@@ -445,7 +446,8 @@ impl<'a> Json<'a> {
                     read.push(json.line()?);
                     if read.len() == 1 {
                         let rest = json.text.len() - json.at;
-                        read.reserve(rest / (json.at - from).max(1));
+                        let more = rest / (json.at - from).max(1);
+                        read.reserve(more.min(MAX_FORECAST_LINES));
                     }
                     Some(())
                 })?;

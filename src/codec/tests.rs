@@ -1272,8 +1272,8 @@ fn the_fast_path_takes_exactly_the_plain_edge_cases() {
             ),
             false,
         ),
-        // Keys one byte off the usual ones where the usual ones are due, at either end of the
-        // words that recognise them.
+        // Keys one byte off the usual ones where the usual ones are due, in either of the words
+        // that recognise them ...
         (
             usual(r#""tenant":"a","date":"2026-11-20","channel":"c","campaign_ie":"k","#),
             false,
@@ -1287,11 +1287,26 @@ fn the_fast_path_takes_exactly_the_plain_edge_cases() {
             false,
         ),
         (
-            usual(r#""tenant":"a","date":"2026-11-2","channel":"c","#),
+            usual(r#""tenant":"a","datf":"2026-11-20","channel":"c","#),
+            false,
+        ),
+        // ... and with the closing quote one byte off, in a key of up to eight bytes and in one
+        // past eight (its head and its tail word).
+        (
+            usual(r#""tenant!:"a","date":"2026-11-20","channel":"c","#),
             false,
         ),
         (
-            usual(r#""tenant":"a","datf":"2026-11-20","channel":"c","#),
+            usual(r#""tenant":"a","date!:"2026-11-20","channel":"c","#),
+            false,
+        ),
+        (
+            usual(r#""tenant":"a","date":"2026-11-20","channel":"c","campaign_id!:"k","#),
+            false,
+        ),
+        // A usual key with a value one byte short.
+        (
+            usual(r#""tenant":"a","date":"2026-11-2","channel":"c","#),
             false,
         ),
         (
