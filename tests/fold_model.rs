@@ -713,11 +713,11 @@ mod naive {
             n: pairs.len() as u64,
             coverage: shares
                 .iter()
-                .map(|(k, hits, n)| (k.clone(), *hits as f64 / *n as f64))
+                .map(|(k, hits, n)| (k.as_str().into(), *hits as f64 / *n as f64))
                 .collect(),
             ci: shares
                 .iter()
-                .map(|(k, hits, n)| (k.clone(), wilson(*hits, *n)))
+                .map(|(k, hits, n)| (k.as_str().into(), wilson(*hits, *n)))
                 .collect(),
             status: status(rule, pairs),
         }

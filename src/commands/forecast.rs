@@ -14,6 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use chrono::NaiveDate;
+use compact_str::CompactString;
 use serde::Serialize;
 
 use super::{read_document, DocumentError};
@@ -228,14 +229,14 @@ pub fn check(
 }
 
 fn merge(
-    coverage: &BTreeMap<String, f64>,
-    ci: &BTreeMap<String, [f64; 2]>,
+    coverage: &BTreeMap<CompactString, f64>,
+    ci: &BTreeMap<CompactString, [f64; 2]>,
 ) -> Vec<(String, f64, [f64; 2])> {
     coverage
         .iter()
         .map(|(k, &v)| {
             (
-                k.clone(),
+                k.to_string(),
                 v,
                 ci.get(k).copied().unwrap_or([f64::NAN, f64::NAN]),
             )
@@ -315,7 +316,7 @@ fn counts_of(
 ) -> Result<Counts, String> {
     let mut hits = BTreeMap::new();
     for key in keys {
-        let h = match (s.coverage.get(key), s.ci.get(key)) {
+        let h = match (s.coverage.get(key.as_str()), s.ci.get(key.as_str())) {
             (None, _) if s.n == 0 => 0,
             (Some(&share), Some(ci)) if s.n > 0 => {
                 let h = (share * s.n as f64).round();
@@ -390,7 +391,7 @@ fn derive(doc: &CalibrationDoc, window: u32) -> Result<Vec<(String, Counts)>, St
         for (scope, s) in entry_scopes(e) {
             keys.entry(scope)
                 .or_default()
-                .extend(s.coverage.keys().cloned());
+                .extend(s.coverage.keys().map(|k| k.to_string()));
         }
     }
     let mut out = Vec::new();

@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 
+use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 
 use super::rules::{CalStatus, DriftEntry};
@@ -102,8 +103,8 @@ pub struct CalibrationDoc {
 pub struct CalibrationEntry {
     pub as_of: String,
     pub n: u64,
-    pub coverage: BTreeMap<String, f64>,
-    pub ci: BTreeMap<String, [f64; 2]>,
+    pub coverage: BTreeMap<CompactString, f64>,
+    pub ci: BTreeMap<CompactString, [f64; 2]>,
     pub status: String,
     pub by_horizon: BTreeMap<String, CalibrationScope>,
 }
@@ -111,8 +112,8 @@ pub struct CalibrationEntry {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct CalibrationScope {
     pub n: u64,
-    pub coverage: BTreeMap<String, f64>,
-    pub ci: BTreeMap<String, [f64; 2]>,
+    pub coverage: BTreeMap<CompactString, f64>,
+    pub ci: BTreeMap<CompactString, [f64; 2]>,
     pub status: String,
 }
 

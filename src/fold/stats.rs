@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use compact_str::CompactString;
 use serde::Serialize;
 use smallvec::SmallVec;
 
@@ -450,15 +451,32 @@ impl CoverageCounts {
             .unwrap_or_default()
     }
 
-    /// `coverage` and `ci` maps keyed `p10`, `p10_p90`, ...
-    pub fn shares(&self) -> (BTreeMap<String, f64>, BTreeMap<String, [f64; 2]>) {
+    /// `coverage` and `ci` maps keyed `p10`, `p10_p90`, ... (keys short enough to be stored
+    /// inline: the calibration history holds about 40 of them a day).
+    pub fn shares(
+        &self,
+    ) -> (
+        BTreeMap<CompactString, f64>,
+        BTreeMap<CompactString, [f64; 2]>,
+    ) {
         let mut coverage = BTreeMap::new();
         let mut ci = BTreeMap::new();
+        let (levels, intervals) = static_keys();
+        let key = |keys: &[String], level: u8, make: fn(u8) -> String| match keys
+            .get(usize::from(level))
+        {
+            Some(key) => CompactString::from(key.as_str()),
+            None => CompactString::from(make(level)),
+        };
         let named = self
             .levels
             .iter()
-            .map(|(l, c)| (crate::event::quantile_key(*l), c))
-            .chain(self.intervals.iter().map(|(lo, c)| (interval_key(*lo), c)));
+            .map(|(l, c)| (key(levels, *l, crate::event::quantile_key), c))
+            .chain(
+                self.intervals
+                    .iter()
+                    .map(|(lo, c)| (key(intervals, *lo, interval_key), c)),
+            );
         for (key, c) in named {
             if let (Some(share), Some(interval)) = (c.share(), wilson(c.hits, c.n)) {
                 coverage.insert(key.clone(), share);
