@@ -49,8 +49,8 @@ pub(super) struct Known {
 }
 
 impl Known {
-    /// `name` quoted; at most 14 bytes long, without quotes, backslashes or control characters
-    /// (checked when the constant is built).
+    /// `name` (at most 14 bytes, without quotes, backslashes or control characters: checked
+    /// when the constant is built), quoted.
     const fn new(name: &'static str) -> Known {
         let bytes = name.as_bytes();
         let len = bytes.len() + 2;
@@ -326,10 +326,11 @@ impl<'a> Json<'a> {
         self.number().map(Some)
     }
 
-    /// Reads an object, calling `field` with each key and the reader at its value. `usual` is
-    /// the order producers usually write the keys in, quoted: while the keys come in that
-    /// order each is recognised by comparing one or two words instead of being scanned (any
-    /// other key is read the usual way, so the order changes nothing but the speed).
+    /// Reads an object, calling `field` with each key and the reader at its value. `usual` lists
+    /// the keys in the order producers usually write them: while the keys come in that order
+    /// each is recognised by comparing one or two words instead of being scanned (the first
+    /// other key and all after it are read as strings, so the order changes nothing but the
+    /// speed).
     fn object(
         &mut self,
         usual: &[Known],
@@ -438,8 +439,8 @@ impl<'a> Json<'a> {
             "issued_at" => set(&mut issued_at, json.time()?),
             "lines" => {
                 // Room, after the first line, for as many more as the rest of the text would
-                // hold at its length: one allocation for a plan of similar lines, where
-                // doubling copied each plan's lines about twice over.
+                // hold at its length (at most the lines validation allows): one allocation for
+                // a plan of similar lines, where doubling copied each plan's lines about twice.
                 let mut read = Vec::new();
                 json.array(|json| {
                     let from = json.at;
