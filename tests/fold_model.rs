@@ -149,6 +149,14 @@ impl Figures {
     /// The figures as the fold's documents report them.
     fn of(docs: &TenantDocuments) -> Figures {
         let p = &docs.performance;
+        // The calibration document as written: JSON straight from the counts, read back. The
+        // document with its maps built must write the very same bytes.
+        let written = serde_json::to_string(&docs.calibration).unwrap();
+        assert_eq!(
+            written,
+            serde_json::to_string(&docs.calibration.doc()).unwrap(),
+            "the calibration JSON written from the counts is not the document's"
+        );
         let mut by_channel = p.by_channel.clone();
         by_channel.retain(|_, windows| windows.values().any(|w| w.n > 0));
         Figures {
@@ -160,7 +168,7 @@ impl Figures {
             counts: p.counts.clone(),
             source_gap: p.source_gap.clone(),
             calibration_status: p.status.calibration.clone(),
-            calibration: docs.calibration.clone(),
+            calibration: serde_json::from_str(&written).unwrap(),
         }
     }
 }

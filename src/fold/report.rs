@@ -10,14 +10,14 @@ use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 
 use super::rules::{CalStatus, DriftEntry};
-use super::stats::{ratio, CoverageCounts, Pair, Stats, WindowDoc};
-use super::tenant::{date_of, line_actual, Day, Shared, TenantState};
+use super::stats::{ratio, wilson, Coverage, CoverageCounts, Pair, Stats, WindowDoc};
+use super::tenant::{date_of, date_text, line_actual, Day, Shared, TenantState};
 
 /// The three documents of a tenant.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct TenantDocuments {
     pub performance: PerformanceDoc,
-    pub calibration: CalibrationDoc,
+    pub calibration: CalibrationHistory,
     pub drift: DriftDoc,
 }
 
@@ -400,71 +400,219 @@ fn source_gap(state: &TenantState) -> BTreeMap<String, SourceGapDoc> {
         .collect()
 }
 
-pub fn calibration(state: &TenantState, shared: &Shared) -> CalibrationDoc {
+/// The calibration document of a tenant: one entry a day from its first outcome to as_of, each
+/// day's counts summed over the calibration window ending that day.
+pub fn calibration(state: &TenantState, shared: &Shared) -> CalibrationHistory {
     let l = &state.limits.calibration;
     let labels = shared.config.horizon_labels();
-    let mut history = Vec::new();
+    let mut order: Vec<usize> = (0..labels.len()).collect();
+    order.sort_by(|&a, &b| labels[a].cmp(&labels[b]));
+    let scopes = labels.len() + 1;
+    let mut history = CalibrationHistory {
+        tenant: state.name.clone(),
+        window_days: l.window_days,
+        labels,
+        order,
+        first: 0,
+        scopes: Vec::new(),
+    };
     let first = state
         .days
         .iter()
         .find(|(_, d)| !d.cells.is_empty())
         .map(|(day, _)| *day);
-    if let (Some(first), Some(as_of)) = (first, state.as_of) {
-        let w = l.window_days as Day;
-        let scopes = labels.len() + 1;
-        let mut window: Vec<CoverageCounts> = vec![CoverageCounts::default(); scopes];
-        let at = |day: Day, i: usize| {
-            state
-                .days
-                .get(&day)
-                .and_then(|d| d.scores.as_ref())
-                .and_then(|s| s.coverage.get(i))
-        };
-        for day in first - w + 1..first {
-            for (i, acc) in window.iter_mut().enumerate() {
-                if let Some(c) = at(day, i) {
-                    acc.merge(c);
-                }
+    let (Some(first), Some(as_of)) = (first, state.as_of) else {
+        return history;
+    };
+    history.first = first;
+    history
+        .scopes
+        .reserve(scopes * (as_of - first + 1).max(0) as usize);
+    let w = l.window_days as Day;
+    let mut window: Vec<CoverageCounts> = vec![CoverageCounts::default(); scopes];
+    let at = |day: Day, i: usize| {
+        state
+            .days
+            .get(&day)
+            .and_then(|d| d.scores.as_ref())
+            .and_then(|s| s.coverage.get(i))
+    };
+    for day in first - w + 1..first {
+        for (i, acc) in window.iter_mut().enumerate() {
+            if let Some(c) = at(day, i) {
+                acc.merge(c);
             }
         }
-        for day in first..=as_of {
-            for (i, acc) in window.iter_mut().enumerate() {
-                if let Some(c) = at(day, i) {
-                    acc.merge(c);
-                }
-                if let Some(c) = at(day - w, i) {
-                    acc.unmerge(c);
-                }
+    }
+    for day in first..=as_of {
+        for (i, acc) in window.iter_mut().enumerate() {
+            if let Some(c) = at(day, i) {
+                acc.merge(c);
             }
-            let scope = |c: &CoverageCounts| {
-                let (coverage, ci) = c.shares();
-                let int = c.interval(l.interval[0]);
-                let status = CalStatus::of(int.hits, int.n, l).as_str().to_owned();
-                CalibrationScope {
-                    n: c.n,
-                    coverage,
-                    ci,
-                    status,
-                }
-            };
-            let tenant = scope(&window[0]);
-            history.push(CalibrationEntry {
-                as_of: date_of(day).to_string(),
-                n: tenant.n,
-                coverage: tenant.coverage,
-                ci: tenant.ci,
-                status: tenant.status,
-                by_horizon: labels
-                    .iter()
-                    .enumerate()
-                    .map(|(b, label)| (label.clone(), scope(&window[b + 1])))
-                    .collect(),
+            if let Some(c) = at(day - w, i) {
+                acc.unmerge(c);
+            }
+            let int = acc.interval(l.interval[0]);
+            history.scopes.push(ScopeCounts {
+                counts: acc.clone(),
+                status: CalStatus::of(int.hits, int.n, l),
             });
         }
     }
-    CalibrationDoc {
-        tenant: state.name.clone(),
-        window_days: l.window_days,
-        history,
+    history
+}
+
+/// The calibration document (SPEC 6, `_calibration.json`) as the fold computes it: each day's
+/// coverage counts per scope. It serializes to exactly the JSON of [`CalibrationDoc`], straight
+/// from the counts: building that document's maps, two per scope and day, and dropping them
+/// again cost more than writing the JSON. [`CalibrationHistory::doc`] builds the document itself.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CalibrationHistory {
+    pub tenant: String,
+    pub window_days: u32,
+    /// Horizon labels by bucket.
+    labels: Vec<String>,
+    /// The buckets in the order of their labels, the order of the document's `by_horizon` map.
+    order: Vec<usize>,
+    /// The day of the first entry; the entries follow day by day.
+    first: Day,
+    /// `labels.len() + 1` scopes a day: the tenant's, then each horizon bucket's.
+    scopes: Vec<ScopeCounts>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct ScopeCounts {
+    counts: CoverageCounts,
+    status: CalStatus,
+}
+
+impl CalibrationHistory {
+    fn days(&self) -> impl Iterator<Item = (Day, &[ScopeCounts])> + '_ {
+        let first = self.first;
+        self.scopes
+            .chunks(self.labels.len() + 1)
+            .enumerate()
+            .map(move |(i, scopes)| (first + i as Day, scopes))
+    }
+
+    /// The document, its maps built: what the JSON of this history reads back as.
+    pub fn doc(&self) -> CalibrationDoc {
+        let scope = |s: &ScopeCounts| {
+            let (coverage, ci) = s.counts.shares();
+            CalibrationScope {
+                n: s.counts.n,
+                coverage,
+                ci,
+                status: s.status.as_str().to_owned(),
+            }
+        };
+        CalibrationDoc {
+            tenant: self.tenant.clone(),
+            window_days: self.window_days,
+            history: self
+                .days()
+                .map(|(day, scopes)| {
+                    let tenant = scope(&scopes[0]);
+                    CalibrationEntry {
+                        as_of: date_of(day).to_string(),
+                        n: tenant.n,
+                        coverage: tenant.coverage,
+                        ci: tenant.ci,
+                        status: tenant.status,
+                        by_horizon: self
+                            .labels
+                            .iter()
+                            .zip(&scopes[1..])
+                            .map(|(label, s)| (label.clone(), scope(s)))
+                            .collect(),
+                    }
+                })
+                .collect(),
+        }
+    }
+}
+
+impl Serialize for CalibrationHistory {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{SerializeMap, SerializeSeq, SerializeStruct};
+
+        struct Scope<'a>(&'a ScopeCounts, &'a [(&'static str, Coverage)]);
+        impl Scope<'_> {
+            fn fields<S: SerializeStruct>(&self, s: &mut S) -> Result<(), S::Error> {
+                s.serialize_field("coverage", &SortedShares(self.1, false))?;
+                s.serialize_field("ci", &SortedShares(self.1, true))?;
+                s.serialize_field("status", self.0.status.as_str())
+            }
+        }
+        impl Serialize for Scope<'_> {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                let mut s = serializer.serialize_struct("CalibrationScope", 4)?;
+                s.serialize_field("n", &self.0.counts.n)?;
+                self.fields(&mut s)?;
+                s.end()
+            }
+        }
+        struct ByHorizon<'a>(&'a CalibrationHistory, &'a [ScopeCounts]);
+        impl Serialize for ByHorizon<'_> {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                let mut map = serializer.serialize_map(Some(self.0.order.len()))?;
+                for &b in &self.0.order {
+                    let scope = &self.1[b + 1];
+                    let named = scope.counts.named_sorted();
+                    map.serialize_entry(&self.0.labels[b], &Scope(scope, &named))?;
+                }
+                map.end()
+            }
+        }
+        struct Entry<'a>(&'a CalibrationHistory, Day, &'a [ScopeCounts]);
+        impl Serialize for Entry<'_> {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                let tenant = &self.2[0];
+                let named = tenant.counts.named_sorted();
+                let mut s = serializer.serialize_struct("CalibrationEntry", 6)?;
+                s.serialize_field("as_of", &date_text(self.1))?;
+                s.serialize_field("n", &tenant.counts.n)?;
+                Scope(tenant, &named).fields(&mut s)?;
+                s.serialize_field("by_horizon", &ByHorizon(self.0, self.2))?;
+                s.end()
+            }
+        }
+        struct History<'a>(&'a CalibrationHistory);
+        impl Serialize for History<'_> {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                let days = self.0.scopes.len() / (self.0.labels.len() + 1);
+                let mut seq = serializer.serialize_seq(Some(days))?;
+                for (day, scopes) in self.0.days() {
+                    seq.serialize_element(&Entry(self.0, day, scopes))?;
+                }
+                seq.end()
+            }
+        }
+
+        let mut s = serializer.serialize_struct("CalibrationDoc", 3)?;
+        s.serialize_field("tenant", &self.tenant)?;
+        s.serialize_field("window_days", &self.window_days)?;
+        s.serialize_field("history", &History(self))?;
+        s.end()
+    }
+}
+
+/// The `coverage` map (or with `true` the `ci` map) of a scope, from its named counts.
+struct SortedShares<'a>(&'a [(&'static str, Coverage)], bool);
+
+impl Serialize for SortedShares<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (key, c) in self.0 {
+            if let (Some(share), Some(interval)) = (c.share(), wilson(c.hits, c.n)) {
+                if self.1 {
+                    map.serialize_entry(key, &interval)?;
+                } else {
+                    map.serialize_entry(key, &share)?;
+                }
+            }
+        }
+        map.end()
     }
 }

@@ -487,6 +487,26 @@ impl CoverageCounts {
     }
 }
 
+impl CoverageCounts {
+    /// Every level and interval with its key, in the keys' order (`p10`, `p10_p90`, `p50`): the
+    /// order of the maps of [`CoverageCounts::shares`].
+    pub fn named_sorted(&self) -> SmallVec<[(&'static str, Coverage); 8]> {
+        let (levels, intervals) = static_keys();
+        let mut named: SmallVec<[(&'static str, Coverage); 8]> = self
+            .levels
+            .iter()
+            .map(|(l, c)| (levels[usize::from(*l)].as_str(), *c))
+            .chain(
+                self.intervals
+                    .iter()
+                    .map(|(lo, c)| (intervals[usize::from(*lo)].as_str(), *c)),
+            )
+            .collect();
+        named.sort_unstable_by_key(|e| e.0);
+        named
+    }
+}
+
 /// `p10_p90` for the lower level 10.
 pub fn interval_key(lo: u8) -> String {
     let mut key = String::with_capacity(7);
