@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -177,7 +177,7 @@ pub fn fold_files(job: &FoldJob) -> Result<FoldSummary, OfflineError> {
             });
         }
         total_bytes += file.metadata().map(|m| m.len()).unwrap_or(0);
-        readers.push((path.clone(), BufReader::with_capacity(1 << 20, file)));
+        readers.push((path.clone(), file));
     }
     let mut outputs = Outputs {
         alerts: create(&job.alerts_out)?,
@@ -312,39 +312,54 @@ const CHUNK_LINES: usize = 8_192;
 /// Reads the inputs in order, decodes each chunk of lines in parallel (rayon) and sends the
 /// chunks on in order; stops when the fold hangs up or after the first read error, which it sends.
 fn read_chunks(
-    readers: Vec<(PathBuf, BufReader<File>)>,
+    readers: Vec<(PathBuf, File)>,
     topics: &TopicNames,
     schemas: &AvroSchemas,
     out: &std::sync::mpsc::SyncSender<Result<Chunk, OfflineError>>,
 ) {
-    // One buffer for every chunk: a fresh one grew by copying to the chunk's size (megabytes)
-    // and had the kernel zero new pages for it each time.
-    let mut text = Vec::with_capacity(1 << 20);
+    // One buffer for every chunk, the file read into it in blocks: a fresh one grew by copying
+    // to the chunk's size (megabytes) and had the kernel zero new pages for it each time, and
+    // reading line by line copied every line out of the reader's buffer.
+    const BLOCK: u64 = 1 << 20;
+    let mut text: Vec<u8> = Vec::with_capacity(2 * BLOCK as usize);
     for (file, (path, mut reader)) in readers.into_iter().enumerate() {
         let mut line_no = 0u64;
         let mut eof = false;
-        while !eof {
-            text.clear();
+        text.clear();
+        // Bytes of `text` already looked through for the end of the unfinished line.
+        let mut scanned = 0;
+        while !(eof && text.is_empty()) {
             let mut lines: Vec<(u64, std::ops::Range<usize>)> = Vec::with_capacity(CHUNK_LINES);
+            // Where the unfinished line starts: everything before it is in the chunk.
+            let mut start = 0;
             while lines.len() < CHUNK_LINES {
-                let at = text.len();
-                match reader.read_until(b'\n', &mut text) {
-                    Ok(0) => {
-                        eof = true;
-                        break;
-                    }
-                    Ok(_) => {
-                        line_no += 1;
-                        let (from, to) = trimmed(&text[at..]);
-                        if from < to {
-                            lines.push((line_no, at + from..at + to));
+                let end = match memchr::memchr(b'\n', &text[scanned..]) {
+                    Some(i) => scanned + i,
+                    None if eof => match start < text.len() {
+                        // The last line, without a newline.
+                        true => text.len(),
+                        false => break,
+                    },
+                    None => {
+                        scanned = text.len();
+                        match (&mut reader).take(BLOCK).read_to_end(&mut text) {
+                            Ok(0) => eof = true,
+                            Ok(_) => {}
+                            Err(source) => {
+                                let _ = out.send(Err(OfflineError::ReadInput { path, source }));
+                                return;
+                            }
                         }
+                        continue;
                     }
-                    Err(source) => {
-                        let _ = out.send(Err(OfflineError::ReadInput { path, source }));
-                        return;
-                    }
+                };
+                line_no += 1;
+                let (from, to) = trimmed(&text[start..end]);
+                if from < to {
+                    lines.push((line_no, start + from..start + to));
                 }
+                start = (end + 1).min(text.len());
+                scanned = start;
             }
             let records = lines
                 .into_par_iter()
@@ -365,12 +380,15 @@ fn read_chunks(
                 .collect();
             let chunk = Chunk {
                 file,
-                bytes: text.len() as u64,
+                bytes: start as u64,
                 records,
             };
             if out.send(Ok(chunk)).is_err() {
                 return;
             }
+            // The unfinished line moves to the front for the next chunk.
+            text.drain(..start);
+            scanned -= start;
         }
     }
 }
@@ -554,5 +572,76 @@ mod tests {
         }
         assert!(decode_plain_line(lines[0].as_bytes(), &topics, &schemas).is_some());
         assert!(decode_plain_line(lines[1].as_bytes(), &topics, &schemas).is_none());
+    }
+
+    /// Lines are split where the file has them, whatever the blocks and chunks: across block
+    /// and chunk boundaries, blank, ending in CRLF, longer than a block, the last one without
+    /// a newline; each once, in order, with its line number.
+    #[test]
+    fn lines_come_whole_and_numbered_across_blocks_and_chunks() {
+        let topics = TopicNames::default();
+        let schemas = AvroSchemas::builtin();
+        let mut text = String::new();
+        // (line number, tenant of the outcome, or the length of a refused line)
+        let mut expected: Vec<(u64, Result<String, usize>)> = Vec::new();
+        let mut line_no = 0;
+        for i in 0..2 * CHUNK_LINES + 700 {
+            line_no += 1;
+            match i % 97 {
+                5 => text.push('\n'),
+                6 => text.push_str("  \t \r\n"),
+                7 if i < 300 => {
+                    // Longer than a read block: refused, its payload (a string, quotes and
+                    // all) whole in the DLQ.
+                    let payload = format!(r#""{}""#, "x".repeat(3 << 20));
+                    let long = format!(r#"{{"topic":"outcomes","payload":{payload}}}"#);
+                    expected.push((line_no, Err(payload.len())));
+                    text.push_str(&long);
+                    text.push('\n');
+                }
+                _ => {
+                    let tenant = format!("t{i}");
+                    let line = format!(
+                        r#"{{"topic":"outcomes","payload":{}}}"#,
+                        OUTCOME.replace("acme", &tenant)
+                    );
+                    text.push_str(&line);
+                    text.push_str(if i % 3 == 0 { "\r\n" } else { "\n" });
+                    expected.push((line_no, Ok(tenant)));
+                }
+            }
+        }
+        line_no += 1;
+        text.push_str(&format!(r#"{{"topic":"outcomes","payload":{OUTCOME}}}"#));
+        expected.push((line_no, Ok("acme".to_owned())));
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("in.jsonl");
+        std::fs::write(&path, &text).unwrap();
+        let (send, receive) = std::sync::mpsc::sync_channel(64);
+        let readers = vec![(path.clone(), File::open(&path).unwrap())];
+        std::thread::scope(|scope| {
+            scope.spawn(|| read_chunks(readers, &topics, &schemas, &send));
+        });
+        drop(send);
+        let (mut got, mut bytes, mut chunks) = (Vec::new(), 0, 0);
+        for chunk in receive {
+            let chunk = chunk.unwrap();
+            chunks += 1;
+            bytes += chunk.bytes;
+            got.extend(chunk.records.into_iter().map(|(n, r)| {
+                (
+                    n,
+                    r.map(|e| e.tenant().to_owned())
+                        .map_err(|r| r.payload.len()),
+                )
+            }));
+        }
+        assert!(chunks >= 3, "{chunks} chunks");
+        assert_eq!(bytes, text.len() as u64);
+        assert_eq!(got.len(), expected.len());
+        for (g, e) in got.iter().zip(&expected) {
+            assert_eq!(g, e);
+        }
     }
 }

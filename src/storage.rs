@@ -169,9 +169,21 @@ impl Storage {
         let tenant = &docs.performance.tenant;
         Ok(EncodedTenant {
             files: [
-                encode(self.path(tenant, Document::Performance)?, &docs.performance)?,
-                encode(self.path(tenant, Document::Calibration)?, &docs.calibration)?,
-                encode(self.path(tenant, Document::Drift)?, &docs.drift)?,
+                encode(
+                    self.path(tenant, Document::Performance)?,
+                    &docs.performance,
+                    64 << 10,
+                )?,
+                encode(
+                    self.path(tenant, Document::Calibration)?,
+                    &docs.calibration,
+                    docs.calibration.json_size_hint(),
+                )?,
+                encode(
+                    self.path(tenant, Document::Drift)?,
+                    &docs.drift,
+                    docs.drift.history.len() * 1024,
+                )?,
             ],
         })
     }
@@ -244,8 +256,14 @@ struct EncodedTenant {
 }
 
 /// A value as the JSON of a document, with its final line break.
-fn encode<T: Serialize>(path: PathBuf, value: &T) -> Result<(PathBuf, Vec<u8>), StorageError> {
-    let mut bytes = serde_json::to_vec(value).map_err(|source| StorageError::Encode {
+/// `capacity`: about the size of the JSON, so that the buffer does not grow by copying.
+fn encode<T: Serialize>(
+    path: PathBuf,
+    value: &T,
+    capacity: usize,
+) -> Result<(PathBuf, Vec<u8>), StorageError> {
+    let mut bytes = Vec::with_capacity(capacity);
+    serde_json::to_writer(&mut bytes, value).map_err(|source| StorageError::Encode {
         path: path.clone(),
         source,
     })?;
@@ -281,7 +299,7 @@ fn sync_dir(dir: &Path) {
 
 /// Temporary file in the same directory, fsync, rename over the target, fsync the directory.
 pub fn write_atomic<T: Serialize>(path: &Path, value: &T) -> Result<(), StorageError> {
-    let (path, bytes) = encode(path.to_owned(), value)?;
+    let (path, bytes) = encode(path.to_owned(), value, 128)?;
     let (tmp, path) = stage(path, &bytes)?;
     let write_err = |source| StorageError::Write {
         path: path.clone(),

@@ -495,6 +495,12 @@ impl CalibrationHistory {
             .map(move |(i, scopes)| (first + i as Day, scopes))
     }
 
+    /// About the length of this history's JSON, a little more rather than less: a day's scope
+    /// with three quantiles and an interval takes about 270 bytes.
+    pub fn json_size_hint(&self) -> usize {
+        128 + self.scopes.len() * 300
+    }
+
     /// The document, its maps built: what the JSON of this history reads back as.
     pub fn doc(&self) -> CalibrationDoc {
         let scope = |s: &ScopeCounts| {
