@@ -241,18 +241,34 @@ pub fn performance(state: &TenantState, shared: &Shared) -> PerformanceDoc {
         }
     }
 
-    let mut plans: BTreeMap<u32, PlanAcc> = BTreeMap::new();
+    // By plan id (ids are dense); a plan with no line stored has no entry in the document.
+    let mut plans: Vec<PlanAcc> = Vec::new();
     let mut pairs = 0;
     let mut crossings = 0;
     for data in state.days.values() {
         for (&channel, cd) in &data.channels {
+            // Lines are sorted by campaign, and several plans cover a day: look each
+            // campaign's actual up once.
+            let mut actual: Option<(u32, Option<super::tenant::Actual>)> = None;
             for line in &cd.lines {
-                let plan = plans.entry(line.plan).or_default();
+                let id = line.plan as usize;
+                if plans.len() <= id {
+                    plans.resize_with(id + 1, PlanAcc::default);
+                }
+                let plan = &mut plans[id];
                 plan.lines += 1;
                 if line.values.windows(2).any(|w| w[0] > w[1]) {
                     crossings += 1;
                 }
-                let Some(actual) = line_actual(ranks, data, channel, line.campaign) else {
+                let a = match actual {
+                    Some((c, a)) if c == line.campaign => a,
+                    _ => {
+                        let a = line_actual(ranks, data, channel, line.campaign);
+                        actual = Some((line.campaign, a));
+                        a
+                    }
+                };
+                let Some(actual) = a else {
                     continue;
                 };
                 pairs += 1;
@@ -270,8 +286,10 @@ pub fn performance(state: &TenantState, shared: &Shared) -> PerformanceDoc {
     }
     let plans = plans
         .into_iter()
+        .enumerate()
+        .filter(|(_, p)| p.lines > 0)
         .map(|(id, p)| {
-            let meta = state.plan_meta.get(id as usize);
+            let meta = state.plan_meta.get(id);
             let planned_roas = ratio(p.predicted_with_spend.value(), p.planned_spend.value());
             let actual_roas = ratio(p.actual_revenue.value(), p.actual_spend.value());
             let roas_delta = planned_roas.zip(actual_roas).map(|(plan, act)| act - plan);
@@ -293,7 +311,7 @@ pub fn performance(state: &TenantState, shared: &Shared) -> PerformanceDoc {
                     .zip(planned_roas)
                     .and_then(|(d, plan)| ratio(d, plan)),
             };
-            (state.plans.name(id).to_owned(), doc)
+            (state.plans.name(id as u32).to_owned(), doc)
         })
         .collect();
 
