@@ -309,6 +309,9 @@ struct Rejected {
 /// queue of chunks waiting for the fold stays small (about 5 MB each).
 const CHUNK_LINES: usize = 8_192;
 
+/// Bytes read from an input file at a time.
+const READ_BLOCK: u64 = 1 << 20;
+
 /// Reads the inputs in order, decodes each chunk of lines in parallel (rayon) and sends the
 /// chunks on in order; stops when the fold hangs up or after the first read error, which it sends.
 fn read_chunks(
@@ -320,8 +323,7 @@ fn read_chunks(
     // One buffer for every chunk, the file read into it in blocks: a fresh one grew by copying
     // to the chunk's size (megabytes) and had the kernel zero new pages for it each time, and
     // reading line by line copied every line out of the reader's buffer.
-    const BLOCK: u64 = 1 << 20;
-    let mut text: Vec<u8> = Vec::with_capacity(2 * BLOCK as usize);
+    let mut text: Vec<u8> = Vec::with_capacity(2 * READ_BLOCK as usize);
     for (file, (path, mut reader)) in readers.into_iter().enumerate() {
         let mut line_no = 0u64;
         let mut eof = false;
@@ -342,7 +344,7 @@ fn read_chunks(
                     },
                     None => {
                         scanned = text.len();
-                        match (&mut reader).take(BLOCK).read_to_end(&mut text) {
+                        match (&mut reader).take(READ_BLOCK).read_to_end(&mut text) {
                             Ok(0) => eof = true,
                             Ok(_) => {}
                             Err(source) => {
@@ -643,5 +645,69 @@ mod tests {
         for (g, e) in got.iter().zip(&expected) {
             assert_eq!(g, e);
         }
+    }
+
+    /// Each file's lines are numbered from 1 and carry the file's index: an empty file, one of
+    /// exactly a read block ending in a newline, one without a final newline.
+    #[test]
+    fn several_files_each_numbered_from_one() {
+        let topics = TopicNames::default();
+        let schemas = AvroSchemas::builtin();
+        let line = |tenant: &str| {
+            format!(
+                r#"{{"topic":"outcomes","payload":{}}}"#,
+                OUTCOME.replace("acme", tenant)
+            )
+        };
+        // Lines padded with trailing blanks so that the file is exactly READ_BLOCK bytes.
+        let mut block = String::new();
+        let mut in_block = 0;
+        while block.len() < READ_BLOCK as usize {
+            let mut l = line(&format!("b{in_block}"));
+            let left = READ_BLOCK as usize - block.len();
+            if left < 2 * (l.len() + 1) {
+                l.push_str(&" ".repeat(left - l.len() - 1));
+            }
+            block.push_str(&l);
+            block.push('\n');
+            in_block += 1;
+        }
+        assert_eq!(block.len(), READ_BLOCK as usize);
+        let last = format!("{}\n\n{}", line("c1"), line("c3"));
+        let files = [String::new(), block, last];
+
+        let dir = tempfile::tempdir().unwrap();
+        let readers = files
+            .iter()
+            .enumerate()
+            .map(|(i, text)| {
+                let path = dir.path().join(format!("{i}.jsonl"));
+                std::fs::write(&path, text).unwrap();
+                let file = File::open(&path).unwrap();
+                (path, file)
+            })
+            .collect();
+        let (send, receive) = std::sync::mpsc::sync_channel(64);
+        std::thread::scope(|scope| {
+            scope.spawn(|| read_chunks(readers, &topics, &schemas, &send));
+        });
+        drop(send);
+        let mut bytes = [0u64; 3];
+        let mut got = Vec::new();
+        for chunk in receive {
+            let chunk = chunk.unwrap();
+            bytes[chunk.file] += chunk.bytes;
+            for (n, record) in chunk.records {
+                let event = record.unwrap_or_else(|r| panic!("line {n}: {}", r.payload));
+                got.push((chunk.file, n, event.tenant().to_owned()));
+            }
+        }
+        assert_eq!(bytes, files.map(|f| f.len() as u64));
+        let mut expected: Vec<_> = (0..in_block)
+            .map(|i| (1, i as u64 + 1, format!("b{i}")))
+            .collect();
+        expected.push((2, 1, "c1".to_owned()));
+        expected.push((2, 3, "c3".to_owned()));
+        assert_eq!(got, expected);
     }
 }

@@ -243,6 +243,7 @@ pub fn performance(state: &TenantState, shared: &Shared) -> PerformanceDoc {
 
     // By plan id (ids are dense); a plan with no line stored has no entry in the document.
     let mut plans: Vec<PlanAcc> = Vec::new();
+    plans.resize_with(state.plans.len(), PlanAcc::default);
     let mut pairs = 0;
     let mut crossings = 0;
     for data in state.days.values() {
@@ -513,10 +514,16 @@ impl CalibrationHistory {
             .map(move |(i, scopes)| (first + i as Day, scopes))
     }
 
-    /// About the length of this history's JSON, a little more rather than less: a day's scope
-    /// with three quantiles and an interval takes about 270 bytes.
+    /// About the length of this history's JSON, a little more rather than less: a scope takes
+    /// about 60 bytes and 70 more for each quantile or interval (270 bytes with three
+    /// quantiles and an interval).
     pub fn json_size_hint(&self) -> usize {
-        128 + self.scopes.len() * 300
+        let keys: usize = self
+            .scopes
+            .iter()
+            .map(|s| s.counts.levels.len() + s.counts.intervals.len())
+            .sum();
+        128 + self.scopes.len() * 64 + keys * 72
     }
 
     /// The document, its maps built: what the JSON of this history reads back as.
