@@ -259,6 +259,10 @@ pub fn fold_files(job: &FoldJob) -> Result<FoldSummary, OfflineError> {
     }
     summary.tenants = names.len() as u64;
     summary.elapsed = started.elapsed();
+    // Freeing every tenant's state takes one core about a second for 1,000 tenants of 550
+    // days, the last 7% of the run: nothing waits for it (the binary exits, and the system
+    // takes the memory back at once).
+    std::thread::spawn(move || drop(engine));
     Ok(summary)
 }
 
