@@ -10,8 +10,10 @@ use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 
 use super::rules::{CalStatus, DriftEntry};
-use super::stats::{ratio, wilson, Coverage, CoverageCounts, Pair, Stats, WindowDoc};
-use super::tenant::{date_of, date_text, line_actual, Day, Shared, TenantState};
+use super::stats::{ratio, Coverage, CoverageCounts, Pair, Shares, Stats, WindowDoc};
+use super::tenant::{
+    date_of, date_text, line_actual, Actual, Day, DayData, Line, Shared, TenantState,
+};
 
 /// The three documents of a tenant.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -211,17 +213,7 @@ pub fn performance(state: &TenantState, shared: &Shared) -> PerformanceDoc {
                 read_off(w, &tenant, &channels, &horizons);
             }
             for (&channel, cd) in &data.channels {
-                // Lines are sorted by campaign: look each campaign's actual up once.
-                let mut actual: Option<(u32, Option<super::tenant::Actual>)> = None;
-                for line in &cd.lines {
-                    let a = match actual {
-                        Some((c, a)) if c == line.campaign => a,
-                        _ => {
-                            let a = line_actual(ranks, data, channel, line.campaign);
-                            actual = Some((line.campaign, a));
-                            a
-                        }
-                    };
+                for (line, a) in with_actuals(ranks, data, channel, &cd.lines) {
                     let Some(a) = a else { continue };
                     let set = &state.level_sets[line.levels as usize];
                     let quantiles: smallvec::SmallVec<[(u8, f64); 4]> =
@@ -248,10 +240,7 @@ pub fn performance(state: &TenantState, shared: &Shared) -> PerformanceDoc {
     let mut crossings = 0;
     for data in state.days.values() {
         for (&channel, cd) in &data.channels {
-            // Lines are sorted by campaign, and several plans cover a day: look each
-            // campaign's actual up once.
-            let mut actual: Option<(u32, Option<super::tenant::Actual>)> = None;
-            for line in &cd.lines {
+            for (line, a) in with_actuals(ranks, data, channel, &cd.lines) {
                 let id = line.plan as usize;
                 if plans.len() <= id {
                     plans.resize_with(id + 1, PlanAcc::default);
@@ -261,14 +250,6 @@ pub fn performance(state: &TenantState, shared: &Shared) -> PerformanceDoc {
                 if line.values.windows(2).any(|w| w[0] > w[1]) {
                     crossings += 1;
                 }
-                let a = match actual {
-                    Some((c, a)) if c == line.campaign => a,
-                    _ => {
-                        let a = line_actual(ranks, data, channel, line.campaign);
-                        actual = Some((line.campaign, a));
-                        a
-                    }
-                };
                 let Some(actual) = a else {
                     continue;
                 };
@@ -371,6 +352,28 @@ struct PlanAcc {
     predicted_with_spend: super::stats::Sum,
     actual_spend: super::stats::Sum,
     actual_revenue: super::stats::Sum,
+}
+
+/// A channel-day's lines with their actuals. Lines are sorted by campaign, and several plans
+/// cover a day: each campaign's actual is looked up once.
+fn with_actuals<'a>(
+    ranks: &'a [(u16, u16)],
+    data: &'a DayData,
+    channel: u32,
+    lines: &'a [Line],
+) -> impl Iterator<Item = (&'a Line, Option<Actual>)> + 'a {
+    let mut last: Option<(u32, Option<Actual>)> = None;
+    lines.iter().map(move |line| {
+        let actual = match last {
+            Some((campaign, a)) if campaign == line.campaign => a,
+            _ => {
+                let a = line_actual(ranks, data, channel, line.campaign);
+                last = Some((line.campaign, a));
+                a
+            }
+        };
+        (line, actual)
+    })
 }
 
 /// Relative gap between the sources reporting revenue for the same key: (max - min) / max, which
@@ -570,8 +573,9 @@ impl Serialize for CalibrationHistory {
         struct Scope<'a>(&'a ScopeCounts, &'a [(&'static str, Coverage)]);
         impl Scope<'_> {
             fn fields<S: SerializeStruct>(&self, s: &mut S) -> Result<(), S::Error> {
-                s.serialize_field("coverage", &SortedShares(self.1, false))?;
-                s.serialize_field("ci", &SortedShares(self.1, true))?;
+                let named = self.1;
+                s.serialize_field("coverage", &Shares { named, ci: false })?;
+                s.serialize_field("ci", &Shares { named, ci: true })?;
                 s.serialize_field("status", self.0.status.as_str())
             }
         }
@@ -625,25 +629,5 @@ impl Serialize for CalibrationHistory {
         s.serialize_field("window_days", &self.window_days)?;
         s.serialize_field("history", &History(self))?;
         s.end()
-    }
-}
-
-/// The `coverage` map (or with `true` the `ci` map) of a scope, from its named counts.
-struct SortedShares<'a>(&'a [(&'static str, Coverage)], bool);
-
-impl Serialize for SortedShares<'_> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap;
-        let mut map = serializer.serialize_map(Some(self.0.len()))?;
-        for (key, c) in self.0 {
-            if let (Some(share), Some(interval)) = (c.share(), wilson(c.hits, c.n)) {
-                if self.1 {
-                    map.serialize_entry(key, &interval)?;
-                } else {
-                    map.serialize_entry(key, &share)?;
-                }
-            }
-        }
-        map.end()
     }
 }

@@ -276,6 +276,7 @@ fn evaluate_calibration(
         "status_change"
     };
     let date = date_text(as_of);
+    let named = counts.named();
     let data = raw_data(&CalibrationData {
         tenant: &state.name,
         status: now.as_str(),
@@ -283,8 +284,14 @@ fn evaluate_calibration(
         as_of: &date,
         window_days: l.window_days,
         n: counts.n,
-        coverage: Shares { counts, ci: false },
-        ci: Shares { counts, ci: true },
+        coverage: Shares {
+            named: &named,
+            ci: false,
+        },
+        ci: Shares {
+            named: &named,
+            ci: true,
+        },
         trigger,
         limits: CalibrationLimitsData {
             low: l.low,

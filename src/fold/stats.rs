@@ -461,39 +461,19 @@ impl CoverageCounts {
     ) {
         let mut coverage = BTreeMap::new();
         let mut ci = BTreeMap::new();
-        let (levels, intervals) = static_keys();
-        let key = |keys: &[String], level: u8, make: fn(u8) -> String| match keys
-            .get(usize::from(level))
-        {
-            Some(key) => CompactString::from(key.as_str()),
-            None => CompactString::from(make(level)),
-        };
-        let named = self
-            .levels
-            .iter()
-            .map(|(l, c)| (key(levels, *l, crate::event::quantile_key), c))
-            .chain(
-                self.intervals
-                    .iter()
-                    .map(|(lo, c)| (key(intervals, *lo, interval_key), c)),
-            );
-        for (key, c) in named {
+        for (key, c) in self.named() {
             if let (Some(share), Some(interval)) = (c.share(), wilson(c.hits, c.n)) {
-                coverage.insert(key.clone(), share);
-                ci.insert(key, interval);
+                coverage.insert(CompactString::from(key), share);
+                ci.insert(CompactString::from(key), interval);
             }
         }
         (coverage, ci)
     }
-}
 
-impl CoverageCounts {
-    /// Every level and interval with its key, in the keys' order (`p10`, `p10_p90`, `p50`): the
-    /// order of the maps of [`CoverageCounts::shares`].
-    pub fn named_sorted(&self) -> SmallVec<[(&'static str, Coverage); 8]> {
+    /// Every level and interval with its key: the levels ascending, then the intervals.
+    pub fn named(&self) -> SmallVec<[(&'static str, Coverage); 8]> {
         let (levels, intervals) = static_keys();
-        let mut named: SmallVec<[(&'static str, Coverage); 8]> = self
-            .levels
+        self.levels
             .iter()
             .map(|(l, c)| (levels[usize::from(*l)].as_str(), *c))
             .chain(
@@ -501,7 +481,13 @@ impl CoverageCounts {
                     .iter()
                     .map(|(lo, c)| (intervals[usize::from(*lo)].as_str(), *c)),
             )
-            .collect();
+            .collect()
+    }
+
+    /// [`CoverageCounts::named`] in the keys' order (`p10`, `p10_p90`, `p50`): the order of the
+    /// maps of [`CoverageCounts::shares`].
+    pub fn named_sorted(&self) -> SmallVec<[(&'static str, Coverage); 8]> {
+        let mut named = self.named();
         named.sort_unstable_by_key(|e| e.0);
         named
     }
@@ -527,29 +513,17 @@ fn static_keys() -> &'static (Vec<String>, Vec<String>) {
 }
 
 /// Serializes the `coverage` map (or with `ci` the `ci` map) of [`CoverageCounts::shares`]
-/// straight from the counts.
+/// straight from the named counts, in their order, without building the map.
 pub struct Shares<'a> {
-    pub counts: &'a CoverageCounts,
+    pub named: &'a [(&'static str, Coverage)],
     pub ci: bool,
 }
 
 impl Serialize for Shares<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;
-        let (level_keys, interval_keys) = static_keys();
-        let named = self
-            .counts
-            .levels
-            .iter()
-            .map(|(l, c)| (&level_keys[*l as usize], c))
-            .chain(
-                self.counts
-                    .intervals
-                    .iter()
-                    .map(|(lo, c)| (&interval_keys[*lo as usize], c)),
-            );
         let mut map = serializer.serialize_map(None)?;
-        for (key, c) in named {
+        for (key, c) in self.named {
             if let (Some(share), Some(interval)) = (c.share(), wilson(c.hits, c.n)) {
                 if self.ci {
                     map.serialize_entry(key, &interval)?;
