@@ -32,7 +32,7 @@ fn main() {
     let kinds = [
         "head",
         "day",
-        "plan day",
+        "plan lines",
         "drift",
         "drift event",
         "drift history entry",
@@ -52,7 +52,8 @@ fn main() {
             let kind = match StateKey::parse(&r.key) {
                 Some(StateKey::Head { .. }) => 0,
                 Some(StateKey::Day { .. }) => 1,
-                Some(StateKey::PlanDay { .. }) => 2,
+                Some(StateKey::PlanLines { .. }) => 2,
+                Some(StateKey::PlanDay { .. }) => unreachable!("format 6 writes no plan days"),
                 Some(StateKey::Drift { .. }) => 3,
                 Some(StateKey::DriftEvent { .. }) => 4,
                 Some(StateKey::DriftHistory { .. }) => 5,

@@ -3,7 +3,7 @@
 //! last bit, and folding on from there publishes the same alerts (same ids) as folding on
 //! without the restore.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use feedback::alert::Alert;
 use feedback::event::validate::{RejectKind, Rejection};
@@ -154,28 +154,33 @@ fn expired_days_become_tombstones() {
         log.live_days()
     );
     assert!(log.0.values().any(Option::is_none), "no tombstone written");
-    // Every date with a live record, of its outcomes or of a plan's lines, is one the tenant
-    // still holds: expiry left nothing behind.
+    // Every date with a live record of its outcomes, and every plan with a live record of its
+    // lines, is one the tenant still holds: expiry left nothing behind.
     for tenant in engine.tenants() {
-        let dates: std::collections::BTreeSet<_> = log
-            .0
-            .iter()
-            .filter(|(_, v)| v.is_some())
-            .filter_map(|(k, _)| match StateKey::parse(k) {
-                Some(
-                    StateKey::Day { tenant: t, date }
-                    | StateKey::PlanDay {
-                        tenant: t, date, ..
-                    },
-                ) if t == tenant => Some(date),
-                _ => None,
-            })
+        let state = engine.tenant(tenant).unwrap();
+        let live = |kind: fn(StateKey) -> Option<String>| -> BTreeSet<String> {
+            (log.0.iter())
+                .filter(|(_, v)| v.is_some())
+                .filter_map(|(k, _)| StateKey::parse(k).filter(|key| key.tenant() == tenant))
+                .filter_map(kind)
+                .collect()
+        };
+        let dates = live(|k| match k {
+            StateKey::Day { date, .. } => Some(date.to_string()),
+            _ => None,
+        });
+        let with_outcomes = state.days.values().filter(|d| !d.cells.is_empty()).count();
+        assert_eq!(dates.len(), with_outcomes, "{tenant}");
+        let plans = live(|k| match k {
+            StateKey::PlanLines { plan, .. } => Some(plan.to_string()),
+            StateKey::PlanDay { .. } => panic!("a date's lines of one plan in this format"),
+            _ => None,
+        });
+        let with_lines: BTreeSet<String> = (state.days.values())
+            .flat_map(|d| d.channels.values().flat_map(|cd| &cd.lines))
+            .map(|l| l.plan.to_string())
             .collect();
-        assert_eq!(
-            dates.len(),
-            engine.tenant(tenant).unwrap().days.len(),
-            "{tenant}"
-        );
+        assert_eq!(plans, with_lines, "{tenant}");
         // Drift history entries past retention are deleted too: one live entry per entry the
         // tenant keeps, and at least one was dropped (60 days of weekly events, 20 retained).
         let entries = log
@@ -186,7 +191,6 @@ fn expired_days_become_tombstones() {
                     && matches!(StateKey::parse(k), Some(StateKey::DriftHistory { tenant: t, .. }) if t == tenant)
             })
             .count();
-        let state = engine.tenant(tenant).unwrap();
         assert_eq!(entries, state.drift_history.len(), "{tenant}");
         assert!(
             (entries as u64) < state.counters.feature_importances,
@@ -200,6 +204,21 @@ fn expired_days_become_tombstones() {
         })),
         documents(&engine)
     );
+    // A plan's record keeps the lines of its dates that expired while later ones did not; a
+    // restore with a longer retention does not bring them back: the dates a tenant holds are
+    // those it held.
+    let longer = log.restore(FoldConfig {
+        retention_days: 40,
+        ..FoldConfig::default()
+    });
+    let lines = |e: &Engine, t: &str| -> Vec<(i32, usize)> {
+        (e.tenant(t).unwrap().days.iter())
+            .map(|(&day, d)| (day, d.channels.values().map(|cd| cd.lines.len()).sum()))
+            .collect()
+    };
+    for tenant in engine.tenants() {
+        assert_eq!(lines(&longer, tenant), lines(&engine, tenant), "{tenant}");
+    }
 }
 
 #[test]
@@ -326,20 +345,27 @@ fn a_changelog_of_an_earlier_build_is_restored_then_rewritten_in_this_format() {
     }
     assert_eq!(documents(&json.restore(FoldConfig::default())), expected);
 
-    // The first commit after the restore writes the drift records in this format, and the log
+    // The first commit after the restore writes the drift records and every whole day in this
+    // format (the date's outcomes apart, its lines in their plans' records), and the log
     // restores to the same tenants from then on.
     assert!(log.take(&mut restored) > 0);
     let tag = |log: &Compacted, key: &str| u32::from(log.0[key].as_ref().unwrap()[0]);
     for k in log.0.keys() {
-        if matches!(StateKey::parse(k), Some(StateKey::Drift { .. })) {
+        if matches!(
+            StateKey::parse(k),
+            Some(StateKey::Drift { .. } | StateKey::Day { .. })
+        ) {
             assert_eq!(tag(&log, k), FORMAT_VERSION, "{k} still in format 2");
         }
     }
+    assert!(log
+        .0
+        .keys()
+        .any(|k| matches!(StateKey::parse(k), Some(StateKey::PlanLines { .. }))));
     assert_eq!(log.take(&mut restored), 0);
     assert_eq!(documents(&log.restore(FoldConfig::default())), expected);
 
-    // A day restored from a whole-day record is written in this format once it changes: a plan
-    // sent again touches 28 of them, a corrected outcome one more.
+    // Folding on from there: a plan sent again, a corrected outcome.
     let history = events_of(2, 15);
     let plan = history
         .iter()
@@ -358,18 +384,7 @@ fn a_changelog_of_an_earlier_build_is_restored_then_rewritten_in_this_format() {
         restored.apply(e, &mut alerts);
         plain.apply(e, &mut Vec::new());
     }
-    log.take(&mut restored);
-    let rewritten: Vec<&String> = log
-        .0
-        .keys()
-        .filter(|k| matches!(StateKey::parse(k), Some(StateKey::Day { .. })))
-        .filter(|k| tag(&log, k) == FORMAT_VERSION)
-        .collect();
-    assert!(rewritten.len() >= 2, "{rewritten:?}");
-    assert!(log
-        .0
-        .keys()
-        .any(|k| matches!(StateKey::parse(k), Some(StateKey::PlanDay { .. }))));
+    assert!(log.take(&mut restored) > 0);
     let expected = documents(&plain);
     assert_eq!(documents(&restored), expected);
     assert_eq!(documents(&log.restore(FoldConfig::default())), expected);
@@ -449,6 +464,80 @@ fn a_format4_changelog_is_restored_then_its_drift_history_written_apart() {
     }
     log.take(&mut restored);
     assert_eq!(entries(&log), kept + more.len());
+    assert_eq!(
+        documents(&log.restore(FoldConfig::default())),
+        documents(&plain)
+    );
+}
+
+/// The changelog that format 5 (each date's lines of a plan in `{tenant}/day/{date}/{plan}`,
+/// commit f924753) wrote for `events_of(2, 15)` taken every 97 events.
+fn format5_log() -> Compacted {
+    fixture_log(include_str!("fixtures/changelog-format5.jsonl"), "format5")
+}
+
+#[test]
+fn a_format5_changelog_is_restored_then_each_plan_written_in_one_record() {
+    let mut plain = Engine::new(FoldConfig::default());
+    let history = events_of(2, 15);
+    for e in &history {
+        plain.apply(e, &mut Vec::new());
+    }
+    let mut log = format5_log();
+    let tag = |log: &Compacted, key: &str| u32::from(log.0[key].as_ref().unwrap()[0]);
+    assert!(log.0.keys().all(|k| tag(&log, k) == 5));
+    let per_date = |log: &Compacted| {
+        (log.0.iter())
+            .filter(|(k, v)| {
+                v.is_some() && matches!(StateKey::parse(k), Some(StateKey::PlanDay { .. }))
+            })
+            .count()
+    };
+    assert!(per_date(&log) > 50);
+    let mut restored = log.restore(FoldConfig::default());
+    assert_eq!(documents(&restored), documents(&plain));
+    let mut json = Compacted::default();
+    for (k, v) in &log.0 {
+        let text = readable(k, v.as_ref().unwrap()).unwrap();
+        json.0.insert(k.clone(), Some(text.into_bytes()));
+    }
+    assert_eq!(
+        documents(&json.restore(FoldConfig::default())),
+        documents(&plain)
+    );
+
+    // The first commit writes each plan's lines in one record and deletes the per-date ones;
+    // then nothing is left to write, and the log restores to the same tenants.
+    assert!(log.take(&mut restored) > 0);
+    assert_eq!(per_date(&log), 0);
+    for t in restored.tenants() {
+        let state = restored.tenant(t).unwrap();
+        let with_lines: BTreeSet<u32> = (state.days.values())
+            .flat_map(|d| d.channels.values().flat_map(|cd| &cd.lines))
+            .map(|l| l.plan)
+            .collect();
+        assert!(with_lines.len() >= 2, "{t}");
+        for plan in with_lines {
+            let key = format!("{t}/plan/{plan}/lines");
+            assert_eq!(tag(&log, &key), FORMAT_VERSION, "{key}");
+        }
+        assert_eq!(tag(&log, t), FORMAT_VERSION, "head of {t}");
+    }
+    assert_eq!(log.take(&mut restored), 0);
+    assert_eq!(
+        documents(&log.restore(FoldConfig::default())),
+        documents(&plain)
+    );
+
+    // Folding on from the restored tenants gives what folding on without a break gives, and
+    // so does the log.
+    let later = events_of(2, 30);
+    for e in &later[history.len()..] {
+        restored.apply(e, &mut Vec::new());
+        plain.apply(e, &mut Vec::new());
+    }
+    log.take(&mut restored);
+    assert_eq!(documents(&restored), documents(&plain));
     assert_eq!(
         documents(&log.restore(FoldConfig::default())),
         documents(&plain)

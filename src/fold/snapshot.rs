@@ -10,32 +10,39 @@
 //! |---|---|---|
 //! | `{tenant}` | names, how many plans, as_of, counters, rule status, alert occurrence counts | the tenant changed |
 //! | `{tenant}/plan/{n}` | the n-th plan's id, issue time and model version | a forecast of that plan |
+//! | `{tenant}/plan/{n}/lines` | every line the n-th plan has, by date and channel | a forecast of that plan |
 //! | `{tenant}/drift` | how many feature-importance events were folded and kept, which history entries there are | a feature-importance event |
 //! | `{tenant}/drift/{n}` | the n-th feature-importance event (from 0) as the baseline keeps it | the event joined the baseline |
 //! | `{tenant}/drift/history/{n}` | the drift history entry of the n-th feature-importance event | the event was folded |
 //! | `{tenant}/day/{YYYY-MM-DD}` | that date's outcome reports and channel totals | an outcome of the date |
-//! | `{tenant}/day/{YYYY-MM-DD}/{plan}` | that date's lines of one plan (its id in the head) | the plan's lines of the date |
 //!
-//! An expired date (its record and its plans' records), an event that left the baseline, and a
-//! history entry past retention are written as tombstones (no value). Each piece is written when it changes and not with the
-//! pieces beside it: when a date's record held every plan's lines, a plan rewrote 28 of them
-//! whole, and a baseline event was rewritten with each event after it; together that made the
-//! changelog bigger than the input (838 MB for 1.1 million input records, 305 MB now;
-//! `examples/statebytes.rs`). Only what cannot be derived is stored: the per-day scope sums and
+//! An expired date's record, the lines of a plan whose last date expired, an event that left
+//! the baseline, and a history entry past retention are written as tombstones (no value); a
+//! plan whose earlier dates expired keeps their lines in its record until its last one does,
+//! and a restore drops them (the head names the cutoff last applied). Each piece is written
+//! when it changes and not with the pieces beside it: when a date's record held every plan's
+//! lines, a plan rewrote 28 of them whole, and a baseline event was rewritten with each event
+//! after it; together that made the changelog bigger than the input (838 MB for 1.1 million
+//! input records, 258 MB in format 5). A plan's lines are one record because a plan comes as
+//! one record: format 5 wrote them one record per date (`{tenant}/day/{YYYY-MM-DD}/{plan}`),
+//! 28 messages for each plan the processor folded, two thirds of the changelog's messages
+//! (`examples/statebytes.rs`). Only what cannot be derived is stored: the per-day scope sums and
 //! the running rule windows are rebuilt on restore from the stored pairs, the same way the fold
 //! keeps them. The channel totals are stored with their compensation term, so a restored
 //! tenant publishes the same figures to the last bit.
 //!
-//! Values are binary (postcard) behind a one-byte format tag (5): as JSON their encoding was a
+//! Values are binary (postcard) behind a one-byte format tag (6): as JSON their encoding was a
 //! third of the processor's loop. Records of earlier builds are still read, so a changelog
 //! written by one is restored as it is: values that start with `{` are the JSON of format 1;
 //! format 2 kept the drift baseline whole in `{tenant}/drift`, formats 1 to 3 a date's reports
 //! and all its lines in `{tenant}/day/{date}`, formats 1 to 4 the whole drift history in
 //! `{tenant}/drift` (rewritten with every feature-importance event, it was a tenth of the
 //! processor's loop) and every plan in the head (which grew by a plan a week and was rewritten
-//! with every change of the tenant). Such a record is rewritten in this format when what it
-//! holds next changes (a head or drift record by the first commit after the restore). A record
-//! of an unknown version is refused instead of being misread. [`readable`] renders any value as
+//! with every change of the tenant), formats 4 and 5 a plan's lines per date, and heads before
+//! format 6 no cutoff. Such a record is rewritten in this format when what it holds next
+//! changes (a head or drift record, and every plan's lines, by the first commit after the
+//! restore; the per-date records of the lines are deleted then). A record of an unknown
+//! version is refused instead of being misread. [`readable`] renders any value as
 //! JSON for people.
 //!
 //! Architecture Invariant: like the rest of `fold`, this is pure data to bytes and back. Where
@@ -57,8 +64,8 @@ use super::tenant::{
 };
 use crate::alert::AlertType;
 
-/// The format of the records this code writes: postcard behind the tag byte `5`.
-pub const FORMAT_VERSION: u32 = 5;
+/// The format of the records this code writes: postcard behind the tag byte `6`.
+pub const FORMAT_VERSION: u32 = 6;
 
 /// Binary formats of earlier builds, still read (postcard behind the tag byte): format 2 kept
 /// the drift baseline whole in `{tenant}/drift`, formats 2 and 3 a date's outcome reports and
@@ -67,13 +74,24 @@ const WHOLE_DRIFT_VERSION: u32 = 2;
 const WHOLE_DAY_VERSION: u32 = 3;
 /// Format 4 split a date's lines by plan, and still kept the drift history in `{tenant}/drift`.
 const WHOLE_HISTORY_VERSION: u32 = 4;
+/// Format 5 kept each date's lines of a plan in `{tenant}/day/{date}/{plan}`, and its head
+/// named no cutoff; its other records are this format's.
+const PLAN_DAYS_VERSION: u32 = 5;
 
 /// The versions of a baseline event record, of a drift record holding its history, of a whole
-/// day, and of the records a date is split into.
-const SPLIT_DRIFT: &[u32] = &[WHOLE_DAY_VERSION, WHOLE_HISTORY_VERSION, FORMAT_VERSION];
+/// day, of a date's actuals, of a date's lines of one plan, and of the records formats 5 and 6
+/// share (a plan, the drift record, a history entry).
+const SPLIT_DRIFT: &[u32] = &[
+    WHOLE_DAY_VERSION,
+    WHOLE_HISTORY_VERSION,
+    PLAN_DAYS_VERSION,
+    FORMAT_VERSION,
+];
 const WHOLE_HISTORY: &[u32] = &[WHOLE_DAY_VERSION, WHOLE_HISTORY_VERSION];
 const WHOLE_DAY: &[u32] = &[JSON_VERSION, WHOLE_DRIFT_VERSION, WHOLE_DAY_VERSION];
-const SPLIT_DAY: &[u32] = &[WHOLE_HISTORY_VERSION, FORMAT_VERSION];
+const SPLIT_DAY: &[u32] = &[WHOLE_HISTORY_VERSION, PLAN_DAYS_VERSION, FORMAT_VERSION];
+const PLAN_DAY: &[u32] = &[WHOLE_HISTORY_VERSION, PLAN_DAYS_VERSION];
+const SINCE_5: &[u32] = &[PLAN_DAYS_VERSION, FORMAT_VERSION];
 
 /// The format of earlier builds, still read: JSON objects with `"v": 1`.
 const JSON_VERSION: u32 = 1;
@@ -89,17 +107,19 @@ pub struct ChangeSet {
     pub(super) drift_first: Option<u64>,
     /// Dates whose outcome reports or channel totals changed.
     pub(super) days: FxHashSet<Day>,
-    /// (date, plan) whose lines changed.
-    pub(super) plan_days: FxHashSet<(Day, u32)>,
-    /// Expired dates, with the plans that had lines on them.
-    pub(super) removed: Vec<(Day, Vec<u32>)>,
+    /// Plans whose lines changed.
+    pub(super) plan_lines: FxHashSet<u32>,
+    /// Expired dates.
+    pub(super) removed: Vec<Day>,
+    /// Plans whose last date with lines expired.
+    pub(super) lines_removed: Vec<u32>,
+    /// Per-date records of a plan's lines (formats 4 and 5) a restore read: deleted once the
+    /// plan's lines are written in this format.
+    pub(super) plan_days_removed: Vec<(Day, u32)>,
     /// Drift history entries (by event number) that went past retention.
     pub(super) history_removed: Vec<u64>,
     /// Plans whose id, issue time or model version is new.
     pub(super) plans: FxHashSet<u32>,
-    /// Dates restored from a whole-day record of an earlier format: the first change to one
-    /// writes it whole in this format. Not a change itself; kept across takes.
-    pub(super) legacy_days: FxHashSet<Day>,
 }
 
 impl ChangeSet {
@@ -107,8 +127,10 @@ impl ChangeSet {
         !self.head
             && !self.drift
             && self.days.is_empty()
-            && self.plan_days.is_empty()
+            && self.plan_lines.is_empty()
             && self.removed.is_empty()
+            && self.lines_removed.is_empty()
+            && self.plan_days_removed.is_empty()
             && self.history_removed.is_empty()
     }
 
@@ -124,10 +146,10 @@ impl ChangeSet {
         self.plans.insert(plan);
     }
 
-    /// The lines of `plan` on `day` changed (and possibly the day's channel list).
-    pub(super) fn plan_day(&mut self, day: Day, plan: u32) {
+    /// The lines of `plan` changed (and possibly the names and level sets the head lists).
+    pub(super) fn plan_lines(&mut self, plan: u32) {
         self.head = true;
-        self.plan_days.insert((day, plan));
+        self.plan_lines.insert(plan);
     }
 
     /// A feature-importance event numbered `seq` is about to be folded into a baseline whose
@@ -139,12 +161,21 @@ impl ChangeSet {
         self.drift_first.get_or_insert(first_kept);
     }
 
-    /// `day` expired; `data` is what it held.
-    pub(super) fn expired(&mut self, day: Day, data: &DayData) {
+    /// `day` expired; `data` is what it held. A plan with lines on it and none later has no
+    /// line left: its lines record goes.
+    pub(super) fn expired(&mut self, day: Day, data: &DayData, plans: &[PlanMeta]) {
         self.days.remove(&day);
-        self.plan_days.retain(|&(d, _)| d != day);
-        self.legacy_days.remove(&day);
-        self.removed.push((day, plans_of(data)));
+        self.removed.push(day);
+        for plan in plans_of(data) {
+            let last = plans
+                .get(plan as usize)
+                .and_then(|p| p.lines_span)
+                .map(|s| s.1);
+            if last.is_none_or(|last| last <= day) {
+                self.plan_lines.remove(&plan);
+                self.lines_removed.push(plan);
+            }
+        }
     }
 }
 
@@ -185,6 +216,10 @@ pub enum StateKey<'a> {
         date: NaiveDate,
         plan: u32,
     },
+    PlanLines {
+        tenant: &'a str,
+        plan: u32,
+    },
 }
 
 impl<'a> StateKey<'a> {
@@ -197,6 +232,11 @@ impl<'a> StateKey<'a> {
             (Some("plan"), Some(n)) if digits(n) => {
                 n.parse().ok().map(|plan| StateKey::Plan { tenant, plan })
             }
+            (Some("plan"), Some(rest)) => rest
+                .strip_suffix("/lines")
+                .filter(|n| digits(n))
+                .and_then(|n| n.parse().ok())
+                .map(|plan| StateKey::PlanLines { tenant, plan }),
             (Some("drift"), Some(n)) if digits(n) => n
                 .parse()
                 .ok()
@@ -238,7 +278,8 @@ impl<'a> StateKey<'a> {
             | StateKey::DriftEvent { tenant, .. }
             | StateKey::DriftHistory { tenant, .. }
             | StateKey::Day { tenant, .. }
-            | StateKey::PlanDay { tenant, .. } => tenant,
+            | StateKey::PlanDay { tenant, .. }
+            | StateKey::PlanLines { tenant, .. } => tenant,
         }
     }
 }
@@ -266,6 +307,12 @@ fn numbered_key(tenant: &str, path: &str, n: u64) -> String {
 
 fn plan_key(tenant: &str, plan: u32) -> String {
     numbered_key(tenant, "/plan/", u64::from(plan))
+}
+
+fn plan_lines_key(tenant: &str, plan: u32) -> String {
+    let mut key = plan_key(tenant, plan);
+    key.push_str("/lines");
+    key
 }
 
 fn drift_key(tenant: &str) -> String {
@@ -348,6 +395,7 @@ impl HeadWithPlans {
             rejected: self.rejected,
             expired: self.expired,
             rules: self.rules,
+            expired_before: None,
         };
         (head, self.plans)
     }
@@ -369,6 +417,48 @@ struct Head {
     rejected: u64,
     expired: u64,
     rules: RulesRecord,
+    /// The retention cutoff last applied: lines a plan's record still holds of earlier dates
+    /// are not restored.
+    expired_before: Option<NaiveDate>,
+}
+
+/// `{tenant}` of format 5: no cutoff (its lines were deleted with their dates). Read, no
+/// longer written.
+#[derive(Serialize, Deserialize)]
+struct HeadWithoutCutoff {
+    v: u32,
+    channels: Vec<String>,
+    campaigns: Vec<String>,
+    sources: Vec<String>,
+    plans: u32,
+    /// The quantile levels of each level set, in id order.
+    level_sets: Vec<Vec<u8>>,
+    as_of: Option<NaiveDate>,
+    outcome_seq: u64,
+    feature_importances: u64,
+    rejected: u64,
+    expired: u64,
+    rules: RulesRecord,
+}
+
+impl HeadWithoutCutoff {
+    fn with_cutoff(self) -> Head {
+        Head {
+            v: self.v,
+            channels: self.channels,
+            campaigns: self.campaigns,
+            sources: self.sources,
+            plans: self.plans,
+            level_sets: self.level_sets,
+            as_of: self.as_of,
+            outcome_seq: self.outcome_seq,
+            feature_importances: self.feature_importances,
+            rejected: self.rejected,
+            expired: self.expired,
+            rules: self.rules,
+            expired_before: None,
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -469,12 +559,23 @@ struct ActualsRecord {
     totals: Vec<(u32, TotalRecord)>,
 }
 
-/// `{tenant}/day/{date}/{plan}`: one plan's lines for the date, by channel.
+/// `{tenant}/day/{date}/{plan}` of formats 4 and 5: one plan's lines for the date. Read, no
+/// longer written.
 #[derive(Serialize, Deserialize)]
 struct PlanDayRecord {
     v: u32,
-    channels: Vec<(u32, Vec<PlanLineRecord>)>,
+    channels: ChannelLines,
 }
+
+/// `{tenant}/plan/{n}/lines`: the plan's lines, by date (ascending) and channel.
+#[derive(Serialize, Deserialize)]
+struct PlanLinesRecord {
+    v: u32,
+    days: Vec<(NaiveDate, ChannelLines)>,
+}
+
+/// One plan's lines of a date: (channel, lines), ascending by channel.
+type ChannelLines = Vec<(u32, Vec<PlanLineRecord>)>;
 
 /// (campaign, horizon, level set, records, planned spend, quantile values).
 type PlanLineRecord = (u32, u32, u32, u32, Option<f64>, Vec<f64>);
@@ -529,29 +630,8 @@ pub(super) fn take_changes(state: &mut TenantState, out: &mut Vec<StateRecord>) 
     if changes.is_empty() {
         return;
     }
-    let mut taken = std::mem::take(changes);
-    let mut legacy = std::mem::take(&mut taken.legacy_days);
-    // A date restored from a whole-day record is written whole once it changes: its plans'
-    // records do not exist yet.
-    if !legacy.is_empty() {
-        let touched: Vec<Day> = (taken.days.iter().copied())
-            .chain(taken.plan_days.iter().map(|&(day, _)| day))
-            .filter(|day| legacy.contains(day))
-            .collect();
-        for day in touched {
-            legacy.remove(&day);
-            if let Some(data) = state.days.get(&day) {
-                taken.days.insert(day);
-                taken
-                    .plan_days
-                    .extend(plans_of(data).into_iter().map(|plan| (day, plan)));
-            }
-        }
-    }
+    let taken = std::mem::take(changes);
     records(state, taken, out);
-    if let Some(c) = state.changes.as_mut() {
-        c.legacy_days = legacy;
-    }
 }
 
 /// Every record of `state`, as if all of it had changed.
@@ -561,14 +641,14 @@ pub(super) fn full(state: &TenantState) -> Vec<StateRecord> {
         drift: state.drift.events_seen() > 0,
         drift_from: None,
         drift_first: None,
-        plan_days: state
-            .days
-            .iter()
-            .flat_map(|(&day, data)| plans_of(data).into_iter().map(move |plan| (day, plan)))
+        plan_lines: (state.plan_meta.iter().enumerate())
+            .filter(|(_, m)| m.lines_span.is_some())
+            .map(|(plan, _)| plan as u32)
             .collect(),
-        legacy_days: FxHashSet::default(),
         days: state.days.keys().copied().collect(),
         removed: Vec::new(),
+        lines_removed: Vec::new(),
+        plan_days_removed: Vec::new(),
         history_removed: Vec::new(),
         plans: (0..state.plans.len() as u32).collect(),
     };
@@ -597,17 +677,16 @@ fn records(state: &TenantState, changes: ChangeSet, out: &mut Vec<StateRecord>) 
         key: head_key(&state.name),
         value: Some(encode(&head_record(state))),
     });
-    // A plan's lines before the date's record: a whole-day record of an earlier format is
-    // replaced by the date's record last, once its lines are all written apart.
-    let mut plan_days: Vec<(Day, u32)> = changes.plan_days.into_iter().collect();
-    plan_days.sort_unstable();
-    for (day, plan) in plan_days {
-        if let Some(record) = state.days.get(&day).and_then(|d| plan_day_record(d, plan)) {
-            out.push(StateRecord {
-                key: plan_day_key(&state.name, day, plan),
-                value: Some(encode(&record)),
-            });
-        }
+    // The plans' lines before the dates' records and before the tombstones of their per-date
+    // records of an earlier format: a whole-day record or a date's lines of one plan is
+    // replaced only once the lines it holds are written in the plan's record.
+    let mut plans: Vec<u32> = changes.plan_lines.into_iter().collect();
+    plans.sort_unstable();
+    for plan in plans {
+        out.push(StateRecord {
+            key: plan_lines_key(&state.name, plan),
+            value: plan_lines_record(state, plan).map(|r| encode(&r)),
+        });
     }
     let mut days: Vec<Day> = changes.days.into_iter().collect();
     days.sort_unstable();
@@ -619,15 +698,21 @@ fn records(state: &TenantState, changes: ChangeSet, out: &mut Vec<StateRecord>) 
             });
         }
     }
-    for (day, plans) in changes.removed {
-        for plan in plans {
-            out.push(StateRecord {
-                key: plan_day_key(&state.name, day, plan),
-                value: None,
-            });
-        }
+    for (day, plan) in changes.plan_days_removed {
+        out.push(StateRecord {
+            key: plan_day_key(&state.name, day, plan),
+            value: None,
+        });
+    }
+    for day in changes.removed {
         out.push(StateRecord {
             key: day_key(&state.name, day),
+            value: None,
+        });
+    }
+    for plan in changes.lines_removed {
+        out.push(StateRecord {
+            key: plan_lines_key(&state.name, plan),
             value: None,
         });
     }
@@ -731,6 +816,7 @@ fn head_record(state: &TenantState) -> Head {
                 o
             },
         },
+        expired_before: state.expired_before.map(date_of),
     }
 }
 
@@ -792,38 +878,42 @@ fn actuals_record(data: &DayData) -> ActualsRecord {
     }
 }
 
-/// The lines of `plan` on a date; `None` when it has none there.
-fn plan_day_record(data: &DayData, plan: u32) -> Option<PlanDayRecord> {
-    let mut channels: Vec<_> = data
-        .channels
-        .iter()
-        .filter_map(|(&channel, cd)| {
-            let lines: Vec<PlanLineRecord> = cd
-                .lines
-                .iter()
-                .filter(|l| l.plan == plan)
-                .map(|l| {
-                    let spend = (!l.spend.is_nan()).then_some(l.spend);
-                    (
-                        l.campaign,
-                        l.horizon,
-                        l.levels,
-                        l.records,
-                        spend,
-                        l.values.to_vec(),
-                    )
-                })
-                .collect();
-            (!lines.is_empty()).then_some((channel, lines))
-        })
-        .collect();
-    if channels.is_empty() {
-        return None;
+/// Every line of `plan`, by date and channel; `None` when it has none.
+fn plan_lines_record(state: &TenantState, plan: u32) -> Option<PlanLinesRecord> {
+    let (first, last) = state.plan_meta.get(plan as usize)?.lines_span?;
+    let mut days = Vec::new();
+    for (&day, data) in state.days.range(first..=last) {
+        let mut channels: ChannelLines = data
+            .channels
+            .iter()
+            .filter_map(|(&channel, cd)| {
+                let lines: Vec<PlanLineRecord> = cd
+                    .lines
+                    .iter()
+                    .filter(|l| l.plan == plan)
+                    .map(|l| {
+                        let spend = (!l.spend.is_nan()).then_some(l.spend);
+                        (
+                            l.campaign,
+                            l.horizon,
+                            l.levels,
+                            l.records,
+                            spend,
+                            l.values.to_vec(),
+                        )
+                    })
+                    .collect();
+                (!lines.is_empty()).then_some((channel, lines))
+            })
+            .collect();
+        if !channels.is_empty() {
+            channels.sort_by_key(|c| c.0);
+            days.push((date_of(day), channels));
+        }
     }
-    channels.sort_by_key(|c| c.0);
-    Some(PlanDayRecord {
+    (!days.is_empty()).then_some(PlanLinesRecord {
         v: FORMAT_VERSION,
-        channels,
+        days,
     })
 }
 
@@ -832,6 +922,7 @@ fn plan_day_record(data: &DayData, plan: u32) -> Option<PlanDayRecord> {
 pub struct TenantRecords {
     pub head: Option<Vec<u8>>,
     pub plans: BTreeMap<u32, Vec<u8>>,
+    pub plan_lines: BTreeMap<u32, Vec<u8>>,
     pub drift: Option<Vec<u8>>,
     pub drift_events: BTreeMap<u64, Vec<u8>>,
     pub drift_history: BTreeMap<u64, Vec<u8>>,
@@ -882,6 +973,12 @@ impl TenantRecords {
             (StateKey::PlanDay { date, plan, .. }, None) => {
                 records.plan_days.remove(&(date, plan));
             }
+            (StateKey::PlanLines { plan, .. }, Some(v)) => {
+                records.plan_lines.insert(plan, v);
+            }
+            (StateKey::PlanLines { plan, .. }, None) => {
+                records.plan_lines.remove(&plan);
+            }
         }
         Ok(())
     }
@@ -904,12 +1001,14 @@ macro_rules! versioned {
 
 versioned!(
     Head,
+    HeadWithoutCutoff,
     HeadWithPlans,
     PlanEntryRecord,
     DayRecord,
     DriftRecord,
     ActualsRecord,
     PlanDayRecord,
+    PlanLinesRecord,
     DriftHeadWithHistory,
     DriftHead,
     DriftEventRecord,
@@ -929,8 +1028,8 @@ fn unknown_version(key: &str, v: impl std::fmt::Display) -> SnapshotError {
         key,
         format!(
             "format version {v}, this build reads versions {JSON_VERSION} (JSON), \
-             {WHOLE_DRIFT_VERSION}, {WHOLE_DAY_VERSION}, {WHOLE_HISTORY_VERSION} and \
-             {FORMAT_VERSION}"
+             {WHOLE_DRIFT_VERSION}, {WHOLE_DAY_VERSION}, {WHOLE_HISTORY_VERSION}, \
+             {PLAN_DAYS_VERSION} and {FORMAT_VERSION}"
         ),
     )
 }
@@ -1006,19 +1105,26 @@ pub fn readable(key: &str, value: &[u8]) -> Result<String, SnapshotError> {
         StateKey::Head { .. } if version_of(key, value)? == FORMAT_VERSION => {
             json(key, value, this, |_: &mut Head| {})
         }
+        StateKey::Head { .. } if version_of(key, value)? == PLAN_DAYS_VERSION => json(
+            key,
+            value,
+            &[PLAN_DAYS_VERSION],
+            |_: &mut HeadWithoutCutoff| {},
+        ),
         StateKey::Head { .. } => json(key, value, HEAD_WITH_PLANS, |r: &mut HeadWithPlans| {
             r.v = JSON_VERSION
         }),
-        StateKey::Plan { .. } => json(key, value, this, |_: &mut PlanEntryRecord| {}),
+        StateKey::Plan { .. } => json(key, value, SINCE_5, |_: &mut PlanEntryRecord| {}),
+        StateKey::PlanLines { .. } => json(key, value, this, |_: &mut PlanLinesRecord| {}),
         StateKey::Day { .. } if SPLIT_DAY.contains(&version_of(key, value)?) => {
             json(key, value, SPLIT_DAY, |_: &mut ActualsRecord| {})
         }
         StateKey::Day { .. } => json(key, value, WHOLE_DAY, |r: &mut DayRecord| {
             r.v = JSON_VERSION
         }),
-        StateKey::PlanDay { .. } => json(key, value, SPLIT_DAY, |_: &mut PlanDayRecord| {}),
-        StateKey::Drift { .. } if version_of(key, value)? == FORMAT_VERSION => {
-            json(key, value, this, |_: &mut DriftHead| {})
+        StateKey::PlanDay { .. } => json(key, value, PLAN_DAY, |_: &mut PlanDayRecord| {}),
+        StateKey::Drift { .. } if SINCE_5.contains(&version_of(key, value)?) => {
+            json(key, value, SINCE_5, |_: &mut DriftHead| {})
         }
         StateKey::Drift { .. } if WHOLE_HISTORY.contains(&version_of(key, value)?) => {
             json(key, value, WHOLE_HISTORY, |_: &mut DriftHeadWithHistory| {})
@@ -1030,7 +1136,7 @@ pub fn readable(key: &str, value: &[u8]) -> Result<String, SnapshotError> {
             |r: &mut DriftRecord| r.v = JSON_VERSION,
         ),
         StateKey::DriftEvent { .. } => json(key, value, SPLIT_DRIFT, |_: &mut DriftEventRecord| {}),
-        StateKey::DriftHistory { .. } => json(key, value, this, |_: &mut DriftHistoryRecord| {}),
+        StateKey::DriftHistory { .. } => json(key, value, SINCE_5, |_: &mut DriftHistoryRecord| {}),
     }
 }
 
@@ -1046,8 +1152,12 @@ pub(super) fn restore(
     };
     let hk = head_key(name);
     let version = version_of(&hk, head_bytes)?;
-    let (head, plans) = if version == FORMAT_VERSION {
-        let head: Head = parse(&hk, head_bytes, &[FORMAT_VERSION])?;
+    let (head, plans) = if SINCE_5.contains(&version) {
+        let head = if version == FORMAT_VERSION {
+            parse::<Head>(&hk, head_bytes, &[FORMAT_VERSION])?
+        } else {
+            parse::<HeadWithoutCutoff>(&hk, head_bytes, &[PLAN_DAYS_VERSION])?.with_cutoff()
+        };
         let mut plans = Vec::with_capacity(head.plans.min(10_000) as usize);
         for plan in 0..head.plans {
             let key = plan_key(name, plan);
@@ -1055,7 +1165,7 @@ pub(super) fn restore(
                 .plans
                 .get(&plan)
                 .ok_or_else(|| invalid(&key, "missing; the head counts it"))?;
-            let r: PlanEntryRecord = parse(&key, bytes, &[FORMAT_VERSION])?;
+            let r: PlanEntryRecord = parse(&key, bytes, SINCE_5)?;
             plans.push(r.plan);
         }
         (head, plans)
@@ -1064,7 +1174,7 @@ pub(super) fn restore(
     } else {
         return Err(unknown_version(&hk, version));
     };
-    let legacy_head = head.v != FORMAT_VERSION;
+    let legacy_head = HEAD_WITH_PLANS.contains(&head.v);
 
     let mut state = TenantState::new(name, shared);
     for (i, c) in head.channels.iter().enumerate() {
@@ -1092,6 +1202,7 @@ pub(super) fn restore(
         state.plan_meta.push(PlanMeta {
             issued_at: p.issued_at,
             model_version: p.model_version.clone(),
+            lines_span: None,
         });
     }
     for (i, levels) in head.level_sets.iter().enumerate() {
@@ -1118,22 +1229,57 @@ pub(super) fn restore(
             .map(|s| s.layout.levels.len())
             .collect(),
     };
+    // A plan's lines record holds every line it has: its lines in records of earlier formats
+    // beside it (a rewrite cut short, at-least-once) are older and ignored. Lines of dates
+    // before the cutoff the head names were dropped with their dates.
+    let expired_before = head.expired_before.map(day_of);
+    let mut plan_lines: BTreeMap<NaiveDate, Vec<(u32, ChannelLines)>> = BTreeMap::new();
+    for (&plan, bytes) in &records.plan_lines {
+        let key = plan_lines_key(name, plan);
+        let record: PlanLinesRecord = parse(&key, bytes, &[FORMAT_VERSION])?;
+        let mut kept = false;
+        for (date, channels) in record.days {
+            if expired_before.is_none_or(|cutoff| day_of(date) >= cutoff) {
+                plan_lines.entry(date).or_default().push((plan, channels));
+                kept = true;
+            }
+        }
+        // All its dates expired (their tombstone lost to a batch cut short): it goes.
+        if let Some(c) = state.changes.as_mut().filter(|_| !kept) {
+            c.lines_removed.push(plan);
+        }
+    }
     let mut dates: BTreeSet<NaiveDate> = records.days.keys().copied().collect();
     dates.extend(records.plan_days.keys().map(|&(date, _)| date));
+    dates.extend(plan_lines.keys().copied());
     for date in dates {
         let day = day_of(date);
         let key = day_key(name, day);
-        let data = match records.days.get(&date) {
+        // Lines by date of formats 4 and 5: read for the plans without a lines record, deleted
+        // once the next commit has written every plan's lines in this format.
+        let per_date = records.plan_days.range((date, 0)..=(date, u32::MAX));
+        if let Some(c) = state.changes.as_mut() {
+            c.plan_days_removed
+                .extend(per_date.clone().map(|(&(_, plan), _)| (day, plan)));
+        }
+        let mut data = match records.days.get(&date) {
             // A whole-day record of an earlier format holds every line of the date as of the
-            // last commit. Records of its plans beside it come from a rewrite cut short
-            // (at-least-once) of work that is folded again from the committed offsets, which
-            // rewrites the day whole; until then they are ignored.
+            // last commit; the next commit writes them in their plans' records and the date's
+            // record in this format. Lines by date beside it come from a rewrite cut short
+            // (at-least-once) of work that is folded again from the committed offsets.
             Some(bytes) if !SPLIT_DAY.contains(&version_of(&key, bytes)?) => {
                 let record: DayRecord = parse(&key, bytes, WHOLE_DAY)?;
-                if let Some(c) = state.changes.as_mut() {
-                    c.legacy_days.insert(day);
+                let mut data =
+                    day_data(&record, &ids, shared).map_err(|reason| invalid(&key, reason))?;
+                for cd in data.channels.values_mut() {
+                    cd.lines
+                        .retain(|l| !records.plan_lines.contains_key(&l.plan));
                 }
-                day_data(&record, &ids, shared).map_err(|reason| invalid(&key, reason))?
+                if let Some(c) = state.changes.as_mut() {
+                    c.days.insert(day);
+                    c.plan_lines.extend(plans_of(&data));
+                }
+                data
             }
             actuals => {
                 let mut data = DayData::default();
@@ -1142,24 +1288,37 @@ pub(super) fn restore(
                     actuals_into(&mut data, &record, &ids)
                         .map_err(|reason| invalid(&key, reason))?;
                 }
-                for (&(_, plan), bytes) in records.plan_days.range((date, 0)..=(date, u32::MAX)) {
+                for (&(_, plan), bytes) in per_date {
+                    if records.plan_lines.contains_key(&plan) {
+                        continue;
+                    }
                     let key = plan_day_key(name, day, plan);
-                    let record: PlanDayRecord = parse(&key, bytes, SPLIT_DAY)?;
-                    plan_lines_into(&mut data, plan, &record, &ids, shared)
+                    let record: PlanDayRecord = parse(&key, bytes, PLAN_DAY)?;
+                    plan_lines_into(&mut data, plan, &record.channels, &ids, shared)
                         .map_err(|reason| invalid(&key, reason))?;
-                }
-                for (channel, cd) in &mut data.channels {
-                    cd.lines.sort_unstable_by_key(|l| (l.campaign, l.plan));
-                    if !sorted_lines(&cd.lines) {
-                        return Err(invalid(
-                            &key,
-                            format!("channel {channel} has two lines of one (campaign, plan)"),
-                        ));
+                    if let Some(c) = state.changes.as_mut() {
+                        c.plan_lines.insert(plan);
                     }
                 }
                 data
             }
         };
+        for (plan, channels) in plan_lines.remove(&date).unwrap_or_default() {
+            plan_lines_into(&mut data, plan, &channels, &ids, shared)
+                .map_err(|reason| invalid(&plan_lines_key(name, plan), reason))?;
+        }
+        for (channel, cd) in &mut data.channels {
+            cd.lines.sort_unstable_by_key(|l| (l.campaign, l.plan));
+            if !sorted_lines(&cd.lines) {
+                return Err(invalid(
+                    &key,
+                    format!("channel {channel} has two lines of one (campaign, plan)"),
+                ));
+            }
+            for line in &cd.lines {
+                state.plan_meta[line.plan as usize].widen_span(day);
+            }
+        }
         state.days.insert(day, data);
         // Score the day's pairs into its sums; with as_of unset no running window is touched.
         let (mut scorer, days, ranks) = state.scorer();
@@ -1186,6 +1345,7 @@ pub(super) fn restore(
     }
 
     state.as_of = head.as_of.map(day_of);
+    state.expired_before = expired_before;
     state.windows = state.rebuilt_windows();
     state.outcome_seq = head.outcome_seq;
     state.counters = Counters {
@@ -1224,8 +1384,8 @@ pub(super) fn restore(
         let version = version_of(&key, bytes)?;
         // The history, its dates, and the event number of each entry where the record says.
         let (history, days, seqs) = if SPLIT_DRIFT.contains(&version) {
-            let (seen, kept, history) = if version == FORMAT_VERSION {
-                let d: DriftHead = parse(&key, bytes, &[FORMAT_VERSION])?;
+            let (seen, kept, history) = if SINCE_5.contains(&version) {
+                let d: DriftHead = parse(&key, bytes, SINCE_5)?;
                 (d.seen, d.kept, Ok(d.history))
             } else {
                 let d: DriftHeadWithHistory = parse(&key, bytes, WHOLE_HISTORY)?;
@@ -1267,7 +1427,7 @@ pub(super) fn restore(
                         let bytes = records.drift_history.get(&seq).ok_or_else(|| {
                             invalid(&entry_key, "missing; the drift record names it")
                         })?;
-                        let r: DriftHistoryRecord = parse(&entry_key, bytes, &[FORMAT_VERSION])?;
+                        let r: DriftHistoryRecord = parse(&entry_key, bytes, SINCE_5)?;
                         entries.push(r.entry);
                         days.push(date);
                         seqs.push(seq);
@@ -1392,11 +1552,11 @@ fn actuals_into(data: &mut DayData, record: &ActualsRecord, ids: &Ids) -> Result
 fn plan_lines_into(
     data: &mut DayData,
     plan: u32,
-    record: &PlanDayRecord,
+    channels: &ChannelLines,
     ids: &Ids,
     shared: &Shared,
 ) -> Result<(), String> {
-    for (channel, lines) in &record.channels {
+    for (channel, lines) in channels {
         if *channel >= ids.channels {
             return Err(format!("lines of unknown channel id {channel}"));
         }
@@ -1491,7 +1651,18 @@ mod tests {
             format!("acme/drift/history/{}", u64::MAX)
         );
         assert_eq!(plan_key("acme", 7), "acme/plan/7");
+        assert_eq!(plan_lines_key("acme", 7), "acme/plan/7/lines");
         // Each parses back to what wrote it.
+        assert_eq!(
+            StateKey::parse(&plan_lines_key("acme", u32::MAX)),
+            Some(StateKey::PlanLines {
+                tenant: "acme",
+                plan: u32::MAX
+            })
+        );
+        for bad in ["acme/plan/7/line", "acme/plan//lines", "acme/plan/+7/lines"] {
+            assert_eq!(StateKey::parse(bad), None, "{bad}");
+        }
         assert_eq!(
             StateKey::parse(&drift_history_key("acme", 12)),
             Some(StateKey::DriftHistory {

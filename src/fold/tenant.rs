@@ -198,6 +198,19 @@ impl LevelSet {
 pub struct PlanMeta {
     pub issued_at: Option<DateTime<FixedOffset>>,
     pub model_version: Option<String>,
+    /// The first and last date the plan has had a line on since the state was built (a line
+    /// goes only when its date expires, so once the last one expires the plan has no line
+    /// left). Not stored: a restore derives it from the lines.
+    pub lines_span: Option<(Day, Day)>,
+}
+
+impl PlanMeta {
+    pub(super) fn widen_span(&mut self, day: Day) {
+        self.lines_span = Some(match self.lines_span {
+            Some((first, last)) => (first.min(day), last.max(day)),
+            None => (day, day),
+        });
+    }
 }
 
 /// Running sums over one window, enough for the rules: error figures and interval coverage.
@@ -556,6 +569,8 @@ pub struct TenantState {
     pub level_sets: Vec<LevelSet>,
     level_set_ids: FxHashMap<Box<[u8]>, u32>,
     pub as_of: Option<Day>,
+    /// The retention cutoff last applied: every date before it was dropped.
+    pub expired_before: Option<Day>,
     pub days: BTreeMap<Day, DayData>,
     pub(super) outcome_seq: u64,
     pub counters: Counters,
@@ -587,6 +602,7 @@ impl TenantState {
             level_sets: Vec::new(),
             level_set_ids: FxHashMap::default(),
             as_of: None,
+            expired_before: None,
             days: BTreeMap::new(),
             outcome_seq: 0,
             counters: Counters::default(),
@@ -798,10 +814,9 @@ impl TenantState {
             self.plan_meta
                 .resize(plan as usize + 1, PlanMeta::default());
         }
-        self.plan_meta[plan as usize] = PlanMeta {
-            issued_at: Some(f.issued_at),
-            model_version: f.model_version.clone(),
-        };
+        let meta = &mut self.plan_meta[plan as usize];
+        meta.issued_at = Some(f.issued_at);
+        meta.model_version = f.model_version.clone();
         if let Some(c) = self.changes.as_mut() {
             c.plan(plan);
         }
@@ -810,6 +825,7 @@ impl TenantState {
         self.mark_head();
         let mut dirty = Dirty::default();
         let mut last_levels = None;
+        let mut stored = false;
         for fl in &f.lines {
             let day = day_of(fl.date);
             if cutoff.is_some_and(|c| day < c) {
@@ -817,9 +833,8 @@ impl TenantState {
                 continue;
             }
             let horizon = (day - issued).max(0) as u32;
-            if let Some(c) = self.changes.as_mut() {
-                c.plan_day(day, plan);
-            }
+            stored = true;
+            self.plan_meta[plan as usize].widen_span(day);
             let channel = self.channel(&fl.channel);
             let campaign = self.campaigns.intern(&fl.campaign_id);
             let levels = self.level_set(&fl.revenue, last_levels, shared);
@@ -870,6 +885,9 @@ impl TenantState {
                 );
             }
         }
+        if let Some(c) = self.changes.as_mut().filter(|_| stored) {
+            c.plan_lines(plan);
+        }
         if !dirty.is_empty() {
             super::rules::on_change(self, &dirty, shared, out);
         }
@@ -915,6 +933,7 @@ impl TenantState {
         let Some(cutoff) = self.cutoff(shared) else {
             return;
         };
+        self.expired_before = Some(self.expired_before.map_or(cutoff, |b| b.max(cutoff)));
         while let Some(entry) = self.days.first_entry() {
             if *entry.key() >= cutoff {
                 break;
@@ -922,7 +941,7 @@ impl TenantState {
             let day = *entry.key();
             let data = entry.remove();
             if let Some(c) = self.changes.as_mut() {
-                c.expired(day, &data);
+                c.expired(day, &data, &self.plan_meta);
             }
             let inw = InWindows::of(&self.limits, self.as_of, day);
             for (kind, inside) in [
