@@ -141,12 +141,34 @@ fn expired_days_become_tombstones() {
     let mut log = Compacted::default();
     let mut engine = Engine::new(config).with_changelog();
     let mut alerts = Vec::new();
+    let mut early = BTreeMap::new();
     for part in evs.chunks(500) {
         for e in part {
             engine.apply(e, &mut alerts);
         }
         log.take(&mut engine);
+        if early.is_empty() {
+            early = log.0.clone();
+        }
     }
+    // A date's record that outlived its tombstone (at-least-once, a batch cut short) is not
+    // restored, and the first commit deletes it.
+    let (stale, value) = (early.iter())
+        .find(|(k, v)| {
+            v.is_some()
+                && matches!(StateKey::parse(k), Some(StateKey::Day { .. }))
+                && log.0.get(*k) == Some(&None)
+        })
+        .expect("an expired date");
+    let mut cut = Compacted(log.0.clone());
+    cut.0.insert(stale.clone(), value.clone());
+    let mut restored = cut.restore(FoldConfig {
+        retention_days: 20,
+        ..FoldConfig::default()
+    });
+    assert_eq!(documents(&restored), documents(&engine));
+    assert!(cut.take(&mut restored) > 0);
+    assert_eq!(cut.0[stale], None, "{stale}");
     // Four tenants, 20 days retained; forecast lines reach up to 28 days past as_of.
     assert!(
         log.live_days() <= 4 * (20 + 28),
@@ -218,6 +240,61 @@ fn expired_days_become_tombstones() {
     };
     for tenant in engine.tenants() {
         assert_eq!(lines(&longer, tenant), lines(&engine, tenant), "{tenant}");
+    }
+    // Nor does a late plan: its lines on dropped dates are refused as expired, by the restored
+    // tenant as by the one it restores to.
+    let mut longer = longer;
+    let mut late = evs
+        .iter()
+        .rev()
+        .find_map(|e| match e {
+            Event::Forecast(f) => Some(f.clone()),
+            _ => None,
+        })
+        .unwrap();
+    let back = chrono::Duration::days(35);
+    late.plan_id = "late".into();
+    late.issued_at -= back;
+    for line in &mut late.lines {
+        line.date -= back;
+    }
+    let tenant = late.tenant.to_string();
+    let before = lines(&longer, &tenant);
+    longer.apply(&Event::Forecast(late), &mut Vec::new());
+    let after = lines(&longer, &tenant);
+    assert!(after != before && after.len() == before.len(), "{after:?}");
+    log.take(&mut longer);
+    let config = FoldConfig {
+        retention_days: 40,
+        ..FoldConfig::default()
+    };
+    assert_eq!(documents(&log.restore(config)), documents(&longer));
+}
+
+/// A plan id that comes again after every date of its lines expired: its record is written
+/// again, not deleted, even when both happen between two commits.
+#[test]
+fn a_plan_whose_dates_all_expired_can_come_again() {
+    let config = FoldConfig {
+        retention_days: 20,
+        ..FoldConfig::default()
+    };
+    // One tenant; its first plan and the plans from day 56 on, all under one id: the first
+    // plan's dates (days 1 to 28) have all expired by as_of 49, then the id comes again.
+    let first = chrono::NaiveDate::from_ymd_opt(2026, 8, 1).unwrap();
+    let evs: Vec<Event> = events_of(1, 70)
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Forecast(mut f) => {
+                let issued = (f.issued_at.date_naive() - first).num_days();
+                f.plan_id = "same".into();
+                (issued == 0 || issued >= 56).then_some(Event::Forecast(f))
+            }
+            e => Some(e),
+        })
+        .collect();
+    for chunk in [evs.len(), 200, 37] {
+        check(config.clone(), &evs, chunk, 1);
     }
 }
 

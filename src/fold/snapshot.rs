@@ -8,7 +8,7 @@
 //!
 //! | key | holds | written when |
 //! |---|---|---|
-//! | `{tenant}` | names, how many plans, as_of, counters, rule status, alert occurrence counts | the tenant changed |
+//! | `{tenant}` | names, how many plans, as_of, the retention cutoff last applied, counters, rule status, alert occurrence counts | the tenant changed |
 //! | `{tenant}/plan/{n}` | the n-th plan's id, issue time and model version | a forecast of that plan |
 //! | `{tenant}/plan/{n}/lines` | every line the n-th plan has, by date and channel | a forecast of that plan |
 //! | `{tenant}/drift` | how many feature-importance events were folded and kept, which history entries there are | a feature-importance event |
@@ -40,9 +40,10 @@
 //! processor's loop) and every plan in the head (which grew by a plan a week and was rewritten
 //! with every change of the tenant), formats 4 and 5 a plan's lines per date, and heads before
 //! format 6 no cutoff. Such a record is rewritten in this format when what it holds next
-//! changes (a head or drift record, and every plan's lines, by the first commit after the
-//! restore; the per-date records of the lines are deleted then). A record of an unknown
-//! version is refused instead of being misread. [`readable`] renders any value as
+//! changes; the first commit after the restore rewrites the heads and drift records of formats
+//! 1 to 4, every whole day (formats 1 to 3) and every plan whose lines were kept per date
+//! (formats 4 and 5), and deletes those per-date records. A record of an unknown version is
+//! refused instead of being misread. [`readable`] renders any value as
 //! JSON for people.
 //!
 //! Architecture Invariant: like the rest of `fold`, this is pure data to bytes and back. Where
@@ -147,9 +148,12 @@ impl ChangeSet {
     }
 
     /// The lines of `plan` changed (and possibly the names and level sets the head lists).
+    /// Its record is written whole: a tombstone planned for it since (its last date expired,
+    /// then it came again with later ones) must not follow.
     pub(super) fn plan_lines(&mut self, plan: u32) {
         self.head = true;
         self.plan_lines.insert(plan);
+        self.lines_removed.retain(|&p| p != plan);
     }
 
     /// A feature-importance event numbered `seq` is about to be folded into a baseline whose
@@ -1261,6 +1265,18 @@ pub(super) fn restore(
         if let Some(c) = state.changes.as_mut() {
             c.plan_days_removed
                 .extend(per_date.clone().map(|(&(_, plan), _)| (day, plan)));
+        }
+        // A date before the cutoff whose record outlived it (a batch cut short before the
+        // tombstone) was dropped: its record goes with the next commit.
+        if expired_before.is_some_and(|cutoff| day < cutoff) {
+            if let Some(c) = state
+                .changes
+                .as_mut()
+                .filter(|_| records.days.contains_key(&date))
+            {
+                c.removed.push(day);
+            }
+            continue;
         }
         let mut data = match records.days.get(&date) {
             // A whole-day record of an earlier format holds every line of the date as of the

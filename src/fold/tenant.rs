@@ -633,10 +633,14 @@ impl TenantState {
         }
     }
 
-    /// The first day still retained, once an outcome set as_of.
+    /// The first day still retained, once an outcome set as_of: retention back from as_of, and
+    /// never before a date already dropped (a longer retention after a restart keeps more of
+    /// what comes, and brings back nothing).
     pub fn cutoff(&self, shared: &Shared) -> Option<Day> {
-        self.as_of
-            .map(|a| a - shared.config.retention_days as Day + 1)
+        let cutoff = self
+            .as_of
+            .map(|a| a - shared.config.retention_days as Day + 1);
+        cutoff.max(self.expired_before)
     }
 
     pub(super) fn channel(&mut self, name: &str) -> u32 {
@@ -933,7 +937,7 @@ impl TenantState {
         let Some(cutoff) = self.cutoff(shared) else {
             return;
         };
-        self.expired_before = Some(self.expired_before.map_or(cutoff, |b| b.max(cutoff)));
+        self.expired_before = Some(cutoff);
         while let Some(entry) = self.days.first_entry() {
             if *entry.key() >= cutoff {
                 break;
