@@ -164,14 +164,34 @@ impl Engine {
 
     /// The changelog records of everything that changed since the last call (an engine made
     /// [`Engine::with_changelog`]; empty otherwise), and the tenants they belong to, sorted.
+    ///
+    /// The changed tenants' records are encoded on every core of rayon's pool when there are
+    /// several (the processor takes them at every commit, and encoding them on its loop alone
+    /// was a quarter of that thread's time); the records come out in the same order either way.
     pub fn take_changes(&mut self) -> Changes {
         let mut changes = Changes::default();
-        for (name, state) in &mut self.tenants {
-            let before = changes.records.len();
-            snapshot::take_changes(state, &mut changes.records);
-            if changes.records.len() > before {
+        let mut changed: Vec<(&String, &mut TenantState)> = (self.tenants.iter_mut())
+            .filter(|(_, state)| snapshot::has_changes(state))
+            .collect();
+        if changed.len() < 2 || rayon::current_num_threads() < 2 {
+            for (name, state) in changed {
+                snapshot::take_changes(state, &mut changes.records);
                 changes.tenants.push(name.clone());
             }
+        } else {
+            let per_tenant: Vec<Vec<snapshot::StateRecord>> = changed
+                .par_iter_mut()
+                .map(|(_, state)| {
+                    let mut records = Vec::new();
+                    snapshot::take_changes(state, &mut records);
+                    records
+                })
+                .collect();
+            changes
+                .records
+                .reserve(per_tenant.iter().map(Vec::len).sum());
+            changes.records.extend(per_tenant.into_iter().flatten());
+            changes.tenants = changed.into_iter().map(|(name, _)| name.clone()).collect();
         }
         changes.tenants.sort_unstable();
         changes

@@ -626,6 +626,11 @@ fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     })
 }
 
+/// Whether `state` has changes for [`take_changes`] to write.
+pub(super) fn has_changes(state: &TenantState) -> bool {
+    state.changes.as_ref().is_some_and(|c| !c.is_empty())
+}
+
 /// The records of what changed in `state` since the last call; clears the change set.
 pub(super) fn take_changes(state: &mut TenantState, out: &mut Vec<StateRecord>) {
     let Some(changes) = state.changes.as_mut() else {

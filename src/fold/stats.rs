@@ -1,6 +1,7 @@
 //! Accumulators for the metrics of SPEC 4: sums that can take a value back out, and the
 //! per-window statistics of scored pairs.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 
 use compact_str::CompactString;
@@ -524,15 +525,52 @@ impl Serialize for Shares<'_> {
         use serde::ser::SerializeMap;
         let mut map = serializer.serialize_map(None)?;
         for (key, c) in self.named {
-            if let (Some(share), Some(interval)) = (c.share(), wilson(c.hits, c.n)) {
-                if self.ci {
-                    map.serialize_entry(key, &interval)?;
-                } else {
-                    map.serialize_entry(key, &share)?;
-                }
+            if c.n == 0 {
+                continue;
             }
+            SHARE_TEXT.with_borrow_mut(|texts| {
+                let text = texts.of(*c);
+                map.serialize_entry(key, if self.ci { &text.ci } else { &text.share })
+            })?;
         }
         map.end()
+    }
+}
+
+thread_local! {
+    static SHARE_TEXT: RefCell<ShareTexts> = RefCell::new(ShareTexts::default());
+}
+
+/// The JSON of a share and of its Wilson interval, by (hits, n). A calibration document writes
+/// the same few thousand pairs over and over (every day of every scope, each twice: coverage
+/// and ci), and working out the interval and formatting its three numbers was most of writing
+/// one; the text is the same JSON serde_json writes for the numbers.
+#[derive(Default)]
+struct ShareTexts {
+    texts: rustc_hash::FxHashMap<(u64, u64), ShareText>,
+}
+
+struct ShareText {
+    share: Box<serde_json::value::RawValue>,
+    ci: Box<serde_json::value::RawValue>,
+}
+
+impl ShareTexts {
+    /// Pairs kept per thread before the cache starts again (about 1.5 MB).
+    const MAX: usize = 1 << 14;
+
+    fn of(&mut self, c: Coverage) -> &ShareText {
+        if self.texts.len() >= Self::MAX && !self.texts.contains_key(&(c.hits, c.n)) {
+            self.texts.clear();
+        }
+        self.texts.entry((c.hits, c.n)).or_insert_with(|| {
+            let share = serde_json::value::to_raw_value(&c.share());
+            let ci = serde_json::value::to_raw_value(&wilson(c.hits, c.n));
+            ShareText {
+                share: share.expect("a number serializes"),
+                ci: ci.expect("two numbers serialize"),
+            }
+        })
     }
 }
 
@@ -645,6 +683,33 @@ mod tests {
         let (cov, ci) = c.shares();
         assert!(close(cov["p10_p90"], 0.6));
         assert!(ci["p10_p90"][0] < 0.6 && ci["p10_p90"][1] > 0.6);
+    }
+
+    #[test]
+    fn shares_write_the_numbers_serde_json_writes_also_past_the_cache_bound() {
+        let direct = |c: Coverage, ci: bool| {
+            let text = if ci {
+                serde_json::to_string(&wilson(c.hits, c.n))
+            } else {
+                serde_json::to_string(&c.share())
+            };
+            format!("{{\"p50\":{}}}", text.unwrap())
+        };
+        // More pairs than the cache keeps, each asked for twice.
+        let pairs: Vec<Coverage> = (1..300u64)
+            .flat_map(|n| (0..=n).step_by(2).map(move |hits| Coverage { n, hits }))
+            .collect();
+        assert!(pairs.len() > ShareTexts::MAX);
+        for c in pairs.iter().chain(&pairs) {
+            for ci in [false, true] {
+                let named = [("p50", *c)];
+                let json = serde_json::to_string(&Shares { named: &named, ci }).unwrap();
+                assert_eq!(json, direct(*c, ci), "{c:?}");
+            }
+        }
+        let none = [("p50", Coverage { n: 0, hits: 0 })];
+        let json = serde_json::to_string(&Shares { named: &none, ci: true }).unwrap();
+        assert_eq!(json, "{}");
     }
 
     #[test]
