@@ -114,43 +114,11 @@ impl Engine {
     /// when the engine holds far more tenants than the batch has records: the tenants' states
     /// are found in one pass over all of them, which would then cost more than it saves.
     pub fn apply_batch_parallel(&mut self, events: &[Event], alerts: &mut Vec<Alert>) {
-        let groups = Groups::of(events);
-        if groups.len() < 2
-            || rayon::current_num_threads() < 2
-            || self.tenants.len() > 16 * events.len()
-        {
-            return self.apply_batch(events, alerts);
-        }
-        let shared = &self.shared;
-        for &name in &groups.names {
-            if !self.tenants.contains_key(name) {
-                let state = TenantState::new(name, shared);
-                self.tenants.insert(name.to_owned(), state);
-            }
-        }
-        // One exclusive reference per tenant of the batch, taken from a single pass over the
-        // map (the borrow checker's proof that they are disjoint).
-        let mut states: Vec<Option<&mut TenantState>> = Vec::new();
-        states.resize_with(groups.len(), || None);
-        for (name, state) in self.tenants.iter_mut() {
-            if let Some(&g) = groups.index.get(name.as_str()) {
-                states[g] = Some(state);
-            }
-        }
-        let per_tenant: Vec<Vec<Alert>> = states
-            .into_par_iter()
-            .enumerate()
-            .map(|(g, state)| {
-                let mut out = Vec::new();
-                if let Some(state) = state {
-                    for &i in groups.events(g) {
-                        fold_into(state, shared, &events[i], &mut out);
-                    }
-                }
-                out
-            })
-            .collect();
-        alerts.extend(per_tenant.into_iter().flatten());
+        alerts.extend(
+            apply_batches_parallel(&mut [(self, events)])
+                .into_iter()
+                .flatten(),
+        );
     }
 
     /// Counts a refused record against its tenant, when it named a valid one.
@@ -267,6 +235,86 @@ fn fold_into(state: &mut TenantState, shared: &Shared, event: &Event, alerts: &m
     }
 }
 
+/// Folds several engines' batches (the processor's partitions) on every core of rayon's pool at
+/// once: for each, what [`Engine::apply_batch_parallel`] does, but with one fork and join for
+/// all their tenants instead of one per engine, so a core that finishes one partition's
+/// tenants goes on with another's. Returns each batch's alerts, in the order of `batches`.
+pub fn apply_batches_parallel(batches: &mut [(&mut Engine, &[Event])]) -> Vec<Vec<Alert>> {
+    let mut out: Vec<Vec<Alert>> = batches.iter().map(|_| Vec::new()).collect();
+    let groups: Vec<Groups> = batches
+        .iter()
+        .map(|(_, events)| Groups::of(events))
+        .collect();
+    let parallel = |b: usize| {
+        let (engine, events) = &batches[b];
+        engine.tenants.len() <= 16 * events.len()
+    };
+    let spread: usize = (0..batches.len())
+        .filter(|&b| parallel(b))
+        .map(|b| groups[b].len())
+        .sum();
+    if spread < 2 || rayon::current_num_threads() < 2 {
+        for ((engine, events), alerts) in batches.iter_mut().zip(&mut out) {
+            engine.apply_batch(events, alerts);
+        }
+        return out;
+    }
+    /// One tenant's events of one batch.
+    struct Job<'a> {
+        batch: usize,
+        shared: &'a Shared,
+        state: &'a mut TenantState,
+        events: &'a [Event],
+        order: &'a [usize],
+    }
+    let mut jobs: Vec<Job> = Vec::new();
+    for (b, ((engine, events), groups)) in batches.iter_mut().zip(&groups).enumerate() {
+        if engine.tenants.len() > 16 * events.len() {
+            engine.apply_batch(events, &mut out[b]);
+            continue;
+        }
+        let Engine { shared, tenants } = &mut **engine;
+        for &name in &groups.names {
+            if !tenants.contains_key(name) {
+                tenants.insert(name.to_owned(), TenantState::new(name, shared));
+            }
+        }
+        // One exclusive reference per tenant of the batch, taken from a single pass over the
+        // map (the borrow checker's proof that they are disjoint).
+        let mut states: Vec<Option<&mut TenantState>> = Vec::new();
+        states.resize_with(groups.len(), || None);
+        for (name, state) in tenants.iter_mut() {
+            if let Some(&g) = groups.index.get(name.as_str()) {
+                states[g] = Some(state);
+            }
+        }
+        let shared: &Shared = shared;
+        for (g, state) in states.into_iter().enumerate() {
+            jobs.push(Job {
+                batch: b,
+                shared,
+                state: state.expect("every tenant of the batch was inserted"),
+                events,
+                order: groups.events(g),
+            });
+        }
+    }
+    let per_tenant: Vec<(usize, Vec<Alert>)> = jobs
+        .into_par_iter()
+        .map(|job| {
+            let mut alerts = Vec::new();
+            for &i in job.order {
+                fold_into(job.state, job.shared, &job.events[i], &mut alerts);
+            }
+            (job.batch, alerts)
+        })
+        .collect();
+    for (b, alerts) in per_tenant {
+        out[b].extend(alerts);
+    }
+    out
+}
+
 /// The events of a batch grouped by tenant: tenants in order of first appearance, each tenant's
 /// events in batch order.
 struct Groups<'e> {
@@ -329,6 +377,71 @@ impl<'e> Groups<'e> {
 mod tests {
     use super::*;
     use crate::simulate::{generate_events, Scenario, SimConfig};
+
+    /// Several engines' batches folded together (the processor's partitions) leave each engine
+    /// as folding its batch alone would, with each batch's alerts in the same order; an engine
+    /// with far more tenants than its batch has records is folded on the calling thread.
+    #[test]
+    fn several_engines_fold_together_as_each_alone() {
+        let events = generate_events(&SimConfig {
+            tenants: 60,
+            days: 30,
+            scenario: Scenario::Mixed,
+            ..SimConfig::default()
+        });
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .unwrap();
+        let engine = || Engine::new(FoldConfig::default()).with_changelog();
+        let mut alone: Vec<Engine> = (0..3).map(|_| engine()).collect();
+        let mut together: Vec<Engine> = (0..3).map(|_| engine()).collect();
+        let partition = |e: &Event| e.tenant().bytes().map(usize::from).sum::<usize>() % 3;
+        let json = |alerts: &[Alert]| serde_json::to_string(alerts).unwrap();
+        let (mut alerts, mut small_batches) = (0, 0);
+        // Chunks of uneven sizes; in every third one the first engine gets a single record of
+        // its share, far fewer than the tenants it holds (the calling thread's path), while the
+        // others fold theirs on the pool.
+        for (n, chunk) in events.chunks(701).enumerate() {
+            let mut per: Vec<Vec<Event>> = vec![Vec::new(); 3];
+            for e in chunk {
+                per[partition(e)].push(e.clone());
+            }
+            if n % 3 == 0 {
+                per[0].truncate(1);
+            }
+            let expected: Vec<Vec<Alert>> = (alone.iter_mut().zip(&per))
+                .map(|(engine, batch)| {
+                    let mut out = Vec::new();
+                    engine.apply_batch(batch, &mut out);
+                    out
+                })
+                .collect();
+            small_batches += usize::from(together.iter().enumerate().any(|(p, engine)| {
+                !per[p].is_empty() && engine.len() > 16 * per[p].len()
+            }));
+            let mut batches: Vec<(&mut Engine, &[Event])> = (together.iter_mut().zip(&per))
+                .map(|(engine, batch)| (engine, batch.as_slice()))
+                .collect();
+            let got = pool.install(|| apply_batches_parallel(&mut batches));
+            assert_eq!(got.len(), 3);
+            for (want, got) in expected.iter().zip(&got) {
+                assert_eq!(json(want), json(got));
+                alerts += got.len();
+            }
+            for (a, b) in alone.iter_mut().zip(&mut together) {
+                assert_eq!(a.take_changes().records, b.take_changes().records);
+            }
+        }
+        assert!(alerts > 100, "{alerts} alerts");
+        assert!(small_batches > 0, "the calling thread's path was taken");
+        for (a, b) in alone.iter().zip(&together) {
+            assert_eq!(a.tenants(), b.tenants());
+            for name in a.tenants() {
+                assert_eq!(a.documents(name), b.documents(name));
+            }
+        }
+    }
 
     /// Folding a batch's tenants on several threads leaves the same state and yields the same
     /// alerts, in the same order, as folding them one after the other.

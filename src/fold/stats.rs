@@ -708,7 +708,11 @@ mod tests {
             }
         }
         let none = [("p50", Coverage { n: 0, hits: 0 })];
-        let json = serde_json::to_string(&Shares { named: &none, ci: true }).unwrap();
+        let json = serde_json::to_string(&Shares {
+            named: &none,
+            ci: true,
+        })
+        .unwrap();
         assert_eq!(json, "{}");
     }
 

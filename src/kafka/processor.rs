@@ -41,7 +41,8 @@ use super::{admin, ClientHooks, Guarantee, Settings};
 use crate::alert::Alert;
 use crate::codec::{self, AvroSchemas};
 use crate::event::validate::{RejectKind, Rejection};
-use crate::fold::Engine;
+use crate::event::Event;
+use crate::fold::{self, Engine};
 use crate::metrics::Metrics;
 use crate::storage::{Storage, SyncMode};
 
@@ -264,7 +265,6 @@ struct Pipeline {
     /// Whether the last round started later than `storage_interval` after the one before (the
     /// loop was behind the inputs), for a log line when that changes.
     stretched: bool,
-    alerts: Vec<Alert>,
     summary: RunSummary,
     /// Set on an error the pipeline cannot recover from (a fatal producer error, a restore
     /// that failed). Sticky: from then on nothing is committed (an open transaction is
@@ -448,24 +448,34 @@ impl Pipeline {
         }
         self.note_consumed(&next, &consumed);
         self.decoded = decoded;
-        let mut alerts = std::mem::take(&mut self.alerts);
-        for (partition, events) in &mut events {
-            if events.is_empty() {
-                continue;
-            }
-            let engine = self.engines.get_mut(partition).expect("checked above");
-            if events.len() >= PARALLEL_BATCH {
-                engine.apply_batch_parallel(events, &mut alerts);
-            } else {
-                engine.apply_batch(events, &mut alerts);
-            }
+        // The partitions' events folded together, in partition order; their tenants on every
+        // core when there are enough events.
+        let total: usize = events.values().map(Vec::len).sum();
+        let mut batches: Vec<(&mut Engine, &[Event])> = (self.engines.iter_mut())
+            .filter_map(|(partition, engine)| {
+                let events = events.get(partition).filter(|e| !e.is_empty())?;
+                Some((engine, events.as_slice()))
+            })
+            .collect();
+        let folded: Vec<Vec<Alert>> = if total >= PARALLEL_BATCH {
+            fold::apply_batches_parallel(&mut batches)
+        } else {
+            (batches.iter_mut())
+                .map(|(engine, events)| {
+                    let mut alerts = Vec::new();
+                    engine.apply_batch(events, &mut alerts);
+                    alerts
+                })
+                .collect()
+        };
+        drop(batches);
+        for events in events.values_mut() {
             events.clear();
-            for alert in alerts.drain(..) {
-                self.publish(alert)?;
-            }
         }
-        self.alerts = alerts;
         self.events = events;
+        for alert in folded.into_iter().flatten() {
+            self.publish(alert)?;
+        }
         Ok(())
     }
 
@@ -1307,7 +1317,6 @@ pub fn run(settings: Settings, handles: Handles) -> Result<RunSummary, RunError>
         writer_busy_at_start: Duration::ZERO,
         idle: Duration::ZERO,
         stretched: false,
-        alerts: Vec::new(),
         summary: RunSummary::default(),
         fatal: None,
     });
