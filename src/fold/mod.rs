@@ -263,18 +263,33 @@ pub fn apply_batches_parallel(batches: &mut [(&mut Engine, &[Event])]) -> Vec<Ve
         }
         return out;
     }
-    /// One tenant's events of one batch.
-    struct Job<'a> {
-        batch: usize,
-        shared: &'a Shared,
-        state: &'a mut TenantState,
-        events: &'a [Event],
-        order: &'a [usize],
+    /// What one worker folds: one tenant's events of a batch, or the whole batch of an engine
+    /// that holds far more tenants than the batch has records (finding each tenant's state in
+    /// a pass over all of them would cost more than it saves).
+    enum Job<'a> {
+        Tenant {
+            batch: usize,
+            shared: &'a Shared,
+            state: &'a mut TenantState,
+            events: &'a [Event],
+            order: &'a [usize],
+        },
+        Engine {
+            batch: usize,
+            engine: &'a mut Engine,
+            events: &'a [Event],
+            groups: &'a Groups<'a>,
+        },
     }
     let mut jobs: Vec<Job> = Vec::new();
     for (b, ((engine, events), groups)) in batches.iter_mut().zip(&groups).enumerate() {
         if engine.tenants.len() > 16 * events.len() {
-            engine.apply_grouped(events, groups, &mut out[b]);
+            jobs.push(Job::Engine {
+                batch: b,
+                engine,
+                events,
+                groups,
+            });
             continue;
         }
         let Engine { shared, tenants } = &mut **engine;
@@ -294,7 +309,7 @@ pub fn apply_batches_parallel(batches: &mut [(&mut Engine, &[Event])]) -> Vec<Ve
         }
         let shared: &Shared = shared;
         for (g, state) in states.into_iter().enumerate() {
-            jobs.push(Job {
+            jobs.push(Job::Tenant {
                 batch: b,
                 shared,
                 state: state.expect("every tenant of the batch was inserted"),
@@ -307,10 +322,29 @@ pub fn apply_batches_parallel(batches: &mut [(&mut Engine, &[Event])]) -> Vec<Ve
         .into_par_iter()
         .map(|job| {
             let mut alerts = Vec::new();
-            for &i in job.order {
-                fold_into(job.state, job.shared, &job.events[i], &mut alerts);
+            match job {
+                Job::Tenant {
+                    batch,
+                    shared,
+                    state,
+                    events,
+                    order,
+                } => {
+                    for &i in order {
+                        fold_into(state, shared, &events[i], &mut alerts);
+                    }
+                    (batch, alerts)
+                }
+                Job::Engine {
+                    batch,
+                    engine,
+                    events,
+                    groups,
+                } => {
+                    engine.apply_grouped(events, groups, &mut alerts);
+                    (batch, alerts)
+                }
             }
-            (job.batch, alerts)
         })
         .collect();
     for (b, alerts) in per_tenant {

@@ -556,7 +556,8 @@ struct ShareText {
 }
 
 impl ShareTexts {
-    /// Pairs kept per thread before the cache starts again (about 1.5 MB).
+    /// Pairs kept per thread before the cache starts again (the table and the texts take about
+    /// 3 MB then).
     const MAX: usize = 1 << 14;
 
     fn of(&mut self, c: Coverage) -> &ShareText {
