@@ -418,7 +418,7 @@ mod tests {
 
     /// Several engines' batches folded together (the processor's partitions) leave each engine
     /// as folding its batch alone would, with each batch's alerts in the same order; an engine
-    /// with far more tenants than its batch has records is folded on the calling thread.
+    /// with far more tenants than its batch has records is folded as one job.
     #[test]
     fn several_engines_fold_together_as_each_alone() {
         let events = generate_events(&SimConfig {
@@ -437,9 +437,9 @@ mod tests {
         let partition = |e: &Event| e.tenant().bytes().map(usize::from).sum::<usize>() % 3;
         let json = |alerts: &[Alert]| serde_json::to_string(alerts).unwrap();
         let (mut alerts, mut small_batches) = (0, 0);
-        // Chunks of uneven sizes; in every third one the first engine gets a single record of
-        // its share, far fewer than the tenants it holds (the calling thread's path), while the
-        // others fold theirs on the pool.
+        // In every third chunk the first engine gets a single record of its share, far fewer
+        // than the tenants it holds (folded as one job), while the others' tenants are a job
+        // each.
         for (n, chunk) in events.chunks(701).enumerate() {
             let mut per: Vec<Vec<Event>> = vec![Vec::new(); 3];
             for e in chunk {
@@ -475,7 +475,7 @@ mod tests {
             }
         }
         assert!(alerts > 100, "{alerts} alerts");
-        assert!(small_batches > 0, "the calling thread's path was taken");
+        assert!(small_batches > 0, "an engine was folded as one job");
         for (a, b) in alone.iter().zip(&together) {
             assert_eq!(a.tenants(), b.tenants());
             for name in a.tenants() {

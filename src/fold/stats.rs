@@ -514,7 +514,10 @@ fn static_keys() -> &'static (Vec<String>, Vec<String>) {
 }
 
 /// Serializes the `coverage` map (or with `ci` the `ci` map) of [`CoverageCounts::shares`]
-/// straight from the named counts, in their order, without building the map.
+/// straight from the named counts, in their order, without building the map. The numbers are
+/// written as serde_json's raw JSON text (`ShareTexts`), which is meant for serde_json's
+/// compact writer: a pretty printer would keep an interval on one line, and a format other
+/// than JSON would see strings.
 pub struct Shares<'a> {
     pub named: &'a [(&'static str, Coverage)],
     pub ci: bool,
