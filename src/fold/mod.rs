@@ -249,13 +249,14 @@ pub fn apply_batches_parallel(batches: &mut [(&mut Engine, &[Event])]) -> Vec<Ve
         .iter()
         .map(|(_, events)| Groups::of(events))
         .collect();
-    let parallel = |b: usize| {
-        let (engine, events) = &batches[b];
-        engine.tenants.len() <= 16 * events.len()
-    };
-    let spread: usize = (0..batches.len())
-        .filter(|&b| parallel(b))
-        .map(|b| groups[b].len())
+    // An engine with far more tenants than its batch has records folds as one job: finding each
+    // tenant's state in a pass over all of them would cost more than it saves.
+    let whole: Vec<bool> = (batches.iter())
+        .map(|(engine, events)| engine.tenants.len() > 16 * events.len())
+        .collect();
+    let spread: usize = (groups.iter().zip(&whole))
+        .filter(|(_, &whole)| !whole)
+        .map(|(groups, _)| groups.len())
         .sum();
     if spread < 2 || rayon::current_num_threads() < 2 {
         for (((engine, events), groups), alerts) in batches.iter_mut().zip(&groups).zip(&mut out) {
@@ -263,9 +264,7 @@ pub fn apply_batches_parallel(batches: &mut [(&mut Engine, &[Event])]) -> Vec<Ve
         }
         return out;
     }
-    /// What one worker folds: one tenant's events of a batch, or the whole batch of an engine
-    /// that holds far more tenants than the batch has records (finding each tenant's state in
-    /// a pass over all of them would cost more than it saves).
+    /// What one worker folds: one tenant's events of a batch, or the whole batch of an engine.
     enum Job<'a> {
         Tenant {
             batch: usize,
@@ -283,7 +282,7 @@ pub fn apply_batches_parallel(batches: &mut [(&mut Engine, &[Event])]) -> Vec<Ve
     }
     let mut jobs: Vec<Job> = Vec::new();
     for (b, ((engine, events), groups)) in batches.iter_mut().zip(&groups).enumerate() {
-        if engine.tenants.len() > 16 * events.len() {
+        if whole[b] {
             jobs.push(Job::Engine {
                 batch: b,
                 engine,
