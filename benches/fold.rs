@@ -4,6 +4,8 @@
 //!   65,536 as `feedback fold` takes them (the pure core).
 //! - `fold/end_to_end`: `feedback fold` as a library call: read a JSONL file, decode, validate,
 //!   fold, write the storage documents and the alerts.
+//! - `drift/feature_importances`: the history's feature-importance events alone, pre-decoded
+//!   (the drift figures and PSI of SPEC 4).
 //!
 //! The history comes from the seeded simulator: `BENCH_TENANTS` tenants (default 1000) over
 //! `BENCH_DAYS` days (default 550, about 5 million records), 3 channels, 2 campaigns, mixed
@@ -67,6 +69,29 @@ fn bench(c: &mut Criterion) {
         lines,
         sim().tenants
     );
+
+    // The drift of SPEC 4 alone: the history's feature-importance events, one tenant after
+    // another as the fold takes a batch (a baseline pool sorted or merged per key feature).
+    let importances: Vec<Event> = (events.iter())
+        .filter(|e| matches!(e, Event::FeatureImportance(_)))
+        .cloned()
+        .collect();
+    let mut drift = c.benchmark_group("drift");
+    drift.sample_size(10);
+    drift.throughput(Throughput::Elements(importances.len() as u64));
+    drift.bench_function("feature_importances", |b| {
+        b.iter_batched(
+            || Engine::new(FoldConfig::default()),
+            |mut engine| {
+                let mut alerts = Vec::new();
+                engine.apply_batch(&importances, &mut alerts);
+                engine
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    drift.finish();
+    drop(importances);
 
     let mut group = c.benchmark_group("fold");
     group.sample_size(10);
