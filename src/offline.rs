@@ -421,17 +421,46 @@ fn fold_batch(
 ) -> Result<(), OfflineError> {
     let mut alerts: Vec<Alert> = Vec::new();
     engine.apply_batch_parallel(batch, &mut alerts);
-    batch.clear();
+    // The batch's events dropped, and its alerts' JSON lines written, on every core: on this
+    // thread alone they kept one core idle between batches (5% of the run's samples).
+    batch.par_drain(..).for_each(drop);
     for alert in &alerts {
         summary.alerts += 1;
         *summary
             .alerts_by_type
             .entry(alert.kind.to_string())
             .or_default() += 1;
-        write_line(&mut outputs.alerts, alert)?;
+    }
+    let Some((path, w)) = &mut outputs.alerts else {
+        return Ok(());
+    };
+    let lines: Vec<Vec<u8>> = alerts
+        .par_chunks(ALERTS_PER_JOB)
+        .map(|alerts| {
+            let mut lines = Vec::new();
+            for alert in alerts {
+                serde_json::to_writer(&mut lines, alert)?;
+                lines.push(b'\n');
+            }
+            Ok(lines)
+        })
+        .collect::<Result<_, serde_json::Error>>()
+        .map_err(|e| OfflineError::WriteOutput {
+            path: path.clone(),
+            source: e.into(),
+        })?;
+    for lines in &lines {
+        w.write_all(lines)
+            .map_err(|source| OfflineError::WriteOutput {
+                path: path.clone(),
+                source,
+            })?;
     }
     Ok(())
 }
+
+/// Alerts written to JSON lines by one job of the pool.
+const ALERTS_PER_JOB: usize = 256;
 
 /// The fast path for the plainest line, `{"topic":"NAME","payload":{...}}` with nothing else
 /// (what `feedback simulate` writes): the payload is decoded where it lies, without first
