@@ -71,7 +71,7 @@ fn bench(c: &mut Criterion) {
     );
 
     // The drift of SPEC 4 alone: the history's feature-importance events, one tenant after
-    // another as the fold takes a batch (a baseline pool sorted or merged per key feature).
+    // another as the fold takes a batch (a pooled baseline per key feature).
     let importances: Vec<Event> = (events.iter())
         .filter(|e| matches!(e, Event::FeatureImportance(_)))
         .cloned()

@@ -52,8 +52,8 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_IN_FLIGHT: Duration = Duration::from_secs(2);
 /// How many outputs may wait for the next transaction before the loop waits for the commit.
 const MAX_BACKLOG: usize = 50_000;
-/// The most of a core's time the documents (computed on the loop, written on the writer thread)
-/// may take while the loop is behind the inputs.
+/// The most of a core's time the documents (computed by the loop on rayon's workers, written on
+/// the writer thread) may take while the loop is behind the inputs.
 const DOCUMENTS_SHARE: f64 = 0.1;
 
 /// The most records polled and folded together: enough that a tenant's records fold together
@@ -1139,7 +1139,9 @@ impl Pipeline {
                 self.documents_due.clear();
                 return;
             }
-            self.round_busy += slice_started.elapsed();
+            // The slice's cores' time, not its wall time: the budget is of a core.
+            let cores = take.min(rayon::current_num_threads()).max(1) as u32;
+            self.round_busy += slice_started.elapsed() * cores;
         }
         if now {
             self.documents.flush();
