@@ -517,8 +517,8 @@ struct FeaturePsi {
 }
 
 /// The pooled baseline of a key feature: the union of the sorted runs the previous events kept,
-/// read as one sorted sequence without laying it out (sorting the pool was the largest single
-/// item of `feedback fold`'s wall time). The runs are merged pairwise until at most two sorted
+/// read as one sorted sequence without laying it out (sorting the pool was one of the largest
+/// items of `feedback fold`'s wall time). The runs are merged pairwise until at most two sorted
 /// halves remain (none to merge for one or two runs); an order statistic is found by a binary
 /// search over how many values the first half gives, and a count below an edge is the halves'
 /// counts. The values read are those of the sorted pool (values equal in the total order have
