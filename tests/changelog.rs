@@ -621,6 +621,96 @@ fn a_format5_changelog_is_restored_then_each_plan_written_in_one_record() {
     );
 }
 
+/// The changelog that format 6 (a plan's lines, a date's outcome reports and a baseline
+/// event's samples as plain doubles, commit 6699028) wrote for `events_of(2, 15)` taken every
+/// 97 events.
+fn format6_log() -> Compacted {
+    fixture_log(include_str!("fixtures/changelog-format6.jsonl"), "format6")
+}
+
+/// The bytes of the records of each kind: (plan lines, days, baseline events).
+fn float_bytes(log: &Compacted) -> (usize, usize, usize) {
+    let mut bytes = (0, 0, 0);
+    for (k, v) in &log.0 {
+        let n = v.as_ref().map_or(0, Vec::len);
+        match StateKey::parse(k) {
+            Some(StateKey::PlanLines { .. }) => bytes.0 += n,
+            Some(StateKey::Day { .. }) => bytes.1 += n,
+            Some(StateKey::DriftEvent { .. }) => bytes.2 += n,
+            _ => {}
+        }
+    }
+    bytes
+}
+
+#[test]
+fn a_format6_changelog_is_restored_and_its_records_rewritten_as_decimals_when_they_change() {
+    let mut plain = Engine::new(FoldConfig::default());
+    let history = events_of(2, 15);
+    for e in &history {
+        plain.apply(e, &mut Vec::new());
+    }
+    let mut log = format6_log();
+    let tag = |log: &Compacted, key: &str| u32::from(log.0[key].as_ref().unwrap()[0]);
+    assert!(log.0.keys().all(|k| tag(&log, k) == 6));
+    let mut restored = log.restore(FoldConfig::default());
+    assert_eq!(documents(&restored), documents(&plain));
+    let mut json = Compacted::default();
+    for (k, v) in &log.0 {
+        let text = readable(k, v.as_ref().unwrap()).unwrap();
+        assert!(text.contains("\"v\":6"), "{text}");
+        json.0.insert(k.clone(), Some(text.into_bytes()));
+    }
+    assert_eq!(
+        documents(&json.restore(FoldConfig::default())),
+        documents(&plain)
+    );
+    // A restore rewrites nothing (format 6 is read as it is)...
+    assert_eq!(log.take(&mut restored), 0);
+
+    // ...and what changes next is written in this format, which reads back the same; folding
+    // on gives what folding on without a break gives.
+    let later = events_of(2, 30);
+    for e in &later[history.len()..] {
+        restored.apply(e, &mut Vec::new());
+        plain.apply(e, &mut Vec::new());
+    }
+    log.take(&mut restored);
+    assert!(log.0.keys().any(|k| tag(&log, k) == 6));
+    assert!(log.0.keys().any(|k| tag(&log, k) == FORMAT_VERSION));
+    assert_eq!(documents(&restored), documents(&plain));
+    assert_eq!(
+        documents(&log.restore(FoldConfig::default())),
+        documents(&plain)
+    );
+
+    // The same history written in this format takes far fewer bytes: lines, outcome reports
+    // and samples are short decimals.
+    let mut engine = Engine::new(FoldConfig::default()).with_changelog();
+    let mut now = Compacted::default();
+    for part in history.chunks(97) {
+        for e in part {
+            engine.apply(e, &mut Vec::new());
+        }
+        now.take(&mut engine);
+    }
+    assert_eq!(
+        documents(&now.restore(FoldConfig::default())),
+        documents(&engine)
+    );
+    let (before, after) = (float_bytes(&format6_log()), float_bytes(&now));
+    // (41,346, 8,260, 19,768) bytes -> (21,906, 5,863, 3,553) when this was written.
+    assert!(
+        after.0 * 10 < before.0 * 6,
+        "plan lines {before:?} -> {after:?}"
+    );
+    assert!(after.1 * 10 < before.1 * 8, "days {before:?} -> {after:?}");
+    assert!(
+        after.2 * 4 < before.2,
+        "baseline events {before:?} -> {after:?}"
+    );
+}
+
 #[test]
 fn a_batch_cut_short_after_a_new_history_entry_still_restores() {
     // At-least-once: a batch can end anywhere. Cut one right after a feature-importance
@@ -706,9 +796,9 @@ fn binary_records_are_refused_when_cut_short_or_of_an_unknown_tag() {
     assert!(err.contains("state record"), "{err}");
     let err = restore_converted(|_, v| {
         let mut v = v.to_vec();
-        v[0] = 7;
+        v[0] = 8;
         v
     })
     .unwrap_err();
-    assert!(err.contains("format version 7"), "{err}");
+    assert!(err.contains("format version 8"), "{err}");
 }

@@ -392,6 +392,27 @@ pub(crate) struct KeptEvent {
 }
 
 impl KeptEvent {
+    /// The event's importance shares, by feature.
+    pub(crate) fn shares(&self) -> &BTreeMap<String, f64> {
+        &self.shares
+    }
+
+    /// The event's kept samples (sorted, thinned), by feature.
+    pub(crate) fn order_statistics(&self) -> &BTreeMap<String, Vec<f64>> {
+        &self.order_statistics
+    }
+
+    /// The event that kept these shares and samples.
+    pub(crate) fn from_parts(
+        shares: BTreeMap<String, f64>,
+        order_statistics: BTreeMap<String, Vec<f64>>,
+    ) -> Self {
+        KeptEvent {
+            shares,
+            order_statistics,
+        }
+    }
+
     fn new(event: &FeatureImportance, max_order_statistics: usize) -> Self {
         KeptEvent {
             shares: shares(&event.importances),

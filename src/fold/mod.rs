@@ -5,6 +5,7 @@
 //! offline `fold` command both drive the same [`Engine`].
 
 pub mod config;
+mod decimals;
 pub mod drift;
 mod intern;
 pub mod report;

@@ -31,20 +31,22 @@
 //! keeps them. The channel totals are stored with their compensation term, so a restored
 //! tenant publishes the same figures to the last bit.
 //!
-//! Values are binary (postcard) behind a one-byte format tag (6): as JSON their encoding was a
-//! third of the processor's loop. Records of earlier builds are still read, so a changelog
-//! written by one is restored as it is: values that start with `{` are the JSON of format 1;
-//! format 2 kept the drift baseline whole in `{tenant}/drift`, formats 1 to 3 a date's reports
-//! and all its lines in `{tenant}/day/{date}`, formats 1 to 4 the whole drift history in
-//! `{tenant}/drift` (rewritten with every feature-importance event, it was a tenth of the
-//! processor's loop) and every plan in the head (which grew by a plan a week and was rewritten
-//! with every change of the tenant), formats 4 and 5 a plan's lines per date, and heads before
-//! format 6 no cutoff. Such a record is rewritten in this format when what it holds next
-//! changes; the first commit after the restore rewrites the heads and drift records of formats
-//! 1 to 4, every whole day (formats 1 to 3) and every plan whose lines were kept per date
-//! (formats 4 and 5), and deletes those per-date records. A record of an unknown version is
-//! refused instead of being misread. [`readable`] renders any value as
-//! JSON for people.
+//! Values are binary (postcard) behind a one-byte format tag (7): as JSON their encoding was a
+//! third of the processor's loop. The floats that come from the inputs (spend, revenue,
+//! quantile values, feature samples) are written as the decimals they are
+//! ([`super::decimals`]): as plain doubles (format 6) they were most of the changelog's bytes.
+//! Records of earlier builds are still read, so a changelog written by one is restored as it
+//! is: values that start with `{` are the JSON of format 1; format 2 kept the drift baseline
+//! whole in `{tenant}/drift`, formats 1 to 3 a date's reports and all its lines in
+//! `{tenant}/day/{date}`, formats 1 to 4 the whole drift history in `{tenant}/drift` (rewritten
+//! with every feature-importance event, it was a tenth of the processor's loop) and every plan
+//! in the head (which grew by a plan a week and was rewritten with every change of the tenant),
+//! formats 4 and 5 a plan's lines per date, heads before format 6 no cutoff, and formats before
+//! 7 plain doubles. Such a record is rewritten in this format when what it holds next changes;
+//! the first commit after the restore rewrites the heads and drift records of formats 1 to 4,
+//! every whole day (formats 1 to 3) and every plan whose lines were kept per date (formats 4
+//! and 5), and deletes those per-date records. A record of an unknown version is refused
+//! instead of being misread. [`readable`] renders any value as JSON for people.
 //!
 //! Architecture Invariant: like the rest of `fold`, this is pure data to bytes and back. Where
 //! the records go is the processor's business.
@@ -56,6 +58,7 @@ use rustc_hash::FxHashSet;
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 
+use super::decimals::{Decimal, Decimals, DecimalsRef};
 use super::drift::{DriftState, KeptEvent};
 use super::rules::{CalStatus, DriftEntry};
 use super::stats::Sum;
@@ -65,8 +68,8 @@ use super::tenant::{
 };
 use crate::alert::AlertType;
 
-/// The format of the records this code writes: postcard behind the tag byte `6`.
-pub const FORMAT_VERSION: u32 = 6;
+/// The format of the records this code writes: postcard behind the tag byte `7`.
+pub const FORMAT_VERSION: u32 = 7;
 
 /// Binary formats of earlier builds, still read (postcard behind the tag byte): format 2 kept
 /// the drift baseline whole in `{tenant}/drift`, formats 2 and 3 a date's outcome reports and
@@ -78,21 +81,45 @@ const WHOLE_HISTORY_VERSION: u32 = 4;
 /// Format 5 kept each date's lines of a plan in `{tenant}/day/{date}/{plan}`, and its head
 /// named no cutoff; its other records are this format's.
 const PLAN_DAYS_VERSION: u32 = 5;
+/// Format 6 wrote a plan's lines, a date's outcome reports and a baseline event's samples as
+/// plain doubles; its other records are this format's.
+const PLAIN_FLOATS_VERSION: u32 = 6;
 
-/// The versions of a baseline event record, of a drift record holding its history, of a whole
-/// day, of a date's actuals, of a date's lines of one plan, and of the records formats 5 and 6
-/// share (a plan, the drift record, a history entry).
+/// The versions of a baseline event record with plain samples, of a drift record holding its
+/// history, of a whole day, of a date's actuals with plain floats, of a date's lines of one
+/// plan, of the records formats 5 to 7 share (a plan, the drift record, a history entry), and
+/// of a head with a cutoff.
+const PLAIN_DRIFT_EVENT: &[u32] = &[
+    WHOLE_DAY_VERSION,
+    WHOLE_HISTORY_VERSION,
+    PLAN_DAYS_VERSION,
+    PLAIN_FLOATS_VERSION,
+];
+const WHOLE_HISTORY: &[u32] = &[WHOLE_DAY_VERSION, WHOLE_HISTORY_VERSION];
+const WHOLE_DAY: &[u32] = &[JSON_VERSION, WHOLE_DRIFT_VERSION, WHOLE_DAY_VERSION];
+const PLAIN_ACTUALS: &[u32] = &[
+    WHOLE_HISTORY_VERSION,
+    PLAN_DAYS_VERSION,
+    PLAIN_FLOATS_VERSION,
+];
+const PLAN_DAY: &[u32] = &[WHOLE_HISTORY_VERSION, PLAN_DAYS_VERSION];
+const SINCE_5: &[u32] = &[PLAN_DAYS_VERSION, PLAIN_FLOATS_VERSION, FORMAT_VERSION];
+const SINCE_6: &[u32] = &[PLAIN_FLOATS_VERSION, FORMAT_VERSION];
+/// The versions of a drift record whose baseline events are records of their own, and of a
+/// date's record holding only its actuals.
 const SPLIT_DRIFT: &[u32] = &[
     WHOLE_DAY_VERSION,
     WHOLE_HISTORY_VERSION,
     PLAN_DAYS_VERSION,
+    PLAIN_FLOATS_VERSION,
     FORMAT_VERSION,
 ];
-const WHOLE_HISTORY: &[u32] = &[WHOLE_DAY_VERSION, WHOLE_HISTORY_VERSION];
-const WHOLE_DAY: &[u32] = &[JSON_VERSION, WHOLE_DRIFT_VERSION, WHOLE_DAY_VERSION];
-const SPLIT_DAY: &[u32] = &[WHOLE_HISTORY_VERSION, PLAN_DAYS_VERSION, FORMAT_VERSION];
-const PLAN_DAY: &[u32] = &[WHOLE_HISTORY_VERSION, PLAN_DAYS_VERSION];
-const SINCE_5: &[u32] = &[PLAN_DAYS_VERSION, FORMAT_VERSION];
+const SPLIT_DAY: &[u32] = &[
+    WHOLE_HISTORY_VERSION,
+    PLAN_DAYS_VERSION,
+    PLAIN_FLOATS_VERSION,
+    FORMAT_VERSION,
+];
 
 /// The format of earlier builds, still read: JSON objects with `"v": 1`.
 const JSON_VERSION: u32 = 1;
@@ -534,32 +561,46 @@ struct DriftHistoryRef<'a> {
     entry: &'a DriftEntry,
 }
 
-/// `{tenant}/drift/{n}`: one event of the baseline.
+/// `{tenant}/drift/{n}`: one event of the baseline; `E` is [`KeptEvent`] (its samples as plain
+/// doubles) in formats 3 to 6.
 #[derive(Serialize, Deserialize)]
-struct DriftEventRecord {
+struct DriftEventRecord<E = KeptEventRecord> {
     v: u32,
-    event: KeptEvent,
+    event: E,
+}
+
+/// A baseline event as this format keeps it: its shares, and its sorted samples as decimals.
+#[derive(Serialize, Deserialize)]
+struct KeptEventRecord {
+    shares: BTreeMap<String, f64>,
+    order_statistics: BTreeMap<String, Decimals>,
+}
+
+#[derive(Serialize)]
+struct KeptEventRef<'a> {
+    shares: &'a BTreeMap<String, f64>,
+    order_statistics: BTreeMap<&'a str, DecimalsRef<'a>>,
 }
 
 #[derive(Serialize)]
 struct DriftEventRef<'a> {
     v: u32,
-    event: &'a KeptEvent,
+    event: KeptEventRef<'a>,
 }
 
 #[derive(Serialize, Deserialize)]
 struct DayRecord {
     v: u32,
-    cells: Vec<CellRecord>,
+    cells: Vec<PlainCellRecord>,
     channels: Vec<ChannelRecord>,
 }
 
 /// `{tenant}/day/{date}` of this format: the date's outcome reports and channel totals (every
-/// channel the date has, lines or not).
+/// channel the date has, lines or not); `C` is [`PlainCellRecord`] in formats 4 to 6.
 #[derive(Serialize, Deserialize)]
-struct ActualsRecord {
+struct ActualsRecord<C = CellRecord> {
     v: u32,
-    cells: Vec<CellRecord>,
+    cells: Vec<C>,
     totals: Vec<(u32, TotalRecord)>,
 }
 
@@ -568,27 +609,68 @@ struct ActualsRecord {
 #[derive(Serialize, Deserialize)]
 struct PlanDayRecord {
     v: u32,
-    channels: ChannelLines,
+    channels: LinesOf<PlainLineRecord>,
 }
 
-/// `{tenant}/plan/{n}/lines`: the plan's lines, by date (ascending) and channel.
+/// `{tenant}/plan/{n}/lines`: the plan's lines, by date (ascending) and channel; `L` is
+/// [`PlainLineRecord`] in format 6.
 #[derive(Serialize, Deserialize)]
-struct PlanLinesRecord {
+struct PlanLinesRecord<L = PlanLineRecord> {
     v: u32,
-    days: Vec<(NaiveDate, ChannelLines)>,
+    days: Vec<(NaiveDate, LinesOf<L>)>,
 }
 
 /// One plan's lines of a date: (channel, lines), ascending by channel.
-type ChannelLines = Vec<(u32, Vec<PlanLineRecord>)>;
+type LinesOf<L> = Vec<(u32, Vec<L>)>;
+
+type ChannelLines = LinesOf<PlanLineRecord>;
 
 /// (campaign, horizon, level set, records, planned spend, quantile values).
-type PlanLineRecord = (u32, u32, u32, u32, Option<f64>, Vec<f64>);
+type LineOf<F, V> = (u32, u32, u32, u32, Option<F>, V);
+type PlanLineRecord = LineOf<Decimal, Decimals>;
+
+/// A [`PlanLineRecord`] with plain doubles (formats 4 to 6).
+type PlainLineRecord = LineOf<f64, Vec<f64>>;
+
+fn from_plain_lines(channels: LinesOf<PlainLineRecord>) -> ChannelLines {
+    (channels.into_iter())
+        .map(|(channel, lines)| {
+            let lines = (lines.into_iter())
+                .map(|(c, h, l, r, spend, values)| {
+                    (c, h, l, r, spend.map(Decimal), Decimals(values))
+                })
+                .collect();
+            (channel, lines)
+        })
+        .collect()
+}
 
 /// (revenue hi, revenue lo, spend hi, spend lo, cells).
 type TotalRecord = (f64, f64, f64, f64, u32);
 
 /// (channel, campaign, reports as (source, records, seq, spend, revenue)).
-type CellRecord = (u32, u32, Vec<(u32, u32, u64, f64, f64)>);
+type CellOf<F> = (u32, u32, Vec<(u32, u32, u64, F, F)>);
+type CellRecord = CellOf<Decimal>;
+
+/// A [`CellRecord`] with plain doubles (formats 1 to 6).
+type PlainCellRecord = CellOf<f64>;
+
+/// A float of a record: a plain double (formats 1 to 6) or a [`Decimal`].
+trait Float: Copy {
+    fn get(self) -> f64;
+}
+
+impl Float for f64 {
+    fn get(self) -> f64 {
+        self
+    }
+}
+
+impl Float for Decimal {
+    fn get(self) -> f64 {
+        self.0
+    }
+}
 
 /// (channel, total as (revenue hi, revenue lo, spend hi, spend lo, cells), lines).
 type ChannelRecord = (u32, (f64, f64, f64, f64, u32), Vec<LineRecord>);
@@ -735,7 +817,12 @@ fn records(state: &TenantState, changes: ChangeSet, out: &mut Vec<StateRecord>) 
                 key: drift_event_key(&state.name, seq),
                 value: Some(encode(&DriftEventRef {
                     v: FORMAT_VERSION,
-                    event,
+                    event: KeptEventRef {
+                        shares: event.shares(),
+                        order_statistics: (event.order_statistics().iter())
+                            .map(|(f, v)| (f.as_str(), DecimalsRef(v)))
+                            .collect(),
+                    },
                 })),
             });
         }
@@ -862,7 +949,10 @@ fn actuals_record(data: &DayData) -> ActualsRecord {
             let reports = cell
                 .reports
                 .iter()
-                .map(|r| (r.source, r.records, r.seq, r.spend, r.revenue))
+                .map(|r| {
+                    let (spend, revenue) = (Decimal(r.spend), Decimal(r.revenue));
+                    (r.source, r.records, r.seq, spend, revenue)
+                })
                 .collect();
             (channel, campaign, reports)
         })
@@ -901,14 +991,14 @@ fn plan_lines_record(state: &TenantState, plan: u32) -> Option<PlanLinesRecord> 
                     .iter()
                     .filter(|l| l.plan == plan)
                     .map(|l| {
-                        let spend = (!l.spend.is_nan()).then_some(l.spend);
+                        let spend = (!l.spend.is_nan()).then_some(Decimal(l.spend));
                         (
                             l.campaign,
                             l.horizon,
                             l.levels,
                             l.records,
                             spend,
-                            l.values.to_vec(),
+                            Decimals(l.values.to_vec()),
                         )
                     })
                     .collect();
@@ -1015,14 +1105,29 @@ versioned!(
     PlanEntryRecord,
     DayRecord,
     DriftRecord,
-    ActualsRecord,
     PlanDayRecord,
-    PlanLinesRecord,
     DriftHeadWithHistory,
     DriftHead,
-    DriftEventRecord,
     DriftHistoryRecord
 );
+
+impl<C> Versioned for ActualsRecord<C> {
+    fn version(&self) -> u32 {
+        self.v
+    }
+}
+
+impl<L> Versioned for PlanLinesRecord<L> {
+    fn version(&self) -> u32 {
+        self.v
+    }
+}
+
+impl<E> Versioned for DriftEventRecord<E> {
+    fn version(&self) -> u32 {
+        self.v
+    }
+}
 
 /// The versions of a head record with its plans inside: it did not change from format 1 to 4.
 const HEAD_WITH_PLANS: &[u32] = &[
@@ -1038,7 +1143,7 @@ fn unknown_version(key: &str, v: impl std::fmt::Display) -> SnapshotError {
         format!(
             "format version {v}, this build reads versions {JSON_VERSION} (JSON), \
              {WHOLE_DRIFT_VERSION}, {WHOLE_DAY_VERSION}, {WHOLE_HISTORY_VERSION}, \
-             {PLAN_DAYS_VERSION} and {FORMAT_VERSION}"
+             {PLAN_DAYS_VERSION}, {PLAIN_FLOATS_VERSION} and {FORMAT_VERSION}"
         ),
     )
 }
@@ -1111,8 +1216,8 @@ pub fn readable(key: &str, value: &[u8]) -> Result<String, SnapshotError> {
     }
     let this = &[FORMAT_VERSION];
     match StateKey::parse(key).ok_or_else(|| invalid(key, "not a state key"))? {
-        StateKey::Head { .. } if version_of(key, value)? == FORMAT_VERSION => {
-            json(key, value, this, |_: &mut Head| {})
+        StateKey::Head { .. } if SINCE_6.contains(&version_of(key, value)?) => {
+            json(key, value, SINCE_6, |_: &mut Head| {})
         }
         StateKey::Head { .. } if version_of(key, value)? == PLAN_DAYS_VERSION => json(
             key,
@@ -1124,9 +1229,21 @@ pub fn readable(key: &str, value: &[u8]) -> Result<String, SnapshotError> {
             r.v = JSON_VERSION
         }),
         StateKey::Plan { .. } => json(key, value, SINCE_5, |_: &mut PlanEntryRecord| {}),
+        StateKey::PlanLines { .. } if version_of(key, value)? == PLAIN_FLOATS_VERSION => json(
+            key,
+            value,
+            &[PLAIN_FLOATS_VERSION],
+            |_: &mut PlanLinesRecord<PlainLineRecord>| {},
+        ),
         StateKey::PlanLines { .. } => json(key, value, this, |_: &mut PlanLinesRecord| {}),
-        StateKey::Day { .. } if SPLIT_DAY.contains(&version_of(key, value)?) => {
-            json(key, value, SPLIT_DAY, |_: &mut ActualsRecord| {})
+        StateKey::Day { .. } if PLAIN_ACTUALS.contains(&version_of(key, value)?) => json(
+            key,
+            value,
+            PLAIN_ACTUALS,
+            |_: &mut ActualsRecord<PlainCellRecord>| {},
+        ),
+        StateKey::Day { .. } if version_of(key, value)? == FORMAT_VERSION => {
+            json(key, value, this, |_: &mut ActualsRecord| {})
         }
         StateKey::Day { .. } => json(key, value, WHOLE_DAY, |r: &mut DayRecord| {
             r.v = JSON_VERSION
@@ -1144,7 +1261,15 @@ pub fn readable(key: &str, value: &[u8]) -> Result<String, SnapshotError> {
             &[JSON_VERSION, WHOLE_DRIFT_VERSION],
             |r: &mut DriftRecord| r.v = JSON_VERSION,
         ),
-        StateKey::DriftEvent { .. } => json(key, value, SPLIT_DRIFT, |_: &mut DriftEventRecord| {}),
+        StateKey::DriftEvent { .. } if PLAIN_DRIFT_EVENT.contains(&version_of(key, value)?) => {
+            json(
+                key,
+                value,
+                PLAIN_DRIFT_EVENT,
+                |_: &mut DriftEventRecord<KeptEvent>| {},
+            )
+        }
+        StateKey::DriftEvent { .. } => json(key, value, this, |_: &mut DriftEventRecord| {}),
         StateKey::DriftHistory { .. } => json(key, value, SINCE_5, |_: &mut DriftHistoryRecord| {}),
     }
 }
@@ -1162,8 +1287,8 @@ pub(super) fn restore(
     let hk = head_key(name);
     let version = version_of(&hk, head_bytes)?;
     let (head, plans) = if SINCE_5.contains(&version) {
-        let head = if version == FORMAT_VERSION {
-            parse::<Head>(&hk, head_bytes, &[FORMAT_VERSION])?
+        let head = if SINCE_6.contains(&version) {
+            parse::<Head>(&hk, head_bytes, SINCE_6)?
         } else {
             parse::<HeadWithoutCutoff>(&hk, head_bytes, &[PLAN_DAYS_VERSION])?.with_cutoff()
         };
@@ -1245,7 +1370,18 @@ pub(super) fn restore(
     let mut plan_lines: BTreeMap<NaiveDate, Vec<(u32, ChannelLines)>> = BTreeMap::new();
     for (&plan, bytes) in &records.plan_lines {
         let key = plan_lines_key(name, plan);
-        let record: PlanLinesRecord = parse(&key, bytes, &[FORMAT_VERSION])?;
+        let record: PlanLinesRecord = if version_of(&key, bytes)? == PLAIN_FLOATS_VERSION {
+            let plain: PlanLinesRecord<PlainLineRecord> =
+                parse(&key, bytes, &[PLAIN_FLOATS_VERSION])?;
+            PlanLinesRecord {
+                v: plain.v,
+                days: (plain.days.into_iter())
+                    .map(|(date, channels)| (date, from_plain_lines(channels)))
+                    .collect(),
+            }
+        } else {
+            parse(&key, bytes, &[FORMAT_VERSION])?
+        };
         let mut kept = false;
         for (date, channels) in record.days {
             if expired_before.is_none_or(|cutoff| day_of(date) >= cutoff) {
@@ -1305,9 +1441,15 @@ pub(super) fn restore(
             actuals => {
                 let mut data = DayData::default();
                 if let Some(bytes) = actuals {
-                    let record: ActualsRecord = parse(&key, bytes, SPLIT_DAY)?;
-                    actuals_into(&mut data, &record, &ids)
-                        .map_err(|reason| invalid(&key, reason))?;
+                    if PLAIN_ACTUALS.contains(&version_of(&key, bytes)?) {
+                        let record: ActualsRecord<PlainCellRecord> =
+                            parse(&key, bytes, PLAIN_ACTUALS)?;
+                        actuals_into(&mut data, &record, &ids)
+                    } else {
+                        let record: ActualsRecord = parse(&key, bytes, &[FORMAT_VERSION])?;
+                        actuals_into(&mut data, &record, &ids)
+                    }
+                    .map_err(|reason| invalid(&key, reason))?;
                 }
                 for (&(_, plan), bytes) in per_date {
                     if records.plan_lines.contains_key(&plan) {
@@ -1422,8 +1564,15 @@ pub(super) fn restore(
                     .drift_events
                     .get(&seq)
                     .ok_or_else(|| invalid(&event_key, "missing; the drift record names it"))?;
-                let e: DriftEventRecord = parse(&event_key, bytes, SPLIT_DRIFT)?;
-                baseline.push(e.event);
+                let event = if PLAIN_DRIFT_EVENT.contains(&version_of(&event_key, bytes)?) {
+                    parse::<DriftEventRecord<KeptEvent>>(&event_key, bytes, PLAIN_DRIFT_EVENT)?
+                        .event
+                } else {
+                    let e: DriftEventRecord = parse(&event_key, bytes, &[FORMAT_VERSION])?;
+                    let samples = e.event.order_statistics.into_iter();
+                    KeptEvent::from_parts(e.event.shares, samples.map(|(f, v)| (f, v.0)).collect())
+                };
+                baseline.push(event);
             }
             state.drift = DriftState::from_kept(baseline, seen).expect("first <= seen");
             // Events older than the baseline (a batch cut short before their tombstones) are
@@ -1558,7 +1707,11 @@ fn day_data(record: &DayRecord, ids: &Ids, shared: &Shared) -> Result<DayData, S
 }
 
 /// The outcome reports and channel totals of a date, into `data`.
-fn actuals_into(data: &mut DayData, record: &ActualsRecord, ids: &Ids) -> Result<(), String> {
+fn actuals_into<F: Float>(
+    data: &mut DayData,
+    record: &ActualsRecord<CellOf<F>>,
+    ids: &Ids,
+) -> Result<(), String> {
     cells_into(data, &record.cells, ids)?;
     for (channel, total) in &record.totals {
         if *channel >= ids.channels {
@@ -1570,10 +1723,10 @@ fn actuals_into(data: &mut DayData, record: &ActualsRecord, ids: &Ids) -> Result
 }
 
 /// One plan's lines of a date, into `data` (unsorted).
-fn plan_lines_into(
+fn plan_lines_into<F: Float, V: AsRef<[f64]>>(
     data: &mut DayData,
     plan: u32,
-    channels: &ChannelLines,
+    channels: &[(u32, Vec<LineOf<F, V>>)],
     ids: &Ids,
     shared: &Shared,
 ) -> Result<(), String> {
@@ -1589,7 +1742,7 @@ fn plan_lines_into(
     Ok(())
 }
 
-fn cells_into(data: &mut DayData, cells: &[CellRecord], ids: &Ids) -> Result<(), String> {
+fn cells_into<F: Float>(data: &mut DayData, cells: &[CellOf<F>], ids: &Ids) -> Result<(), String> {
     for (channel, campaign, reports) in cells {
         if *channel >= ids.channels || *campaign >= ids.campaigns {
             return Err(format!("cell ({channel}, {campaign}) names an unknown id"));
@@ -1603,8 +1756,8 @@ fn cells_into(data: &mut DayData, cells: &[CellRecord], ids: &Ids) -> Result<(),
                 source,
                 records,
                 seq,
-                spend,
-                revenue,
+                spend: spend.get(),
+                revenue: revenue.get(),
             });
         }
         data.cells.insert((*channel, *campaign), cell);
@@ -1612,8 +1765,14 @@ fn cells_into(data: &mut DayData, cells: &[CellRecord], ids: &Ids) -> Result<(),
     Ok(())
 }
 
-fn line_of(plan: u32, line: &PlanLineRecord, ids: &Ids, shared: &Shared) -> Result<Line, String> {
+fn line_of<F: Float, V: AsRef<[f64]>>(
+    plan: u32,
+    line: &LineOf<F, V>,
+    ids: &Ids,
+    shared: &Shared,
+) -> Result<Line, String> {
     let (campaign, horizon, levels, records, spend, values) = line;
+    let values = values.as_ref();
     let arity = ids.level_sets.get(*levels as usize);
     if *campaign >= ids.campaigns || plan >= ids.plans || arity != Some(&values.len()) {
         return Err(format!(
@@ -1627,7 +1786,7 @@ fn line_of(plan: u32, line: &PlanLineRecord, ids: &Ids, shared: &Shared) -> Resu
         levels: *levels,
         records: *records,
         bucket: shared.config.horizon_bucket(*horizon),
-        spend: spend.unwrap_or(f64::NAN),
+        spend: spend.map_or(f64::NAN, F::get),
         values: SmallVec::from_slice(values),
     })
 }
