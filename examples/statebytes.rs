@@ -53,7 +53,9 @@ fn main() {
                 Some(StateKey::Head { .. }) => 0,
                 Some(StateKey::Day { .. }) => 1,
                 Some(StateKey::PlanLines { .. }) => 2,
-                Some(StateKey::PlanDay { .. }) => unreachable!("formats 6 and 7 write no plan days"),
+                Some(StateKey::PlanDay { .. }) => {
+                    unreachable!("formats 6 and 7 write no plan days")
+                }
                 Some(StateKey::Drift { .. }) => 3,
                 Some(StateKey::DriftEvent { .. }) => 4,
                 Some(StateKey::DriftHistory { .. }) => 5,

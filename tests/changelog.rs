@@ -683,6 +683,17 @@ fn a_format6_changelog_is_restored_and_its_records_rewritten_as_decimals_when_th
         documents(&log.restore(FoldConfig::default())),
         documents(&plain)
     );
+    // The two formats side by side, as JSON.
+    let mut json = Compacted::default();
+    for (k, v) in &log.0 {
+        let Some(v) = v else { continue };
+        json.0
+            .insert(k.clone(), Some(readable(k, v).unwrap().into_bytes()));
+    }
+    assert_eq!(
+        documents(&json.restore(FoldConfig::default())),
+        documents(&plain)
+    );
 
     // The same history written in this format takes far fewer bytes: lines, outcome reports
     // and samples are short decimals.
@@ -794,6 +805,8 @@ fn the_log_keeps_only_the_baseline_events() {
 fn binary_records_are_refused_when_cut_short_or_of_an_unknown_tag() {
     let err = restore_converted(|_, v| v[..v.len() / 2].to_vec()).unwrap_err();
     assert!(err.contains("state record"), "{err}");
+    let err = restore_converted(|_, v| [v, &[0]].concat()).unwrap_err();
+    assert!(err.contains("1 bytes after the record"), "{err}");
     let err = restore_converted(|_, v| {
         let mut v = v.to_vec();
         v[0] = 8;

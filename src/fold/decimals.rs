@@ -49,9 +49,24 @@ fn digits(v: f64, places: usize) -> Option<i64> {
         return None;
     }
     // Rounded half away from zero without `f64::round` (a library call on this target): a sum
-    // rounded the wrong way near a half only fails the check below. -0.0 fails it too.
-    let m = (x + 0.5f64.copysign(x)) as i64;
-    (value(m, places).to_bits() == v.to_bits()).then_some(m)
+    // rounded the wrong way near a half only fails the check below. -0.0 fails it too. From
+    // 2^52 on every double is an integer (and adding a half would round to even).
+    let m = if x.abs() >= (1u64 << 52) as f64 {
+        x as i64
+    } else {
+        (x + 0.5f64.copysign(x)) as i64
+    };
+    let fits = |m: i64| value(m, places).to_bits() == v.to_bits();
+    if fits(m) {
+        return Some(m);
+    }
+    // From 2^50 on the product `v * 10^places` can be off by more than a half.
+    if x.abs() < (1u64 << 50) as f64 {
+        return None;
+    }
+    [m - 1, m + 1]
+        .into_iter()
+        .find(|&m| m.unsigned_abs() <= EXACT as u64 && fits(m))
 }
 
 /// The fewest places `v` is written with, and its digits.
@@ -340,9 +355,22 @@ mod tests {
         put_varint(&mut big, zigzag(EXACT + 1));
         big[0] = (big.len() - 1) as u8;
         assert!(refused(&big));
+        // A varint whose tenth byte holds more than the 64th bit.
+        let mut wide = vec![0, 2];
+        wide.extend([0xff; 9]);
+        wide.push(0x02);
+        wide[0] = (wide.len() - 1) as u8;
+        assert!(refused(&wide));
+        // Differences that add up past i64.
+        let mut sum = vec![0, 2];
+        put_varint(&mut sum, zigzag(EXACT));
+        put_varint(&mut sum, zigzag(i64::MAX));
+        sum[0] = (sum.len() - 1) as u8;
+        assert!(refused(&sum));
         let decimal =
             |word: u128| postcard::from_bytes::<Decimal>(&postcard::to_stdvec(&word).unwrap());
         assert!(decimal(u128::from(zigzag(EXACT + 1)) << 4 | 2).is_err());
+        assert!(decimal(u128::from(zigzag(-EXACT - 1)) << 4 | 2).is_err());
         assert!(decimal(1 << 100).is_err());
         assert_eq!(
             decimal(u128::from(zigzag(-EXACT)) << 4).unwrap().0,
@@ -374,6 +402,22 @@ mod tests {
             )
         ) {
             round_trip(&values);
+        }
+
+        #[test]
+        fn runs_of_decimals_with_mixed_places_stay_short(
+            run in prop::collection::vec((-1_000_000_000i64..1_000_000_000, 0usize..7), 1..300)
+        ) {
+            let values: Vec<f64> = run.iter().map(|&(m, d)| value(m, d)).collect();
+            let bytes = round_trip(&values);
+            prop_assert_ne!(bytes[1], WHOLE, "{:?} written whole", values);
+        }
+
+        #[test]
+        fn large_digits_stay_short(m in (1i64 << 49)..EXACT, d in 0usize..5, negative: bool) {
+            let v = value(if negative { -m } else { m }, d);
+            let bytes = round_trip(&[v]);
+            prop_assert_ne!(bytes[1], WHOLE, "{:?} written whole", v);
         }
 
         #[test]

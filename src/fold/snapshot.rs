@@ -629,6 +629,9 @@ type ChannelLines = LinesOf<PlanLineRecord>;
 type LineOf<F, V> = (u32, u32, u32, u32, Option<F>, V);
 type PlanLineRecord = LineOf<Decimal, Decimals>;
 
+/// A [`PlanLineRecord`] as written, its values borrowed from the state.
+type PlanLineRef<'a> = LineOf<Decimal, DecimalsRef<'a>>;
+
 /// A [`PlanLineRecord`] with plain doubles (formats 4 to 6).
 type PlainLineRecord = LineOf<f64, Vec<f64>>;
 
@@ -978,15 +981,15 @@ fn actuals_record(data: &DayData) -> ActualsRecord {
 }
 
 /// Every line of `plan`, by date and channel; `None` when it has none.
-fn plan_lines_record(state: &TenantState, plan: u32) -> Option<PlanLinesRecord> {
+fn plan_lines_record(state: &TenantState, plan: u32) -> Option<PlanLinesRecord<PlanLineRef<'_>>> {
     let (first, last) = state.plan_meta.get(plan as usize)?.lines_span?;
     let mut days = Vec::new();
     for (&day, data) in state.days.range(first..=last) {
-        let mut channels: ChannelLines = data
+        let mut channels: LinesOf<PlanLineRef> = data
             .channels
             .iter()
             .filter_map(|(&channel, cd)| {
-                let lines: Vec<PlanLineRecord> = cd
+                let lines: Vec<PlanLineRef> = cd
                     .lines
                     .iter()
                     .filter(|l| l.plan == plan)
@@ -998,7 +1001,7 @@ fn plan_lines_record(state: &TenantState, plan: u32) -> Option<PlanLinesRecord> 
                             l.levels,
                             l.records,
                             spend,
-                            Decimals(l.values.to_vec()),
+                            DecimalsRef(&l.values),
                         )
                     })
                     .collect();
@@ -1179,10 +1182,17 @@ fn parse<'a, T: Deserialize<'a> + Versioned>(
             if !versions.contains(&u32::from(tag)) {
                 return Err(unknown_version(key, tag));
             }
-            (
-                postcard::from_bytes(&bytes[1..]).map_err(|e| invalid(key, e))?,
-                Some(u32::from(tag)),
-            )
+            // postcard is not self-describing: a value read in the wrong layout can end early
+            // instead of failing, so bytes left over are refused too.
+            let (value, rest) =
+                postcard::take_from_bytes(&bytes[1..]).map_err(|e| invalid(key, e))?;
+            if !rest.is_empty() {
+                return Err(invalid(
+                    key,
+                    format!("{} bytes after the record", rest.len()),
+                ));
+            }
+            (value, Some(u32::from(tag)))
         }
         Some(&tag) => return Err(unknown_version(key, tag)),
         None => return Err(invalid(key, "empty value")),
