@@ -434,6 +434,10 @@ fn fold_batch(
     let Some((path, w)) = &mut outputs.alerts else {
         return Ok(());
     };
+    let err = |source| OfflineError::WriteOutput {
+        path: path.clone(),
+        source,
+    };
     let lines: Vec<Vec<u8>> = alerts
         .par_chunks(ALERTS_PER_JOB)
         .map(|alerts| {
@@ -445,16 +449,9 @@ fn fold_batch(
             Ok(lines)
         })
         .collect::<Result<_, serde_json::Error>>()
-        .map_err(|e| OfflineError::WriteOutput {
-            path: path.clone(),
-            source: e.into(),
-        })?;
+        .map_err(|e| err(e.into()))?;
     for lines in &lines {
-        w.write_all(lines)
-            .map_err(|source| OfflineError::WriteOutput {
-                path: path.clone(),
-                source,
-            })?;
+        w.write_all(lines).map_err(err)?;
     }
     Ok(())
 }
