@@ -13,6 +13,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::event::validate::valid_tenant;
+use crate::fold::report::CalibrationHistory;
 use crate::fold::TenantDocuments;
 
 #[derive(Debug, thiserror::Error)]
@@ -123,6 +124,50 @@ impl Storage {
         self.write_staged(docs.into_iter().map(|d| self.encode_tenant(&d)))
     }
 
+    /// Writes documents as [`Storage::write_tenants`] does, taking the calibration histories'
+    /// unchanged entries from the files `cache` remembers writing instead of rendering them
+    /// again, and remembering what it writes. For a writer that rewrites the same tenants'
+    /// documents over and over (`feedback run`): a calibration history holds an entry a day, and
+    /// mostly its last weeks change between two writes. On an error the written tenants are
+    /// forgotten, so their next write renders them whole.
+    pub fn write_tenants_cached(
+        &self,
+        docs: impl IntoIterator<Item = TenantDocuments>,
+        cache: &mut CalibrationCache,
+    ) -> Result<(), StorageError> {
+        let docs: Vec<TenantDocuments> = docs.into_iter().collect();
+        let mut pending = Vec::new();
+        let written = self.write_staged_stamped(docs.iter().map(|d| {
+            self.encode_tenant_with(d, |path, history| {
+                let encoded = cache.encode(path, history);
+                pending.push((path.to_owned(), history.first_day(), encoded.1, encoded.2));
+                encoded.0
+            })
+        }));
+        match written {
+            Ok(stamps) => {
+                for (path, first, fingerprints, spans) in pending {
+                    match stamps.iter().find(|(p, _)| *p == path) {
+                        Some((_, stamp)) => {
+                            cache.remember(path, *stamp, first, fingerprints, spans)
+                        }
+                        None => cache.forget(&path),
+                    }
+                }
+                Ok(())
+            }
+            Err(e) => {
+                // Whatever of the slice was written or not: all of it is rendered next time.
+                for d in &docs {
+                    if let Ok(path) = self.path(&d.performance.tenant, Document::Calibration) {
+                        cache.forget(&path);
+                    }
+                }
+                Err(e)
+            }
+        }
+    }
+
     /// Writes the documents of every tenant in `tenants`, as `documents` gives them, with all
     /// cores: the documents are computed and encoded on every core (rayon), a slice of tenants
     /// at a time, while a writer thread stages, syncs and renames the slice before. At most two
@@ -167,6 +212,34 @@ impl Storage {
     /// A tenant's three documents as JSON: the computing half of a write.
     fn encode_tenant(&self, docs: &TenantDocuments) -> Result<EncodedTenant, StorageError> {
         let tenant = &docs.performance.tenant;
+        let calibration = self.path(tenant, Document::Calibration)?;
+        let calibration = encode(
+            calibration,
+            &docs.calibration,
+            docs.calibration.json_size_hint(),
+        )?;
+        self.encode_with_calibration(docs, calibration)
+    }
+
+    /// As [`Storage::encode_tenant`], the calibration history's JSON (without its final line
+    /// break) made by `calibration` from the document's path.
+    fn encode_tenant_with(
+        &self,
+        docs: &TenantDocuments,
+        calibration: impl FnOnce(&Path, &CalibrationHistory) -> Vec<u8>,
+    ) -> Result<EncodedTenant, StorageError> {
+        let path = self.path(&docs.performance.tenant, Document::Calibration)?;
+        let mut bytes = calibration(&path, &docs.calibration);
+        bytes.push(b'\n');
+        self.encode_with_calibration(docs, (path, bytes))
+    }
+
+    fn encode_with_calibration(
+        &self,
+        docs: &TenantDocuments,
+        calibration: (PathBuf, Vec<u8>),
+    ) -> Result<EncodedTenant, StorageError> {
+        let tenant = &docs.performance.tenant;
         Ok(EncodedTenant {
             files: [
                 encode(
@@ -174,11 +247,7 @@ impl Storage {
                     &docs.performance,
                     64 << 10,
                 )?,
-                encode(
-                    self.path(tenant, Document::Calibration)?,
-                    &docs.calibration,
-                    docs.calibration.json_size_hint(),
-                )?,
+                calibration,
                 encode(
                     self.path(tenant, Document::Drift)?,
                     &docs.drift,
@@ -196,6 +265,14 @@ impl Storage {
         &self,
         encoded: impl IntoIterator<Item = Result<EncodedTenant, StorageError>>,
     ) -> Result<(), StorageError> {
+        self.write_staged_stamped(encoded).map(drop)
+    }
+
+    /// [`Storage::write_staged`], returning each written file's [`FileStamp`].
+    fn write_staged_stamped(
+        &self,
+        encoded: impl IntoIterator<Item = Result<EncodedTenant, StorageError>>,
+    ) -> Result<Vec<(PathBuf, FileStamp)>, StorageError> {
         let dir = self.performance_dir();
         fs::create_dir_all(&dir).map_err(|source| StorageError::CreateDir {
             path: dir.clone(),
@@ -208,7 +285,7 @@ impl Storage {
             }
         }
         let Some((first, path)) = staged.first() else {
-            return Ok(());
+            return Ok(Vec::new());
         };
         let sync_err = |path: &PathBuf, e: std::io::Error| StorageError::Write {
             path: path.clone(),
@@ -224,14 +301,20 @@ impl Storage {
                 }
             }
         }
+        let mut stamps = Vec::with_capacity(staged.len());
         for (tmp, path) in staged {
+            // A rename keeps the file's inode, length and modification time.
+            let stamp = tmp.as_file().metadata().ok().map(|m| FileStamp::of(&m));
             tmp.persist(&path).map_err(|e| StorageError::Write {
                 path: path.clone(),
                 source: e.error,
             })?;
+            if let Some(stamp) = stamp {
+                stamps.push((path, stamp));
+            }
         }
         sync_dir(&dir);
-        Ok(())
+        Ok(stamps)
     }
 
     /// Reads one document as JSON.
@@ -246,6 +329,154 @@ impl Storage {
             source,
         })?;
         serde_json::from_slice(&bytes).map_err(|source| StorageError::Decode { path, source })
+    }
+}
+
+/// Which file a path held when it was read or written: the same inode, length and
+/// modification time mean nobody has replaced or changed it since.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileStamp {
+    len: u64,
+    inode: u64,
+    modified: Option<std::time::SystemTime>,
+}
+
+impl FileStamp {
+    fn of(meta: &fs::Metadata) -> FileStamp {
+        #[cfg(unix)]
+        let inode = std::os::unix::fs::MetadataExt::ino(meta);
+        #[cfg(not(unix))]
+        let inode = 0;
+        FileStamp {
+            len: meta.len(),
+            inode,
+            modified: meta.modified().ok(),
+        }
+    }
+}
+
+/// What a long-running writer remembers of the calibration documents it wrote: for each file,
+/// the entries' fingerprints ([`CalibrationHistory::fingerprints`]) and where each entry's JSON
+/// lies in it. The next write of that document copies the entries that kept their fingerprint
+/// from the file, and renders only the others: a history of a year and a half is 800 KB of
+/// JSON a tenant, rewritten every storage interval, and between two writes new outcomes change
+/// its last weeks, and days expiring its first four (the windows that held them). The file is
+/// read only if it is still the one written (same inode, length and modification time), and a
+/// copied entry must start as its day's entry does and end as an entry does; anything else is
+/// rendered. About 24 bytes an
+/// entry, 13 KB a tenant for a year and a half.
+#[derive(Debug, Default)]
+pub struct CalibrationCache {
+    written: std::collections::HashMap<PathBuf, Written>,
+    /// Entries copied from files and entries rendered, since the cache was made.
+    pub copied: u64,
+    pub rendered: u64,
+}
+
+#[derive(Debug)]
+struct Written {
+    stamp: FileStamp,
+    first: crate::fold::tenant::Day,
+    fingerprints: Vec<u64>,
+    /// Each entry's bytes in the file: start and end.
+    spans: Vec<(u64, u64)>,
+}
+
+impl CalibrationCache {
+    /// The JSON of `history` for the file at `path` (without the final line break), its
+    /// entries' fingerprints, and each entry's span in the JSON.
+    fn encode(
+        &mut self,
+        path: &Path,
+        history: &CalibrationHistory,
+    ) -> (Vec<u8>, Vec<u64>, Vec<(u64, u64)>) {
+        let mut out = Vec::with_capacity(history.json_size_hint());
+        history.write_json_head(&mut out);
+        let entries = history.entries();
+        let first = history.first_day();
+        let fingerprints = history.fingerprints();
+        let old = self.readable(path, first, &fingerprints);
+        let mut spans = Vec::with_capacity(entries);
+        let (mut copied, mut rendered) = (0, 0);
+        let mut date = String::with_capacity(10);
+        for (i, fingerprint) in fingerprints.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            let start = out.len();
+            // The entry of the same day in the file, if its fingerprint is the same and its
+            // bytes start as that day's entry does and end as an entry does.
+            let same = old.as_ref().and_then(|(written, bytes, skip)| {
+                let j = i + skip;
+                (written.fingerprints.get(j) == Some(fingerprint)).then_some(())?;
+                let (s, e) = written.spans[j];
+                let entry = bytes.get(s as usize..e as usize)?;
+                date.clear();
+                crate::fold::tenant::push_date(&mut date, first + i as crate::fold::tenant::Day);
+                let head = entry.strip_prefix(b"{\"as_of\":\"".as_slice())?;
+                (head.starts_with(date.as_bytes()) && entry.ends_with(b"}")).then_some(entry)
+            });
+            match same {
+                Some(entry) => {
+                    out.extend_from_slice(entry);
+                    copied += 1;
+                }
+                None => {
+                    history.write_entry(i, &mut out);
+                    rendered += 1;
+                }
+            }
+            spans.push((start as u64, out.len() as u64));
+        }
+        out.extend_from_slice(CalibrationHistory::JSON_TAIL);
+        self.copied += copied;
+        self.rendered += rendered;
+        (out, fingerprints, spans)
+    }
+
+    /// The entries the file at `path` was written with, its bytes, and how many of its first
+    /// entries are before day `first` (expired since): when some entry of the new history (its
+    /// first on `first`, its entries' `fingerprints`) is unchanged and the file is still the
+    /// one written.
+    fn readable(
+        &self,
+        path: &Path,
+        first: crate::fold::tenant::Day,
+        fingerprints: &[u64],
+    ) -> Option<(&Written, Vec<u8>, usize)> {
+        let old = self.written.get(path)?;
+        let skip = usize::try_from(first - old.first).ok()?;
+        let tail = old.fingerprints.get(skip..)?;
+        tail.iter()
+            .zip(fingerprints)
+            .any(|(a, b)| a == b)
+            .then_some(())?;
+        let mut bytes = Vec::new();
+        let mut f = File::open(path).ok()?;
+        (FileStamp::of(&f.metadata().ok()?) == old.stamp).then_some(())?;
+        std::io::Read::read_to_end(&mut f, &mut bytes).ok()?;
+        (bytes.len() as u64 == old.stamp.len).then_some((old, bytes, skip))
+    }
+
+    fn remember(
+        &mut self,
+        path: PathBuf,
+        stamp: FileStamp,
+        first: crate::fold::tenant::Day,
+        fingerprints: Vec<u64>,
+        spans: Vec<(u64, u64)>,
+    ) {
+        let written = Written {
+            stamp,
+            first,
+            fingerprints,
+            spans,
+        };
+        self.written.insert(path, written);
+    }
+
+    fn forget(&mut self, path: &Path) {
+        self.written.remove(path);
     }
 }
 
@@ -384,6 +615,133 @@ mod tests {
             .write_all_tenants(&names, |name| engine.documents(name))
             .unwrap_err();
         assert!(matches!(err, StorageError::CreateDir { .. }), "{err}");
+    }
+
+    /// Documents written through a [`CalibrationCache`], step after step of a fold, are the
+    /// bytes a whole render writes: as new days come, after a late correction of an early day,
+    /// while days expire from the start, and after the file was changed behind the writer's
+    /// back (then it is rendered whole). Most entries are copied, not rendered.
+    #[test]
+    fn cached_calibration_documents_are_what_a_whole_render_writes() {
+        use crate::event::Event;
+        use crate::fold::{Engine, FoldConfig};
+        use crate::simulate::{generate_events, SimConfig};
+        let events = generate_events(&SimConfig {
+            tenants: 3,
+            days: 70,
+            ..SimConfig::default()
+        });
+        // A short retention, so that days expire from the start of the histories.
+        let config = FoldConfig {
+            retention_days: 50,
+            ..FoldConfig::default()
+        };
+        let mut engine = Engine::new(config);
+        let (cached, whole) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (cached, whole) = (Storage::new(cached.path()), Storage::new(whole.path()));
+        let mut cache = CalibrationCache::default();
+        let check = |engine: &Engine, cache: &mut CalibrationCache| {
+            let docs = || {
+                engine
+                    .tenants()
+                    .into_iter()
+                    .filter_map(|t| engine.documents(t))
+            };
+            cached.write_tenants_cached(docs(), cache).unwrap();
+            whole.write_tenants(docs()).unwrap();
+            for tenant in engine.tenants() {
+                let path = |s: &Storage| s.path(tenant, Document::Calibration).unwrap();
+                let (got, want) = (
+                    fs::read(path(&cached)).unwrap(),
+                    fs::read(path(&whole)).unwrap(),
+                );
+                assert!(
+                    got == want,
+                    "{tenant}: the cached document differs from a whole render"
+                );
+            }
+        };
+        let early = events
+            .iter()
+            .find_map(|e| match e {
+                Event::Outcome(o) if chrono::Datelike::day(&o.date) == 10 => Some(o.clone()),
+                _ => None,
+            })
+            .unwrap();
+        for (step, chunk) in events.chunks(events.len() / 12).enumerate() {
+            engine.apply_batch(chunk, &mut Vec::new());
+            if step == 6 {
+                // A late correction of a day weeks back: its entries and those after change.
+                let mut late = early.clone();
+                late.revenue *= 3.0;
+                engine.apply(&Event::Outcome(late), &mut Vec::new());
+            }
+            if step == 9 {
+                // A document changed behind the writer's back is not copied from.
+                let path = cached
+                    .path(engine.tenants()[0], Document::Calibration)
+                    .unwrap();
+                let text = fs::read_to_string(&path)
+                    .unwrap()
+                    .replace("\"n\":", "\"n\" :");
+                fs::write(&path, text).unwrap();
+            }
+            let copied = cache.copied;
+            check(&engine, &mut cache);
+            assert!(
+                step == 0 || cache.copied > copied,
+                "step {step} copied nothing"
+            );
+        }
+        // 50 days kept and a window of 28: the days expiring change about half the entries.
+        assert!(
+            cache.copied > cache.rendered,
+            "{} entries copied, {} rendered",
+            cache.copied,
+            cache.rendered
+        );
+    }
+
+    /// A failed write forgets what the cache knew of the tenants in it: the next write of their
+    /// documents is rendered whole.
+    #[test]
+    fn a_failed_cached_write_forgets_its_tenants() {
+        use crate::fold::{Engine, FoldConfig};
+        use crate::simulate::{generate_events, SimConfig};
+        let events = generate_events(&SimConfig {
+            tenants: 1,
+            days: 20,
+            ..SimConfig::default()
+        });
+        let mut engine = Engine::new(FoldConfig::default());
+        engine.apply_batch(&events, &mut Vec::new());
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::new(dir.path());
+        let mut cache = CalibrationCache::default();
+        let docs = || {
+            engine
+                .tenants()
+                .into_iter()
+                .filter_map(|t| engine.documents(t))
+        };
+        storage.write_tenants_cached(docs(), &mut cache).unwrap();
+        assert_eq!(cache.written.len(), 1);
+        // The documents' directory replaced by a file: the write fails.
+        let performance = storage.performance_dir();
+        fs::remove_dir_all(&performance).unwrap();
+        fs::write(&performance, b"").unwrap();
+        assert!(storage.write_tenants_cached(docs(), &mut cache).is_err());
+        assert!(cache.written.is_empty());
+        fs::remove_file(&performance).unwrap();
+        let rendered = cache.rendered;
+        storage.write_tenants_cached(docs(), &mut cache).unwrap();
+        let entries = docs().map(|d| d.calibration.entries() as u64).sum::<u64>();
+        assert!(entries >= 19, "{entries} entries");
+        assert_eq!(
+            cache.rendered - rendered,
+            entries,
+            "every entry rendered again"
+        );
     }
 
     #[test]

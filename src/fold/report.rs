@@ -502,7 +502,7 @@ pub struct CalibrationHistory {
     scopes: Vec<ScopeCounts>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Hash)]
 struct ScopeCounts {
     counts: CoverageCounts,
     status: CalStatus,
@@ -528,6 +528,55 @@ impl CalibrationHistory {
             .sum();
         128 + self.scopes.len() * 64 + keys * 72
     }
+
+    /// How many entries (days) the history has.
+    pub fn entries(&self) -> usize {
+        self.scopes.len() / (self.labels.len() + 1)
+    }
+
+    /// The day of the first entry.
+    pub fn first_day(&self) -> Day {
+        self.first
+    }
+
+    /// A fingerprint of each entry: a hash of everything its JSON is made from (its day, and
+    /// each scope's counts and status; the labels are the same for every entry of a process).
+    /// Two entries with the same fingerprint have the same JSON, so a writer that kept the
+    /// fingerprints of a document it wrote can copy the entries that did not change from the
+    /// file instead of rendering them again (`storage::CalibrationCache`).
+    pub fn fingerprints(&self) -> Vec<u64> {
+        use std::hash::{Hash, Hasher};
+        self.days()
+            .map(|(day, scopes)| {
+                let mut h = std::hash::DefaultHasher::new();
+                (day, scopes).hash(&mut h);
+                h.finish()
+            })
+            .collect()
+    }
+
+    /// The start of the document's JSON, up to its first entry. The whole document is this,
+    /// then the entries ([`CalibrationHistory::write_entry`]) separated by commas, then
+    /// [`CalibrationHistory::JSON_TAIL`]: the same bytes as serializing it at once.
+    pub fn write_json_head(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"{\"tenant\":");
+        // A string and an integer always serialize.
+        serde_json::to_writer(&mut *out, &self.tenant).expect("a string serializes");
+        out.extend_from_slice(b",\"window_days\":");
+        out.extend_from_slice(itoa::Buffer::new().format(self.window_days).as_bytes());
+        out.extend_from_slice(b",\"history\":[");
+    }
+
+    /// The JSON of entry `i`, as the document holds it.
+    pub fn write_entry(&self, i: usize, out: &mut Vec<u8>) {
+        let width = self.labels.len() + 1;
+        let scopes = &self.scopes[i * width..(i + 1) * width];
+        let entry = Entry(self, self.first + i as Day, scopes);
+        serde_json::to_writer(&mut *out, &entry).expect("an entry serializes");
+    }
+
+    /// What the document's JSON ends with after its last entry.
+    pub const JSON_TAIL: &'static [u8] = b"]}";
 
     /// The document, its maps built: what the JSON of this history reads back as.
     pub fn doc(&self) -> CalibrationDoc {
@@ -566,68 +615,130 @@ impl CalibrationHistory {
     }
 }
 
+/// One scope of an entry: its count, coverage, intervals and status.
+struct Scope<'a>(&'a ScopeCounts, &'a [(&'static str, Coverage)]);
+
+impl Scope<'_> {
+    fn fields<S: serde::ser::SerializeStruct>(&self, s: &mut S) -> Result<(), S::Error> {
+        let named = self.1;
+        s.serialize_field("coverage", &Shares { named, ci: false })?;
+        s.serialize_field("ci", &Shares { named, ci: true })?;
+        s.serialize_field("status", self.0.status.as_str())
+    }
+}
+
+impl Serialize for Scope<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut s = serializer.serialize_struct("CalibrationScope", 4)?;
+        s.serialize_field("n", &self.0.counts.n)?;
+        self.fields(&mut s)?;
+        s.end()
+    }
+}
+
+/// An entry's horizon buckets, in the order of their labels.
+struct ByHorizon<'a>(&'a CalibrationHistory, &'a [ScopeCounts]);
+
+impl Serialize for ByHorizon<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(self.0.order.len()))?;
+        for &b in &self.0.order {
+            let scope = &self.1[b + 1];
+            let named = scope.counts.named_sorted();
+            map.serialize_entry(&self.0.labels[b], &Scope(scope, &named))?;
+        }
+        map.end()
+    }
+}
+
+/// One entry of the history: a day and its scopes.
+struct Entry<'a>(&'a CalibrationHistory, Day, &'a [ScopeCounts]);
+
+impl Serialize for Entry<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let tenant = &self.2[0];
+        let named = tenant.counts.named_sorted();
+        let mut s = serializer.serialize_struct("CalibrationEntry", 6)?;
+        s.serialize_field("as_of", &date_text(self.1))?;
+        s.serialize_field("n", &tenant.counts.n)?;
+        Scope(tenant, &named).fields(&mut s)?;
+        s.serialize_field("by_horizon", &ByHorizon(self.0, self.2))?;
+        s.end()
+    }
+}
+
+/// The entries, in order.
+struct History<'a>(&'a CalibrationHistory);
+
+impl Serialize for History<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let mut seq = serializer.serialize_seq(Some(self.0.entries()))?;
+        for (day, scopes) in self.0.days() {
+            seq.serialize_element(&Entry(self.0, day, scopes))?;
+        }
+        seq.end()
+    }
+}
+
 impl Serialize for CalibrationHistory {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::{SerializeMap, SerializeSeq, SerializeStruct};
-
-        struct Scope<'a>(&'a ScopeCounts, &'a [(&'static str, Coverage)]);
-        impl Scope<'_> {
-            fn fields<S: SerializeStruct>(&self, s: &mut S) -> Result<(), S::Error> {
-                let named = self.1;
-                s.serialize_field("coverage", &Shares { named, ci: false })?;
-                s.serialize_field("ci", &Shares { named, ci: true })?;
-                s.serialize_field("status", self.0.status.as_str())
-            }
-        }
-        impl Serialize for Scope<'_> {
-            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-                let mut s = serializer.serialize_struct("CalibrationScope", 4)?;
-                s.serialize_field("n", &self.0.counts.n)?;
-                self.fields(&mut s)?;
-                s.end()
-            }
-        }
-        struct ByHorizon<'a>(&'a CalibrationHistory, &'a [ScopeCounts]);
-        impl Serialize for ByHorizon<'_> {
-            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-                let mut map = serializer.serialize_map(Some(self.0.order.len()))?;
-                for &b in &self.0.order {
-                    let scope = &self.1[b + 1];
-                    let named = scope.counts.named_sorted();
-                    map.serialize_entry(&self.0.labels[b], &Scope(scope, &named))?;
-                }
-                map.end()
-            }
-        }
-        struct Entry<'a>(&'a CalibrationHistory, Day, &'a [ScopeCounts]);
-        impl Serialize for Entry<'_> {
-            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-                let tenant = &self.2[0];
-                let named = tenant.counts.named_sorted();
-                let mut s = serializer.serialize_struct("CalibrationEntry", 6)?;
-                s.serialize_field("as_of", &date_text(self.1))?;
-                s.serialize_field("n", &tenant.counts.n)?;
-                Scope(tenant, &named).fields(&mut s)?;
-                s.serialize_field("by_horizon", &ByHorizon(self.0, self.2))?;
-                s.end()
-            }
-        }
-        struct History<'a>(&'a CalibrationHistory);
-        impl Serialize for History<'_> {
-            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-                let days = self.0.scopes.len() / (self.0.labels.len() + 1);
-                let mut seq = serializer.serialize_seq(Some(days))?;
-                for (day, scopes) in self.0.days() {
-                    seq.serialize_element(&Entry(self.0, day, scopes))?;
-                }
-                seq.end()
-            }
-        }
-
+        use serde::ser::SerializeStruct;
         let mut s = serializer.serialize_struct("CalibrationDoc", 3)?;
         s.serialize_field("tenant", &self.tenant)?;
         s.serialize_field("window_days", &self.window_days)?;
         s.serialize_field("history", &History(self))?;
         s.end()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The document written in pieces (head, entries, tail) is the document serialized at
+    /// once, and entries whose counts differ have different fingerprints.
+    #[test]
+    fn a_calibration_history_written_in_pieces_is_its_json() {
+        use crate::fold::{Engine, FoldConfig};
+        use crate::simulate::{generate_events, SimConfig};
+        let events = generate_events(&SimConfig {
+            tenants: 2,
+            days: 40,
+            ..SimConfig::default()
+        });
+        let mut engine = Engine::new(FoldConfig::default());
+        engine.apply_batch(&events, &mut Vec::new());
+        for tenant in engine.tenants() {
+            let history = engine.documents(tenant).unwrap().calibration;
+            assert!(history.entries() >= 39, "{} entries", history.entries());
+            let mut pieces = Vec::new();
+            history.write_json_head(&mut pieces);
+            for i in 0..history.entries() {
+                if i > 0 {
+                    pieces.push(b',');
+                }
+                history.write_entry(i, &mut pieces);
+            }
+            pieces.extend_from_slice(CalibrationHistory::JSON_TAIL);
+            let whole = serde_json::to_vec(&history).unwrap();
+            assert_eq!(
+                String::from_utf8(pieces).unwrap(),
+                String::from_utf8(whole).unwrap()
+            );
+
+            let fingerprints = history.fingerprints();
+            assert_eq!(fingerprints.len(), history.entries());
+            let mut changed = history.clone();
+            changed.scopes[3 * (changed.labels.len() + 1)].counts.n += 1;
+            let after = changed.fingerprints();
+            let differ: Vec<usize> = (0..fingerprints.len())
+                .filter(|&i| fingerprints[i] != after[i])
+                .collect();
+            assert_eq!(differ, [3]);
+        }
     }
 }

@@ -147,7 +147,7 @@ pub struct LevelStats {
     pub pinball: Sum,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct Coverage {
     pub n: u64,
     pub hits: u64,
@@ -274,7 +274,7 @@ pub struct WindowDoc {
 
 /// Coverage counts of a window, per quantile level and per symmetric interval, in integers so
 /// that windows slide and retract exactly.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct CoverageCounts {
     pub n: u64,
     /// (level, coverage), ascending by level.

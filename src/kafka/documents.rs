@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::metrics::Metrics;
-use crate::storage::{Storage, SyncMode};
+use crate::storage::{CalibrationCache, Storage, SyncMode};
 
 /// Writes storage documents on a thread of its own: a round of a thousand tenants is hundreds
 /// of megabytes of JSON and a sync, which would otherwise hold up the records behind it
@@ -81,6 +81,8 @@ impl DocumentWriter {
         let thread = std::thread::Builder::new()
             .name("feedback-documents".into())
             .spawn(move || {
+                // Kept while the thread runs: a restarted writer renders every document whole.
+                let mut cache = CalibrationCache::default();
                 for job in rx {
                     let (docs, epoch, sync) = match job {
                         WriteJob::Write { docs, epoch, sync } => (docs, epoch, sync),
@@ -100,7 +102,8 @@ impl DocumentWriter {
                     let n = docs.len() as u64;
                     let storage = storage.clone().with_sync(sync);
                     let started = std::time::Instant::now();
-                    let written = storage.write_tenants(docs.into_iter().map(|(_, d)| d));
+                    let written =
+                        storage.write_tenants_cached(docs.into_iter().map(|(_, d)| d), &mut cache);
                     busy.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
                     match written {
                         Ok(()) => metrics.documents.inc_by(3 * n),
