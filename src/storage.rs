@@ -147,10 +147,8 @@ impl Storage {
         match written {
             Ok(stamps) => {
                 for (path, first, fingerprints, spans) in pending {
-                    match stamps.iter().find(|(p, _)| *p == path) {
-                        Some((_, stamp)) => {
-                            cache.remember(path, *stamp, first, fingerprints, spans)
-                        }
+                    match stamps.get(&path) {
+                        Some(&stamp) => cache.remember(path, stamp, first, fingerprints, spans),
                         None => cache.forget(&path),
                     }
                 }
@@ -272,7 +270,7 @@ impl Storage {
     fn write_staged_stamped(
         &self,
         encoded: impl IntoIterator<Item = Result<EncodedTenant, StorageError>>,
-    ) -> Result<Vec<(PathBuf, FileStamp)>, StorageError> {
+    ) -> Result<std::collections::HashMap<PathBuf, FileStamp>, StorageError> {
         let dir = self.performance_dir();
         fs::create_dir_all(&dir).map_err(|source| StorageError::CreateDir {
             path: dir.clone(),
@@ -285,7 +283,7 @@ impl Storage {
             }
         }
         let Some((first, path)) = staged.first() else {
-            return Ok(Vec::new());
+            return Ok(Default::default());
         };
         let sync_err = |path: &PathBuf, e: std::io::Error| StorageError::Write {
             path: path.clone(),
@@ -301,16 +299,15 @@ impl Storage {
                 }
             }
         }
-        let mut stamps = Vec::with_capacity(staged.len());
+        let mut stamps = std::collections::HashMap::with_capacity(staged.len());
         for (tmp, path) in staged {
-            // A rename keeps the file's inode, length and modification time.
-            let stamp = tmp.as_file().metadata().ok().map(|m| FileStamp::of(&m));
-            tmp.persist(&path).map_err(|e| StorageError::Write {
+            let file = tmp.persist(&path).map_err(|e| StorageError::Write {
                 path: path.clone(),
                 source: e.error,
             })?;
-            if let Some(stamp) = stamp {
-                stamps.push((path, stamp));
+            // Taken after the rename, which changes the file's ctime.
+            if let Ok(meta) = file.metadata() {
+                stamps.insert(path, FileStamp::of(&meta));
             }
         }
         sync_dir(&dir);
@@ -332,25 +329,35 @@ impl Storage {
     }
 }
 
-/// Which file a path held when it was read or written: the same inode, length and
-/// modification time mean nobody has replaced or changed it since.
+/// Which file a path held when it was written: the same device, inode, length, modification
+/// time and change time mean nobody has replaced or changed it since (a tool can set a file's
+/// mtime back, not its ctime).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct FileStamp {
     len: u64,
-    inode: u64,
     modified: Option<std::time::SystemTime>,
+    /// Device, inode, ctime in seconds and nanoseconds (zeros where there are none).
+    unix: [i64; 4],
 }
 
 impl FileStamp {
     fn of(meta: &fs::Metadata) -> FileStamp {
         #[cfg(unix)]
-        let inode = std::os::unix::fs::MetadataExt::ino(meta);
+        let unix = {
+            use std::os::unix::fs::MetadataExt;
+            [
+                meta.dev() as i64,
+                meta.ino() as i64,
+                meta.ctime(),
+                meta.ctime_nsec(),
+            ]
+        };
         #[cfg(not(unix))]
-        let inode = 0;
+        let unix = [0; 4];
         FileStamp {
             len: meta.len(),
-            inode,
             modified: meta.modified().ok(),
+            unix,
         }
     }
 }
@@ -361,7 +368,7 @@ impl FileStamp {
 /// from the file, and renders only the others: a history of a year and a half is 800 KB of
 /// JSON a tenant, rewritten every storage interval, and between two writes new outcomes change
 /// its last weeks, and days expiring its first four (the windows that held them). The file is
-/// read only if it is still the one written (same inode, length and modification time), and a
+/// read only if it is still the one written (same device, inode, length, mtime and ctime), and a
 /// copied entry must start as its day's entry does and end as an entry does; anything else is
 /// rendered. About 24 bytes an
 /// entry, 13 KB a tenant for a year and a half.
@@ -406,8 +413,8 @@ impl CalibrationCache {
             let start = out.len();
             // The entry of the same day in the file, if its fingerprint is the same and its
             // bytes start as that day's entry does and end as an entry does.
-            let same = old.as_ref().and_then(|(written, bytes, skip)| {
-                let j = i + skip;
+            let same = old.as_ref().and_then(|(written, bytes, shift)| {
+                let j = usize::try_from(i as i64 + shift).ok()?;
                 (written.fingerprints.get(j) == Some(fingerprint)).then_some(())?;
                 let (s, e) = written.spans[j];
                 let entry = bytes.get(s as usize..e as usize)?;
@@ -434,28 +441,32 @@ impl CalibrationCache {
         (out, fingerprints, spans)
     }
 
-    /// The entries the file at `path` was written with, its bytes, and how many of its first
-    /// entries are before day `first` (expired since): when some entry of the new history (its
-    /// first on `first`, its entries' `fingerprints`) is unchanged and the file is still the
-    /// one written.
+    /// The entries the file at `path` was written with, its bytes, and the index of its entry
+    /// of day `first` (negative when the file starts later, past its entries when every day
+    /// it held expired): when some entry of the new history (its first on `first`, its
+    /// entries' `fingerprints`) is unchanged and the file is still the one written.
     fn readable(
         &self,
         path: &Path,
         first: crate::fold::tenant::Day,
         fingerprints: &[u64],
-    ) -> Option<(&Written, Vec<u8>, usize)> {
+    ) -> Option<(&Written, Vec<u8>, i64)> {
         let old = self.written.get(path)?;
-        let skip = usize::try_from(first - old.first).ok()?;
-        let tail = old.fingerprints.get(skip..)?;
-        tail.iter()
-            .zip(fingerprints)
-            .any(|(a, b)| a == b)
+        let shift = i64::from(first) - i64::from(old.first);
+        let unchanged = |(i, fingerprint): (usize, &u64)| {
+            let j = usize::try_from(i as i64 + shift).ok();
+            j.and_then(|j| old.fingerprints.get(j)) == Some(fingerprint)
+        };
+        fingerprints
+            .iter()
+            .enumerate()
+            .any(unchanged)
             .then_some(())?;
         let mut bytes = Vec::new();
         let mut f = File::open(path).ok()?;
         (FileStamp::of(&f.metadata().ok()?) == old.stamp).then_some(())?;
         std::io::Read::read_to_end(&mut f, &mut bytes).ok()?;
-        (bytes.len() as u64 == old.stamp.len).then_some((old, bytes, skip))
+        (bytes.len() as u64 == old.stamp.len).then_some((old, bytes, shift))
     }
 
     fn remember(
@@ -668,31 +679,62 @@ mod tests {
                 _ => None,
             })
             .unwrap();
+        let history = |engine: &Engine, tenant: &str| engine.documents(tenant).unwrap().calibration;
+        let mut firsts = Vec::new();
         for (step, chunk) in events.chunks(events.len() / 12).enumerate() {
             engine.apply_batch(chunk, &mut Vec::new());
+            let mut all_rendered = None;
             if step == 6 {
                 // A late correction of a day weeks back: its entries and those after change.
+                let tenant = early.tenant.to_string();
+                let before = history(&engine, &tenant);
                 let mut late = early.clone();
                 late.revenue *= 3.0;
                 engine.apply(&Event::Outcome(late), &mut Vec::new());
+                let after = history(&engine, &tenant);
+                assert_eq!(before.first_day(), after.first_day());
+                let (a, b) = (before.fingerprints(), after.fingerprints());
+                let changed = (0..a.len()).find(|&i| a[i] != b[i]).unwrap();
+                assert!(
+                    changed + 20 < a.len(),
+                    "entry {changed} of {} changed first",
+                    a.len()
+                );
             }
             if step == 9 {
-                // A document changed behind the writer's back is not copied from.
-                let path = cached
-                    .path(engine.tenants()[0], Document::Calibration)
-                    .unwrap();
+                // A document changed behind the writer's back, its length and mtime kept, is
+                // not copied from: every entry of it is rendered.
+                let tenant = engine.tenants()[0];
+                let path = cached.path(tenant, Document::Calibration).unwrap();
+                let mtime = fs::metadata(&path).unwrap().modified().unwrap();
+                // The kernel's clock for file times ticks every few milliseconds: the change
+                // must not fall in the tick of the write it follows.
+                std::thread::sleep(std::time::Duration::from_millis(50));
                 let text = fs::read_to_string(&path)
                     .unwrap()
-                    .replace("\"n\":", "\"n\" :");
+                    .replace("\"n\":", "\"N\":");
                 fs::write(&path, text).unwrap();
+                let f = File::options().write(true).open(&path).unwrap();
+                f.set_modified(mtime).unwrap();
+                all_rendered = Some(history(&engine, tenant).entries() as u64);
             }
-            let copied = cache.copied;
+            let (copied, rendered) = (cache.copied, cache.rendered);
             check(&engine, &mut cache);
             assert!(
                 step == 0 || cache.copied > copied,
                 "step {step} copied nothing"
             );
+            if let Some(entries) = all_rendered {
+                assert!(cache.rendered - rendered >= entries);
+            }
+            firsts.push(history(&engine, engine.tenants()[0]).first_day());
         }
+        // Days expired in several steps that copied entries.
+        let moved = firsts.windows(2).filter(|w| w[1] > w[0]).count();
+        assert!(
+            moved >= 3,
+            "the first day moved in {moved} steps: {firsts:?}"
+        );
         // 50 days kept and a window of 28: the days expiring change about half the entries.
         assert!(
             cache.copied > cache.rendered,
@@ -702,8 +744,8 @@ mod tests {
         );
     }
 
-    /// A failed write forgets what the cache knew of the tenants in it: the next write of their
-    /// documents is rendered whole.
+    /// A failed write forgets what the cache knew of the tenants in it, also when some of its
+    /// files were renamed before the failure: their next write renders them whole.
     #[test]
     fn a_failed_cached_write_forgets_its_tenants() {
         use crate::fold::{Engine, FoldConfig};
@@ -726,13 +768,23 @@ mod tests {
         };
         storage.write_tenants_cached(docs(), &mut cache).unwrap();
         assert_eq!(cache.written.len(), 1);
-        // The documents' directory replaced by a file: the write fails.
-        let performance = storage.performance_dir();
-        fs::remove_dir_all(&performance).unwrap();
-        fs::write(&performance, b"").unwrap();
+        // The drift document's path taken by a directory: the performance and calibration
+        // documents are renamed into place, then the drift document's rename fails.
+        let tenant = engine.tenants()[0];
+        let drift = storage.path(tenant, Document::Drift).unwrap();
+        fs::remove_file(&drift).unwrap();
+        fs::create_dir(&drift).unwrap();
+        let calibration = storage.path(tenant, Document::Calibration).unwrap();
+        let before = fs::metadata(&calibration).unwrap();
         assert!(storage.write_tenants_cached(docs(), &mut cache).is_err());
+        let after = fs::metadata(&calibration).unwrap();
+        assert_ne!(
+            std::os::unix::fs::MetadataExt::ino(&before),
+            std::os::unix::fs::MetadataExt::ino(&after),
+            "the calibration document was replaced before the failure"
+        );
         assert!(cache.written.is_empty());
-        fs::remove_file(&performance).unwrap();
+        fs::remove_dir(&drift).unwrap();
         let rendered = cache.rendered;
         storage.write_tenants_cached(docs(), &mut cache).unwrap();
         let entries = docs().map(|d| d.calibration.entries() as u64).sum::<u64>();
@@ -741,6 +793,11 @@ mod tests {
             cache.rendered - rendered,
             entries,
             "every entry rendered again"
+        );
+        let whole = serde_json::to_vec(&docs().next().unwrap().calibration).unwrap();
+        assert_eq!(
+            fs::read(&calibration).unwrap(),
+            [whole, b"\n".to_vec()].concat()
         );
     }
 

@@ -732,13 +732,34 @@ mod tests {
 
             let fingerprints = history.fingerprints();
             assert_eq!(fingerprints.len(), history.entries());
-            let mut changed = history.clone();
-            changed.scopes[3 * (changed.labels.len() + 1)].counts.n += 1;
-            let after = changed.fingerprints();
-            let differ: Vec<usize> = (0..fingerprints.len())
-                .filter(|&i| fingerprints[i] != after[i])
-                .collect();
-            assert_eq!(differ, [3]);
+            // A change of one entry's scope changes its fingerprint only: a count, a hit, a
+            // horizon bucket's status.
+            let width = history.labels.len() + 1;
+            type Change = fn(&mut ScopeCounts);
+            let changes: [(usize, Change); 3] = [
+                (3 * width, |s| s.counts.n += 1),
+                (5 * width, |s| s.counts.levels[0].1.hits += 1),
+                (7 * width + 2, |s| {
+                    s.status = match s.status {
+                        CalStatus::Ok => CalStatus::WarnLow,
+                        _ => CalStatus::Ok,
+                    }
+                }),
+            ];
+            for (at, change) in changes {
+                let mut changed = history.clone();
+                change(&mut changed.scopes[at]);
+                let after = changed.fingerprints();
+                let differ: Vec<usize> = (0..fingerprints.len())
+                    .filter(|&i| fingerprints[i] != after[i])
+                    .collect();
+                assert_eq!(differ, [at / width]);
+            }
+            // The same scopes on another day are another entry.
+            let mut later = history.clone();
+            later.first += 1;
+            let after = later.fingerprints();
+            assert!((0..fingerprints.len()).all(|i| fingerprints[i] != after[i]));
         }
     }
 }
