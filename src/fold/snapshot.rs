@@ -420,7 +420,7 @@ impl HeadWithPlans {
             sources: self.sources,
             plans: self.plans.len() as u32,
             level_sets: self.level_sets,
-            as_of: self.as_of,
+            as_of: self.as_of.map(IsoDate),
             outcome_seq: self.outcome_seq,
             feature_importances: self.feature_importances,
             rejected: self.rejected,
@@ -442,7 +442,7 @@ struct Head {
     plans: u32,
     /// The quantile levels of each level set, in id order.
     level_sets: Vec<Vec<u8>>,
-    as_of: Option<NaiveDate>,
+    as_of: Option<IsoDate>,
     outcome_seq: u64,
     feature_importances: u64,
     rejected: u64,
@@ -450,7 +450,7 @@ struct Head {
     rules: RulesRecord,
     /// The retention cutoff last applied: lines a plan's record still holds of earlier dates
     /// are not restored.
-    expired_before: Option<NaiveDate>,
+    expired_before: Option<IsoDate>,
 }
 
 /// `{tenant}` of format 5: no cutoff (its lines were deleted with their dates). Read, no
@@ -481,7 +481,7 @@ impl HeadWithoutCutoff {
             sources: self.sources,
             plans: self.plans,
             level_sets: self.level_sets,
-            as_of: self.as_of,
+            as_of: self.as_of.map(IsoDate),
             outcome_seq: self.outcome_seq,
             feature_importances: self.feature_importances,
             rejected: self.rejected,
@@ -545,7 +545,7 @@ struct DriftHead {
     v: u32,
     seen: u64,
     kept: u64,
-    history: Vec<(u64, NaiveDate)>,
+    history: Vec<(u64, IsoDate)>,
 }
 
 /// `{tenant}/drift/history/{n}`: the history entry of the n-th feature-importance event.
@@ -617,7 +617,44 @@ struct PlanDayRecord {
 #[derive(Serialize, Deserialize)]
 struct PlanLinesRecord<L = PlanLineRecord> {
     v: u32,
-    days: Vec<(NaiveDate, LinesOf<L>)>,
+    days: Vec<(IsoDate, LinesOf<L>)>,
+}
+
+/// A date of a state record, as chrono's serde writes and reads it (`YYYY-MM-DD`), written
+/// without `fmt`: through chrono's `Debug` the dates of the plans' lines, the heads and the
+/// drift histories were a tenth of the instructions of taking a tenant's changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(transparent)]
+struct IsoDate(NaiveDate);
+
+impl IsoDate {
+    fn of(day: Day) -> IsoDate {
+        IsoDate(date_of(day))
+    }
+
+    fn day(self) -> Day {
+        day_of(self.0)
+    }
+}
+
+impl Serialize for IsoDate {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use chrono::Datelike;
+        let date = self.0;
+        let year = match u32::try_from(date.year()) {
+            Ok(year) if year <= 9999 => year,
+            _ => return date.serialize(serializer),
+        };
+        let mut text = *b"0000-00-00";
+        for (n, at, width) in [(year, 0, 4), (date.month(), 5, 2), (date.day(), 8, 2)] {
+            let mut n = n;
+            for i in (at..at + width).rev() {
+                text[i] = b'0' + (n % 10) as u8;
+                n /= 10;
+            }
+        }
+        serializer.serialize_str(std::str::from_utf8(&text).expect("ASCII digits"))
+    }
 }
 
 /// One plan's lines of a date: (channel, lines), ascending by channel.
@@ -849,7 +886,7 @@ fn records(state: &TenantState, changes: ChangeSet, out: &mut Vec<StateRecord>) 
                 seen: state.drift.events_seen(),
                 kept: kept as u64,
                 history: (state.drift_seqs.iter().copied())
-                    .zip(state.drift_days.iter().map(|&d| date_of(d)))
+                    .zip(state.drift_days.iter().map(|&d| IsoDate::of(d)))
                     .collect(),
             })),
         });
@@ -891,7 +928,7 @@ fn head_record(state: &TenantState) -> Head {
             .iter()
             .map(|s| s.layout.levels.to_vec())
             .collect(),
-        as_of: state.as_of.map(date_of),
+        as_of: state.as_of.map(IsoDate::of),
         outcome_seq: state.outcome_seq,
         feature_importances: state.counters.feature_importances,
         rejected: state.counters.rejected,
@@ -915,7 +952,7 @@ fn head_record(state: &TenantState) -> Head {
                 o
             },
         },
-        expired_before: state.expired_before.map(date_of),
+        expired_before: state.expired_before.map(IsoDate::of),
     }
 }
 
@@ -1010,7 +1047,7 @@ fn plan_lines_record(state: &TenantState, plan: u32) -> Option<PlanLinesRecord<P
             .collect();
         if !channels.is_empty() {
             channels.sort_by_key(|c| c.0);
-            days.push((date_of(day), channels));
+            days.push((IsoDate::of(day), channels));
         }
     }
     (!days.is_empty()).then_some(PlanLinesRecord {
@@ -1376,7 +1413,7 @@ pub(super) fn restore(
     // A plan's lines record holds every line it has: its lines in records of earlier formats
     // beside it (a rewrite cut short, at-least-once) are older and ignored. Lines of dates
     // before the cutoff the head names were dropped with their dates.
-    let expired_before = head.expired_before.map(day_of);
+    let expired_before = head.expired_before.map(IsoDate::day);
     let mut plan_lines: BTreeMap<NaiveDate, Vec<(u32, ChannelLines)>> = BTreeMap::new();
     for (&plan, bytes) in &records.plan_lines {
         let key = plan_lines_key(name, plan);
@@ -1394,8 +1431,8 @@ pub(super) fn restore(
         };
         let mut kept = false;
         for (date, channels) in record.days {
-            if expired_before.is_none_or(|cutoff| day_of(date) >= cutoff) {
-                plan_lines.entry(date).or_default().push((plan, channels));
+            if expired_before.is_none_or(|cutoff| date.day() >= cutoff) {
+                plan_lines.entry(date.0).or_default().push((plan, channels));
                 kept = true;
             }
         }
@@ -1517,7 +1554,7 @@ pub(super) fn restore(
         }
     }
 
-    state.as_of = head.as_of.map(day_of);
+    state.as_of = head.as_of.map(IsoDate::day);
     state.expired_before = expired_before;
     state.windows = state.rebuilt_windows();
     state.outcome_seq = head.outcome_seq;
@@ -1609,7 +1646,7 @@ pub(super) fn restore(
                         })?;
                         let r: DriftHistoryRecord = parse(&entry_key, bytes, SINCE_5)?;
                         entries.push(r.entry);
-                        days.push(date);
+                        days.push(date.0);
                         seqs.push(seq);
                     }
                     // Entries the drift record does not name (a batch cut short before their
@@ -1819,6 +1856,30 @@ fn sorted_lines(lines: &[Line]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A record's date is written as chrono writes it, in postcard and in JSON, for dates of
+    /// four-digit years and past them (where it is chrono's own), and read back.
+    #[test]
+    fn iso_dates_are_written_as_chrono_writes_them() {
+        let dates = [
+            NaiveDate::from_ymd_opt(2026, 12, 6),
+            NaiveDate::from_ymd_opt(1, 1, 1),
+            NaiveDate::from_ymd_opt(0, 1, 1),
+            NaiveDate::from_ymd_opt(9999, 12, 31),
+            NaiveDate::from_ymd_opt(10000, 1, 1),
+            NaiveDate::from_ymd_opt(-1, 3, 1),
+            NaiveDate::from_ymd_opt(2024, 2, 29),
+        ];
+        let every_day = (0..800).map(|d| NaiveDate::from_num_days_from_ce_opt(739_000 + d));
+        for date in dates.into_iter().chain(every_day).map(Option::unwrap) {
+            let ours = postcard::to_allocvec(&IsoDate(date)).unwrap();
+            assert_eq!(ours, postcard::to_allocvec(&date).unwrap(), "{date}");
+            let back: IsoDate = postcard::from_bytes(&ours).unwrap();
+            assert_eq!(back.0, date);
+            let json = serde_json::to_string(&IsoDate(date)).unwrap();
+            assert_eq!(json, serde_json::to_string(&date).unwrap());
+        }
+    }
 
     #[test]
     fn keys_read_as_the_changelog_table_writes_them() {
