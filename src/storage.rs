@@ -368,10 +368,9 @@ impl FileStamp {
 /// from the file, and renders only the others: a history of a year and a half is 800 KB of
 /// JSON a tenant, rewritten every storage interval, and between two writes new outcomes change
 /// its last weeks, and days expiring its first four (the windows that held them). The file is
-/// read only if it is still the one written (same device, inode, length, mtime and ctime), and a
-/// copied entry must start as its day's entry does and end as an entry does; anything else is
-/// rendered. About 24 bytes an
-/// entry, 13 KB a tenant for a year and a half.
+/// read only if it is still the one written (same device, inode, length, mtime and ctime), and
+/// a copied entry must start as its day's entry does and end as an entry does; anything else
+/// is rendered. About 24 bytes an entry, 13 KB a tenant for a year and a half.
 #[derive(Debug, Default)]
 pub struct CalibrationCache {
     written: std::collections::HashMap<PathBuf, Written>,

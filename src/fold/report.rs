@@ -541,9 +541,10 @@ impl CalibrationHistory {
 
     /// A fingerprint of each entry: a hash of everything its JSON is made from (its day, and
     /// each scope's counts and status; the labels are the same for every entry of a process).
-    /// Two entries with the same fingerprint have the same JSON, so a writer that kept the
-    /// fingerprints of a document it wrote can copy the entries that did not change from the
-    /// file instead of rendering them again (`storage::CalibrationCache`).
+    /// Entries whose JSON differs have different fingerprints (short of a collision of the
+    /// 64-bit hash), so a writer that kept the fingerprints of a document it wrote can copy the
+    /// entries that did not change from the file instead of rendering them again
+    /// (`storage::CalibrationCache`).
     pub fn fingerprints(&self) -> Vec<u64> {
         use std::hash::{Hash, Hasher};
         self.days()
