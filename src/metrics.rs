@@ -36,6 +36,9 @@ pub struct Metrics {
     pub client_errors: IntCounterVec,
     /// Storage documents written.
     pub documents: IntCounter,
+    /// Entries of calibration histories written: copied from the file written before, or
+    /// rendered (`storage::CalibrationCache`).
+    pub calibration_entries: IntCounterVec,
     /// 1 when the instance has restored its partitions and processes records.
     pub ready: IntGauge,
 }
@@ -151,6 +154,16 @@ impl Metrics {
         registry
             .register(Box::new(documents.clone()))
             .expect("metric registered once");
+        let calibration_entries = counter_vec(
+            &registry,
+            "feedback_calibration_entries_total",
+            "Entries of the calibration documents written, copied unchanged from the file \
+             written before or rendered.",
+            &["how"],
+        );
+        for how in ["copied", "rendered"] {
+            calibration_entries.with_label_values(&[how]);
+        }
         let ready = IntGauge::new(
             "feedback_ready",
             "1 once the assigned partitions are restored and records are processed.",
@@ -172,6 +185,7 @@ impl Metrics {
             restore_seconds,
             client_errors,
             documents,
+            calibration_entries,
             ready,
         }
     }
@@ -206,6 +220,8 @@ mod tests {
             "feedback_commit_seconds_bucket",
             "feedback_tenants_owned 0",
             "feedback_ready 0",
+            "feedback_calibration_entries_total{how=\"copied\"} 0",
+            "feedback_calibration_entries_total{how=\"rendered\"} 0",
         ] {
             assert!(text.contains(needle), "{needle} missing from\n{text}");
         }

@@ -485,7 +485,8 @@ impl CalibrationCache {
         self.written.insert(path, written);
     }
 
-    fn forget(&mut self, path: &Path) {
+    /// Forgets the document at `path`: its next write renders it whole.
+    pub fn forget(&mut self, path: &Path) {
         self.written.remove(path);
     }
 }

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::metrics::Metrics;
-use crate::storage::{CalibrationCache, Storage, SyncMode};
+use crate::storage::{CalibrationCache, Document, Storage, SyncMode};
 
 /// Writes storage documents on a thread of its own: a round of a thousand tenants is hundreds
 /// of megabytes of JSON and a sync, which would otherwise hold up the records behind it
@@ -40,6 +40,8 @@ enum WriteJob {
     },
     /// Answered once everything before it is written.
     Flush(std::sync::mpsc::SyncSender<()>),
+    /// Tenants this instance no longer owns: what the writer remembers of their documents goes.
+    Forget(Vec<String>),
 }
 
 /// Counts a slice out of the queue however its write ends (a panic included).
@@ -90,6 +92,14 @@ impl DocumentWriter {
                             let _ = done.send(());
                             continue;
                         }
+                        WriteJob::Forget(tenants) => {
+                            for tenant in tenants {
+                                if let Ok(path) = storage.path(&tenant, Document::Calibration) {
+                                    cache.forget(&path);
+                                }
+                            }
+                            continue;
+                        }
                     };
                     let _dequeued = Dequeued(&queued);
                     if epoch != current.load(Ordering::Relaxed) {
@@ -102,8 +112,16 @@ impl DocumentWriter {
                     let n = docs.len() as u64;
                     let storage = storage.clone().with_sync(sync);
                     let started = std::time::Instant::now();
+                    let before = (cache.copied, cache.rendered);
                     let written =
                         storage.write_tenants_cached(docs.into_iter().map(|(_, d)| d), &mut cache);
+                    let entries = &metrics.calibration_entries;
+                    entries
+                        .with_label_values(&["copied"])
+                        .inc_by(cache.copied - before.0);
+                    entries
+                        .with_label_values(&["rendered"])
+                        .inc_by(cache.rendered - before.1);
                     busy.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
                     match written {
                         Ok(()) => metrics.documents.inc_by(3 * n),
@@ -173,6 +191,15 @@ impl DocumentWriter {
         self.epoch.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Forgets what the writer remembers of the documents of `tenants` (their partitions were
+    /// revoked): without it, an instance would keep that for every tenant it ever owned. Their
+    /// writes queued before it are done first.
+    pub(super) fn forget(&self, tenants: Vec<String>) {
+        if let Some(j) = &self.jobs {
+            let _ = j.send(WriteJob::Forget(tenants));
+        }
+    }
+
     /// Waits until everything queued so far is written.
     pub(super) fn flush(&self) {
         let (done, wait) = std::sync::mpsc::sync_channel(1);
@@ -190,5 +217,53 @@ impl Drop for DocumentWriter {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fold::{Engine, FoldConfig};
+    use crate::simulate::{generate_events, SimConfig};
+
+    /// The writer copies unchanged calibration entries from what it wrote before, counts them,
+    /// and after `forget` renders the forgotten tenants whole again.
+    #[test]
+    fn the_writer_copies_unchanged_entries_and_forgets_revoked_tenants() {
+        let events = generate_events(&SimConfig {
+            tenants: 2,
+            days: 30,
+            ..SimConfig::default()
+        });
+        let mut engine = Engine::new(FoldConfig::default());
+        engine.apply_batch(&events, &mut Vec::new());
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let writer = DocumentWriter::new(Storage::new(dir.path()), metrics.clone());
+        let tenants: Vec<String> = engine.tenants().iter().map(|t| t.to_string()).collect();
+        let write = || {
+            let docs = (tenants.iter())
+                .map(|t| (0, engine.documents(t).unwrap()))
+                .collect();
+            assert!(writer.write(docs, SyncMode::EachFile));
+            writer.flush();
+        };
+        let count = |how: &str| metrics.calibration_entries.with_label_values(&[how]).get();
+        let entries: u64 = (tenants.iter())
+            .map(|t| engine.documents(t).unwrap().calibration.entries() as u64)
+            .sum();
+        assert!(entries >= 2 * 29, "{entries} entries");
+
+        write();
+        assert_eq!((count("copied"), count("rendered")), (0, entries));
+        write();
+        assert_eq!((count("copied"), count("rendered")), (entries, entries));
+        writer.forget(vec![tenants[0].clone()]);
+        write();
+        let first = engine.documents(&tenants[0]).unwrap().calibration.entries() as u64;
+        assert_eq!(
+            (count("copied"), count("rendered")),
+            (2 * entries - first, entries + first)
+        );
     }
 }

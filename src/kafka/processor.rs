@@ -1060,6 +1060,11 @@ impl Pipeline {
         self.handles.set_ready(false);
         self.commit(consumer);
         self.write_documents(true);
+        let gone = (partitions.iter())
+            .filter_map(|p| self.engines.get(p))
+            .flat_map(|e| e.tenants().into_iter().map(str::to_owned))
+            .collect();
+        self.documents.forget(gone);
         for p in &partitions {
             self.engines.remove(p);
             self.stale_documents.remove(p);
