@@ -209,14 +209,13 @@ impl Storage {
 
     /// A tenant's three documents as JSON: the computing half of a write.
     fn encode_tenant(&self, docs: &TenantDocuments) -> Result<EncodedTenant, StorageError> {
-        let tenant = &docs.performance.tenant;
-        let calibration = self.path(tenant, Document::Calibration)?;
-        let calibration = encode(
-            calibration,
-            &docs.calibration,
-            docs.calibration.json_size_hint(),
-        )?;
-        self.encode_with_calibration(docs, calibration)
+        self.encode_tenant_with(docs, |_, history| {
+            let mut bytes = Vec::with_capacity(history.json_size_hint());
+            // The history's Serialize has no fallible part (its pieces are written with the
+            // same expectation by `write_entry`).
+            serde_json::to_writer(&mut bytes, history).expect("a calibration history serializes");
+            bytes
+        })
     }
 
     /// As [`Storage::encode_tenant`], the calibration history's JSON (without its final line
@@ -226,18 +225,10 @@ impl Storage {
         docs: &TenantDocuments,
         calibration: impl FnOnce(&Path, &CalibrationHistory) -> Vec<u8>,
     ) -> Result<EncodedTenant, StorageError> {
-        let path = self.path(&docs.performance.tenant, Document::Calibration)?;
+        let tenant = &docs.performance.tenant;
+        let path = self.path(tenant, Document::Calibration)?;
         let mut bytes = calibration(&path, &docs.calibration);
         bytes.push(b'\n');
-        self.encode_with_calibration(docs, (path, bytes))
-    }
-
-    fn encode_with_calibration(
-        &self,
-        docs: &TenantDocuments,
-        calibration: (PathBuf, Vec<u8>),
-    ) -> Result<EncodedTenant, StorageError> {
-        let tenant = &docs.performance.tenant;
         Ok(EncodedTenant {
             files: [
                 encode(
@@ -245,7 +236,7 @@ impl Storage {
                     &docs.performance,
                     64 << 10,
                 )?,
-                calibration,
+                (path, bytes),
                 encode(
                     self.path(tenant, Document::Drift)?,
                     &docs.drift,

@@ -639,21 +639,12 @@ impl IsoDate {
 
 impl Serialize for IsoDate {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        use chrono::Datelike;
-        let date = self.0;
-        let year = match u32::try_from(date.year()) {
-            Ok(year) if year <= 9999 => year,
-            _ => return date.serialize(serializer),
-        };
-        let mut text = *b"0000-00-00";
-        for (n, at, width) in [(year, 0, 4), (date.month(), 5, 2), (date.day(), 8, 2)] {
-            let mut n = n;
-            for i in (at..at + width).rev() {
-                text[i] = b'0' + (n % 10) as u8;
-                n /= 10;
+        match super::tenant::iso_digits(self.0) {
+            Some(digits) => {
+                serializer.serialize_str(std::str::from_utf8(&digits).expect("ASCII digits"))
             }
+            None => self.0.serialize(serializer),
         }
-        serializer.serialize_str(std::str::from_utf8(&text).expect("ASCII digits"))
     }
 }
 

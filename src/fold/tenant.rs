@@ -42,19 +42,25 @@ pub fn date_text(day: Day) -> String {
 /// Appends [`date_text`] of `day` to `text`.
 pub fn push_date(text: &mut String, day: Day) {
     let date = date_of(day);
-    let (y, m, d) = (date.year(), date.month(), date.day());
-    if !(0..=9999).contains(&y) {
-        text.push_str(&date.to_string());
-        return;
+    match iso_digits(date) {
+        Some(digits) => text.push_str(std::str::from_utf8(&digits).expect("ASCII digits")),
+        None => text.push_str(&date.to_string()),
     }
-    for (i, (n, width)) in [(y as u32, 4), (m, 2), (d, 2)].into_iter().enumerate() {
-        if i > 0 {
-            text.push('-');
-        }
-        for place in (0..width).rev() {
-            text.push(char::from(b'0' + (n / 10u32.pow(place) % 10) as u8));
+}
+
+/// `YYYY-MM-DD` of a date of a four-digit year, as chrono writes it; `None` for other years
+/// (chrono writes those with a sign).
+pub fn iso_digits(date: NaiveDate) -> Option<[u8; 10]> {
+    let year = u32::try_from(date.year()).ok().filter(|&y| y <= 9999)?;
+    let mut text = *b"0000-00-00";
+    for (n, at, width) in [(year, 0, 4), (date.month(), 5, 2), (date.day(), 8, 2)] {
+        let mut n = n;
+        for i in (at..at + width).rev() {
+            text[i] = b'0' + (n % 10) as u8;
+            n /= 10;
         }
     }
+    Some(text)
 }
 
 /// Reconciled actuals of a cell or of a channel-day.
