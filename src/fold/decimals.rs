@@ -70,8 +70,35 @@ fn digits(v: f64, places: usize) -> Option<i64> {
         .find(|&m| m.unsigned_abs() <= EXACT as u64 && fits(m))
 }
 
+/// The places [`shortest`] tries first: most values met are money, in cents.
+const FIRST_GUESS: usize = 2;
+
 /// The fewest places `v` is written with, and its digits.
+///
+/// Tried at [`FIRST_GUESS`] places first, which settles it when `v * 10^places` is below 2^50:
+/// there every double's rounding interval is narrower than `10^-places`, so at most one
+/// integer of digits fits, and the digits of any fewer places, with zeros appended, are that
+/// integer (the same rational, below 2^53). So when the guess fits, its trailing zeros are
+/// the places it has too many; when it does not, no fewer places fit either. Anything else is
+/// searched place by place, as [`shortest_by_search`] does. Tested against it.
 fn shortest(v: f64) -> Option<(usize, i64)> {
+    if (v * POW10[FIRST_GUESS]).abs() < (1u64 << 50) as f64 {
+        let Some(mut m) = digits(v, FIRST_GUESS) else {
+            return (FIRST_GUESS + 1..=MAX_PLACES)
+                .find_map(|places| digits(v, places).map(|m| (places, m)));
+        };
+        let mut places = FIRST_GUESS;
+        while places > 0 && m % 10 == 0 {
+            m /= 10;
+            places -= 1;
+        }
+        return Some((places, m));
+    }
+    shortest_by_search(v)
+}
+
+/// The fewest places `v` is written with, and its digits, trying 0, 1, 2, ... places.
+fn shortest_by_search(v: f64) -> Option<(usize, i64)> {
     (0..=MAX_PLACES).find_map(|places| digits(v, places).map(|m| (places, m)))
 }
 
@@ -345,6 +372,47 @@ mod tests {
     }
 
     #[test]
+    fn the_first_guess_agrees_with_the_search_on_edges() {
+        let bound = (1u64 << 50) as f64 / POW10[FIRST_GUESS];
+        let mut values = vec![
+            0.0,
+            -0.0,
+            1.0,
+            -1.0,
+            10.0,
+            1e4,
+            0.1,
+            0.0001,
+            0.00001,
+            123.456_78,
+            344.15,
+            1e-300,
+            f64::MIN_POSITIVE,
+            5e-324,
+            f64::NAN,
+            f64::INFINITY,
+            bound,
+            -bound,
+        ];
+        for v in [bound, -bound, EXACT as f64, 1e15, 1e11] {
+            let mut below = v;
+            for _ in 0..64 {
+                below = f64::from_bits(below.to_bits() - 1);
+                values.extend([
+                    below,
+                    f64::from_bits(v.to_bits() + (v.to_bits() - below.to_bits())),
+                ]);
+            }
+        }
+        for v in values {
+            assert_eq!(shortest(v), shortest_by_search(v), "{v:?}");
+        }
+        assert_eq!(shortest(344.15), Some((2, 34415)));
+        assert_eq!(shortest(-1200.0), Some((0, -1200)));
+        assert_eq!(shortest(0.000_012_5), Some((7, 125)));
+    }
+
+    #[test]
     fn malformed_bytes_are_refused() {
         let refused = |bytes: &[u8]| postcard::from_bytes::<Decimals>(bytes).is_err();
         assert!(refused(&[0])); // no places byte
@@ -415,6 +483,26 @@ mod tests {
             let mut bytes = Vec::new();
             encode(&values, &mut bytes);
             prop_assert_ne!(bytes[0], WHOLE, "{:?} written whole", values);
+        }
+
+        #[test]
+        fn the_first_guess_finds_what_the_search_finds(
+            v in prop_oneof![
+                any::<f64>(),
+                (0u64..u64::MAX).prop_map(f64::from_bits),
+                (-EXACT..=EXACT, 0usize..=MAX_PLACES).prop_map(|(m, d)| value(m, d)),
+                (-1_000_000_000i64..1_000_000_000, 0usize..8).prop_map(|(m, d)| value(m, d)),
+                // Around the guess's bound of 2^50 and the digits' of 2^53.
+                ((1i64 << 46)..(1i64 << 54), 0usize..=MAX_PLACES, any::<bool>())
+                    .prop_map(|(m, d, neg)| value(if neg { -m } else { m }, d) ),
+                ((1u64 << 49)..(1u64 << 51), any::<bool>()).prop_map(|(x, neg)| {
+                    let v = x as f64 / POW10[FIRST_GUESS];
+                    if neg { -v } else { v }
+                }),
+                (-1e6f64..1e6, 1u32..20).prop_map(|(v, n)| v / f64::from(n)),
+            ]
+        ) {
+            prop_assert_eq!(shortest(v), shortest_by_search(v), "{:?} ({:#x})", v, v.to_bits());
         }
 
         #[test]
