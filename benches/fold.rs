@@ -23,7 +23,7 @@ use feedback::simulate::{generate, SimConfig, SimPayload};
 
 /// The same allocator as the `feedback` binary.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: feedback::allocator::MiMalloc = feedback::allocator::MiMalloc;
 
 fn env(name: &str, default: usize) -> usize {
     std::env::var(name)

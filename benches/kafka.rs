@@ -27,7 +27,7 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: feedback::allocator::MiMalloc = feedback::allocator::MiMalloc;
 
 const PARTITIONS: i32 = 6;
 

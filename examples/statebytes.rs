@@ -12,7 +12,7 @@ use feedback::fold::{Engine, FoldConfig};
 use feedback::simulate::{generate_events, SimConfig};
 
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: feedback::allocator::MiMalloc = feedback::allocator::MiMalloc;
 
 fn main() {
     let env = |k: &str, d: usize| {

@@ -431,7 +431,7 @@ struct FoldArgs {
 
 /// glibc's allocator spent a fifth of the fold's time in malloc and free (docs/PERFORMANCE.md).
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: feedback::allocator::MiMalloc = feedback::allocator::MiMalloc;
 
 fn main() -> ExitCode {
     feedback::allocator::keep_freed_memory();
