@@ -32,11 +32,12 @@ const MALLOC_ALIGN: usize = 16;
 /// enough, as the standard library's `System` asks `malloc`.
 ///
 /// The `mimalloc` crate's `MiMalloc` asks for every block with `mi_malloc_aligned`, even at an
-/// alignment of 8. mimalloc 3 answers that from the free list of the block's size when it has a
-/// block, and otherwise, for a size that is not a power of two, over-allocates from a larger
-/// size. Asked only that way, the list of the block's own size never gets a page: a 48-byte
-/// block takes 64 bytes, a 96-byte one 112, every time, through mimalloc's slow path. That
-/// path was 5% of the instructions of taking the state records, and the padding 1 to 2% of
+/// alignment of 8. mimalloc 3 answers that from the free list of the block's size class when
+/// that list has a block, and otherwise, for a size that is not a power of two, goes its slow
+/// way and over-allocates from a larger class. So a size that is exactly a class but not a
+/// power of two (48, 80, 96, 112, 160, 192, ... bytes) is padded (48 takes 64), and through the
+/// slow path, for as long as nothing else makes a page of its class on the thread. Asking for
+/// plain blocks took 5% off the instructions of taking the state records, and 1 to 2% off
 /// `feedback fold`'s peak memory (docs/PERFORMANCE.md). Larger alignments, and blocks smaller
 /// than their alignment, still go through the aligned calls.
 pub struct MiMalloc;
@@ -128,23 +129,22 @@ mod tests {
                 }
             }
         }
-        // The `mimalloc` crate's allocator gives a block whose size is one of mimalloc's size
-        // classes but not a power of two (48 bytes here) more usable bytes than asked for
-        // (mimalloc 3's aligned path over-allocates), as long as no plain block of that class
-        // was asked for on the thread; a plain block is that size.
+        // A block whose size is one of mimalloc's size classes but not a power of two is that
+        // size: asked aligned, on a thread where no page of the class exists yet, mimalloc 3
+        // over-allocates it from a larger class (48 bytes took 64, 80 took 96), and keeps
+        // doing so while nothing else makes a page of the class.
         std::thread::spawn(|| {
-            let layout = Layout::from_size_align(48, 8).unwrap();
-            // SAFETY: as above.
-            unsafe {
-                let crate_blocks: Vec<*mut u8> =
-                    (0..100).map(|_| mimalloc::MiMalloc.alloc(layout)).collect();
-                assert!(crate_blocks
-                    .iter()
-                    .all(|&p| mi::mi_usable_size(p.cast()) > 48));
-                let blocks: Vec<*mut u8> = (0..100).map(|_| MiMalloc.alloc(layout)).collect();
-                assert!(blocks.iter().all(|&p| mi::mi_usable_size(p.cast()) == 48));
-                for p in crate_blocks.into_iter().chain(blocks) {
-                    MiMalloc.dealloc(p, layout);
+            for size in [48usize, 80, 112, 160, 192, 224, 320] {
+                let layout = Layout::from_size_align(size, 8).unwrap();
+                // SAFETY: as above.
+                unsafe {
+                    let blocks: Vec<*mut u8> = (0..100).map(|_| MiMalloc.alloc(layout)).collect();
+                    for &p in &blocks {
+                        assert_eq!(mi::mi_usable_size(p.cast()), size);
+                    }
+                    for p in blocks {
+                        MiMalloc.dealloc(p, layout);
+                    }
                 }
             }
         })

@@ -394,7 +394,9 @@ mod tests {
             bound,
             -bound,
         ];
-        for v in [bound, -bound, EXACT as f64, 1e15, 1e11] {
+        // Around the guess's bound, and past it (where `shortest` is the search) around the
+        // digits' bound.
+        for v in [bound, -bound, 1e11, EXACT as f64, 1e15] {
             let mut below = v;
             for _ in 0..64 {
                 below = f64::from_bits(below.to_bits() - 1);
