@@ -363,6 +363,27 @@ fn flip<A: smallvec::Array<Item = (u8, Coverage)>>(
     }
 }
 
+/// Adds the entries of `from` to those of `into`, each to the entry of its level. Summing a
+/// window's days mostly adds days of the same levels to a sum that has them, or to an empty one
+/// (the daily report's 28 days): then the entries pair up in order, or are copied.
+fn merge_entries<A: smallvec::Array<Item = (u8, Coverage)>>(
+    into: &mut SmallVec<A>,
+    from: &SmallVec<A>,
+) {
+    if into.is_empty() {
+        into.extend_from_slice(from);
+    } else if same_levels(into, from.iter().map(|e| e.0)) {
+        for (e, f) in into.iter_mut().zip(from) {
+            e.1.merge(&f.1);
+        }
+    } else {
+        for (l, c) in from {
+            let i = slot(into, *l);
+            into[i].1.merge(c);
+        }
+    }
+}
+
 impl CoverageCounts {
     /// Adds (`add` true) or removes one pair: quantile `values` laid out as `layout`, actual `y`.
     pub fn apply(&mut self, layout: &Layout, values: &[f64], y: f64, add: bool) {
@@ -420,14 +441,8 @@ impl CoverageCounts {
 
     pub fn merge(&mut self, o: &CoverageCounts) {
         self.n += o.n;
-        for (l, c) in &o.levels {
-            let i = slot(&mut self.levels, *l);
-            self.levels[i].1.merge(c);
-        }
-        for (l, c) in &o.intervals {
-            let i = slot(&mut self.intervals, *l);
-            self.intervals[i].1.merge(c);
-        }
+        merge_entries(&mut self.levels, &o.levels);
+        merge_entries(&mut self.intervals, &o.intervals);
     }
 
     pub fn unmerge(&mut self, o: &CoverageCounts) {
@@ -687,6 +702,38 @@ mod tests {
         let (cov, ci) = c.shares();
         assert!(close(cov["p10_p90"], 0.6));
         assert!(ci["p10_p90"][0] < 0.6 && ci["p10_p90"][1] > 0.6);
+    }
+
+    /// Pairs of random level sets counted in groups (as days are), the groups' counts merged
+    /// in turn into one sum: the same counts as all the pairs counted together, whichever
+    /// levels the groups share; and unmerging a group leaves the other groups' counts.
+    #[test]
+    fn merged_groups_count_what_their_pairs_count() {
+        use proptest::prelude::*;
+        const LEVELS: [u8; 7] = [5, 10, 25, 50, 75, 90, 95];
+        let level_set = proptest::sample::subsequence(LEVELS.to_vec(), 1..=LEVELS.len());
+        let pair = (level_set, -2.0f64..2.0);
+        let groups = proptest::collection::vec(proptest::collection::vec(pair, 0..6), 1..6);
+        proptest!(|(groups in groups)| {
+            let count = |pairs: &[&(Vec<u8>, f64)]| {
+                let mut c = CoverageCounts::default();
+                for (levels, y) in pairs {
+                    let values: Vec<f64> = levels.iter().map(|&l| f64::from(l) / 50.0 - 1.0).collect();
+                    c.apply(&Layout::new(levels), &values, *y, true);
+                }
+                c
+            };
+            let all: Vec<_> = groups.iter().flatten().collect();
+            let mut merged = CoverageCounts::default();
+            for g in &groups {
+                merged.merge(&count(&g.iter().collect::<Vec<_>>()));
+            }
+            prop_assert_eq!(&merged, &count(&all));
+            let first = count(&groups[0].iter().collect::<Vec<_>>());
+            merged.unmerge(&first);
+            let rest: Vec<_> = groups[1..].iter().flatten().collect();
+            prop_assert_eq!(&merged, &count(&rest));
+        });
     }
 
     #[test]
