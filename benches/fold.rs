@@ -21,7 +21,7 @@ use feedback::fold::{Engine, FoldConfig};
 use feedback::offline::{fold_files, FoldJob};
 use feedback::simulate::{generate, SimConfig, SimPayload};
 
-/// The same allocator as the `feedback` binary.
+/// The same allocator as the `feedback` binary (and its settings, first thing in `bench`).
 #[global_allocator]
 static GLOBAL: feedback::allocator::MiMalloc = feedback::allocator::MiMalloc;
 
@@ -45,6 +45,7 @@ fn sim() -> SimConfig {
 }
 
 fn bench(c: &mut Criterion) {
+    feedback::allocator::configure();
     let records = generate(&sim());
     let events: Vec<Event> = records
         .iter()

@@ -281,7 +281,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 fn main() {
-    feedback::allocator::keep_freed_memory();
+    feedback::allocator::configure();
     feedback::name_worker_threads();
     let full = std::env::args().any(|a| a == "--bench");
     let Some(brokers) = std::env::var("KAFKA_BOOTSTRAP")

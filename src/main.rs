@@ -434,7 +434,7 @@ struct FoldArgs {
 static GLOBAL: feedback::allocator::MiMalloc = feedback::allocator::MiMalloc;
 
 fn main() -> ExitCode {
-    feedback::allocator::keep_freed_memory();
+    feedback::allocator::configure();
     feedback::name_worker_threads();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
