@@ -45,7 +45,9 @@ fn sim() -> SimConfig {
 }
 
 fn bench(c: &mut Criterion) {
-    feedback::allocator::configure();
+    if let Err(e) = feedback::allocator::configure() {
+        eprintln!("transparent huge pages stay on: {e}");
+    }
     let records = generate(&sim());
     let events: Vec<Event> = records
         .iter()

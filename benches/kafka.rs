@@ -281,7 +281,9 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 fn main() {
-    feedback::allocator::configure();
+    if let Err(e) = feedback::allocator::configure() {
+        eprintln!("transparent huge pages stay on: {e}");
+    }
     feedback::name_worker_threads();
     let full = std::env::args().any(|a| a == "--bench");
     let Some(brokers) = std::env::var("KAFKA_BOOTSTRAP")

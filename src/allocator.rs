@@ -10,10 +10,11 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
 /// The memory settings of the `feedback` binary and the benchmarks, made first thing in `main`:
 /// freed memory kept, transparent huge pages off (each can be overridden from the environment,
-/// see below).
-pub fn configure() {
+/// see below). An error is the kernel's refusal to turn huge pages off, for the caller to log
+/// once logging is set up; the process runs on with them.
+pub fn configure() -> std::io::Result<()> {
     keep_freed_memory();
-    without_transparent_huge_pages();
+    without_transparent_huge_pages(std::env::var_os("MIMALLOC_ALLOW_THP").is_some())
 }
 
 /// Keeps memory the process freed instead of returning it to the OS.
@@ -32,29 +33,31 @@ fn keep_freed_memory() {
     }
 }
 
-/// Turns transparent huge pages (THP) off for this process, unless `MIMALLOC_ALLOW_THP` is set.
+/// Turns transparent huge pages (THP) off for this process, unless `MIMALLOC_ALLOW_THP` is set
+/// (`asked_by_env`).
 ///
 /// mimalloc asks the kernel for huge pages on the memory it maps (`madvise(MADV_HUGEPAGE)`),
 /// which Linux's default THP mode, `madvise`, grants: every first touch of the growing state
 /// then faults in and zeroes a whole 2 MiB page. On the project's machine (a virtual machine)
-/// that cost twice the system time of 4 KiB pages for the same memory: `feedback fold` of the
-/// 5.1-million-record history spent 12 to 13.5 s in the kernel with huge pages and 5.1 to 5.7 s
-/// without, and took 16 to 18 s instead of 18 to 21 (docs/PERFORMANCE.md). Databases that keep
-/// their state in memory (Redis, MongoDB) advise THP off for the same reason. The setting is
-/// the kernel's per-process switch (`PR_SET_THP_DISABLE`), which mimalloc itself uses for
-/// `MIMALLOC_ALLOW_THP=0`; `MIMALLOC_ALLOW_THP=1` keeps huge pages. Children inherit it.
-fn without_transparent_huge_pages() {
+/// that cost about twice the system time of 4 KiB pages for the same memory: `feedback fold`
+/// of the 5.1-million-record history spent 11.0 s in the kernel with huge pages and 6.2 s
+/// without, and took 18.3 s instead of 16.8 (means of seven alternations, docs/PERFORMANCE.md).
+/// Databases that keep their state in memory (Redis, MongoDB) advise THP off for the same
+/// reason. The setting is the kernel's per-process switch (`PR_SET_THP_DISABLE`), which
+/// mimalloc itself turns for `MIMALLOC_ALLOW_THP=0` before `main` (its `madvise` calls then go
+/// too; here they stay, and the kernel ignores them); `MIMALLOC_ALLOW_THP=1` keeps huge pages.
+/// Children inherit the switch.
+#[cfg_attr(not(target_os = "linux"), allow(unused_variables))]
+fn without_transparent_huge_pages(asked_by_env: bool) -> std::io::Result<()> {
     #[cfg(target_os = "linux")]
-    if std::env::var_os("MIMALLOC_ALLOW_THP").is_none() {
+    if !asked_by_env {
         // SAFETY: prctl with integer arguments only; it sets a flag of this process.
         let done = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
         if done != 0 {
-            tracing::debug!(
-                error = %std::io::Error::last_os_error(),
-                "transparent huge pages stay on"
-            );
+            return Err(std::io::Error::last_os_error());
         }
     }
+    Ok(())
 }
 
 /// The alignment every block of `mi_malloc` has from this size on (`MI_MAX_ALIGN_SIZE`): it is
@@ -122,16 +125,32 @@ unsafe impl GlobalAlloc for MiMalloc {
 mod tests {
     use super::*;
 
-    /// The process's THP switch is off afterwards (the test process has no
-    /// `MIMALLOC_ALLOW_THP`, which would leave it as it was).
+    /// The process's THP switch, read back: off after the call, left alone when the
+    /// environment decides. It is set on first, as a parent that turned it off would have left
+    /// it to this process.
     #[cfg(target_os = "linux")]
     #[test]
-    fn transparent_huge_pages_are_turned_off() {
-        assert!(std::env::var_os("MIMALLOC_ALLOW_THP").is_none());
-        without_transparent_huge_pages();
-        // SAFETY: as above.
-        let disabled = unsafe { libc::prctl(libc::PR_GET_THP_DISABLE, 0, 0, 0, 0) };
-        assert_eq!(disabled, 1);
+    fn transparent_huge_pages_are_turned_off_unless_the_environment_decides() {
+        let thp_disabled = || {
+            // SAFETY: prctl with integer arguments only.
+            unsafe { libc::prctl(libc::PR_GET_THP_DISABLE, 0, 0, 0, 0) }
+        };
+        let allow = || {
+            // SAFETY: as above; clears the flag.
+            assert_eq!(
+                unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 0, 0, 0, 0) },
+                0
+            );
+            assert_eq!(thp_disabled(), 0);
+        };
+        allow();
+        without_transparent_huge_pages(true).unwrap();
+        assert_eq!(thp_disabled(), 0);
+        without_transparent_huge_pages(false).unwrap();
+        assert_eq!(thp_disabled(), 1);
+        allow();
+        without_transparent_huge_pages(false).unwrap();
+        assert_eq!(thp_disabled(), 1);
     }
 
     #[test]

@@ -434,7 +434,7 @@ struct FoldArgs {
 static GLOBAL: feedback::allocator::MiMalloc = feedback::allocator::MiMalloc;
 
 fn main() -> ExitCode {
-    feedback::allocator::configure();
+    let memory = feedback::allocator::configure();
     feedback::name_worker_threads();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
@@ -446,6 +446,9 @@ fn main() -> ExitCode {
         // Colours for a terminal only: a log file or journald gets plain text.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    if let Err(e) = memory {
+        tracing::warn!(error = %e, "transparent huge pages could not be turned off; running with them");
+    }
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
