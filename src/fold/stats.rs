@@ -718,7 +718,8 @@ mod tests {
             let count = |pairs: &[&(Vec<u8>, f64)]| {
                 let mut c = CoverageCounts::default();
                 for (levels, y) in pairs {
-                    let values: Vec<f64> = levels.iter().map(|&l| f64::from(l) / 50.0 - 1.0).collect();
+                    let values: Vec<f64> =
+                        levels.iter().map(|&l| f64::from(l) / 50.0 - 1.0).collect();
                     c.apply(&Layout::new(levels), &values, *y, true);
                 }
                 c
