@@ -81,13 +81,18 @@ pub fn wilson(k: u64, n: u64) -> Option<[f64; 2]> {
         return None;
     }
     const Z: f64 = 1.959_963_984_540_054;
+    let all = k == n;
     let n = n as f64;
     let p = k as f64 / n;
     let z2 = Z * Z;
     let denom = 1.0 + z2 / n;
     let centre = (p + z2 / (2.0 * n)) / denom;
     let half = Z * (p * (1.0 - p) / n + z2 / (4.0 * n * n)).sqrt() / denom;
-    Some([(centre - half).max(0.0), (centre + half).min(1.0)])
+    // With no hits the lower bound is 0 exactly, and with all of them the upper is 1; in floats
+    // centre - half can come out as 5.6e-17 instead.
+    let lo = if k == 0 { 0.0 } else { (centre - half).max(0.0) };
+    let hi = if all { 1.0 } else { (centre + half).min(1.0) };
+    Some([lo, hi])
 }
 
 /// Ratio that is None instead of NaN or infinite.
@@ -778,5 +783,18 @@ mod tests {
         assert_eq!(lo, 0.0);
         assert!((hi - 0.161_125).abs() < 1e-5, "{hi}");
         assert_eq!(wilson(0, 0), None);
+    }
+
+    #[test]
+    fn wilson_bounds_are_exact_at_no_hits_and_all_hits() {
+        // 0 of 7 came out as 5.551115123125783e-17 before the bounds were pinned.
+        for n in 1..=2_000 {
+            let [lo, hi] = wilson(0, n).unwrap();
+            assert_eq!(lo, 0.0, "0 of {n}");
+            assert!(hi > 0.0 && hi < 1.0, "0 of {n}: {hi}");
+            let [lo, hi] = wilson(n, n).unwrap();
+            assert_eq!(hi, 1.0, "{n} of {n}");
+            assert!(lo > 0.0 && lo < 1.0, "{n} of {n}: {lo}");
+        }
     }
 }
