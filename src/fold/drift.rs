@@ -5,6 +5,7 @@
 //! replay, or a restore of [`DriftState`] from the changelog, yields the same numbers. Every map
 //! is walked in feature-name order and every float sum in a fixed order for the same reason.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
@@ -382,6 +383,21 @@ pub struct FeatureDrift {
 pub struct DriftState {
     baseline: VecDeque<KeptEvent>,
     seen: u64,
+    #[serde(skip)]
+    pairs: MergedPairs,
+}
+
+/// The samples of two consecutive kept events, an even-numbered one and the next, merged as one
+/// sorted run of keys (bounds included), by feature name and the first event's number. Each
+/// pair is in two consecutive baselines, so merging it once halves the merging of the pooled
+/// baseline. Derived from the kept events: not stored, not compared, rebuilt when needed.
+#[derive(Debug, Clone, Default)]
+struct MergedPairs(BTreeMap<u64, BTreeMap<String, Vec<u64>>>);
+
+impl PartialEq for MergedPairs {
+    fn eq(&self, _: &MergedPairs) -> bool {
+        true
+    }
 }
 
 /// What the baseline keeps of an event: all its shares and its thinned samples.
@@ -442,13 +458,17 @@ impl DriftState {
         let k = config.baseline_events.max(1);
         let current = KeptEvent::new(event, config.max_order_statistics);
         let skip = self.baseline.len().saturating_sub(k);
-        let previous: Vec<&KeptEvent> = self.baseline.iter().skip(skip).collect();
-        let figures = (!previous.is_empty()).then(|| figures(&current, &previous, config));
+        let first = self.kept().0;
+        let previous: Vec<(u64, &KeptEvent)> = (first..).zip(&self.baseline).skip(skip).collect();
+        let figures =
+            (!previous.is_empty()).then(|| figures(&current, &previous, config, &mut self.pairs));
         self.baseline.push_back(current);
         while self.baseline.len() > k {
             self.baseline.pop_front();
         }
         self.seen += 1;
+        let first = self.kept().0;
+        self.pairs.0.retain(|&seq, _| seq >= first);
         figures
     }
 
@@ -479,13 +499,20 @@ impl DriftState {
         (baseline.len() as u64 <= seen).then(|| DriftState {
             baseline: baseline.into(),
             seen,
+            pairs: MergedPairs::default(),
         })
     }
 }
 
-fn figures(current: &KeptEvent, previous: &[&KeptEvent], config: &DriftConfig) -> DriftFigures {
+/// The figures of `current` against the `previous` events (with their numbers, oldest first).
+fn figures(
+    current: &KeptEvent,
+    previous: &[(u64, &KeptEvent)],
+    config: &DriftConfig,
+    pairs: &mut MergedPairs,
+) -> DriftFigures {
     let mut baseline: BTreeMap<String, f64> = BTreeMap::new();
-    for event in previous {
+    for (_, event) in previous {
         for (f, s) in &event.shares {
             *baseline.entry(f.clone()).or_insert(0.0) += s;
         }
@@ -505,7 +532,7 @@ fn figures(current: &KeptEvent, previous: &[&KeptEvent], config: &DriftConfig) -
         .map(|name| {
             let is_key = key.contains(&name);
             let psi = if is_key {
-                feature_psi(&name, current, previous, config.psi_floor)
+                feature_psi(&name, current, previous, config.psi_floor, pairs)
             } else {
                 None
             };
@@ -545,30 +572,32 @@ struct FeaturePsi {
 /// counts. The values read are those of the sorted pool (values equal in the total order have
 /// the same bits), so every edge and share is too. The samples are finite (validation refuses
 /// others): a NaN would make `count_at_most`'s float comparison disagree with the sorted pool.
-struct Pool {
+struct Pool<'a> {
     /// The two sorted halves, as total-order keys each between [`START`] and [`END`].
-    a: Vec<u64>,
-    b: Vec<u64>,
+    a: Cow<'a, [u64]>,
+    b: Cow<'a, [u64]>,
 }
 
-impl Pool {
-    fn new(runs: &[&[f64]]) -> Pool {
-        let mut runs: Vec<Vec<u64>> = (runs.iter())
-            .map(|run| {
-                let mut keys = Vec::with_capacity(run.len() + 2);
-                keys.push(START);
-                keys.extend(run.iter().map(|&v| total_order_key(v)));
-                keys.push(END);
-                keys
-            })
-            .collect();
+impl<'a> Pool<'a> {
+    #[cfg(test)]
+    fn new(runs: &[&[f64]]) -> Pool<'a> {
+        Pool::of_keys(
+            runs.iter()
+                .map(|run| Cow::Owned(bounded_keys(run)))
+                .collect(),
+        )
+    }
+
+    /// The pool of sorted runs of keys, each between its bounds: the two shortest are merged
+    /// until two remain (pairs of equal runs, as a pairwise merge takes them).
+    fn of_keys(mut runs: Vec<Cow<'a, [u64]>>) -> Pool<'a> {
         while runs.len() > 2 {
-            let odd = (runs.len() % 2 == 1).then(|| runs.pop()).flatten();
-            let mut merged: Vec<Vec<u64>> = (runs.chunks_exact(2))
-                .map(|pair| merge_two(&pair[0], &pair[1]))
-                .collect();
-            merged.extend(odd);
-            runs = merged;
+            // Longest first, so the two shortest are at the end.
+            runs.sort_by_key(|r| std::cmp::Reverse(r.len()));
+            let (b, a) = (runs.pop(), runs.pop());
+            if let (Some(a), Some(b)) = (a, b) {
+                runs.push(Cow::Owned(merge_two(&a, &b)));
+            }
         }
         let b = runs.pop().unwrap_or_default();
         let a = runs.pop().unwrap_or_default();
@@ -621,6 +650,15 @@ impl Pool {
     fn bin_shares(&self, inner_edges: &[f64]) -> Vec<f64> {
         shares_from_counts(self.len(), inner_edges, |e| self.count_at_most(e))
     }
+}
+
+/// A sorted run of samples as keys between [`START`] and [`END`].
+fn bounded_keys(run: &[f64]) -> Vec<u64> {
+    let mut keys = Vec::with_capacity(run.len() + 2);
+    keys.push(START);
+    keys.extend(run.iter().map(|&v| total_order_key(v)));
+    keys.push(END);
+    keys
 }
 
 fn inner_keys(bounded: &[u64]) -> &[u64] {
@@ -676,19 +714,52 @@ fn merge_two(a: &[u64], b: &[u64]) -> Vec<u64> {
 fn feature_psi(
     name: &str,
     current: &KeptEvent,
-    previous: &[&KeptEvent],
+    previous: &[(u64, &KeptEvent)],
     floor: f64,
+    pairs: &mut MergedPairs,
 ) -> Option<FeaturePsi> {
     let actual = current
         .order_statistics
         .get(name)
         .filter(|v| !v.is_empty())?;
-    let runs: Vec<&[f64]> = previous
-        .iter()
-        .filter_map(|e| e.order_statistics.get(name))
-        .map(Vec::as_slice)
-        .collect();
-    let pool = Pool::new(&runs);
+    let run = |i: usize| {
+        let (seq, event): (u64, &KeptEvent) = *previous.get(i)?;
+        Some((seq, event.order_statistics.get(name)?))
+    };
+    // Which of the runs pair up: an even-numbered event's and the next one's, both in the
+    // baseline. Merged once for both baselines that hold them.
+    let paired = |i: usize| match (run(i), run(i + 1)) {
+        (Some((seq, a)), Some((next, b))) if seq % 2 == 0 && next == seq + 1 => Some((seq, a, b)),
+        _ => None,
+    };
+    for i in 0..previous.len() {
+        if let Some((seq, a, b)) = paired(i) {
+            let merged = pairs.0.entry(seq).or_default();
+            if !merged.contains_key(name) {
+                merged.insert(
+                    name.to_owned(),
+                    merge_two(&bounded_keys(a), &bounded_keys(b)),
+                );
+            }
+        }
+    }
+    let mut runs: Vec<Cow<'_, [u64]>> = Vec::with_capacity(previous.len());
+    let mut i = 0;
+    while i < previous.len() {
+        let merged = paired(i).and_then(|(seq, ..)| pairs.0.get(&seq)?.get(name));
+        match (merged, run(i)) {
+            (Some(merged), _) => {
+                runs.push(Cow::Borrowed(merged));
+                i += 2;
+            }
+            (None, Some((_, single))) => {
+                runs.push(Cow::Owned(bounded_keys(single)));
+                i += 1;
+            }
+            (None, None) => i += 1,
+        }
+    }
+    let pool = Pool::of_keys(runs);
     if pool.len() == 0 {
         return None;
     }
@@ -841,6 +912,57 @@ mod tests {
                 })
                 .collect();
             check_pool(&runs);
+        }
+
+        /// The merged pairs a state keeps change no figure: each event's PSI is that of the
+        /// previous K events' samples sorted together, and its figures equal those of a state
+        /// restored from the same kept events just before it, which has no pairs merged yet.
+        #[test]
+        fn merged_pairs_give_the_figures_of_a_state_without_them(
+            k in 1usize..7,
+            events in proptest::collection::vec(
+                proptest::collection::vec(
+                    proptest::option::of(proptest::collection::vec(
+                        (-12i32..12).prop_map(|v| f64::from(v) / 4.0),
+                        0..30,
+                    )),
+                    3,
+                ),
+                1..14,
+            )
+        ) {
+            let config = DriftConfig { baseline_events: k, ..DriftConfig::default() };
+            let mut kept = DriftState::default();
+            for samples in &events {
+                let samples: Vec<(&str, Vec<f64>)> = ["a", "b", "c"]
+                    .into_iter()
+                    .zip(samples)
+                    .filter_map(|(f, v)| Some((f, v.clone()?)))
+                    .collect();
+                let fi = event(&[("a", 3.0), ("b", 2.0), ("c", 1.0)], &samples);
+                let baseline: Vec<KeptEvent> = kept.baseline.iter().cloned().collect();
+                let mut fresh = DriftState::from_kept(baseline.clone(), kept.seen).unwrap();
+                let figures = kept.observe(&fi, &config);
+                proptest::prop_assert_eq!(&figures, &fresh.observe(&fi, &config));
+                let Some(figures) = figures else { continue };
+                let previous = &baseline[baseline.len().saturating_sub(k)..];
+                for (name, drift) in &figures.features {
+                    let mut pooled: Vec<f64> = (previous.iter())
+                        .filter_map(|e| e.order_statistics.get(name))
+                        .flatten()
+                        .copied()
+                        .collect();
+                    pooled.sort_by(f64::total_cmp);
+                    let actual = (fi.samples.get(name))
+                        .map_or_else(Vec::new, |v| thin_order_statistics(v, 1000));
+                    let expected = (!actual.is_empty() && !pooled.is_empty()).then(|| {
+                        let edges = decile_edges(&pooled);
+                        let shares = |v: &[f64]| bin_shares_sorted(v, &edges);
+                        psi(&shares(&actual), &shares(&pooled), 1e-4)
+                    });
+                    proptest::prop_assert_eq!(drift.psi.map(f64::to_bits), expected.map(f64::to_bits));
+                }
+            }
         }
     }
 

@@ -90,7 +90,11 @@ pub fn wilson(k: u64, n: u64) -> Option<[f64; 2]> {
     let half = Z * (p * (1.0 - p) / n + z2 / (4.0 * n * n)).sqrt() / denom;
     // With no hits the lower bound is 0 exactly, and with all of them the upper is 1; in floats
     // centre - half can come out as 5.6e-17 instead.
-    let lo = if k == 0 { 0.0 } else { (centre - half).max(0.0) };
+    let lo = if k == 0 {
+        0.0
+    } else {
+        (centre - half).max(0.0)
+    };
     let hi = if all { 1.0 } else { (centre + half).min(1.0) };
     Some([lo, hi])
 }
