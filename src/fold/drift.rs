@@ -388,9 +388,11 @@ pub struct DriftState {
 }
 
 /// The samples of two consecutive kept events, an even-numbered one and the next, merged as one
-/// sorted run of keys (bounds included), by feature name and the first event's number. Each
-/// pair is in two consecutive baselines, so merging it once halves the merging of the pooled
-/// baseline. Derived from the kept events: not stored, not compared, rebuilt when needed.
+/// sorted run of keys (bounds included), by feature name and the first event's number. Such a
+/// pair is in K - 1 consecutive baselines, so merging it once halves the merging of a pooled
+/// baseline of K >= 3 events (K = 2 pools two runs, which need no merge, and keeps none). At
+/// most (K - 1) / 2 pairs are kept. Derived from the kept events: not stored, not compared,
+/// rebuilt when needed.
 #[derive(Debug, Clone, Default)]
 struct MergedPairs(BTreeMap<u64, BTreeMap<String, Vec<u64>>>);
 
@@ -532,6 +534,7 @@ fn figures(
         .map(|name| {
             let is_key = key.contains(&name);
             let psi = if is_key {
+                let pairs = (config.baseline_events >= 3).then_some(&mut *pairs);
                 feature_psi(&name, current, previous, config.psi_floor, pairs)
             } else {
                 None
@@ -566,8 +569,8 @@ struct FeaturePsi {
 
 /// The pooled baseline of a key feature: the union of the sorted runs the previous events kept,
 /// read as one sorted sequence without laying it out (sorting the pool was one of the largest
-/// items of `feedback fold`'s wall time). The runs are merged pairwise until at most two sorted
-/// halves remain (none to merge for one or two runs); an order statistic is found by a binary
+/// items of `feedback fold`'s wall time). The two shortest runs are merged until at most two
+/// sorted halves remain (none to merge for one or two runs); an order statistic is found by a binary
 /// search over how many values the first half gives, and a count below an edge is the halves'
 /// counts. The values read are those of the sorted pool (values equal in the total order have
 /// the same bits), so every edge and share is too. The samples are finite (validation refuses
@@ -716,7 +719,7 @@ fn feature_psi(
     current: &KeptEvent,
     previous: &[(u64, &KeptEvent)],
     floor: f64,
-    pairs: &mut MergedPairs,
+    pairs: Option<&mut MergedPairs>,
 ) -> Option<FeaturePsi> {
     let actual = current
         .order_statistics
@@ -726,14 +729,15 @@ fn feature_psi(
         let (seq, event): (u64, &KeptEvent) = *previous.get(i)?;
         Some((seq, event.order_statistics.get(name)?))
     };
-    // Which of the runs pair up: an even-numbered event's and the next one's, both in the
-    // baseline. Merged once for both baselines that hold them.
+    // Which of the runs pair up, when pairs are kept: an even-numbered event's and the next
+    // one's, both in the baseline. Merged once, for the later baselines that hold them too.
     let paired = |i: usize| match (run(i), run(i + 1)) {
         (Some((seq, a)), Some((next, b))) if seq % 2 == 0 && next == seq + 1 => Some((seq, a, b)),
         _ => None,
     };
-    for i in 0..previous.len() {
-        if let Some((seq, a, b)) = paired(i) {
+    let mut kept: Option<&MergedPairs> = None;
+    if let Some(pairs) = pairs {
+        for (seq, a, b) in (0..previous.len()).filter_map(paired) {
             let merged = pairs.0.entry(seq).or_default();
             if !merged.contains_key(name) {
                 merged.insert(
@@ -742,11 +746,12 @@ fn feature_psi(
                 );
             }
         }
+        kept = Some(pairs);
     }
     let mut runs: Vec<Cow<'_, [u64]>> = Vec::with_capacity(previous.len());
     let mut i = 0;
     while i < previous.len() {
-        let merged = paired(i).and_then(|(seq, ..)| pairs.0.get(&seq)?.get(name));
+        let merged = kept.and_then(|p| p.0.get(&paired(i)?.0)?.get(name));
         match (merged, run(i)) {
             (Some(merged), _) => {
                 runs.push(Cow::Borrowed(merged));
@@ -944,6 +949,8 @@ mod tests {
                 let mut fresh = DriftState::from_kept(baseline.clone(), kept.seen).unwrap();
                 let figures = kept.observe(&fi, &config);
                 proptest::prop_assert_eq!(&figures, &fresh.observe(&fi, &config));
+                // Bounded: at most (K - 1) / 2 pairs stay kept from one event to the next.
+                proptest::prop_assert!(kept.pairs.0.len() <= (k.max(2) - 1) / 2);
                 let Some(figures) = figures else { continue };
                 let previous = &baseline[baseline.len().saturating_sub(k)..];
                 for (name, drift) in &figures.features {

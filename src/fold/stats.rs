@@ -791,7 +791,8 @@ mod tests {
 
     #[test]
     fn wilson_bounds_are_exact_at_no_hits_and_all_hits() {
-        // 0 of 7 came out as 5.551115123125783e-17 before the bounds were pinned.
+        // 0 of 7 gave a lower bound of 5.551115123125783e-17 and 10 of 10 an upper bound of
+        // 0.9999999999999999 before the bounds were pinned.
         for n in 1..=2_000 {
             let [lo, hi] = wilson(0, n).unwrap();
             assert_eq!(lo, 0.0, "0 of {n}");
@@ -799,6 +800,12 @@ mod tests {
             let [lo, hi] = wilson(n, n).unwrap();
             assert_eq!(hi, 1.0, "{n} of {n}");
             assert!(lo > 0.0 && lo < 1.0, "{n} of {n}: {lo}");
+        }
+        for n in 2..=300 {
+            for k in 1..n {
+                let [lo, hi] = wilson(k, n).unwrap();
+                assert!(0.0 < lo && lo < hi && hi < 1.0, "{k} of {n}: [{lo}, {hi}]");
+            }
         }
     }
 }
