@@ -570,11 +570,12 @@ struct FeaturePsi {
 /// The pooled baseline of a key feature: the union of the sorted runs the previous events kept,
 /// read as one sorted sequence without laying it out (sorting the pool was one of the largest
 /// items of `feedback fold`'s wall time). The two shortest runs are merged until at most two
-/// sorted halves remain (none to merge for one or two runs); an order statistic is found by a binary
-/// search over how many values the first half gives, and a count below an edge is the halves'
-/// counts. The values read are those of the sorted pool (values equal in the total order have
-/// the same bits), so every edge and share is too. The samples are finite (validation refuses
-/// others): a NaN would make `count_at_most`'s float comparison disagree with the sorted pool.
+/// sorted halves remain (none to merge for one or two runs); an order statistic is found by a
+/// binary search over how many values the first half gives, and a count below an edge is the
+/// halves' counts. The values read are those of the sorted pool (values equal in the total
+/// order have the same bits), so every edge and share is too. The samples are finite
+/// (validation refuses others): a NaN would make `count_at_most`'s float comparison disagree
+/// with the sorted pool.
 struct Pool<'a> {
     /// The two sorted halves, as total-order keys each between [`START`] and [`END`].
     a: Cow<'a, [u64]>,
@@ -967,7 +968,8 @@ mod tests {
                         let shares = |v: &[f64]| bin_shares_sorted(v, &edges);
                         psi(&shares(&actual), &shares(&pooled), 1e-4)
                     });
-                    proptest::prop_assert_eq!(drift.psi.map(f64::to_bits), expected.map(f64::to_bits));
+                    let bits = |v: Option<f64>| v.map(f64::to_bits);
+                    proptest::prop_assert_eq!(bits(drift.psi), bits(expected));
                 }
             }
         }
