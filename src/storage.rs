@@ -168,23 +168,35 @@ impl Storage {
 
     /// Writes the documents of every tenant in `tenants`, as `documents` gives them, with all
     /// cores: the documents are computed and encoded on every core (rayon), a slice of tenants
-    /// at a time, while a writer thread stages, syncs and renames the slice before. At most two
-    /// slices of JSON are held (a long calibration history runs to megabytes a tenant). Each
-    /// slice is atomic as [`Storage::write_tenants`] says, not the whole write: on an error the
-    /// slices before it stay written. One `syncfs` per slice: for a one-off write of thousands
-    /// of tenants (`fold`), not beside a broker or the processor.
+    /// at a time, while a writer thread stages the slice before and a syncer thread syncs and
+    /// renames the one before that, so the disk writes the staged bytes while the next slice is
+    /// staged. At most two slices of JSON are held (a long calibration history runs to
+    /// megabytes a tenant). Each slice is atomic as [`Storage::write_tenants`] says, not the
+    /// whole write: on an error the slices before it stay written. One `syncfs` per slice: for
+    /// a one-off write of thousands of tenants (`fold`), not beside a broker or the processor.
     pub fn write_all_tenants<F>(&self, tenants: &[&str], documents: F) -> Result<(), StorageError>
     where
         F: Fn(&str) -> Option<TenantDocuments> + Sync,
     {
         /// Tenants whose documents are computed and written together.
         const SLICE: usize = 128;
-        // A rendezvous: a slice is handed over only when the writer is ready for it.
+        // Rendezvous: a slice is handed over only when the next stage is ready for it.
         let (slices, received) = std::sync::mpsc::sync_channel::<Vec<EncodedTenant>>(0);
+        let (staged, to_publish) = std::sync::mpsc::sync_channel::<Vec<Staged>>(0);
         std::thread::scope(|scope| {
+            let syncer = scope.spawn(move || -> Result<(), StorageError> {
+                for slice in to_publish {
+                    self.publish(slice)?;
+                }
+                Ok(())
+            });
             let writer = scope.spawn(move || -> Result<(), StorageError> {
                 for slice in received {
-                    self.write_staged(slice.into_iter().map(Ok))?;
+                    let slice = self.stage_all(slice.into_iter().map(Ok))?;
+                    if staged.send(slice).is_err() {
+                        // The syncer stopped on an error, which its join returns.
+                        break;
+                    }
                 }
                 Ok(())
             });
@@ -200,10 +212,13 @@ impl Storage {
                 }
             }
             drop(slices);
-            match writer.join() {
-                Ok(written) => written,
-                Err(panic) => std::panic::resume_unwind(panic),
-            }
+            let join = |stage: std::thread::ScopedJoinHandle<'_, Result<(), StorageError>>| {
+                stage
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            };
+            let (staging, publishing) = (join(writer), join(syncer));
+            staging.and(publishing)
         })
     }
 
@@ -262,6 +277,15 @@ impl Storage {
         &self,
         encoded: impl IntoIterator<Item = Result<EncodedTenant, StorageError>>,
     ) -> Result<std::collections::HashMap<PathBuf, FileStamp>, StorageError> {
+        let staged = self.stage_all(encoded)?;
+        self.publish(staged)
+    }
+
+    /// Every file written to a temporary file beside its target, not yet synced nor renamed.
+    fn stage_all(
+        &self,
+        encoded: impl IntoIterator<Item = Result<EncodedTenant, StorageError>>,
+    ) -> Result<Vec<Staged>, StorageError> {
         let dir = self.performance_dir();
         fs::create_dir_all(&dir).map_err(|source| StorageError::CreateDir {
             path: dir.clone(),
@@ -273,6 +297,16 @@ impl Storage {
                 staged.push(stage(path, &bytes)?);
             }
         }
+        Ok(staged)
+    }
+
+    /// Staged files synced (as [`SyncMode`] says), then renamed over their targets, and the
+    /// renames synced; each written file's [`FileStamp`].
+    fn publish(
+        &self,
+        staged: Vec<Staged>,
+    ) -> Result<std::collections::HashMap<PathBuf, FileStamp>, StorageError> {
+        let dir = self.performance_dir();
         let Some((first, path)) = staged.first() else {
             return Ok(Default::default());
         };
@@ -504,8 +538,11 @@ fn encode<T: Serialize>(
     Ok((path, bytes))
 }
 
+/// A document written to a temporary file beside its path, not yet synced nor renamed.
+type Staged = (tempfile::NamedTempFile, PathBuf);
+
 /// Writes encoded bytes to a temporary file beside `path`, not yet synced nor renamed.
-fn stage(path: PathBuf, bytes: &[u8]) -> Result<(tempfile::NamedTempFile, PathBuf), StorageError> {
+fn stage(path: PathBuf, bytes: &[u8]) -> Result<Staged, StorageError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let write_err = |source| StorageError::Write {
         path: path.clone(),
@@ -617,6 +654,27 @@ mod tests {
             .write_all_tenants(&names, |name| engine.documents(name))
             .unwrap_err();
         assert!(matches!(err, StorageError::CreateDir { .. }), "{err}");
+
+        // The syncer fails (a document's path is a directory, so its rename fails) while the
+        // writer still stages slices after it: an error, not a hang; the slice before it is
+        // published and no temporary file is left.
+        let renamed = tempfile::tempdir().unwrap();
+        let storage = Storage::new(renamed.path());
+        let in_the_way = storage.path(&names[200], Document::Calibration).unwrap();
+        fs::create_dir_all(&in_the_way).unwrap();
+        let err = storage
+            .write_all_tenants(&names, |name| engine.documents(name))
+            .unwrap_err();
+        assert!(matches!(err, StorageError::Write { .. }), "{err}");
+        let doc: crate::fold::report::CalibrationDoc =
+            storage.read(&names[0], Document::Calibration).unwrap();
+        assert_eq!(doc.tenant, names[0]);
+        let left: Vec<_> = fs::read_dir(storage.performance_dir())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|path| path.extension().is_none_or(|e| e != "json"))
+            .collect();
+        assert!(left.is_empty(), "temporary files left: {left:?}");
     }
 
     /// Documents written through a [`CalibrationCache`], step after step of a fold, are the
