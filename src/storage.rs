@@ -660,14 +660,14 @@ mod tests {
         // published and no temporary file is left.
         let renamed = tempfile::tempdir().unwrap();
         let storage = Storage::new(renamed.path());
-        let in_the_way = storage.path(&names[200], Document::Calibration).unwrap();
+        let in_the_way = storage.path(names[200], Document::Calibration).unwrap();
         fs::create_dir_all(&in_the_way).unwrap();
         let err = storage
             .write_all_tenants(&names, |name| engine.documents(name))
             .unwrap_err();
         assert!(matches!(err, StorageError::Write { .. }), "{err}");
         let doc: crate::fold::report::CalibrationDoc =
-            storage.read(&names[0], Document::Calibration).unwrap();
+            storage.read(names[0], Document::Calibration).unwrap();
         assert_eq!(doc.tenant, names[0]);
         let left: Vec<_> = fs::read_dir(storage.performance_dir())
             .unwrap()
