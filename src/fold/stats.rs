@@ -81,7 +81,7 @@ pub fn wilson(k: u64, n: u64) -> Option<[f64; 2]> {
         return None;
     }
     const Z: f64 = 1.959_963_984_540_054;
-    let all = k == n;
+    let (none, all) = (k == 0, k == n);
     let n = n as f64;
     let p = k as f64 / n;
     let z2 = Z * Z;
@@ -89,12 +89,8 @@ pub fn wilson(k: u64, n: u64) -> Option<[f64; 2]> {
     let centre = (p + z2 / (2.0 * n)) / denom;
     let half = Z * (p * (1.0 - p) / n + z2 / (4.0 * n * n)).sqrt() / denom;
     // With no hits the lower bound is 0 exactly, and with all of them the upper is 1; in floats
-    // centre - half can come out as 5.6e-17 instead.
-    let lo = if k == 0 {
-        0.0
-    } else {
-        (centre - half).max(0.0)
-    };
+    // they can come out as 5.6e-17 and 0.9999999999999999 instead.
+    let lo = if none { 0.0 } else { (centre - half).max(0.0) };
     let hi = if all { 1.0 } else { (centre + half).min(1.0) };
     Some([lo, hi])
 }
