@@ -34,6 +34,16 @@ pub enum ForecastError {
     #[error("--interval must name a symmetric interval such as p10_p90, got {0:?}")]
     Interval(String),
     #[error(
+        "the calibration document of {tenant} has no {interval} coverage (its plans' quantiles \
+         give {}); pass one of those to --interval",
+        available.join(", ")
+    )]
+    IntervalAbsent {
+        tenant: String,
+        interval: String,
+        available: Vec<String>,
+    },
+    #[error(
         "cannot derive a {window}-day window from the {doc_window}-day calibration history of \
          {tenant}: {reason}. Fold with limits.calibration.window_days = {window} in --config to \
          get it, or leave --window out"
@@ -197,6 +207,20 @@ pub fn check(
                 options,
             ));
         }
+    }
+    // An interval no scope has, while some have others, is a mistake in the command, not missing
+    // data: read as `insufficient_data` everywhere, it would pass the check whatever the coverage.
+    let available: BTreeSet<&String> = scopes
+        .iter()
+        .flat_map(|s| s.coverage.keys())
+        .filter(|k| k.contains('_'))
+        .collect();
+    if !available.is_empty() && !available.contains(&options.interval) {
+        return Err(ForecastError::IntervalAbsent {
+            tenant: doc.tenant.clone(),
+            interval: options.interval.clone(),
+            available: available.into_iter().cloned().collect(),
+        });
     }
     // Horizon buckets in the order of their lower bounds (`8-14` before `15-28`).
     scopes.sort_by_key(|s| match s.scope.strip_prefix("horizon:") {
@@ -607,5 +631,34 @@ mod tests {
         );
         let text = got.to_string();
         assert!(text.contains("p10_p90 (0.80)"), "{text}");
+    }
+
+    #[test]
+    fn an_interval_the_document_lacks_is_an_error_not_a_pass() {
+        // miscal-002's plans carry p10, p50 and p90: p20_p80 is no interval of theirs, and read
+        // as missing data it would have passed the check of a miscalibrated tenant.
+        let doc = calibration(28, 75);
+        for window in [None, Some(14)] {
+            let options = ForecastOptions {
+                interval: "p20_p80".into(),
+                window,
+                ..ForecastOptions::default()
+            };
+            let err = check(&doc, &options).unwrap_err();
+            assert!(
+                matches!(&err, ForecastError::IntervalAbsent { available, .. }
+                    if available == &["p10_p90".to_owned()]),
+                "{err}"
+            );
+            assert!(err.to_string().contains("give p10_p90"), "{err}");
+        }
+        // A document without any pair yet has no interval at all: insufficient data, no error.
+        let empty = calibration(28, 1);
+        let options = ForecastOptions {
+            interval: "p20_p80".into(),
+            ..ForecastOptions::default()
+        };
+        let got = check(&empty, &options).unwrap();
+        assert!(got.scopes.iter().all(|s| s.status == "insufficient_data"));
     }
 }
