@@ -304,8 +304,11 @@ struct RunArgs {
 
 #[derive(Args)]
 struct DemoArgs {
-    /// Where the storage documents go.
-    #[arg(long, default_value = "storage", value_name = "DIR")]
+    /// Where the storage documents go: a directory of the demo's own by default, so that its
+    /// four tenants do not mix with documents of `fold` or `run`. The demo reads no
+    /// FEEDBACK_* setting but FEEDBACK_API_TOKEN: it never writes where a deployment's
+    /// FEEDBACK_STORAGE_DIR points, nor takes its FEEDBACK_HTTP address.
+    #[arg(long, default_value = "storage/demo", value_name = "DIR")]
     storage_dir: PathBuf,
     /// Address of the HTTP server: the /calibration dashboard, the API, /metrics.
     #[arg(long, default_value = "127.0.0.1:9464")]
@@ -629,7 +632,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 let report = tokio::task::spawn_blocking(move || {
                     feedback::demo::run(&options, h, |r| {
                         println!();
-                        println!("folded {} records; alerts so far: {}", r.produced,
+                        println!("folded {} records ({} of them poison, refused to the DLQ); alerts so far: {}", r.produced, r.refused,
                             r.by_type.iter().map(|(t, n)| format!("{t} {n}")).collect::<Vec<_>>().join(", "));
                         println!("active at the end of the history, every scope:");
                         for ((tenant, kind, scope), status) in &r.last {

@@ -146,6 +146,12 @@ impl Metrics {
             "Errors reported by librdkafka (a broker down, a transport failure), by kind.",
             &["kind"],
         );
+        // The kinds an unreachable cluster gives, there at 0 from the start so that a first
+        // outage shows in `rate()` and `increase()` (the label set is librdkafka's error codes,
+        // too many to list; others appear when they first happen).
+        for kind in ["AllBrokersDown", "BrokerTransportFailure"] {
+            client_errors.with_label_values(&[kind]);
+        }
         let documents = IntCounter::new(
             "feedback_documents_written_total",
             "Storage documents written (three per tenant write).",
@@ -220,6 +226,8 @@ mod tests {
             "feedback_commit_seconds_bucket",
             "feedback_tenants_owned 0",
             "feedback_ready 0",
+            "feedback_kafka_client_errors_total{kind=\"AllBrokersDown\"} 0",
+            "feedback_kafka_client_errors_total{kind=\"BrokerTransportFailure\"} 0",
             "feedback_calibration_entries_total{how=\"copied\"} 0",
             "feedback_calibration_entries_total{how=\"rendered\"} 0",
         ] {

@@ -419,6 +419,22 @@ impl Simulator {
     }
 }
 
+impl Simulator {
+    /// The records of the next day of the history (what [`Iterator::next`] would give one at a
+    /// time); `None` past the last day.
+    pub fn next_day(&mut self) -> Option<Vec<SimRecord>> {
+        if !self.pending.is_empty() {
+            return Some(self.pending.drain(..).collect());
+        }
+        if self.day >= self.config.days {
+            return None;
+        }
+        self.generate_day(self.day);
+        self.day += 1;
+        Some(self.pending.drain(..).collect())
+    }
+}
+
 impl Iterator for Simulator {
     type Item = SimRecord;
 
@@ -489,5 +505,14 @@ mod tests {
             .map(|r| r.jsonl("t"))
             .collect();
         assert_ne!(a, other);
+        // Day by day, the same records.
+        let mut sim = Simulator::new(&c);
+        let mut days = 0;
+        let mut by_day = Vec::new();
+        while let Some(day) = sim.next_day() {
+            days += 1;
+            by_day.extend(day.iter().map(|r| r.jsonl("t")));
+        }
+        assert_eq!((days, by_day), (20, a));
     }
 }

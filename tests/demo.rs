@@ -89,6 +89,21 @@ fn demo_binary_fires_the_three_alert_types_and_serves_metrics() {
             "{needle:?} not in the demo's output:\n{text}"
         );
     }
+    // The history reaches the processor a day at a time, as connectors deliver it: a tenant's
+    // daily reports say `ok` once its first plans' lines are scored, in the first days. (A
+    // history produced all at once was folded a topic's backlog at a time, and the reports
+    // said `insufficient_data` until the history's last day.)
+    for tenant in ["healthy-000", "miscal-002", "drift-003"] {
+        let ok = text
+            .lines()
+            .find(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                f.get(1..5) == Some(&["model.calibration", tenant, "tenant", "ok"][..])
+            })
+            .unwrap_or_else(|| panic!("{tenant} never reported ok:\n{text}"));
+        let date = ok.split_whitespace().next().unwrap_or("");
+        assert!(date < "2026-08-15", "{tenant} first ok on {date}:\n{text}");
+    }
     assert!(text.contains("demo stopped:"), "{text}");
 }
 
@@ -130,10 +145,11 @@ fn processor_on_the_mock_cluster_folds_what_fold_folds() {
         writeln!(f, "{}", r.jsonl(topics.name(r.topic))).unwrap();
     }
     let fold_dir = dir.path().join("fold");
+    let alerts = dir.path().join("alerts.jsonl");
     fold_files(&FoldJob {
         inputs: vec![input],
         storage_dir: fold_dir.clone(),
-        alerts_out: None,
+        alerts_out: Some(alerts.clone()),
         dlq_out: None,
         topics,
         config: Default::default(),
@@ -163,6 +179,28 @@ fn processor_on_the_mock_cluster_folds_what_fold_folds() {
             })
             .collect()
     };
+    // The demo delivers the history a day at a time, each day once the processor has read the
+    // one before, as connectors would live: each tenant's daily reports are then those of
+    // `fold`, which reads the records in the file's day order.
+    let daily: std::collections::BTreeSet<(String, String, String)> =
+        std::fs::read_to_string(&alerts)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|a| {
+                a["type"] == "model.calibration"
+                    && a["data"]["scope"] == "tenant"
+                    && a["data"]["trigger"] == "as_of"
+            })
+            .map(|a| {
+                let field = |k: &str| a["data"][k].as_str().unwrap().to_owned();
+                (field("tenant"), field("as_of"), field("status"))
+            })
+            .collect();
+    // Outcomes come the day after their date: 44 dates a tenant.
+    assert_eq!(daily.len(), 4 * 44);
+    assert_eq!(report.daily, daily);
+
     let (a, b) = (docs(&options.storage_dir), docs(&fold_dir));
     assert_eq!(a.len(), 12);
     for ((na, va), (nb, vb)) in a.iter().zip(&b) {

@@ -52,6 +52,10 @@ pub struct Settings {
     /// Whether start-up reads the state topic's `cleanup.policy` (refusing one that is not
     /// compacted). Off for librdkafka's mock cluster, which cannot describe configs.
     pub check_state_policy: bool,
+    /// How long a fetch of the inputs waits at the broker for records (`fetch.wait.max.ms`);
+    /// None: librdkafka's default, 500 ms. The demo, which produces a day at a time and waits
+    /// until the processor has read it, sets it short.
+    pub fetch_wait: Option<Duration>,
 }
 
 impl Settings {
@@ -68,6 +72,7 @@ impl Settings {
             fold: FoldConfig::default(),
             client_overrides: Vec::new(),
             check_state_policy: true,
+            fetch_wait: None,
         }
     }
 
@@ -110,6 +115,9 @@ impl Settings {
             // it empty for 100 ms every second (measured: 10% of the throughput).
             .set("fetch.queue.backoff.ms", "100")
             .set("statistics.interval.ms", "5000");
+        if let Some(wait) = self.fetch_wait {
+            c.set("fetch.wait.max.ms", wait.as_millis().to_string());
+        }
         self.finish(c)
     }
 
