@@ -158,7 +158,13 @@ pub fn run(
             announced = true;
             report.refused = crate::event::validate::RejectKind::ALL
                 .iter()
-                .map(|k| handles.metrics.rejected.with_label_values(&[k.as_str()]).get())
+                .map(|k| {
+                    handles
+                        .metrics
+                        .rejected
+                        .with_label_values(&[k.as_str()])
+                        .get()
+                })
                 .sum();
             on_ready(&report);
         }
@@ -206,8 +212,7 @@ fn produce_live(
         std::thread::sleep(Duration::from_millis(20));
     }
     // Each day is sent at once and flushed: nothing to gain from lingering.
-    let mut producer =
-        InputProducer::with_overrides(brokers, &[("linger.ms".into(), "0".into())])?;
+    let mut producer = InputProducer::with_overrides(brokers, &[("linger.ms".into(), "0".into())])?;
     let mut history = Simulator::new(sim);
     let mut sent = 0;
     while let Some(day) = history.next_day() {

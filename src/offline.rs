@@ -2,6 +2,7 @@
 //! `{"topic", "payload"}` records (the shape `kcat -J` prints), writing the storage documents,
 //! the alerts and the refused records.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufWriter, Read, Write};
@@ -373,7 +374,7 @@ fn read_chunks(
                     let line = &text[range];
                     let decoded = decode_line(line, topics, schemas).map_err(|r| {
                         Box::new(Rejected {
-                            payload: String::from_utf8_lossy(r.payload.unwrap_or(line))
+                            payload: String::from_utf8_lossy(r.payload.as_deref().unwrap_or(line))
                                 .into_owned(),
                             rejection: r.rejection,
                             topic: r.topic,
@@ -404,7 +405,8 @@ struct Refused<'a> {
     topic: Option<String>,
     partition: Option<i64>,
     offset: Option<i64>,
-    payload: Option<&'a [u8]>,
+    /// The record's bytes: the payload object's text, or what a payload string holds.
+    payload: Option<Cow<'a, [u8]>>,
 }
 
 /// Records decoded before they are folded together: the fold takes each tenant's records of a
@@ -504,7 +506,7 @@ fn decode_line<'a>(
         r.topic = envelope.topic.as_deref().map(str::to_owned);
         r.partition = envelope.partition;
         r.offset = envelope.offset;
-        r.payload = payload;
+        r.payload = payload.map(Cow::Borrowed);
         r
     };
     let Some(raw) = envelope.payload else {
@@ -522,15 +524,15 @@ fn decode_line<'a>(
         ));
     };
     // A payload given as a string (as kcat -J prints it) is the record's bytes; an object is the record.
-    let unescaped: String;
+    let mut unescaped: Option<String> = None;
     let bytes = if raw_bytes.first() == Some(&b'"') {
-        unescaped = serde_json::from_str(raw.get()).map_err(|e| {
+        let text: String = serde_json::from_str(raw.get()).map_err(|e| {
             with_source(
                 refuse(RejectKind::Malformed, format!("payload string: {e}")),
                 Some(raw_bytes),
             )
         })?;
-        unescaped.as_bytes()
+        unescaped.insert(text).as_bytes()
     } else if raw_bytes == b"null" {
         return Err(with_source(
             refuse(RejectKind::Malformed, "payload is null".into()),
@@ -544,6 +546,10 @@ fn decode_line<'a>(
         Err(rejection) => {
             let mut r = with_source(refuse(rejection.kind, String::new()), Some(raw_bytes));
             r.rejection = rejection;
+            // The DLQ keeps the record's bytes, not the JSON string that carried them.
+            if let Some(text) = unescaped {
+                r.payload = Some(Cow::Owned(text.into_bytes()));
+            }
             Err(r)
         }
     }

@@ -107,6 +107,9 @@ fn bad_records_do_not_stop_the_fold() {
             r#"{"topic": "outcomes", "payload": {"tenant": "acme", "date": "2026-11-20", "channel": "meta", "spend": 1, "revenue": 2}}"#,
             "\n",
             r#"{"topic": "outcomes", "payload": {"tenant": "acme", "date": "2026-11-20", "channel": "meta", "spend": -1, "revenue": 2}}"#,
+            "\n",
+            // As `kcat -J` prints a record: its bytes in a JSON string.
+            r#"{"topic": "outcomes", "payload": "{\"tenant\": \"acme\", \"spend\": -1}"}"#,
             "\n"
         ),
     )
@@ -129,20 +132,39 @@ fn bad_records_do_not_stop_the_fold() {
         String::from_utf8_lossy(&out.stderr)
     );
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(summary["records"], 3);
+    assert_eq!(summary["records"], 4);
     assert_eq!(summary["accepted"], 1);
     assert_eq!(summary["rejected_by_kind"]["malformed"], 1);
     assert_eq!(summary["rejected_by_kind"]["invalid_field"], 1);
+    assert_eq!(summary["rejected_by_kind"]["schema_mismatch"], 1);
     let dlq = std::fs::read_to_string(dlq).unwrap();
-    assert_eq!(dlq.lines().count(), 2);
+    assert_eq!(dlq.lines().count(), 3);
+    // Each refused record's payload is its bytes: an object's text, a string's contents (not
+    // the string as JSON, quotes and escapes and all).
+    let payloads: Vec<String> = dlq
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["payload"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(payloads[0], "garbage");
+    assert!(
+        payloads[1].starts_with(r#"{"tenant": "acme", "date""#),
+        "{}",
+        payloads[1]
+    );
+    assert_eq!(payloads[2], r#"{"tenant": "acme", "spend": -1}"#);
     let doc: serde_json::Value = serde_json::from_slice(
         &std::fs::read(storage.join("metadata/performance/acme.json")).unwrap(),
     )
     .unwrap();
     assert_eq!(doc["counts"]["outcomes"], 1);
     assert_eq!(
-        doc["counts"]["rejected"], 1,
-        "the refused record is counted against its tenant"
+        doc["counts"]["rejected"], 2,
+        "the refused records are counted against their tenant"
     );
 }
 
