@@ -218,17 +218,27 @@ struct ForecastArgs {
     storage: StorageArgs,
     /// A scope warns when its --interval coverage is below this share (0 to 1). The nominal
     /// coverage of p10_p90 is 0.80.
-    #[arg(long, env = "FEEDBACK_THRESHOLD", default_value_t = 0.70)]
+    #[arg(
+        long,
+        env = "FEEDBACK_THRESHOLD",
+        default_value_t = 0.70,
+        allow_negative_numbers = true
+    )]
     threshold: f64,
     /// The window in days, ending at as_of. Default: the calibration document's own window
     /// (limits.calibration.window_days, 28 unless configured). Another window is derived
     /// exactly from the document's daily history, which is possible when every forecast line
     /// carries every quantile; otherwise the command says so and exits 2.
-    #[arg(long, value_name = "DAYS")]
+    #[arg(long, value_name = "DAYS", allow_negative_numbers = true)]
     window: Option<u32>,
     /// Scopes with fewer pairs than this in the window are insufficient_data and never warn
     /// (the calibration rule's default min_n).
-    #[arg(long, default_value_t = 30, value_name = "N")]
+    #[arg(
+        long,
+        default_value_t = 30,
+        value_name = "N",
+        allow_negative_numbers = true
+    )]
     min_n: u64,
     /// The symmetric interval the threshold applies to.
     #[arg(long, default_value = "p10_p90", value_name = "pNN_pMM")]
@@ -324,10 +334,10 @@ struct DemoArgs {
     )]
     api_token: Option<feedback::http::ApiToken>,
     /// Stop by itself after this long (e.g. 20s); default: run until Ctrl-C.
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = humantime::parse_duration, allow_hyphen_values = true)]
     duration: Option<std::time::Duration>,
-    /// Days of synthetic history.
-    #[arg(long, default_value_t = 90)]
+    /// Days of synthetic history (at least 1).
+    #[arg(long, default_value_t = 90, value_parser = at_least_one::<u32>)]
     days: u32,
     /// Seed of the synthetic history (see `simulate --seed`).
     #[arg(long, default_value_t = 42)]
@@ -346,6 +356,19 @@ struct CreateTopicsArgs {
     replication: i32,
 }
 
+/// A count of at least 1 (`--tenants 0` would make an empty history, `--channels 0` was
+/// taken as 1).
+fn at_least_one<T: std::str::FromStr + PartialOrd + From<u8>>(text: &str) -> Result<T, String>
+where
+    T::Err: std::fmt::Display,
+{
+    let n: T = text.parse().map_err(|e| format!("{e}"))?;
+    if n < T::from(1) {
+        return Err("must be at least 1".into());
+    }
+    Ok(n)
+}
+
 fn parse_key_value(s: &str) -> Result<(String, String), String> {
     s.split_once('=')
         .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
@@ -359,16 +382,16 @@ struct SimulateArgs {
     #[arg(long, default_value_t = 42)]
     seed: u64,
     /// Number of tenants, named after their scenario ({scenario}-{index:03}, e.g. healthy-000).
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, value_parser = at_least_one::<usize>)]
     tenants: usize,
     /// Channels per tenant (meta, google, tiktok, pinterest, snap, email, then channel6...).
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = at_least_one::<usize>)]
     channels: usize,
     /// Campaigns per channel (cmp-1, cmp-2, ...); every other one is also reported by Shopify.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, value_parser = at_least_one::<usize>)]
     campaigns: usize,
     /// Days of history.
-    #[arg(long, default_value_t = 90)]
+    #[arg(long, default_value_t = 90, value_parser = at_least_one::<u32>)]
     days: u32,
     /// First day of the history.
     #[arg(long, default_value = "2026-08-01", value_name = "YYYY-MM-DD")]
@@ -381,7 +404,12 @@ struct SimulateArgs {
     scenario: feedback::simulate::Scenario,
     /// Share of records replaced by poison records that validation must refuse (0 to 1): bad
     /// JSON, wrong types, negative spend, a tenant name that is a path, missing fields.
-    #[arg(long, default_value_t = 0.0, value_name = "SHARE")]
+    #[arg(
+        long,
+        default_value_t = 0.0,
+        value_name = "SHARE",
+        allow_negative_numbers = true
+    )]
     poison_rate: f64,
     /// Write the JSONL to this file instead of standard output.
     #[arg(long, short, value_name = "FILE", conflicts_with = "brokers")]
@@ -456,7 +484,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             // Our error messages carry their cause already; `{:#}` would print it twice.
-            eprintln!("error: {e}");
+            print_stderr(&format!("error: {e}"));
             ExitCode::from(2)
         }
     }
@@ -468,6 +496,11 @@ fn print_stdout(text: &str) -> std::io::Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         other => other,
     }
+}
+
+/// Prints a line to standard error; a closed pipe is not an error (`eprintln!` would panic).
+fn print_stderr(text: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "{text}");
 }
 
 /// A command's result as text or, with --json, as pretty JSON.
@@ -526,7 +559,7 @@ fn stop_on_signal(stop: std::sync::Arc<std::sync::atomic::AtomicBool>) {
                 );
                 stop.store(true, std::sync::atomic::Ordering::Relaxed);
             } else {
-                eprintln!("exiting at once");
+                print_stderr("exiting at once");
                 std::process::exit(130);
             }
         }
@@ -590,7 +623,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(_) => Ok(ExitCode::SUCCESS),
                 Err(e @ feedback::kafka::processor::RunError::Topics(_)) => Err(e.into()),
                 Err(e) => {
-                    eprintln!("error: {e}");
+                    print_stderr(&format!("error: {e}"));
                     Ok(ExitCode::from(1))
                 }
             }
@@ -711,7 +744,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let report = feedback::commands::produce::produce(&job)?;
             if report.refused_any() && !args.json {
                 // The refused lines are the problem: they go where errors go.
-                eprintln!("{report}");
+                print_stderr(&report.to_string());
             } else {
                 print_report(&report, args.json)?;
             }
@@ -778,15 +811,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         &args.kafka_config,
                         args.timeout,
                     )?;
-                    eprintln!(
+                    print_stderr(&format!(
                         "produced {} records ({} poison) to {} on {brokers} in {:.1}s",
                         report.records,
                         report.poison,
                         config.topics.inputs().join(", "),
                         started.elapsed().as_secs_f64()
-                    );
+                    ));
                 }
                 (None, Some(path)) => {
+                    // As fold does for its outputs, a directory named for the file is created.
+                    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                        std::fs::create_dir_all(dir)
+                            .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
+                    }
                     let file = std::fs::File::create(path)
                         .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", path.display()))?;
                     write_jsonl(&sim, &config.topics, file)?;

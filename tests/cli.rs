@@ -77,6 +77,46 @@ fn output_files_may_name_directories_that_do_not_exist_yet() {
     );
     assert_eq!(std::fs::read_to_string(&alerts).unwrap(), "");
     assert_eq!(std::fs::read_to_string(&dlq).unwrap().lines().count(), 1);
+
+    // `simulate --out` too.
+    let history = dir.path().join("sim/new/history.jsonl");
+    let out = feedback(&[
+        "simulate",
+        "--days",
+        "2",
+        "--tenants",
+        "1",
+        "--out",
+        history.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(std::fs::read_to_string(&history).unwrap().lines().count() > 5);
+}
+
+#[test]
+fn counts_of_zero_and_negative_numbers_get_clear_errors() {
+    for (args, said) in [
+        (&["simulate", "--channels", "0"][..], "must be at least 1"),
+        (&["simulate", "--days", "0"][..], "must be at least 1"),
+        (
+            &["alert-forecast", "acme", "--threshold", "-0.1"][..],
+            "--threshold must be between 0 and 1, got -0.1",
+        ),
+        (
+            &["demo", "--duration", "-5s"][..],
+            "invalid value '-5s' for '--duration",
+        ),
+    ] {
+        let out = feedback(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(said), "{args:?}: {stderr}");
+    }
 }
 
 #[test]

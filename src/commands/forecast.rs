@@ -89,6 +89,9 @@ pub struct ForecastCheck {
     /// The date the window ends on (the tenant's as_of); None before the first outcome.
     pub as_of: Option<String>,
     pub window_days: u32,
+    /// Days of calibration history, from the first outcome date to as_of: a longer window
+    /// holds all of them.
+    pub history_days: usize,
     /// `document` when the window is the calibration document's own, `derived` otherwise.
     pub window_source: &'static str,
     pub threshold: f64,
@@ -242,6 +245,7 @@ pub fn check(
         tenant: doc.tenant.clone(),
         as_of: doc.history.last().map(|e| e.as_of.clone()),
         window_days: window,
+        history_days: doc.history.len(),
         window_source: if derived { "derived" } else { "document" },
         threshold: options.threshold,
         min_n: options.min_n,
@@ -467,7 +471,15 @@ impl fmt::Display for ForecastCheck {
         } else {
             "the calibration document's window"
         };
-        writeln!(f, "window    {} days ({source})", self.window_days)?;
+        let clipped = if self.window_days as usize > self.history_days {
+            format!(
+                "; the history holds {} days, all of them in the window",
+                self.history_days
+            )
+        } else {
+            String::new()
+        };
+        writeln!(f, "window    {} days ({source}{clipped})", self.window_days)?;
         writeln!(
             f,
             "threshold {} coverage >= {:.2} with at least {} pairs",
@@ -631,6 +643,16 @@ mod tests {
         );
         let text = got.to_string();
         assert!(text.contains("p10_p90 (0.80)"), "{text}");
+        // A window longer than the history says that it holds all of it.
+        let options = ForecastOptions {
+            window: Some(1000),
+            ..ForecastOptions::default()
+        };
+        let long = check(&doc, &options).unwrap();
+        assert_eq!(long.history_days, doc.history.len());
+        let text = long.to_string();
+        let said = format!("the history holds {} days, all of them", doc.history.len());
+        assert!(text.contains(&said), "{text}");
     }
 
     #[test]

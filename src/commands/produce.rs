@@ -121,7 +121,21 @@ impl std::fmt::Display for ProduceReport {
             self.refused.len(),
             self.records,
             self.topic
-        )
+        )?;
+        if self
+            .refused
+            .iter()
+            .any(|r| r.message.contains("unknown field `topic`"))
+        {
+            write!(
+                f,
+                "\nhint: these lines look like `fold`'s {{\"topic\", \"payload\"}} records; `produce` \
+                 takes the payloads alone, one per line (`jq -c 'select(.topic == \"{}\") | \
+                 .payload'` extracts them)",
+                self.topic
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -278,5 +292,32 @@ mod tests {
         })
         .unwrap_err();
         assert!(err.to_string().contains("not an input topic"), "{err}");
+    }
+
+    #[test]
+    fn fold_records_given_to_produce_get_a_hint() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("history.jsonl");
+        std::fs::write(
+            &file,
+            r#"{"topic": "outcomes", "payload": {"tenant": "acme", "date": "2026-11-20", "channel": "meta", "spend": 1, "revenue": 2}}"#,
+        )
+        .unwrap();
+        let report = produce(&ProduceJob {
+            file,
+            topic: "outcomes".into(),
+            brokers: "127.0.0.1:1".into(),
+            topics: TopicNames::default(),
+            kafka_config: Vec::new(),
+            timeout: Duration::from_secs(1),
+        })
+        .unwrap();
+        assert_eq!(report.produced, 0);
+        let text = report.to_string();
+        assert!(
+            text.contains(r#"hint: these lines look like `fold`'s {"topic", "payload"} records"#)
+                && text.contains(r#"select(.topic == "outcomes") | .payload"#),
+            "{text}"
+        );
     }
 }
