@@ -1,9 +1,10 @@
 //! `feedback demo`: everything on one machine, no broker to install (SPEC 8).
 //!
-//! librdkafka's in-process mock cluster stands in for Kafka. The demo creates the topics,
-//! produces a synthetic history in which one tenant stays healthy, one degrades, one is
-//! miscalibrated and one drifts, runs the very processor `feedback run` runs, prints the
-//! alerts as they are committed, and serves HTTP until stopped.
+//! librdkafka's in-process mock cluster stands in for Kafka. The demo creates the topics, runs
+//! the very processor `feedback run` runs, produces a synthetic history in which one tenant
+//! stays healthy, one degrades, one is miscalibrated and one drifts (a day at a time, as
+//! connectors would deliver it), prints the alerts as they are committed, and serves HTTP
+//! until stopped.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -107,15 +108,6 @@ pub fn run(
 
     let mut announced = false;
     let mut quiet_since = Instant::now();
-    // The commit count when every produced record had been read: the next commit holds them all.
-    let mut commits_when_consumed: Option<u64> = None;
-    let commits = || {
-        handles
-            .metrics
-            .commits
-            .with_label_values(&["committed"])
-            .get()
-    };
     while !handles.stop.load(Ordering::Relaxed) && !watcher_stop.load(Ordering::Relaxed) {
         match consumer.poll(Duration::from_millis(200)) {
             Some(Ok(m)) => {
@@ -149,12 +141,14 @@ pub fn run(
                 }
             }
         }
-        let read_all = produced.is_some_and(|n| consumed(&handles, &topics) >= n);
-        if read_all && commits_when_consumed.is_none() {
-            commits_when_consumed = Some(commits());
-        }
-        let all_committed = commits_when_consumed.is_some_and(|c| commits() > c);
-        if !announced && all_committed && quiet_since.elapsed() > Duration::from_secs(1) {
+        // Once the whole history is produced, the announcement waits for the commit of its
+        // last records (their alerts are in that transaction), then for a second without
+        // alerts, in which this watcher has read them.
+        let committed = handles.committed.load(Ordering::Relaxed);
+        let announce = !announced
+            && produced.is_some_and(|n| committed >= n)
+            && quiet_since.elapsed() > Duration::from_secs(1);
+        if announce {
             announced = true;
             report.refused = crate::event::validate::RejectKind::ALL
                 .iter()
@@ -223,7 +217,7 @@ fn produce_live(
                 r.payload_json().as_bytes(),
             )?;
         }
-        sent = producer.flush(Duration::from_secs(30))?;
+        sent = producer.flush_unlingered(Duration::from_secs(30))?;
         // A processor that does not catch up within a few seconds (a rebalance) gets the next
         // day anyway: the demo goes on, only less in step.
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -256,8 +250,6 @@ fn note(report: &mut DemoReport, alert: &Alert) {
         alert.kind.as_str().to_owned(),
         scope.clone(),
     );
-    // A daily calibration report can carry a change of status too (when it happens on an
-    // as_of advance): a transition is a status that differs from the last one seen.
     if alert.kind.as_str() == "model.calibration" && scope == "tenant" && data["trigger"] == "as_of"
     {
         let as_of = data["as_of"].as_str().unwrap_or("").to_owned();
@@ -265,6 +257,8 @@ fn note(report: &mut DemoReport, alert: &Alert) {
             .daily
             .insert((alert.subject.clone(), as_of, status.clone()));
     }
+    // A daily calibration report can carry a change of status too (when it happens on an
+    // as_of advance): a transition is a status that differs from the last one seen.
     let previous = report.last.insert(key, status.clone());
     if previous.as_deref() == Some(status.as_str()) {
         return;

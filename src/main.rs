@@ -315,9 +315,9 @@ struct RunArgs {
 #[derive(Args)]
 struct DemoArgs {
     /// Where the storage documents go: a directory of the demo's own by default, so that its
-    /// four tenants do not mix with documents of `fold` or `run`. The demo reads no
-    /// FEEDBACK_* setting but FEEDBACK_API_TOKEN: it never writes where a deployment's
-    /// FEEDBACK_STORAGE_DIR points, nor takes its FEEDBACK_HTTP address.
+    /// four tenants do not mix with documents of `fold` or `run`. Of the FEEDBACK_* settings
+    /// the demo reads only FEEDBACK_API_TOKEN and FEEDBACK_LOG: it never writes where a
+    /// deployment's FEEDBACK_STORAGE_DIR points, nor takes its FEEDBACK_HTTP address.
     #[arg(long, default_value = "storage/demo", value_name = "DIR")]
     storage_dir: PathBuf,
     /// Address of the HTTP server: the /calibration dashboard, the API, /metrics.

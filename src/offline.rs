@@ -518,10 +518,14 @@ fn decode_line<'a>(
     let raw_bytes = raw.get().as_bytes();
     let Some(topic) = topics.input(topic_name) else {
         let message = format!("topic {topic_name:?} is not one of the input topics");
-        return Err(with_source(
-            refuse(RejectKind::UnknownTopic, message),
-            Some(raw_bytes),
-        ));
+        let mut r = with_source(refuse(RejectKind::UnknownTopic, message), Some(raw_bytes));
+        // A payload string's bytes, as below, when it reads as one.
+        if raw_bytes.first() == Some(&b'"') {
+            if let Ok(text) = serde_json::from_str::<String>(raw.get()) {
+                r.payload = Some(Cow::Owned(text.into_bytes()));
+            }
+        }
+        return Err(r);
     };
     // A payload given as a string (as kcat -J prints it) is the record's bytes; an object is the record.
     let mut unescaped: Option<String> = None;
@@ -629,11 +633,11 @@ mod tests {
                 5 => text.push('\n'),
                 6 => text.push_str("  \t \r\n"),
                 7 if i < 300 => {
-                    // Longer than a read block: refused, its payload (a string, quotes and
-                    // all) whole in the DLQ.
-                    let payload = format!(r#""{}""#, "x".repeat(3 << 20));
-                    let long = format!(r#"{{"topic":"outcomes","payload":{payload}}}"#);
-                    expected.push((line_no, Err(payload.len())));
+                    // Longer than a read block: refused, its payload (the bytes the string
+                    // holds) whole in the DLQ.
+                    let bytes = "x".repeat(3 << 20);
+                    let long = format!(r#"{{"topic":"outcomes","payload":"{bytes}"}}"#);
+                    expected.push((line_no, Err(bytes.len())));
                     text.push_str(&long);
                     text.push('\n');
                 }

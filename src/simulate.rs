@@ -211,6 +211,20 @@ pub struct Simulator {
 }
 
 impl Simulator {
+    /// The records of the next day of the history (what [`Iterator::next`] would give one at a
+    /// time); `None` past the last day.
+    pub fn next_day(&mut self) -> Option<Vec<SimRecord>> {
+        if !self.pending.is_empty() {
+            return Some(self.pending.drain(..).collect());
+        }
+        if self.day >= self.config.days {
+            return None;
+        }
+        self.generate_day(self.day);
+        self.day += 1;
+        Some(self.pending.drain(..).collect())
+    }
+
     pub fn new(config: &SimConfig) -> Simulator {
         let mut rng = Pcg64Mcg::seed_from_u64(config.seed);
         let tenants: Vec<TenantSim> = (0..config.tenants)
@@ -416,22 +430,6 @@ impl Simulator {
             }
         }
         self.tenants = tenants;
-    }
-}
-
-impl Simulator {
-    /// The records of the next day of the history (what [`Iterator::next`] would give one at a
-    /// time); `None` past the last day.
-    pub fn next_day(&mut self) -> Option<Vec<SimRecord>> {
-        if !self.pending.is_empty() {
-            return Some(self.pending.drain(..).collect());
-        }
-        if self.day >= self.config.days {
-            return None;
-        }
-        self.generate_day(self.day);
-        self.day += 1;
-        Some(self.pending.drain(..).collect())
     }
 }
 

@@ -150,6 +150,8 @@ fn bad_records_do_not_stop_the_fold() {
             "\n",
             // As `kcat -J` prints a record: its bytes in a JSON string.
             r#"{"topic": "outcomes", "payload": "{\"tenant\": \"acme\", \"spend\": -1}"}"#,
+            "\n",
+            r#"{"topic": "clicks", "payload": "{\"tenant\": \"acme\"}"}"#,
             "\n"
         ),
     )
@@ -172,13 +174,14 @@ fn bad_records_do_not_stop_the_fold() {
         String::from_utf8_lossy(&out.stderr)
     );
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(summary["records"], 4);
+    assert_eq!(summary["records"], 5);
     assert_eq!(summary["accepted"], 1);
     assert_eq!(summary["rejected_by_kind"]["malformed"], 1);
     assert_eq!(summary["rejected_by_kind"]["invalid_field"], 1);
     assert_eq!(summary["rejected_by_kind"]["schema_mismatch"], 1);
+    assert_eq!(summary["rejected_by_kind"]["unknown_topic"], 1);
     let dlq = std::fs::read_to_string(dlq).unwrap();
-    assert_eq!(dlq.lines().count(), 3);
+    assert_eq!(dlq.lines().count(), 4);
     // Each refused record's payload is its bytes: an object's text, a string's contents (not
     // the string as JSON, quotes and escapes and all).
     let payloads: Vec<String> = dlq
@@ -197,6 +200,7 @@ fn bad_records_do_not_stop_the_fold() {
         payloads[1]
     );
     assert_eq!(payloads[2], r#"{"tenant": "acme", "spend": -1}"#);
+    assert_eq!(payloads[3], r#"{"tenant": "acme"}"#);
     let doc: serde_json::Value = serde_json::from_slice(
         &std::fs::read(storage.join("metadata/performance/acme.json")).unwrap(),
     )

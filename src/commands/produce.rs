@@ -130,7 +130,7 @@ impl std::fmt::Display for ProduceReport {
             write!(
                 f,
                 "\nhint: these lines look like `fold`'s {{\"topic\", \"payload\"}} records; `produce` \
-                 takes the payloads alone, one per line (`jq -c 'select(.topic == \"{}\") | \
+                 takes the payloads alone, one per line (`jq -rc 'select(.topic == \"{}\") | \
                  .payload'` extracts them)",
                 self.topic
             )?;
@@ -316,7 +316,7 @@ mod tests {
         let text = report.to_string();
         assert!(
             text.contains(r#"hint: these lines look like `fold`'s {"topic", "payload"} records"#)
-                && text.contains(r#"select(.topic == "outcomes") | .payload"#),
+                && text.contains(r#"jq -rc 'select(.topic == "outcomes") | .payload'"#),
             "{text}"
         );
     }

@@ -104,6 +104,10 @@ pub struct Handles {
     pub stop: Arc<AtomicBool>,
     /// Ready once the assigned partitions are restored (`/readyz`).
     pub ready: Arc<AtomicBool>,
+    /// How many records had been consumed when the last successful commit started: their
+    /// outputs and offsets are committed. After an abort it runs ahead (a rewound record
+    /// counts again when it is read again).
+    pub committed: Arc<AtomicU64>,
 }
 
 impl Handles {
@@ -112,6 +116,7 @@ impl Handles {
             metrics: Arc::new(Metrics::new()),
             stop: Arc::new(AtomicBool::new(false)),
             ready: Arc::new(AtomicBool::new(false)),
+            committed: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -282,6 +287,8 @@ struct Pipeline {
 struct InFlight {
     thread: std::thread::JoinHandle<Result<(), KafkaError>>,
     started: Instant,
+    /// Records consumed when it started: what it commits.
+    consumed: u64,
 }
 
 /// An output produced while no transaction could take it (a commit was in flight).
@@ -320,6 +327,27 @@ impl ReadyAlert {
             headers,
         }
     }
+}
+
+/// Waits until every record sent is delivered, its report served by the producer's polling
+/// thread, looking every millisecond; an `OperationTimedOut` flush error after `timeout`.
+///
+/// rdkafka's `flush`, which its `commit_transaction` calls first, waits in polls that always
+/// run a whole 100 ms: with a record in flight, every commit took 100 ms more than the broker
+/// needed, and a record's alert became readable a commit later than it could. With nothing in
+/// flight, that flush returns at once.
+fn await_deliveries(
+    producer: &ThreadedProducer<ProducerHooks>,
+    timeout: Duration,
+) -> Result<(), KafkaError> {
+    let deadline = Instant::now() + timeout;
+    while producer.in_flight_count() > 0 {
+        if Instant::now() >= deadline {
+            return Err(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut));
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    Ok(())
 }
 
 /// Calls a transactional producer call until it succeeds, retrying with `backoff` what
@@ -683,7 +711,7 @@ impl Pipeline {
                 self.in_transaction = false;
                 self.txn_open = false;
                 self.offsets.clear();
-                self.committed(started);
+                self.committed(started, self.summary.consumed);
             }
             Err(e) => self.commit_failed(consumer, e),
         }
@@ -741,7 +769,10 @@ impl Pipeline {
                     &handles.metrics,
                     "commit transaction",
                     &mut backoff,
-                    |p| p.commit_transaction(CALL_TIMEOUT),
+                    |p| {
+                        await_deliveries(p, CALL_TIMEOUT)?;
+                        p.commit_transaction(CALL_TIMEOUT)
+                    },
                 )
             });
         match thread {
@@ -752,6 +783,7 @@ impl Pipeline {
                 self.in_flight = Some(InFlight {
                     thread,
                     started: self.last_commit,
+                    consumed: self.summary.consumed,
                 });
             }
             // No thread to be had: commit on this one.
@@ -777,7 +809,7 @@ impl Pipeline {
         match result {
             Ok(()) => {
                 self.txn_open = false;
-                self.committed(in_flight.started);
+                self.committed(in_flight.started, in_flight.consumed);
                 let mut backlog = std::mem::take(&mut self.backlog);
                 // After a fatal error nothing more is committed: `commit` abandons the rest.
                 if self.fatal.is_some() || (self.offsets.is_empty() && backlog.is_empty()) {
@@ -806,9 +838,11 @@ impl Pipeline {
         }
     }
 
-    /// Bookkeeping of a successful commit that started at `started`.
-    fn committed(&mut self, started: Instant) {
+    /// Bookkeeping of a successful commit that started at `started`, when `consumed` records
+    /// had been consumed.
+    fn committed(&mut self, started: Instant, consumed: u64) {
         self.summary.commits += 1;
+        self.handles.committed.store(consumed, Ordering::Relaxed);
         self.handles
             .metrics
             .commit_seconds
@@ -869,6 +903,7 @@ impl Pipeline {
             })?;
         }
         self.retry("commit transaction", &mut backoff, |p| {
+            await_deliveries(p, CALL_TIMEOUT)?;
             p.commit_transaction(CALL_TIMEOUT)
         })
     }
@@ -876,7 +911,7 @@ impl Pipeline {
     fn commit_offsets(&mut self, consumer: &BaseConsumer<ConsumerHooks>) -> Result<(), KafkaError> {
         self.write_state()?;
         let mut backoff = Backoff::new(&self.handles.stop);
-        while let Err(e) = self.producer.flush(CALL_TIMEOUT) {
+        while let Err(e) = await_deliveries(&self.producer, CALL_TIMEOUT) {
             if !backoff.wait("flush", &e) {
                 return Err(e);
             }
@@ -919,7 +954,7 @@ impl Pipeline {
         if let Some(in_flight) = self.in_flight.take() {
             if let Ok(Ok(())) = in_flight.thread.join() {
                 self.txn_open = self.in_transaction;
-                self.committed(in_flight.started);
+                self.committed(in_flight.started, in_flight.consumed);
             }
         }
         self.backlog.clear();

@@ -102,15 +102,24 @@ impl InputProducer {
 
     /// Waits until everything queued is delivered; an error if any record was not.
     pub fn flush(&mut self, timeout: Duration) -> Result<u64, KafkaError> {
-        // Delivery reports polled for in short steps first: librdkafka's flush returned only
-        // on a 100 ms cycle even when the last report came within a millisecond (measured on
-        // the mock cluster), which the demo, flushing once per day of history, paid each day.
+        self.producer.flush(timeout)?;
+        self.delivered()
+    }
+
+    /// [`InputProducer::flush`] for a producer with `linger.ms=0`, which sends every record at
+    /// once: it polls for the delivery reports every millisecond. rdkafka's flush polls in
+    /// steps of a whole 100 ms, which the demo, flushing once per day of history, paid each
+    /// day; but only that flush makes librdkafka send a record still lingering.
+    pub fn flush_unlingered(&mut self, timeout: Duration) -> Result<u64, KafkaError> {
         let deadline = Instant::now() + timeout;
         while self.producer.in_flight_count() > 0 && Instant::now() < deadline {
             self.producer.poll(Duration::from_millis(1));
         }
-        self.producer
-            .flush(deadline.saturating_duration_since(Instant::now()))?;
+        self.flush(deadline.saturating_duration_since(Instant::now()))
+    }
+
+    /// The count of records sent; an error if any was not delivered.
+    fn delivered(&self) -> Result<u64, KafkaError> {
         if self.producer.context().0.load(Ordering::Relaxed) > 0 {
             return Err(KafkaError::MessageProduction(
                 RDKafkaErrorCode::MessageTimedOut,
