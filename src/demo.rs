@@ -146,6 +146,7 @@ pub fn run(
         // alerts, in which this watcher has read them.
         let committed = handles.committed.load(Ordering::Relaxed);
         let announce = !announced
+            && !handles.stop.load(Ordering::Relaxed)
             && produced.is_some_and(|n| committed >= n)
             && quiet_since.elapsed() > Duration::from_secs(1);
         if announce {
