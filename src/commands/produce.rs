@@ -250,6 +250,19 @@ pub fn produce(job: &ProduceJob) -> Result<ProduceReport, ProduceError> {
 mod tests {
     use super::*;
 
+    /// A job producing `file` to `outcomes` on an address where nothing listens: a connection
+    /// attempt would fail the test with an error.
+    fn unconnected_job(file: PathBuf) -> ProduceJob {
+        ProduceJob {
+            file,
+            topic: "outcomes".into(),
+            brokers: "127.0.0.1:1".into(),
+            topics: TopicNames::default(),
+            kafka_config: Vec::new(),
+            timeout: Duration::from_secs(1),
+        }
+    }
+
     #[test]
     fn a_file_with_an_invalid_line_is_refused_whole_before_any_connection() {
         let dir = tempfile::tempdir().unwrap();
@@ -264,15 +277,7 @@ mod tests {
             ),
         )
         .unwrap();
-        let job = ProduceJob {
-            file,
-            topic: "outcomes".into(),
-            // Nothing listens there: a connection attempt would fail the test with an error.
-            brokers: "127.0.0.1:1".into(),
-            topics: TopicNames::default(),
-            kafka_config: Vec::new(),
-            timeout: Duration::from_secs(1),
-        };
+        let job = unconnected_job(file);
         let report = produce(&job).unwrap();
         assert_eq!(report.records, 3);
         assert_eq!(report.produced, 0);
@@ -303,15 +308,7 @@ mod tests {
             r#"{"topic": "outcomes", "payload": {"tenant": "acme", "date": "2026-11-20", "channel": "meta", "spend": 1, "revenue": 2}}"#,
         )
         .unwrap();
-        let report = produce(&ProduceJob {
-            file,
-            topic: "outcomes".into(),
-            brokers: "127.0.0.1:1".into(),
-            topics: TopicNames::default(),
-            kafka_config: Vec::new(),
-            timeout: Duration::from_secs(1),
-        })
-        .unwrap();
+        let report = produce(&unconnected_job(file)).unwrap();
         assert_eq!(report.produced, 0);
         let text = report.to_string();
         assert!(
