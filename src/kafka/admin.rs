@@ -79,6 +79,27 @@ pub fn state_cleanup_policy(
     topic: &str,
     timeout: Duration,
 ) -> Option<String> {
+    topic_config(config, topic, "cleanup.policy", timeout)
+}
+
+/// Kafka's default `max.message.bytes` of a topic (the broker's `message.max.bytes`).
+pub const KAFKA_DEFAULT_MAX_MESSAGE_BYTES: usize = 1_048_588;
+
+/// The largest record batch a topic takes (`max.message.bytes`), as DescribeConfigs gives it
+/// (the topic's own setting or the broker's default); None when the cluster does not say.
+pub fn max_message_bytes(config: &ClientConfig, topic: &str, timeout: Duration) -> Option<usize> {
+    topic_config(config, topic, "max.message.bytes", timeout)?
+        .parse()
+        .ok()
+}
+
+/// One configuration value of a topic, read with DescribeConfigs.
+fn topic_config(
+    config: &ClientConfig,
+    topic: &str,
+    key: &str,
+    timeout: Duration,
+) -> Option<String> {
     let admin: AdminClient<DefaultClientContext> = config.create().ok()?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -90,7 +111,7 @@ pub fn state_cleanup_policy(
         .block_on(admin.describe_configs([&resource], &opts))
         .ok()?;
     let described = results.into_iter().next()?.ok()?;
-    described.get("cleanup.policy")?.value.clone()
+    described.get(key)?.value.clone()
 }
 
 /// The partition count of each named topic, or which is missing.

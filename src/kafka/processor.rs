@@ -210,6 +210,18 @@ impl ConsumerContext for ConsumerHooks {
     }
 }
 
+/// Bytes a dead letter's payload may have: the DLQ topic's `max.message.bytes` less the key, the
+/// headers (with room for the one a cut adds) and a record batch's framing.
+fn dead_letter_room(max_bytes: usize, key: Option<&[u8]>, headers: &OwnedHeaders) -> usize {
+    const FRAMING: usize = 1024;
+    let headers: usize = headers
+        .iter()
+        .map(|h| h.key.len() + h.value.map_or(0, <[u8]>::len) + 16)
+        .sum();
+    let truncation_header = 64;
+    max_bytes.saturating_sub(FRAMING + key.map_or(0, <[u8]>::len) + headers + truncation_header)
+}
+
 /// How a transactional call failed, per KAFKA_NOTES: retry it, abort the transaction, or stop.
 enum Failure {
     Retry,
@@ -239,6 +251,9 @@ struct Pipeline {
     /// for (an abort with undelivered records in flight would otherwise never finish).
     producer: Arc<ThreadedProducer<ProducerHooks>>,
     avro: AvroSchemas,
+    /// The largest record the DLQ topic takes (its `max.message.bytes`): a refused record's
+    /// copy is cut to fit, or its transaction would fail and be redone without end.
+    dlq_max_bytes: usize,
     documents: DocumentWriter,
     engines: BTreeMap<i32, Engine>,
     /// Next offset to commit per (topic, partition).
@@ -607,14 +622,38 @@ impl Pipeline {
                 headers = headers.insert(h);
             }
         }
+        // A copy larger than the DLQ topic takes would fail its transaction, which would be
+        // redone, fail again, and stop every partition: it goes cut to fit, saying so. The
+        // whole record stays in its topic at source.offset.
+        let mut payload = msg.payload();
+        let original_size;
+        if let Some(p) = payload {
+            let room = dead_letter_room(self.dlq_max_bytes, msg.key(), &headers);
+            if p.len() > room {
+                original_size = p.len().to_string();
+                headers = headers.insert(Header {
+                    key: "error.payload.truncated_from",
+                    value: Some(original_size.as_str()),
+                });
+                payload = Some(&p[..room]);
+                tracing::warn!(
+                    topic = msg.topic(),
+                    partition = msg.partition(),
+                    offset = msg.offset(),
+                    bytes = p.len(),
+                    dlq_max_bytes = self.dlq_max_bytes,
+                    "a refused record is larger than the DLQ topic takes: its first {room} bytes go to the DLQ"
+                );
+            }
+        }
         if self.in_flight.is_some() {
             self.backlog.push(Output::DeadLetter {
                 key: msg.key().map(<[u8]>::to_vec),
-                payload: msg.payload().map(<[u8]>::to_vec),
+                payload: payload.map(<[u8]>::to_vec),
                 headers,
             });
         } else {
-            self.send_dead_letter(msg.key(), msg.payload(), headers)?;
+            self.send_dead_letter(msg.key(), payload, headers)?;
         }
         self.handles
             .metrics
@@ -1329,6 +1368,12 @@ pub fn run(settings: Settings, handles: Handles) -> Result<RunSummary, RunError>
         ),
     }
 
+    let dlq_max_bytes = settings
+        .check_state_policy
+        .then(|| admin::max_message_bytes(&settings.admin_config(), &settings.topics.dlq, CALL_TIMEOUT))
+        .flatten()
+        .unwrap_or(admin::KAFKA_DEFAULT_MAX_MESSAGE_BYTES);
+
     let producer: ThreadedProducer<ProducerHooks> = settings
         .producer_config()
         .create_with_context(ProducerHooks {
@@ -1374,6 +1419,7 @@ pub fn run(settings: Settings, handles: Handles) -> Result<RunSummary, RunError>
         hooks,
         producer: Arc::new(producer),
         avro: AvroSchemas::builtin(),
+        dlq_max_bytes,
         engines: BTreeMap::new(),
         offsets: BTreeMap::new(),
         in_transaction: false,

@@ -110,6 +110,27 @@ impl Cluster {
         })
     }
 
+    /// Sets one configuration value of a topic (AlterConfigs, which replaces the topic's other
+    /// settings by the broker's defaults).
+    pub fn set_topic_config(&self, topic: &str, key: &str, value: &str) {
+        use rdkafka::admin::{AdminClient, AdminOptions, AlterConfig, ResourceSpecifier};
+        let admin: AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", &self.brokers)
+            .create()
+            .unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let change = AlterConfig::new(ResourceSpecifier::Topic(topic)).set(key, value);
+        let results = rt
+            .block_on(admin.alter_configs([&change], &AdminOptions::new()))
+            .expect("alter the topic's config");
+        for r in results {
+            r.unwrap_or_else(|e| panic!("alter {topic} {key}={value}: {e:?}"));
+        }
+    }
+
     pub fn topic_of(&self, r: &SimRecord) -> &str {
         self.topics.name(r.topic)
     }
