@@ -622,6 +622,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             match result {
                 Ok(_) => Ok(ExitCode::SUCCESS),
                 Err(e @ feedback::kafka::processor::RunError::Topics(_)) => Err(e.into()),
+                Err(e @ feedback::kafka::processor::RunError::Refused(_)) => Err(e.into()),
                 Err(e) => {
                     print_stderr(&format!("error: {e}"));
                     Ok(ExitCode::from(1))

@@ -1,6 +1,6 @@
 //! Start-up checks of `feedback run` on a real broker (SPEC 2): input topics that are not
-//! co-partitioned, a topic that is missing, or a state topic that is not compacted stop it at
-//! once with exit code 2 and a message that says what is wrong.
+//! co-partitioned, a topic that is missing, a state topic that is not compacted, or one that
+//! holds another group's state stop it with exit code 2 and a message that says what is wrong.
 
 mod common;
 
@@ -48,6 +48,18 @@ fn mismatched_or_missing_topics_stop_run_with_a_clear_message() {
         ))
         .unwrap();
     assert!(results.iter().all(Result::is_ok), "{results:?}");
+    // The broker's metadata shows the new partition a moment after CreatePartitions returns:
+    // until then `run` would see three and start.
+    let start = std::time::Instant::now();
+    while admin
+        .inner()
+        .fetch_metadata(Some(&cluster.topics.forecasts), Duration::from_secs(5))
+        .map_or(0, |m| m.topics()[0].partitions().len())
+        < 4
+    {
+        assert!(start.elapsed() < Duration::from_secs(30), "no fourth partition in the metadata");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let (code, stderr) = run_feedback(&cluster.brokers, &cluster.config);
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("not co-partitioned"), "{stderr}");
@@ -100,4 +112,45 @@ fn mismatched_or_missing_topics_stop_run_with_a_clear_message() {
         )),
         "{stderr}"
     );
+}
+
+/// A second consumer group on the same topics would restore the first group's state and then
+/// fold every input record again on top of it: refused, and nothing written.
+#[test]
+fn a_group_is_refused_the_state_another_group_wrote() {
+    let Some(cluster) = common::Cluster::new("foreign", 2) else {
+        return;
+    };
+    let records = feedback::simulate::generate(&feedback::simulate::SimConfig {
+        seed: 9,
+        tenants: 4,
+        days: 20,
+        ..feedback::simulate::SimConfig::default()
+    });
+    cluster.produce(&records);
+    let storage = cluster.dir.path().join("storage");
+    let mut first = cluster.spawn("first", &storage, &[]);
+    cluster.wait_caught_up(Duration::from_secs(120), &mut [&mut first]);
+    assert!(first.terminate(Duration::from_secs(60)).success());
+    let alerts = cluster.alerts().len();
+    assert!(alerts > 0);
+
+    let other = cluster.dir.path().join("other");
+    let mut second = cluster.spawn_in_group(
+        &format!("{}-other", cluster.group),
+        "second",
+        &other,
+        &[],
+    );
+    let status = second.wait_exit(Duration::from_secs(120));
+    let log = second.log_tail();
+    assert_eq!(status.code(), Some(2), "{log}");
+    assert!(log.contains("committed no offsets there"), "{log}");
+    assert!(log.contains("another consumer group"), "{log}");
+    assert_eq!(cluster.alerts().len(), alerts, "the refused group published nothing");
+    // The group the state belongs to still starts from it.
+    let mut again = cluster.spawn("first", &storage, &[]);
+    again.wait_restored(Duration::from_secs(60));
+    assert!(again.terminate(Duration::from_secs(60)).success());
+    assert_eq!(cluster.alerts().len(), alerts);
 }

@@ -84,6 +84,10 @@ pub enum RunError {
     Snapshot(#[from] crate::fold::snapshot::SnapshotError),
     #[error("gave up committing while stopping: {0}")]
     StopCommit(KafkaError),
+    /// A setup the processor refuses to work on (another group's state, an assignment that
+    /// splits a tenant's topics): the message says what to change.
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// What a run did, for the log line at the end (and the tests).
@@ -294,6 +298,10 @@ struct Pipeline {
     /// aborted, so no half-done work becomes visible) and no document is written; the loop
     /// stops and returns it.
     fatal: Option<KafkaError>,
+    /// Why the processor refuses to go on when it is not a Kafka error (state in the state
+    /// topic that this group did not write, a split assignment); `fatal` is set too, so
+    /// nothing is committed.
+    refusal: Option<String>,
 }
 
 /// A commit running on its own thread: `send_offsets_to_transaction` and `commit_transaction`
@@ -1098,6 +1106,66 @@ impl Pipeline {
         Ok(())
     }
 
+    /// The error the loop stops with, once something it cannot go on from happened.
+    fn stop_error(&self) -> Option<RunError> {
+        match (&self.refusal, &self.fatal) {
+            (Some(why), _) => Some(RunError::Refused(why.clone())),
+            (None, Some(e)) => Some(RunError::Fatal(e.clone())),
+            (None, None) => None,
+        }
+    }
+
+    /// State restored for a partition on which this group has committed no offsets was written
+    /// by another group sharing the state topic, or this group's offsets expired
+    /// (`offsets.retention.minutes`): either way, reading the inputs from the start on top of it
+    /// would count every record twice. With exactly-once a state record is committed only with
+    /// its partition's offsets, so this cannot be the group's own; with at-least-once the first
+    /// commit may have stopped between the two, so it is a warning there.
+    fn check_state_is_ours(
+        &mut self,
+        consumer: &BaseConsumer<ConsumerHooks>,
+        tpl: &TopicPartitionList,
+    ) {
+        let restored: BTreeSet<i32> = (self.engines.iter())
+            .filter(|(_, e)| !e.tenants().is_empty())
+            .map(|(&p, _)| p)
+            .collect();
+        if restored.is_empty() {
+            return;
+        }
+        let committed = match consumer.committed_offsets(tpl.clone(), CALL_TIMEOUT) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the group's committed offsets to check the restored state against");
+                return;
+            }
+        };
+        let with_offsets: BTreeSet<i32> = (committed.elements().iter())
+            .filter(|e| matches!(e.offset(), Offset::Offset(_)))
+            .map(|e| e.partition())
+            .collect();
+        let foreign: Vec<i32> = restored.difference(&with_offsets).copied().collect();
+        if foreign.is_empty() {
+            return;
+        }
+        let why = format!(
+            "state topic {:?} holds state for partition(s) {foreign:?}, but group {:?} has \
+             committed no offsets there: the state was written by another consumer group sharing \
+             the state topic, or this group's offsets expired. Folding the inputs from the start \
+             on top of it would count every record twice. Give each group a state topic of its \
+             own ([topics] state in --config), or delete and recreate this one to start from \
+             nothing",
+            self.settings.topics.state, self.settings.group
+        );
+        if self.exactly_once() {
+            tracing::error!("{why}");
+            self.refusal = Some(why);
+            self.fatal = Some(KafkaError::Canceled);
+        } else {
+            tracing::warn!("{why} (with at-least-once, a first commit cut short leaves this too)");
+        }
+    }
+
     fn on_assign(&mut self, consumer: &BaseConsumer<ConsumerHooks>, tpl: &TopicPartitionList) {
         let mut by_topic: BTreeMap<String, BTreeSet<i32>> = BTreeMap::new();
         for e in tpl.elements() {
@@ -1108,18 +1176,24 @@ impl Pipeline {
         }
         let partitions: BTreeSet<i32> = by_topic.values().flatten().copied().collect();
         if by_topic.values().any(|p| *p != partitions) {
-            tracing::error!(
-                assignment = ?by_topic,
-                "the assignment splits partition numbers across instances; a tenant's topics \
-                 must be assigned together (range assignor, equal partition counts)"
+            let why = format!(
+                "the assignment splits partition numbers across instances: {by_topic:?}; a \
+                 tenant's topics must be assigned together (range assignor, equal partition \
+                 counts: were partitions added to one input topic?)"
             );
+            tracing::error!("{why}");
+            self.refusal = Some(why);
             self.fatal = Some(KafkaError::Canceled);
             return;
         }
         tracing::info!(partitions = ?partitions, "partitions assigned");
-        let _ = consumer;
         match self.restore(&partitions) {
-            Ok(()) => self.handles.set_ready(true),
+            Ok(()) => {
+                self.check_state_is_ours(consumer, tpl);
+                if self.fatal.is_none() {
+                    self.handles.set_ready(true)
+                }
+            }
             Err(RunError::Restore(super::restore::RestoreError::Stopped)) => {}
             Err(e) => {
                 tracing::error!(error = %e, "restore failed");
@@ -1438,6 +1512,7 @@ pub fn run(settings: Settings, handles: Handles) -> Result<RunSummary, RunError>
         stretched: false,
         summary: RunSummary::default(),
         fatal: None,
+        refusal: None,
     });
 
     let mut last_poll_error: Option<Instant> = None;
@@ -1475,8 +1550,8 @@ pub fn run(settings: Settings, handles: Handles) -> Result<RunSummary, RunError>
         }
         // A rebalance inside poll may have failed, or a signal come: then the record polled
         // is left for whoever reads the partition next.
-        if let Some(e) = &p.fatal {
-            break Err(RunError::Fatal(e.clone()));
+        if let Some(e) = p.stop_error() {
+            break Err(e);
         }
         if handles.stop.load(Ordering::Relaxed) {
             break Ok(());
@@ -1508,15 +1583,15 @@ pub fn run(settings: Settings, handles: Handles) -> Result<RunSummary, RunError>
             }
             Some(Err(_)) => {}
         }
-        if let Some(e) = &p.fatal {
-            break Err(RunError::Fatal(e.clone()));
+        if let Some(e) = p.stop_error() {
+            break Err(e);
         }
         p.settle(&consumer, false);
         if p.last_commit.elapsed() >= interval && p.commit_in_background(&consumer) {
             p.write_documents(false);
         }
-        if let Some(e) = &p.fatal {
-            break Err(RunError::Fatal(e.clone()));
+        if let Some(e) = p.stop_error() {
+            break Err(e);
         }
     };
 

@@ -184,10 +184,21 @@ impl Cluster {
 
     /// Starts `feedback run` as a child process; its log goes to `{dir}/{instance}-{n}.log`.
     pub fn spawn(&self, instance: &str, storage: &Path, extra: &[&str]) -> Process {
+        self.spawn_in_group(&self.group, instance, storage, extra)
+    }
+
+    /// [`Cluster::spawn`] with another consumer group than the cluster's.
+    pub fn spawn_in_group(
+        &self,
+        group: &str,
+        instance: &str,
+        storage: &Path,
+        extra: &[&str],
+    ) -> Process {
         let n = std::fs::read_dir(self.dir.path()).unwrap().count();
         let log = self.dir.path().join(format!("{instance}-{n}.log"));
         let child = Command::new(env!("CARGO_BIN_EXE_feedback"))
-            .args(["run", "--brokers", &self.brokers, "--group", &self.group])
+            .args(["run", "--brokers", &self.brokers, "--group", group])
             .arg("--config")
             .arg(&self.config)
             .arg("--storage-dir")
@@ -375,6 +386,22 @@ impl Process {
     pub fn assert_running(&mut self) {
         if let Some(status) = self.child.try_wait().unwrap() {
             panic!("feedback run exited early ({status}):\n{}", self.log_tail());
+        }
+    }
+
+    /// The exit status once the process ends by itself within `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "feedback run still runs after {timeout:?}:\n{}",
+                self.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
 
