@@ -135,9 +135,9 @@ struct ReplayArgs {
     /// part in where the replay starts.
     #[arg(long, value_name = "YYYY-MM-DD")]
     from_date: Option<chrono::NaiveDate>,
-    /// Replay only this tenant (repeatable). Every partition is still read, as a producer with
-    /// another partitioner may have put the tenant anywhere; other tenants' documents are not
-    /// touched.
+    /// Replay only this tenant (repeatable); other tenants' documents are not touched. Every
+    /// partition is read; records of the tenant on another partition than its own, or keyed
+    /// otherwise, are refused as `run` refuses them (wrong_partition).
     #[arg(long = "tenant", value_name = "TENANT")]
     tenants: Vec<String>,
     /// Publish the alerts the fold raises to the alerts topic (CloudEvents JSON with ce_*

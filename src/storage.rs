@@ -90,6 +90,20 @@ impl Storage {
         &self.root
     }
 
+    /// Creates the documents' directory and a file in it, and removes the file: a long-running
+    /// writer checks this at start, so a directory it cannot write is an error then, not a
+    /// log line every few seconds while the documents silently stay unwritten.
+    pub fn check_writable(&self) -> Result<(), StorageError> {
+        let dir = self.performance_dir();
+        fs::create_dir_all(&dir).map_err(|source| StorageError::CreateDir {
+            path: dir.clone(),
+            source,
+        })?;
+        tempfile::NamedTempFile::new_in(&dir)
+            .map(drop)
+            .map_err(|source| StorageError::Write { path: dir, source })
+    }
+
     pub fn performance_dir(&self) -> PathBuf {
         self.root.join("metadata").join("performance")
     }

@@ -476,3 +476,24 @@ fn alert_forecast_text_json_and_exit_codes() {
         assert_eq!(out.status.code(), Some(2), "{bad:?}");
     }
 }
+
+#[test]
+fn run_refuses_a_storage_directory_it_cannot_write() {
+    // Checked before the cluster is reached: no broker needed, and none answers on port 1.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "").unwrap();
+    let storage = file.join("storage");
+    let out = feedback(&[
+        "run",
+        "--brokers",
+        "127.0.0.1:1",
+        "--http",
+        "127.0.0.1:0",
+        "--storage-dir",
+        storage.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("the storage directory is not writable"), "{stderr}");
+}

@@ -13,7 +13,9 @@
 //! - `invalid_field`: the right shape but a value breaks a rule of [`validate`], or a JSON
 //!   number too large for a double (it would be infinite).
 //!
-//! A rejection carries the record's tenant whenever a valid one can be read from it.
+//! A rejection carries the record's tenant whenever a valid one can be read from it. On Kafka,
+//! [`crate::kafka::routing`] adds `wrong_partition` for valid events keyed or partitioned
+//! against SPEC 2.
 
 mod avro;
 mod fast;

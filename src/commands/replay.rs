@@ -23,6 +23,7 @@ use serde::Serialize;
 
 use crate::alert::Alert;
 use crate::codec::{decode, AvroSchemas};
+use crate::kafka::routing;
 use crate::config::TopicNames;
 use crate::event::validate::valid_tenant;
 use crate::event::{Event, RejectKind, Rejection, Topic};
@@ -149,6 +150,8 @@ struct Reader {
     consumer: BaseConsumer<ReplayContext>,
     /// Per partition: the end it had when the replay began, and the next offset to count.
     ends: BTreeMap<i32, (i64, i64)>,
+    /// The topic's partition count: a record's tenant belongs on murmur2(tenant) modulo this.
+    partitions: usize,
 }
 
 const BATCH: usize = 65_536;
@@ -240,8 +243,12 @@ pub fn replay(job: &ReplayJob) -> Result<ReplaySummary, ReplayError> {
                 } else {
                     reader.ends.insert(p, (end, m.offset() + 1));
                 }
+                // Refused as `run` refuses it, so that the documents are the ones `run` writes.
                 let decoded = match m.payload() {
-                    Some(bytes) => decode(reader.topic, bytes, &schemas),
+                    Some(bytes) => decode(reader.topic, bytes, &schemas).and_then(|event| {
+                        let tenant = event.tenant();
+                        routing::check(tenant, m.key(), p, reader.partitions).map(|()| event)
+                    }),
                     None => Err(Rejection::new(
                         RejectKind::Malformed,
                         "the record has no value (a tombstone); inputs carry one event per record",
@@ -436,6 +443,7 @@ fn open_reader(
         name,
         consumer,
         ends,
+        partitions: partitions.len(),
     })
 }
 

@@ -23,15 +23,19 @@ pub enum RejectKind {
     InvalidField,
     /// A record from a topic the processor does not read.
     UnknownTopic,
+    /// A valid event on Kafka not keyed by its tenant, or on another partition than its
+    /// tenant's (SPEC 2): folding it would split the tenant's state.
+    WrongPartition,
 }
 
 impl RejectKind {
-    pub const ALL: [RejectKind; 5] = [
+    pub const ALL: [RejectKind; 6] = [
         RejectKind::TooLarge,
         RejectKind::Malformed,
         RejectKind::SchemaMismatch,
         RejectKind::InvalidField,
         RejectKind::UnknownTopic,
+        RejectKind::WrongPartition,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -41,6 +45,7 @@ impl RejectKind {
             RejectKind::SchemaMismatch => "schema_mismatch",
             RejectKind::InvalidField => "invalid_field",
             RejectKind::UnknownTopic => "unknown_topic",
+            RejectKind::WrongPartition => "wrong_partition",
         }
     }
 }

@@ -6,6 +6,7 @@ mod documents;
 pub mod processor;
 pub mod produce;
 pub mod restore;
+pub mod routing;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -37,7 +37,7 @@ use smallvec::SmallVec;
 
 use super::documents::DocumentWriter;
 use super::restore::read_state;
-use super::{admin, ClientHooks, Guarantee, Settings};
+use super::{admin, routing, ClientHooks, Guarantee, Settings};
 use crate::alert::{Alert, AlertType};
 use crate::codec::{self, AvroSchemas};
 use crate::event::validate::{RejectKind, Rejection};
@@ -258,6 +258,9 @@ struct Pipeline {
     /// The largest record the DLQ topic takes (its `max.message.bytes`): a refused record's
     /// copy is cut to fit, or its transaction would fail and be redone without end.
     dlq_max_bytes: usize,
+    /// The input topics' partition count when the processor started: a record's tenant
+    /// belongs on murmur2(tenant) modulo this ([`routing`]).
+    input_partitions: usize,
     documents: DocumentWriter,
     engines: BTreeMap<i32, Engine>,
     /// Next offset to commit per (topic, partition).
@@ -459,7 +462,11 @@ impl Pipeline {
         let decode = |msg: &BorrowedMessage<'_>| {
             let topic = self.settings.topics.input(msg.topic())?;
             Some(match msg.payload() {
-                Some(bytes) => codec::decode(topic, bytes, &self.avro),
+                Some(bytes) => codec::decode(topic, bytes, &self.avro).and_then(|event| {
+                    let tenant = event.tenant();
+                    routing::check(tenant, msg.key(), msg.partition(), self.input_partitions)
+                        .map(|()| event)
+                }),
                 None => Err(Rejection::new(
                     RejectKind::Malformed,
                     "the record has no value (a tombstone); inputs carry one event per record",
@@ -1393,6 +1400,10 @@ pub fn run(settings: Settings, handles: Handles) -> Result<RunSummary, RunError>
         })
         .map_err(RunError::Client)?;
 
+    Storage::new(&settings.storage_dir)
+        .check_writable()
+        .map_err(|e| RunError::Refused(format!("the storage directory is not writable: {e}")))?;
+
     let partitions = loop {
         match admin::check_topics(
             consumer.client(),
@@ -1494,6 +1505,7 @@ pub fn run(settings: Settings, handles: Handles) -> Result<RunSummary, RunError>
         producer: Arc::new(producer),
         avro: AvroSchemas::builtin(),
         dlq_max_bytes,
+        input_partitions: partitions,
         engines: BTreeMap::new(),
         offsets: BTreeMap::new(),
         in_transaction: false,

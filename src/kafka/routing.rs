@@ -1,0 +1,99 @@
+//! SPEC 2's routing of an input record: keyed by its tenant, on the partition Java's murmur2
+//! partitioner gives that key (librdkafka's `murmur2_random`). A processor folds a partition's
+//! records into that partition's state, so a record routed otherwise would start a second,
+//! partial state of its tenant on another partition, whose documents would replace the real
+//! ones; it is refused instead (kind `wrong_partition`), and the DLQ says where it belongs.
+
+use crate::event::validate::{RejectKind, Rejection};
+
+/// The partition of `key` among `partitions`, as Kafka's Java client and librdkafka's
+/// `murmur2_random` partitioner compute it for a record with a key.
+pub fn partition_of(key: &[u8], partitions: usize) -> i32 {
+    let hash = murmur2::murmur2(key, murmur2::KAFKA_SEED) & 0x7fff_ffff;
+    (hash as u64 % partitions.max(1) as u64) as i32
+}
+
+/// Whether a valid event of `tenant` came keyed by its tenant and on its tenant's partition
+/// among the topic's `partitions`.
+pub fn check(
+    tenant: &str,
+    key: Option<&[u8]>,
+    partition: i32,
+    partitions: usize,
+) -> Result<(), Rejection> {
+    // Without the tenant: counted in the tenant's `rejected`, the refusal would create the very
+    // second state of it, on this partition, that it is refused to prevent. The metrics and the
+    // DLQ count it.
+    let refuse = |message: String| Err(Rejection::new(RejectKind::WrongPartition, message));
+    let Some(key) = key else {
+        return refuse(format!(
+            "the record has no key: inputs are keyed by their tenant, here {tenant:?} (SPEC 2)"
+        ));
+    };
+    if key != tenant.as_bytes() {
+        return refuse(format!(
+            "the record's key {:?} is not its tenant {tenant:?}: inputs are keyed by their \
+             tenant (SPEC 2)",
+            String::from_utf8_lossy(key)
+        ));
+    }
+    let belongs = partition_of(key, partitions);
+    if belongs != partition {
+        return refuse(format!(
+            "tenant {tenant:?} belongs on partition {belongs} of {partitions} (Java's murmur2 \
+             partitioner, librdkafka's murmur2_random), not {partition}: another partitioner, \
+             or partitions added since it was produced"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// librdkafka's own murmur2 partitioner, the reference: it reads neither the topic nor the
+    /// opaques, so null ones do.
+    fn librdkafka(key: &[u8], partitions: i32) -> i32 {
+        unsafe {
+            rdkafka::bindings::rd_kafka_msg_partitioner_murmur2(
+                std::ptr::null(),
+                key.as_ptr().cast(),
+                key.len(),
+                partitions,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+            )
+        }
+    }
+
+    #[test]
+    fn partitions_agree_with_librdkafka() {
+        let mut keys: Vec<Vec<u8>> = (0..2000).map(|i| format!("tenant-{i}").into_bytes()).collect();
+        keys.extend((0..40).map(|n| (0..n).map(|i| (i * 37 + n) as u8).collect()));
+        keys.push("healthy-000".into());
+        for key in &keys {
+            for partitions in [1, 2, 3, 6, 7, 12, 100] {
+                assert_eq!(
+                    partition_of(key, partitions as usize),
+                    librdkafka(key, partitions),
+                    "{key:?} over {partitions}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_record_routed_otherwise_is_refused_with_where_it_belongs() {
+        let right = partition_of(b"acme", 6);
+        assert!(check("acme", Some(b"acme"), right, 6).is_ok());
+        let wrong = check("acme", Some(b"acme"), (right + 1) % 6, 6).unwrap_err();
+        assert_eq!(wrong.kind, RejectKind::WrongPartition);
+        assert!(wrong.message.contains(&format!("belongs on partition {right} of 6")), "{}", wrong.message);
+        assert_eq!(wrong.tenant, None, "counted in no tenant's state");
+        let key = check("acme", Some(b"other"), right, 6).unwrap_err();
+        assert!(key.message.contains("key \"other\" is not its tenant \"acme\""), "{}", key.message);
+        let none = check("acme", None, right, 6).unwrap_err();
+        assert!(none.message.contains("no key"), "{}", none.message);
+    }
+}
