@@ -305,6 +305,8 @@ struct Pipeline {
     /// topic that this group did not write, a split assignment); `fatal` is set too, so
     /// nothing is committed.
     refusal: Option<String>,
+    /// When the producer was last replaced after a fatal error ([`Pipeline::recover`]).
+    recoveries: Vec<Instant>,
 }
 
 /// A commit running on its own thread: `send_offsets_to_transaction` and `commit_transaction`
@@ -1003,6 +1005,66 @@ impl Pipeline {
         self.documents.discard();
     }
 
+    /// After a fatal producer error: a new producer in place of the old one, and back to the
+    /// last commit, as after an abort. A broker away for longer than the transaction timeout
+    /// aborts the open transaction and fences its producer (`_FENCED`, or `INVALID_TXN_STATE`
+    /// on the commit); the new producer's `init_transactions` takes the next epoch. False when
+    /// this cannot be done or keeps happening (another instance with the same `--instance-id`
+    /// fences this one each time): then the processor stops.
+    fn recover(&mut self, consumer: &BaseConsumer<ConsumerHooks>) -> bool {
+        let Some(error) = self.fatal.clone() else {
+            return true;
+        };
+        let from_producer = matches!(error, KafkaError::Transaction(_))
+            || self.producer.client().fatal_error().is_some();
+        if self.refusal.is_some() || !from_producer || self.handles.stop.load(Ordering::Relaxed) {
+            return false;
+        }
+        let now = Instant::now();
+        self.recoveries.retain(|t| now.duration_since(*t) < RECOVERY_WINDOW);
+        if self.recoveries.len() >= MAX_RECOVERIES {
+            tracing::error!(
+                error = %error,
+                "the producer failed fatally {MAX_RECOVERIES} times in {RECOVERY_WINDOW:?}: \
+                 stopping (is another instance running with the same --instance-id?)"
+            );
+            return false;
+        }
+        self.recoveries.push(now);
+        tracing::warn!(
+            error = %error,
+            "the producer failed fatally (a broker away for longer than the transaction \
+             timeout aborts the transaction and fences its producer): replacing it and \
+             rewinding to the last commit"
+        );
+        if let Some(in_flight) = self.in_flight.take() {
+            let _ = in_flight.thread.join();
+        }
+        self.backlog.clear();
+        self.documents.discard();
+        self.summary.aborts += 1;
+        self.handles
+            .metrics
+            .commits
+            .with_label_values(&["aborted"])
+            .inc();
+        self.in_transaction = false;
+        self.txn_open = false;
+        self.offsets.clear();
+        self.report_undelivered();
+        match new_producer(&self.settings, &self.hooks, &self.handles.stop) {
+            Ok(producer) => self.producer = Arc::new(producer),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot replace the producer");
+                self.fatal = Some(e);
+                return false;
+            }
+        }
+        self.fatal = None;
+        self.rewind(consumer);
+        self.fatal.is_none()
+    }
+
     fn abort_and_rewind(&mut self, consumer: &BaseConsumer<ConsumerHooks>) {
         // Whatever a commit in flight does, the abort below rewinds to the last commit.
         if let Some(in_flight) = self.in_flight.take() {
@@ -1043,6 +1105,12 @@ impl Pipeline {
         self.in_transaction = false;
         self.txn_open = false;
         self.offsets.clear();
+        self.rewind(consumer);
+    }
+
+    /// Back to the last commit: the assigned partitions' state restored from the changelog and
+    /// their reading resumed from the committed offsets.
+    fn rewind(&mut self, consumer: &BaseConsumer<ConsumerHooks>) {
         let partitions: BTreeSet<i32> = self.engines.keys().copied().collect();
         if let Err(e) = self.restore(&partitions) {
             tracing::error!(error = %e, "cannot restore after an abort");
@@ -1384,6 +1452,37 @@ impl Backoff {
     }
 }
 
+/// At most this many fatal producer errors are recovered from within [`RECOVERY_WINDOW`].
+const MAX_RECOVERIES: usize = 5;
+const RECOVERY_WINDOW: Duration = Duration::from_secs(600);
+
+/// The processor's producer, with its transactions initialised under exactly-once (retried
+/// while the cluster is away).
+fn new_producer(
+    settings: &Settings,
+    hooks: &ClientHooks,
+    stop: &Arc<AtomicBool>,
+) -> Result<ThreadedProducer<ProducerHooks>, KafkaError> {
+    let producer: ThreadedProducer<ProducerHooks> =
+        settings.producer_config().create_with_context(ProducerHooks {
+            hooks: hooks.clone(),
+            failed: AtomicU64::new(0),
+        })?;
+    if settings.guarantee == Guarantee::ExactlyOnce {
+        let mut backoff = Backoff::new(stop);
+        loop {
+            match producer.init_transactions(CALL_TIMEOUT) {
+                Ok(()) => break,
+                Err(e) => match classify(&e) {
+                    Failure::Retry if backoff.wait("init transactions", &e) => {}
+                    _ => return Err(e),
+                },
+            }
+        }
+    }
+    Ok(producer)
+}
+
 /// Runs the processor until `handles.stop` is set or a fatal error; returns what it did.
 pub fn run(settings: Settings, handles: Handles) -> Result<RunSummary, RunError> {
     let hooks = ClientHooks {
@@ -1459,26 +1558,12 @@ pub fn run(settings: Settings, handles: Handles) -> Result<RunSummary, RunError>
         .flatten()
         .unwrap_or(admin::KAFKA_DEFAULT_MAX_MESSAGE_BYTES);
 
-    let producer: ThreadedProducer<ProducerHooks> = settings
-        .producer_config()
-        .create_with_context(ProducerHooks {
-            hooks: hooks.clone(),
-            failed: AtomicU64::new(0),
-        })
-        .map_err(RunError::Client)?;
-    if settings.guarantee == Guarantee::ExactlyOnce {
-        let mut backoff = Backoff::new(&handles.stop);
-        loop {
-            match producer.init_transactions(CALL_TIMEOUT) {
-                Ok(()) => break,
-                Err(e) => match classify(&e) {
-                    Failure::Retry if backoff.wait("init transactions", &e) => {}
-                    _ if handles.stop.load(Ordering::Relaxed) => return Ok(RunSummary::default()),
-                    _ => return Err(RunError::Fatal(e)),
-                },
-            }
-        }
-    }
+    let producer = match new_producer(&settings, &hooks, &handles.stop) {
+        Ok(p) => p,
+        Err(_) if handles.stop.load(Ordering::Relaxed) => return Ok(RunSummary::default()),
+        Err(e @ KafkaError::ClientCreation(_)) => return Err(RunError::Client(e)),
+        Err(e) => return Err(RunError::Fatal(e)),
+    };
 
     tracing::info!(
         brokers = %settings.brokers,
@@ -1525,6 +1610,7 @@ pub fn run(settings: Settings, handles: Handles) -> Result<RunSummary, RunError>
         summary: RunSummary::default(),
         fatal: None,
         refusal: None,
+        recoveries: Vec::new(),
     });
 
     let mut last_poll_error: Option<Instant> = None;
@@ -1562,8 +1648,8 @@ pub fn run(settings: Settings, handles: Handles) -> Result<RunSummary, RunError>
         }
         // A rebalance inside poll may have failed, or a signal come: then the record polled
         // is left for whoever reads the partition next.
-        if let Some(e) = p.stop_error() {
-            break Err(e);
+        if p.fatal.is_some() && !p.recover(&consumer) {
+            break Err(p.stop_error().expect("a fatal error is set"));
         }
         if handles.stop.load(Ordering::Relaxed) {
             break Ok(());
@@ -1595,15 +1681,15 @@ pub fn run(settings: Settings, handles: Handles) -> Result<RunSummary, RunError>
             }
             Some(Err(_)) => {}
         }
-        if let Some(e) = p.stop_error() {
-            break Err(e);
+        if p.fatal.is_some() && !p.recover(&consumer) {
+            break Err(p.stop_error().expect("a fatal error is set"));
         }
         p.settle(&consumer, false);
         if p.last_commit.elapsed() >= interval && p.commit_in_background(&consumer) {
             p.write_documents(false);
         }
-        if let Some(e) = p.stop_error() {
-            break Err(e);
+        if p.fatal.is_some() && !p.recover(&consumer) {
+            break Err(p.stop_error().expect("a fatal error is set"));
         }
     };
 

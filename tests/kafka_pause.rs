@@ -1,0 +1,110 @@
+//! A broker that does not answer for longer than the transaction timeout, under load, on a real
+//! broker: the coordinator aborts the open transaction and fences its producer (`_FENCED`, or
+//! `INVALID_TXN_STATE` on the commit). `feedback run` replaces its producer, rewinds to the
+//! last commit and carries on: it neither exits nor loses or repeats anything. The broker is
+//! paused with SIGSTOP, which needs the pid of the broker `scripts/kafka.sh` started.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{assert_alert_guarantees, assert_same_documents, Cluster};
+use feedback::simulate::{generate, Scenario, SimConfig};
+
+/// The pid of the broker `scripts/kafka.sh start` runs (`$KAFKA_DATA_DIR/kafka.pid`).
+fn broker_pid() -> Option<i32> {
+    let dir = std::env::var("KAFKA_DATA_DIR")
+        .map(std::path::PathBuf::from)
+        .map(|d| {
+            if d.is_absolute() {
+                d
+            } else {
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(d)
+            }
+        })
+        .unwrap_or_else(|_| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/kafka"));
+    let pid = std::fs::read_to_string(dir.join("kafka.pid")).ok()?;
+    let pid: i32 = pid.trim().parse().ok()?;
+    // A stale pid file may name another process by now: only a Kafka broker is paused.
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    String::from_utf8_lossy(&cmdline)
+        .contains("kafka")
+        .then_some(pid)
+}
+
+fn signal(pid: i32, signal: rustix::process::Signal) {
+    rustix::process::kill_process(rustix::process::Pid::from_raw(pid).unwrap(), signal).unwrap();
+}
+
+/// Resumes the broker if the test fails while it is paused.
+struct Paused(i32);
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        signal(self.0, rustix::process::Signal::CONT);
+    }
+}
+
+#[test]
+fn a_broker_away_longer_than_the_transaction_timeout_is_ridden_out() {
+    let Some(cluster) = Cluster::new("pause", 3) else {
+        return;
+    };
+    let Some(pid) = broker_pid() else {
+        assert!(
+            !std::env::var("CI").is_ok_and(|v| v == "true"),
+            "CI=true but no broker started by scripts/kafka.sh to pause (target/kafka/kafka.pid)"
+        );
+        eprintln!("skipped: the broker was not started by scripts/kafka.sh, so it cannot be paused");
+        return;
+    };
+    let records = generate(&SimConfig {
+        seed: 13,
+        tenants: 60,
+        days: 400,
+        scenario: Scenario::Mixed,
+        ..SimConfig::default()
+    });
+    // Produced a third at a time, so that each pause finds the processor working off a backlog,
+    // a transaction open.
+    let thirds: Vec<&[feedback::simulate::SimRecord]> = records.chunks(records.len() / 3 + 1).collect();
+    let storage = cluster.dir.path().join("storage");
+    let mut p = cluster.spawn("pause", &storage, &[]);
+    let mut fenced = false;
+    for part in &thirds {
+        cluster.produce(part);
+        if fenced {
+            continue;
+        }
+        let (before, _) = cluster.progress();
+        let start = Instant::now();
+        while cluster.progress().0 <= before {
+            p.assert_running();
+            assert!(start.elapsed() < Duration::from_secs(120), "no progress:\n{}", p.log_tail());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        {
+            signal(pid, rustix::process::Signal::STOP);
+            let _paused = Paused(pid);
+            // Longer than transaction.timeout.ms (10 s) and the coordinator's check for
+            // timed-out transactions (every 10 s).
+            std::thread::sleep(Duration::from_secs(30));
+        }
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(30) && !fenced {
+            fenced = std::fs::read_to_string(&p.log)
+                .unwrap_or_default()
+                .contains("replacing it and rewinding");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        p.assert_running();
+    }
+    assert!(fenced, "no pause fenced the producer:\n{}", p.log_tail());
+    cluster.wait_caught_up(Duration::from_secs(300), &mut [&mut p]);
+    let status = p.terminate(Duration::from_secs(60));
+    assert!(status.success(), "exit {status}:\n{}", p.log_tail());
+
+    let (fold_storage, fold_alerts) = cluster.fold(vec![cluster.write_jsonl(&records)]);
+    assert_same_documents(&storage, &fold_storage);
+    assert_alert_guarantees(&cluster.alerts(), &fold_alerts, &storage);
+}
