@@ -97,9 +97,7 @@ pub fn run(
     let consumer: BaseConsumer<HookContext> = Settings::new(&brokers, "feedback-demo-watch")
         .restore_config()
         .set("enable.partition.eof", "false")
-        .create_with_context(HookContext(ClientHooks {
-            metrics: handles.metrics.clone(),
-        }))?;
+        .create_with_context(HookContext(ClientHooks::new(handles.metrics.clone())))?;
     let mut tpl = TopicPartitionList::new();
     for p in 0..options.partitions {
         tpl.add_partition_offset(&topics.alerts, p, Offset::Beginning)?;

@@ -87,9 +87,7 @@ fn a_transaction_committed_during_the_restore_is_restored() {
 
     let mut settings = Settings::new(cluster.brokers.clone(), cluster.group.clone());
     settings.topics = cluster.topics.clone();
-    let hooks = ClientHooks {
-        metrics: Arc::new(Metrics::new()),
-    };
+    let hooks = ClientHooks::new(Arc::new(Metrics::new()));
     let started = Instant::now();
     let restore = std::thread::spawn(move || {
         let stop = AtomicBool::new(false);

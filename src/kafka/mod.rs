@@ -188,9 +188,23 @@ impl Settings {
 #[derive(Clone)]
 pub struct ClientHooks {
     pub metrics: Arc<Metrics>,
+    /// Per error kind: when it was last logged, and how many since went unlogged. An outage
+    /// makes every client report the same kind many times a second; each is counted in the
+    /// metrics, and logged at most every [`ERROR_LOG_INTERVAL`].
+    logged: Arc<std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, u64)>>>,
 }
 
+/// The least time between two log lines of one kind of client error.
+const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
 impl ClientHooks {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        ClientHooks {
+            metrics,
+            logged: Default::default(),
+        }
+    }
+
     pub fn log(level: RDKafkaLogLevel, fac: &str, message: &str) {
         match level {
             RDKafkaLogLevel::Emerg
@@ -216,8 +230,30 @@ impl ClientHooks {
             .map(|c| format!("{c:?}"))
             .unwrap_or_else(|| "other".to_owned());
         self.metrics.client_errors.with_label_values(&[&kind]).inc();
+        let now = std::time::Instant::now();
+        let suppressed = {
+            let mut logged = self.logged.lock().unwrap_or_else(|p| p.into_inner());
+            match logged.get_mut(&kind) {
+                Some((at, skipped)) if now.duration_since(*at) < ERROR_LOG_INTERVAL => {
+                    *skipped += 1;
+                    return;
+                }
+                Some((at, skipped)) => {
+                    *at = now;
+                    std::mem::take(skipped)
+                }
+                None => {
+                    logged.insert(kind.clone(), (now, 0));
+                    0
+                }
+            }
+        };
         // librdkafka retries these by itself; they say the cluster is unreachable for now.
-        tracing::warn!(target: "librdkafka", %kind, "{reason}");
+        if suppressed > 0 {
+            tracing::warn!(target: "librdkafka", %kind, suppressed, "{reason} (and {suppressed} more of this kind since the last line)");
+        } else {
+            tracing::warn!(target: "librdkafka", %kind, "{reason}");
+        }
     }
 
     /// librdkafka's own `consumer_lag` counts from the offsets the consumer committed, and

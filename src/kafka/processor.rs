@@ -1111,6 +1111,8 @@ impl Pipeline {
     /// Back to the last commit: the assigned partitions' state restored from the changelog and
     /// their reading resumed from the committed offsets.
     fn rewind(&mut self, consumer: &BaseConsumer<ConsumerHooks>) {
+        // Not ready while rewinding: an instance stuck redoing a transaction says so.
+        self.handles.set_ready(false);
         let partitions: BTreeSet<i32> = self.engines.keys().copied().collect();
         if let Err(e) = self.restore(&partitions) {
             tracing::error!(error = %e, "cannot restore after an abort");
@@ -1144,9 +1146,12 @@ impl Pipeline {
             };
             let _ = seek.add_partition_offset(e.topic(), e.partition(), offset);
         }
-        if let Err(e) = consumer.seek_partitions(seek, CALL_TIMEOUT) {
-            tracing::error!(error = %e, "cannot seek back to the committed offsets");
-            self.fatal = Some(e);
+        match consumer.seek_partitions(seek, CALL_TIMEOUT) {
+            Ok(_) => self.handles.set_ready(true),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot seek back to the committed offsets");
+                self.fatal = Some(e);
+            }
         }
     }
 
@@ -1485,9 +1490,7 @@ fn new_producer(
 
 /// Runs the processor until `handles.stop` is set or a fatal error; returns what it did.
 pub fn run(settings: Settings, handles: Handles) -> Result<RunSummary, RunError> {
-    let hooks = ClientHooks {
-        metrics: handles.metrics.clone(),
-    };
+    let hooks = ClientHooks::new(handles.metrics.clone());
     let slot: Arc<Mutex<Option<Pipeline>>> = Arc::new(Mutex::new(None));
     let rebalances = Arc::new(AtomicU64::new(0));
     let consumer: BaseConsumer<ConsumerHooks> = settings
