@@ -293,3 +293,37 @@ impl ClientContext for HookContext {
 }
 
 impl rdkafka::consumer::ConsumerContext for HookContext {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::types::RDKafkaErrorCode;
+
+    #[test]
+    fn a_burst_of_one_error_kind_is_counted_whole_and_logged_once() {
+        let hooks = ClientHooks::new(Arc::new(Metrics::new()));
+        for _ in 0..50 {
+            hooks.error(
+                KafkaError::Global(RDKafkaErrorCode::AllBrokersDown),
+                "1/1 brokers are down",
+            );
+        }
+        hooks.error(
+            KafkaError::Global(RDKafkaErrorCode::BrokerTransportFailure),
+            "disconnected",
+        );
+        let counted = |kind: &str| {
+            hooks
+                .metrics
+                .client_errors
+                .with_label_values(&[kind])
+                .get()
+        };
+        assert_eq!(counted("AllBrokersDown"), 50);
+        assert_eq!(counted("BrokerTransportFailure"), 1);
+        let logged = hooks.logged.lock().unwrap();
+        // The first of each kind was logged; the other 49 wait for the next line's count.
+        assert_eq!(logged["AllBrokersDown"].1, 49);
+        assert_eq!(logged["BrokerTransportFailure"].1, 0);
+    }
+}
