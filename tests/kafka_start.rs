@@ -154,3 +154,43 @@ fn a_group_is_refused_the_state_another_group_wrote() {
     assert!(again.terminate(Duration::from_secs(60)).success());
     assert_eq!(cluster.alerts().len(), alerts);
 }
+
+/// Partitions added to the inputs while `run` runs: once the group rebalances onto them, the
+/// state topic lacks them, and the restore would wait for them forever. Refused instead.
+#[test]
+fn partitions_added_while_running_stop_it_with_the_reason() {
+    let Some(cluster) = common::Cluster::new("grown", 2) else {
+        return;
+    };
+    let storage = cluster.dir.path().join("storage");
+    let mut p = cluster.spawn(
+        "grown",
+        &storage,
+        &["--kafka-config", "topic.metadata.refresh.interval.ms=1000"],
+    );
+    p.wait_restored(Duration::from_secs(60));
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &cluster.brokers)
+        .create()
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let grown: Vec<NewPartitions> = [
+        &cluster.topics.outcomes,
+        &cluster.topics.forecasts,
+        &cluster.topics.feature_importances,
+    ]
+    .into_iter()
+    .map(|t| NewPartitions::new(t, 3))
+    .collect();
+    let results = rt
+        .block_on(admin.create_partitions(&grown, &AdminOptions::new()))
+        .unwrap();
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    let status = p.wait_exit(Duration::from_secs(120));
+    let log = p.log_tail();
+    assert_eq!(status.code(), Some(2), "{log}");
+    assert!(log.contains("were partitions added to the input topics"), "{log}");
+}

@@ -1267,6 +1267,25 @@ impl Pipeline {
             return;
         }
         tracing::info!(partitions = ?partitions, "partitions assigned");
+        // Partitions added to the inputs while running: the start-up check did not see them,
+        // and a partition the state topic lacks can never be restored.
+        let state = &self.settings.topics.state;
+        let has = consumer
+            .fetch_metadata(Some(state), CALL_TIMEOUT)
+            .ok()
+            .and_then(|m| m.topics().first().map(|t| t.partitions().len()));
+        if let Some(has) = has.filter(|&n| partitions.iter().any(|&p| p as usize >= n)) {
+            let why = format!(
+                "assigned input partitions {partitions:?}, but state topic {state:?} has {has}: \
+                 were partitions added to the input topics? Partition p keeps its state in \
+                 partition p of the state topic, and a tenant's records now land on another \
+                 partition than its state's: see `run`'s start-up check"
+            );
+            tracing::error!("{why}");
+            self.refusal = Some(why);
+            self.fatal = Some(KafkaError::Canceled);
+            return;
+        }
         match self.restore(&partitions) {
             Ok(()) => {
                 self.check_state_is_ours(consumer, tpl);
