@@ -76,9 +76,9 @@ enum Command {
     /// Reads {storage-dir}/metadata/performance/{TENANT}.json (written by `fold`, `run` or
     /// `replay`) and prints the tenant-wide windows (n, MAE, MAPE, WAPE, bias), the worst
     /// channels by WAPE in the shortest window, the plans' planned and actual ROAS, the active
-    /// tags and as_of. Exit code 0 when healthy, 1 when model.performance.degraded is active,
-    /// 2 on an error (invalid or unknown tenant, which lists the tenants there; unreadable
-    /// document).
+    /// tags and as_of. Exit code 0 when healthy (or when nothing is scored yet, which it says),
+    /// 1 when model.performance.degraded is active, 2 on an error (invalid or unknown tenant,
+    /// which lists the tenants there; unreadable document).
     CheckPerformance(CheckArgs),
     /// Check a tenant's quantile coverage against nominal, per horizon bucket.
     ///

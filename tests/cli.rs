@@ -497,3 +497,23 @@ fn run_refuses_a_storage_directory_it_cannot_write() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("the storage directory is not writable"), "{stderr}");
 }
+
+#[test]
+fn a_tenant_with_nothing_scored_is_not_called_healthy() {
+    // Known only from a refused record: documents exist, every window is empty.
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("refused.jsonl");
+    std::fs::write(
+        &input,
+        r#"{"topic":"outcomes","payload":{"tenant":"acme","date":"2026-08-20","channel":"meta","spend":-1,"revenue":2}}"#,
+    )
+    .unwrap();
+    let storage = dir.path().join("storage");
+    let s = storage.to_str().unwrap();
+    assert!(feedback(&["fold", input.to_str().unwrap(), "--storage-dir", s]).status.success());
+    let out = feedback(&["check-performance", "acme", "--storage-dir", s]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("status    no data: no forecast has met an outcome yet"), "{stdout}");
+    assert!(!stdout.contains("healthy"), "{stdout}");
+}

@@ -174,6 +174,13 @@ impl fmt::Display for PerformanceCheck {
                 "status    DEGRADED: {DEGRADED_TAG} is active ({})",
                 scopes.join(", ")
             )?;
+        } else if self.windows.iter().all(|w| w.figures.n == 0) {
+            // Not "healthy": nothing was measured (a tenant known only from refused records).
+            writeln!(
+                f,
+                "status    no data: no forecast has met an outcome yet, so {DEGRADED_TAG} \
+                 cannot fire"
+            )?;
         } else {
             writeln!(f, "status    healthy: {DEGRADED_TAG} is not active")?;
         }
