@@ -514,6 +514,6 @@ fn a_tenant_with_nothing_scored_is_not_called_healthy() {
     let out = feedback(&["check-performance", "acme", "--storage-dir", s]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}");
-    assert!(stdout.contains("status    no data: no forecast has met an outcome yet"), "{stdout}");
+    assert!(stdout.contains("status    no data: no forecast met an outcome within any window"), "{stdout}");
     assert!(!stdout.contains("healthy"), "{stdout}");
 }

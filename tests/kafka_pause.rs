@@ -72,11 +72,11 @@ fn a_broker_away_longer_than_the_transaction_timeout_is_ridden_out() {
     let mut p = cluster.spawn("pause", &storage, &[]);
     let mut fenced = false;
     for part in &thirds {
+        let (before, _) = cluster.progress();
         cluster.produce(part);
         if fenced {
             continue;
         }
-        let (before, _) = cluster.progress();
         let start = Instant::now();
         while cluster.progress().0 <= before {
             p.assert_running();

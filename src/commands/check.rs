@@ -175,11 +175,12 @@ impl fmt::Display for PerformanceCheck {
                 scopes.join(", ")
             )?;
         } else if self.windows.iter().all(|w| w.figures.n == 0) {
-            // Not "healthy": nothing was measured (a tenant known only from refused records).
+            // Not "healthy": nothing was measured (a tenant known only from refused records, or
+            // whose pairs are all older than the longest window).
             writeln!(
                 f,
-                "status    no data: no forecast has met an outcome yet, so {DEGRADED_TAG} \
-                 cannot fire"
+                "status    no data: no forecast met an outcome within any window, so \
+                 {DEGRADED_TAG} cannot fire"
             )?;
         } else {
             writeln!(f, "status    healthy: {DEGRADED_TAG} is not active")?;

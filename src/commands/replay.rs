@@ -245,10 +245,12 @@ pub fn replay(job: &ReplayJob) -> Result<ReplaySummary, ReplayError> {
                 }
                 // Refused as `run` refuses it, so that the documents are the ones `run` writes.
                 let decoded = match m.payload() {
-                    Some(bytes) => decode(reader.topic, bytes, &schemas).and_then(|event| {
-                        let tenant = event.tenant();
-                        routing::check(tenant, m.key(), p, reader.partitions).map(|()| event)
-                    }),
+                    Some(bytes) => {
+                        let n = reader.partitions;
+                        decode(reader.topic, bytes, &schemas)
+                            .and_then(|e| routing::check(e.tenant(), m.key(), p, n).map(|()| e))
+                            .map_err(|r| routing::attribute(r, m.key(), p, n))
+                    }
                     None => Err(Rejection::new(
                         RejectKind::Malformed,
                         "the record has no value (a tombstone); inputs carry one event per record",

@@ -51,7 +51,8 @@ pub struct Settings {
     /// librdkafka properties set last, over the defaults (`--kafka-config key=value`).
     pub client_overrides: Vec<(String, String)>,
     /// Whether start-up reads the state topic's `cleanup.policy` (refusing one that is not
-    /// compacted). Off for librdkafka's mock cluster, which cannot describe configs.
+    /// compacted) and the DLQ topic's `max.message.bytes` (Kafka's default when off). Off for
+    /// librdkafka's mock cluster, which cannot describe configs.
     pub check_state_policy: bool,
     /// How long a fetch of the inputs waits at the broker for records (`fetch.wait.max.ms`);
     /// None: librdkafka's default, 500 ms. The demo, which produces a day at a time and waits

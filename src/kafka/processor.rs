@@ -297,7 +297,8 @@ struct Pipeline {
     stretched: bool,
     summary: RunSummary,
     /// Set on an error the pipeline cannot recover from (a fatal producer error, a restore
-    /// that failed). Sticky: from then on nothing is committed (an open transaction is
+    /// that failed). Sticky, unless [`Pipeline::recover`] replaces a fenced producer: from
+    /// then on nothing is committed (an open transaction is
     /// aborted, so no half-done work becomes visible) and no document is written; the loop
     /// stops and returns it.
     fatal: Option<KafkaError>,
@@ -307,6 +308,9 @@ struct Pipeline {
     refusal: Option<String>,
     /// When the producer was last replaced after a fatal error ([`Pipeline::recover`]).
     recoveries: Vec<Instant>,
+    /// When the open transaction began (exactly-once): a fence of a transaction older than the
+    /// transaction timeout is the broker's abort of it, one of a younger one another producer's.
+    txn_began: Option<Instant>,
 }
 
 /// A commit running on its own thread: `send_offsets_to_transaction` and `commit_transaction`
@@ -315,6 +319,8 @@ struct Pipeline {
 struct InFlight {
     thread: std::thread::JoinHandle<Result<(), KafkaError>>,
     started: Instant,
+    /// When the transaction it commits began.
+    began: Option<Instant>,
     /// Records consumed when it started: what it commits.
     consumed: u64,
 }
@@ -420,6 +426,7 @@ impl Pipeline {
         self.retry("begin transaction", &mut backoff, |p| p.begin_transaction())?;
         self.in_transaction = true;
         self.txn_open = true;
+        self.txn_began = Some(Instant::now());
         Ok(())
     }
 
@@ -464,11 +471,13 @@ impl Pipeline {
         let decode = |msg: &BorrowedMessage<'_>| {
             let topic = self.settings.topics.input(msg.topic())?;
             Some(match msg.payload() {
-                Some(bytes) => codec::decode(topic, bytes, &self.avro).and_then(|event| {
-                    let tenant = event.tenant();
-                    routing::check(tenant, msg.key(), msg.partition(), self.input_partitions)
-                        .map(|()| event)
-                }),
+                Some(bytes) => {
+                    let (key, partition) = (msg.key(), msg.partition());
+                    let n = self.input_partitions;
+                    codec::decode(topic, bytes, &self.avro)
+                        .and_then(|e| routing::check(e.tenant(), key, partition, n).map(|()| e))
+                        .map_err(|r| routing::attribute(r, key, partition, n))
+                }
                 None => Err(Rejection::new(
                     RejectKind::Malformed,
                     "the record has no value (a tombstone); inputs carry one event per record",
@@ -839,6 +848,7 @@ impl Pipeline {
                 self.in_flight = Some(InFlight {
                     thread,
                     started: self.last_commit,
+                    began: self.txn_began.take(),
                     consumed: self.summary.consumed,
                 });
             }
@@ -1020,16 +1030,36 @@ impl Pipeline {
         if self.refusal.is_some() || !from_producer || self.handles.stop.load(Ordering::Relaxed) {
             return false;
         }
+        // Only a transaction the broker may have timed out: a younger one was fenced by another
+        // producer with this transactional id (a second instance with the same --instance-id),
+        // which replacing ours would fence back in turn.
+        let began = (self.in_flight.as_ref())
+            .and_then(|f| f.began)
+            .or(self.txn_began);
+        let age = began.map(|b| b.elapsed());
+        if age.is_none_or(|a| a < TRANSACTION_TIMEOUT) {
+            tracing::error!(
+                error = %error,
+                transaction_age = ?age,
+                "the producer failed fatally within the transaction timeout: another instance \
+                 with the same --instance-id? Stopping"
+            );
+            return false;
+        }
         let now = Instant::now();
         self.recoveries.retain(|t| now.duration_since(*t) < RECOVERY_WINDOW);
         if self.recoveries.len() >= MAX_RECOVERIES {
             tracing::error!(
                 error = %error,
-                "the producer failed fatally {MAX_RECOVERIES} times in {RECOVERY_WINDOW:?}: \
-                 stopping (is another instance running with the same --instance-id?)"
+                replaced = MAX_RECOVERIES,
+                window = ?RECOVERY_WINDOW,
+                "the producer failed fatally again after being replaced as often as allowed \
+                 in the window: stopping"
             );
             return false;
         }
+let was_ready = self.handles.ready.load(Ordering::Relaxed);
+        self.handles.set_ready(false);
         self.recoveries.push(now);
         tracing::warn!(
             error = %error,
@@ -1050,6 +1080,7 @@ impl Pipeline {
             .inc();
         self.in_transaction = false;
         self.txn_open = false;
+        self.txn_began = None;
         self.offsets.clear();
         self.report_undelivered();
         match new_producer(&self.settings, &self.hooks, &self.handles.stop) {
@@ -1062,6 +1093,9 @@ impl Pipeline {
         }
         self.fatal = None;
         self.rewind(consumer);
+        if self.fatal.is_none() {
+            self.handles.set_ready(was_ready);
+        }
         self.fatal.is_none()
     }
 
@@ -1104,6 +1138,7 @@ impl Pipeline {
         }
         self.in_transaction = false;
         self.txn_open = false;
+        self.txn_began = None;
         self.offsets.clear();
         self.rewind(consumer);
     }
@@ -1111,7 +1146,9 @@ impl Pipeline {
     /// Back to the last commit: the assigned partitions' state restored from the changelog and
     /// their reading resumed from the committed offsets.
     fn rewind(&mut self, consumer: &BaseConsumer<ConsumerHooks>) {
-        // Not ready while rewinding: an instance stuck redoing a transaction says so.
+        // Not ready while rewinding: an instance stuck redoing a transaction says so. Ready
+        // again after it only if it was before (not while partitions are being revoked, say).
+        let was_ready = self.handles.ready.load(Ordering::Relaxed);
         self.handles.set_ready(false);
         let partitions: BTreeSet<i32> = self.engines.keys().copied().collect();
         if let Err(e) = self.restore(&partitions) {
@@ -1147,7 +1184,7 @@ impl Pipeline {
             let _ = seek.add_partition_offset(e.topic(), e.partition(), offset);
         }
         match consumer.seek_partitions(seek, CALL_TIMEOUT) {
-            Ok(_) => self.handles.set_ready(true),
+            Ok(_) => self.handles.set_ready(was_ready),
             Err(e) => {
                 tracing::error!(error = %e, "cannot seek back to the committed offsets");
                 self.fatal = Some(e);
@@ -1478,6 +1515,8 @@ impl Backoff {
 
 /// At most this many fatal producer errors are recovered from within [`RECOVERY_WINDOW`].
 const MAX_RECOVERIES: usize = 5;
+/// The producer's `transaction.timeout.ms` (see `Settings::producer_config`).
+const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(10);
 const RECOVERY_WINDOW: Duration = Duration::from_secs(600);
 
 /// The processor's producer, with its transactions initialised under exactly-once (retried
@@ -1633,6 +1672,7 @@ pub fn run(settings: Settings, handles: Handles) -> Result<RunSummary, RunError>
         fatal: None,
         refusal: None,
         recoveries: Vec::new(),
+        txn_began: None,
     });
 
     let mut last_poll_error: Option<Instant> = None;
@@ -1670,8 +1710,12 @@ pub fn run(settings: Settings, handles: Handles) -> Result<RunSummary, RunError>
         }
         // A rebalance inside poll may have failed, or a signal come: then the record polled
         // is left for whoever reads the partition next.
-        if p.fatal.is_some() && !p.recover(&consumer) {
-            break Err(p.stop_error().expect("a fatal error is set"));
+        if p.fatal.is_some() {
+            if !p.recover(&consumer) {
+                break Err(p.stop_error().expect("a fatal error is set"));
+            }
+            // Rewound: what was polled before is read again from the committed offsets.
+            continue;
         }
         if handles.stop.load(Ordering::Relaxed) {
             break Ok(());

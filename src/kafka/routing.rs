@@ -48,6 +48,22 @@ pub fn check(
     Ok(())
 }
 
+/// A refused record is counted in the `rejected` of the tenant it names, in its partition's
+/// state; one routed against SPEC 2 loses its tenant instead, for the reason [`check`] gives.
+pub fn attribute(
+    mut rejection: Rejection,
+    key: Option<&[u8]>,
+    partition: i32,
+    partitions: usize,
+) -> Rejection {
+    if let Some(tenant) = &rejection.tenant {
+        if check(tenant, key, partition, partitions).is_err() {
+            rejection.tenant = None;
+        }
+    }
+    rejection
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -95,5 +111,11 @@ mod tests {
         assert!(key.message.contains("key \"other\" is not its tenant \"acme\""), "{}", key.message);
         let none = check("acme", None, right, 6).unwrap_err();
         assert!(none.message.contains("no key"), "{}", none.message);
+        // A record refused for another reason keeps its tenant only where it belongs.
+        let refused = || Rejection::new(RejectKind::InvalidField, "negative").with_tenant(Some("acme"));
+        let kept = attribute(refused(), Some(b"acme"), right, 6);
+        assert_eq!(kept.tenant.as_deref(), Some("acme"));
+        let dropped = attribute(refused(), Some(b"acme"), (right + 1) % 6, 6);
+        assert_eq!((dropped.tenant, dropped.kind), (None, RejectKind::InvalidField));
     }
 }
