@@ -230,7 +230,11 @@ mod tests {
         // Every length across SHA-1's 64-byte blocks and its 55/56-byte padding edge.
         for len in 0..200 {
             let name: Vec<u8> = (0..len).map(|i| (i * 7 + len) as u8).collect();
-            assert_eq!(v5(&name), Uuid::new_v5(&ID_NAMESPACE, &name), "length {len}");
+            assert_eq!(
+                v5(&name),
+                Uuid::new_v5(&ID_NAMESPACE, &name),
+                "length {len}"
+            );
         }
     }
 }

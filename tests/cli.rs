@@ -495,7 +495,10 @@ fn run_refuses_a_storage_directory_it_cannot_write() {
     ]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("the storage directory is not writable"), "{stderr}");
+    assert!(
+        stderr.contains("the storage directory is not writable"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -510,10 +513,17 @@ fn a_tenant_with_nothing_scored_is_not_called_healthy() {
     .unwrap();
     let storage = dir.path().join("storage");
     let s = storage.to_str().unwrap();
-    assert!(feedback(&["fold", input.to_str().unwrap(), "--storage-dir", s]).status.success());
+    assert!(
+        feedback(&["fold", input.to_str().unwrap(), "--storage-dir", s])
+            .status
+            .success()
+    );
     let out = feedback(&["check-performance", "acme", "--storage-dir", s]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}");
-    assert!(stdout.contains("status    no data: no forecast met an outcome within any window"), "{stdout}");
+    assert!(
+        stdout.contains("status    no data: no forecast met an outcome within any window"),
+        "{stdout}"
+    );
     assert!(!stdout.contains("healthy"), "{stdout}");
 }

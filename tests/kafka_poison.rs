@@ -27,7 +27,9 @@ fn corpus() -> Vec<(Topic, String, &'static str)> {
     // run of one letter would fit the DLQ's limit compressed.
     let mut x: u64 = 1;
     big.extend((0..1_100_000).map(|_| {
-        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         char::from(b'a' + (x >> 59) as u8 % 26)
     }));
     big.push_str(r#""}"#);
@@ -121,7 +123,9 @@ fn every_poison_record_reaches_the_dlq_with_its_kind() {
     let home = feedback::kafka::routing::partition_of(b"healthy-000", 3);
     let outcomes = cluster.topics.outcomes.clone();
     let (by_key, by_partition, no_key) = (misrouted(11), misrouted(12), misrouted(13));
-    producer.send(&outcomes, b"zzz-other", by_key.as_bytes()).unwrap();
+    producer
+        .send(&outcomes, b"zzz-other", by_key.as_bytes())
+        .unwrap();
     producer
         .send_raw(
             rdkafka::producer::BaseRecord::to(&outcomes)
@@ -131,14 +135,19 @@ fn every_poison_record_reaches_the_dlq_with_its_kind() {
         )
         .unwrap();
     producer
-        .send_raw(rdkafka::producer::BaseRecord::to(&outcomes).payload(no_key.as_bytes()).partition(home))
+        .send_raw(
+            rdkafka::producer::BaseRecord::to(&outcomes)
+                .payload(no_key.as_bytes())
+                .partition(home),
+        )
         .unwrap();
     for payload in [by_key, by_partition, no_key.clone()] {
         expected.insert(payload.into_bytes(), "wrong_partition");
     }
     // Refused for what it holds, on another partition than its tenant's: it must not be
     // counted in a state of that tenant there (which would write over its documents).
-    let invalid = r#"{"tenant":"healthy-000","date":"2026-08-14","channel":"meta","spend":-3,"revenue":2}"#;
+    let invalid =
+        r#"{"tenant":"healthy-000","date":"2026-08-14","channel":"meta","spend":-3,"revenue":2}"#;
     producer
         .send_raw(
             rdkafka::producer::BaseRecord::to(&outcomes)
@@ -169,7 +178,9 @@ fn every_poison_record_reaches_the_dlq_with_its_kind() {
                 let whole = expected
                     .keys()
                     .find(|k| k.starts_with(value) && k.len().to_string() == *size)
-                    .unwrap_or_else(|| panic!("a cut DLQ record of {} bytes from {size}", value.len()));
+                    .unwrap_or_else(|| {
+                        panic!("a cut DLQ record of {} bytes from {size}", value.len())
+                    });
                 assert!(value.len() < whole.len());
                 whole
             }
@@ -203,7 +214,10 @@ fn every_poison_record_reaches_the_dlq_with_its_kind() {
         }
     }
 
-    assert_eq!(truncated, 1, "the 1.1 MB record's copy is cut to the DLQ's 1 MiB");
+    assert_eq!(
+        truncated, 1,
+        "the 1.1 MB record's copy is cut to the DLQ's 1 MiB"
+    );
 
     let (fold_storage, _) = cluster.fold(vec![cluster.write_jsonl(&records)]);
     assert_same_documents(&storage, &fold_storage);

@@ -57,7 +57,10 @@ fn mismatched_or_missing_topics_stop_run_with_a_clear_message() {
         .map_or(0, |m| m.topics()[0].partitions().len())
         < 4
     {
-        assert!(start.elapsed() < Duration::from_secs(30), "no fourth partition in the metadata");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no fourth partition in the metadata"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     let (code, stderr) = run_feedback(&cluster.brokers, &cluster.config);
@@ -136,18 +139,18 @@ fn a_group_is_refused_the_state_another_group_wrote() {
     assert!(alerts > 0);
 
     let other = cluster.dir.path().join("other");
-    let mut second = cluster.spawn_in_group(
-        &format!("{}-other", cluster.group),
-        "second",
-        &other,
-        &[],
-    );
+    let mut second =
+        cluster.spawn_in_group(&format!("{}-other", cluster.group), "second", &other, &[]);
     let status = second.wait_exit(Duration::from_secs(120));
     let log = second.log_tail();
     assert_eq!(status.code(), Some(2), "{log}");
     assert!(log.contains("committed no offsets there"), "{log}");
     assert!(log.contains("another consumer group"), "{log}");
-    assert_eq!(cluster.alerts().len(), alerts, "the refused group published nothing");
+    assert_eq!(
+        cluster.alerts().len(),
+        alerts,
+        "the refused group published nothing"
+    );
     // The group the state belongs to still starts from it.
     let mut again = cluster.spawn("first", &storage, &[]);
     again.wait_restored(Duration::from_secs(60));
@@ -192,5 +195,8 @@ fn partitions_added_while_running_stop_it_with_the_reason() {
     let status = p.wait_exit(Duration::from_secs(120));
     let log = p.log_tail();
     assert_eq!(status.code(), Some(2), "{log}");
-    assert!(log.contains("were partitions added to the input topics"), "{log}");
+    assert!(
+        log.contains("were partitions added to the input topics"),
+        "{log}"
+    );
 }

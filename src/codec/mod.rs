@@ -137,10 +137,12 @@ fn decode_json(topic: Topic, bytes: &[u8]) -> Result<Event, Rejection> {
     // simdutf8 checks a valid payload several times faster than std; std tells where an
     // invalid one goes wrong.
     let checked = simdutf8::basic::from_utf8(bytes).ok();
-    let text = checked.map_or_else(|| std::str::from_utf8(bytes), Ok).map_err(|e| {
-        Rejection::new(RejectKind::Malformed, format!("json: not UTF-8: {e}"))
-            .with_tenant(json_tenant(&bytes[..e.valid_up_to()]).as_deref())
-    })?;
+    let text = checked
+        .map_or_else(|| std::str::from_utf8(bytes), Ok)
+        .map_err(|e| {
+            Rejection::new(RejectKind::Malformed, format!("json: not UTF-8: {e}"))
+                .with_tenant(json_tenant(&bytes[..e.valid_up_to()]).as_deref())
+        })?;
     if let Some(event) = fast::decode(topic, text) {
         return Ok(event);
     }

@@ -23,12 +23,12 @@ use serde::Serialize;
 
 use crate::alert::Alert;
 use crate::codec::{decode, AvroSchemas};
-use crate::kafka::routing;
 use crate::config::TopicNames;
 use crate::event::validate::valid_tenant;
 use crate::event::{Event, RejectKind, Rejection, Topic};
 use crate::fold::{Engine, FoldConfig};
 use crate::kafka::produce::InputProducer;
+use crate::kafka::routing;
 use crate::kafka::ClientHooks;
 use crate::offline::FoldSummary;
 use crate::storage::{Storage, StorageError};

@@ -313,13 +313,7 @@ mod tests {
             KafkaError::Global(RDKafkaErrorCode::BrokerTransportFailure),
             "disconnected",
         );
-        let counted = |kind: &str| {
-            hooks
-                .metrics
-                .client_errors
-                .with_label_values(&[kind])
-                .get()
-        };
+        let counted = |kind: &str| hooks.metrics.client_errors.with_label_values(&[kind]).get();
         assert_eq!(counted("AllBrokersDown"), 50);
         assert_eq!(counted("BrokerTransportFailure"), 1);
         let logged = hooks.logged.lock().unwrap();

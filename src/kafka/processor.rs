@@ -900,7 +900,12 @@ impl Pipeline {
                     self.commit_failed(consumer, e);
                 }
             }
-            Err(e) => self.commit_failed(consumer, e),
+            Err(e) => {
+                // The failed transaction is older than the open one: its age tells `recover`
+                // whether the broker may have timed it out.
+                self.txn_began = in_flight.began.or(self.txn_began);
+                self.commit_failed(consumer, e);
+            }
         }
     }
 
@@ -1047,7 +1052,8 @@ impl Pipeline {
             return false;
         }
         let now = Instant::now();
-        self.recoveries.retain(|t| now.duration_since(*t) < RECOVERY_WINDOW);
+        self.recoveries
+            .retain(|t| now.duration_since(*t) < RECOVERY_WINDOW);
         if self.recoveries.len() >= MAX_RECOVERIES {
             tracing::error!(
                 error = %error,
@@ -1058,7 +1064,7 @@ impl Pipeline {
             );
             return false;
         }
-let was_ready = self.handles.ready.load(Ordering::Relaxed);
+        let was_ready = self.handles.ready.load(Ordering::Relaxed);
         self.handles.set_ready(false);
         self.recoveries.push(now);
         tracing::warn!(
@@ -1526,8 +1532,9 @@ fn new_producer(
     hooks: &ClientHooks,
     stop: &Arc<AtomicBool>,
 ) -> Result<ThreadedProducer<ProducerHooks>, KafkaError> {
-    let producer: ThreadedProducer<ProducerHooks> =
-        settings.producer_config().create_with_context(ProducerHooks {
+    let producer: ThreadedProducer<ProducerHooks> = settings
+        .producer_config()
+        .create_with_context(ProducerHooks {
             hooks: hooks.clone(),
             failed: AtomicU64::new(0),
         })?;
@@ -1615,7 +1622,9 @@ pub fn run(settings: Settings, handles: Handles) -> Result<RunSummary, RunError>
 
     let dlq_max_bytes = settings
         .check_state_policy
-        .then(|| admin::max_message_bytes(&settings.admin_config(), &settings.topics.dlq, CALL_TIMEOUT))
+        .then(|| {
+            admin::max_message_bytes(&settings.admin_config(), &settings.topics.dlq, CALL_TIMEOUT)
+        })
         .flatten()
         .unwrap_or(admin::KAFKA_DEFAULT_MAX_MESSAGE_BYTES);
 

@@ -85,7 +85,9 @@ mod tests {
 
     #[test]
     fn partitions_agree_with_librdkafka() {
-        let mut keys: Vec<Vec<u8>> = (0..2000).map(|i| format!("tenant-{i}").into_bytes()).collect();
+        let mut keys: Vec<Vec<u8>> = (0..2000)
+            .map(|i| format!("tenant-{i}").into_bytes())
+            .collect();
         keys.extend((0..40).map(|n| (0..n).map(|i| (i * 37 + n) as u8).collect()));
         keys.push("healthy-000".into());
         for key in &keys {
@@ -105,17 +107,32 @@ mod tests {
         assert!(check("acme", Some(b"acme"), right, 6).is_ok());
         let wrong = check("acme", Some(b"acme"), (right + 1) % 6, 6).unwrap_err();
         assert_eq!(wrong.kind, RejectKind::WrongPartition);
-        assert!(wrong.message.contains(&format!("belongs on partition {right} of 6")), "{}", wrong.message);
+        assert!(
+            wrong
+                .message
+                .contains(&format!("belongs on partition {right} of 6")),
+            "{}",
+            wrong.message
+        );
         assert_eq!(wrong.tenant, None, "counted in no tenant's state");
         let key = check("acme", Some(b"other"), right, 6).unwrap_err();
-        assert!(key.message.contains("key \"other\" is not its tenant \"acme\""), "{}", key.message);
+        assert!(
+            key.message
+                .contains("key \"other\" is not its tenant \"acme\""),
+            "{}",
+            key.message
+        );
         let none = check("acme", None, right, 6).unwrap_err();
         assert!(none.message.contains("no key"), "{}", none.message);
         // A record refused for another reason keeps its tenant only where it belongs.
-        let refused = || Rejection::new(RejectKind::InvalidField, "negative").with_tenant(Some("acme"));
+        let refused =
+            || Rejection::new(RejectKind::InvalidField, "negative").with_tenant(Some("acme"));
         let kept = attribute(refused(), Some(b"acme"), right, 6);
         assert_eq!(kept.tenant.as_deref(), Some("acme"));
         let dropped = attribute(refused(), Some(b"acme"), (right + 1) % 6, 6);
-        assert_eq!((dropped.tenant, dropped.kind), (None, RejectKind::InvalidField));
+        assert_eq!(
+            (dropped.tenant, dropped.kind),
+            (None, RejectKind::InvalidField)
+        );
     }
 }
