@@ -7,9 +7,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use rdkafka::admin::{AdminClient, AdminOptions, AlterConfig, NewPartitions, ResourceSpecifier};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
+use rdkafka::admin::{AdminOptions, AlterConfig, NewPartitions, ResourceSpecifier};
 
 fn run_feedback(brokers: &str, config: &std::path::Path) -> (i32, String) {
     let dir = tempfile::tempdir().unwrap();
@@ -33,14 +31,7 @@ fn mismatched_or_missing_topics_stop_run_with_a_clear_message() {
         return;
     };
     // A fourth partition on forecasts breaks co-partitioning.
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &cluster.brokers)
-        .create()
-        .unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let (admin, rt) = cluster.admin();
     let results = rt
         .block_on(admin.create_partitions(
             &[NewPartitions::new(&cluster.topics.forecasts, 4)],
@@ -172,14 +163,7 @@ fn partitions_added_while_running_stop_it_with_the_reason() {
         &["--kafka-config", "topic.metadata.refresh.interval.ms=1000"],
     );
     p.wait_restored(Duration::from_secs(60));
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &cluster.brokers)
-        .create()
-        .unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let (admin, rt) = cluster.admin();
     let grown: Vec<NewPartitions> = [
         &cluster.topics.outcomes,
         &cluster.topics.forecasts,

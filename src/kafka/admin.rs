@@ -3,7 +3,10 @@
 
 use std::time::Duration;
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
+use rdkafka::admin::{
+    AdminClient, AdminOptions, NewTopic, OwnedResourceSpecifier, ResourceSpecifier,
+    TopicReplication,
+};
 use rdkafka::client::{Client, ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
 use rdkafka::error::RDKafkaErrorCode;
@@ -72,46 +75,52 @@ impl Compaction {
     }
 }
 
-/// The state topic's `cleanup.policy`, read with DescribeConfigs; None when the cluster does
-/// not say (no permission to describe configs, say), which `run` takes as a warning only.
-pub fn state_cleanup_policy(
-    config: &ClientConfig,
-    topic: &str,
-    timeout: Duration,
-) -> Option<String> {
-    topic_config(config, topic, "cleanup.policy", timeout)
-}
-
 /// Kafka's default `max.message.bytes` of a topic (the broker's `message.max.bytes`).
 pub const KAFKA_DEFAULT_MAX_MESSAGE_BYTES: usize = 1_048_588;
 
-/// The largest record batch a topic takes (`max.message.bytes`), as DescribeConfigs gives it
-/// (the topic's own setting or the broker's default); None when the cluster does not say.
-pub fn max_message_bytes(config: &ClientConfig, topic: &str, timeout: Duration) -> Option<usize> {
-    topic_config(config, topic, "max.message.bytes", timeout)?
-        .parse()
-        .ok()
+/// What `run` reads of its output topics' configuration at start, with one DescribeConfigs;
+/// a None is what the cluster did not say (no permission to describe configs, say).
+#[derive(Debug, Default)]
+pub struct OutputSettings {
+    /// The state topic's `cleanup.policy` (it must compact).
+    pub state_cleanup_policy: Option<String>,
+    /// The largest record batch the DLQ topic takes (`max.message.bytes`: its own setting or
+    /// the broker's default).
+    pub dlq_max_message_bytes: Option<usize>,
 }
 
-/// One configuration value of a topic, read with DescribeConfigs.
-fn topic_config(
+pub fn output_settings(
     config: &ClientConfig,
-    topic: &str,
-    key: &str,
+    state: &str,
+    dlq: &str,
     timeout: Duration,
-) -> Option<String> {
-    let admin: AdminClient<DefaultClientContext> = config.create().ok()?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .ok()?;
-    let resource = ResourceSpecifier::Topic(topic);
-    let opts = AdminOptions::new().request_timeout(Some(timeout));
-    let results = rt
-        .block_on(admin.describe_configs([&resource], &opts))
-        .ok()?;
-    let described = results.into_iter().next()?.ok()?;
-    described.get(key)?.value.clone()
+) -> OutputSettings {
+    let described = (|| {
+        let admin: AdminClient<DefaultClientContext> = config.create().ok()?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .ok()?;
+        let resources = [
+            ResourceSpecifier::Topic(state),
+            ResourceSpecifier::Topic(dlq),
+        ];
+        let opts = AdminOptions::new().request_timeout(Some(timeout));
+        rt.block_on(admin.describe_configs(&resources, &opts)).ok()
+    })()
+    .unwrap_or_default();
+    let described: Vec<_> = described.into_iter().filter_map(Result::ok).collect();
+    let value = |topic: &str, key: &str| {
+        (described.iter())
+            .find(|r| matches!(&r.specifier, OwnedResourceSpecifier::Topic(t) if t == topic))?
+            .get(key)?
+            .value
+            .clone()
+    };
+    OutputSettings {
+        state_cleanup_policy: value(state, "cleanup.policy"),
+        dlq_max_message_bytes: value(dlq, "max.message.bytes").and_then(|v| v.parse().ok()),
+    }
 }
 
 /// The partition count of each named topic, or which is missing.

@@ -1073,21 +1073,8 @@ impl Pipeline {
              timeout aborts the transaction and fences its producer): replacing it and \
              rewinding to the last commit"
         );
-        if let Some(in_flight) = self.in_flight.take() {
-            let _ = in_flight.thread.join();
-        }
-        self.backlog.clear();
-        self.documents.discard();
-        self.summary.aborts += 1;
-        self.handles
-            .metrics
-            .commits
-            .with_label_values(&["aborted"])
-            .inc();
-        self.in_transaction = false;
-        self.txn_open = false;
-        self.txn_began = None;
-        self.offsets.clear();
+        self.drop_uncommitted();
+        self.forget_transaction();
         self.report_undelivered();
         match new_producer(&self.settings, &self.hooks, &self.handles.stop) {
             Ok(producer) => self.producer = Arc::new(producer),
@@ -1105,8 +1092,11 @@ impl Pipeline {
         self.fatal.is_none()
     }
 
-    fn abort_and_rewind(&mut self, consumer: &BaseConsumer<ConsumerHooks>) {
-        // Whatever a commit in flight does, the abort below rewinds to the last commit.
+    /// Before a rewind: waits for a commit in flight (counting it if it succeeded; the rewind
+    /// goes back to the last commit whatever it did), and drops what waits for the next
+    /// transaction. Documents computed from what is rewound are not written; the restore marks
+    /// every restored tenant's documents for rewriting.
+    fn drop_uncommitted(&mut self) {
         if let Some(in_flight) = self.in_flight.take() {
             if let Ok(Ok(())) = in_flight.thread.join() {
                 self.txn_open = self.in_transaction;
@@ -1114,8 +1104,6 @@ impl Pipeline {
             }
         }
         self.backlog.clear();
-        // Documents computed from what is being rewound are not written; the restore below
-        // marks every restored tenant's documents for rewriting.
         self.documents.discard();
         self.summary.aborts += 1;
         self.handles
@@ -1123,6 +1111,18 @@ impl Pipeline {
             .commits
             .with_label_values(&["aborted"])
             .inc();
+    }
+
+    /// No transaction open any more, and no offsets waiting for one.
+    fn forget_transaction(&mut self) {
+        self.in_transaction = false;
+        self.txn_open = false;
+        self.txn_began = None;
+        self.offsets.clear();
+    }
+
+    fn abort_and_rewind(&mut self, consumer: &BaseConsumer<ConsumerHooks>) {
+        self.drop_uncommitted();
         if self.exactly_once() && self.txn_open {
             let mut backoff = Backoff::new(&self.handles.stop);
             loop {
@@ -1142,10 +1142,7 @@ impl Pipeline {
                 }
             }
         }
-        self.in_transaction = false;
-        self.txn_open = false;
-        self.txn_began = None;
-        self.offsets.clear();
+        self.forget_transaction();
         self.rewind(consumer);
     }
 
@@ -1595,9 +1592,15 @@ pub fn run(settings: Settings, handles: Handles) -> Result<RunSummary, RunError>
     // The changelog is the state: on a topic that deletes old records a restore would come
     // back with tenants missing their old days, and nothing would say so.
     let state = &settings.topics.state;
-    let policy = settings
-        .check_state_policy
-        .then(|| admin::state_cleanup_policy(&settings.admin_config(), state, CALL_TIMEOUT));
+    let outputs = settings.check_state_policy.then(|| {
+        admin::output_settings(
+            &settings.admin_config(),
+            state,
+            &settings.topics.dlq,
+            CALL_TIMEOUT,
+        )
+    });
+    let policy = outputs.as_ref().map(|o| o.state_cleanup_policy.clone());
     match policy.map(|p| p.map(|p| (admin::Compaction::of(&p), p))) {
         None => {}
         Some(Some((admin::Compaction::Compacted, _))) => {}
@@ -1620,12 +1623,8 @@ pub fn run(settings: Settings, handles: Handles) -> Result<RunSummary, RunError>
         ),
     }
 
-    let dlq_max_bytes = settings
-        .check_state_policy
-        .then(|| {
-            admin::max_message_bytes(&settings.admin_config(), &settings.topics.dlq, CALL_TIMEOUT)
-        })
-        .flatten()
+    let dlq_max_bytes = outputs
+        .and_then(|o| o.dlq_max_message_bytes)
         .unwrap_or(admin::KAFKA_DEFAULT_MAX_MESSAGE_BYTES);
 
     let producer = match new_producer(&settings, &hooks, &handles.stop) {

@@ -110,11 +110,14 @@ impl Cluster {
         })
     }
 
-    /// Sets one configuration value of a topic (AlterConfigs, which replaces the topic's other
-    /// settings by the broker's defaults).
-    pub fn set_topic_config(&self, topic: &str, key: &str, value: &str) {
-        use rdkafka::admin::{AdminClient, AdminOptions, AlterConfig, ResourceSpecifier};
-        let admin: AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new()
+    /// An admin client of the broker, and a runtime to wait on its calls.
+    pub fn admin(
+        &self,
+    ) -> (
+        rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext>,
+        tokio::runtime::Runtime,
+    ) {
+        let admin = ClientConfig::new()
             .set("bootstrap.servers", &self.brokers)
             .create()
             .unwrap();
@@ -122,6 +125,14 @@ impl Cluster {
             .enable_all()
             .build()
             .unwrap();
+        (admin, rt)
+    }
+
+    /// Sets one configuration value of a topic (AlterConfigs, which replaces the topic's other
+    /// settings by the broker's defaults).
+    pub fn set_topic_config(&self, topic: &str, key: &str, value: &str) {
+        use rdkafka::admin::{AdminOptions, AlterConfig, ResourceSpecifier};
+        let (admin, rt) = self.admin();
         let change = AlterConfig::new(ResourceSpecifier::Topic(topic)).set(key, value);
         let results = rt
             .block_on(admin.alter_configs([&change], &AdminOptions::new()))
