@@ -68,6 +68,7 @@ fn sigkill_three_times_loses_and_repeats_nothing() {
 
     let (fold_storage, fold_alerts) = cluster.fold(vec![cluster.write_jsonl(&records)]);
     assert_same_documents(&storage, &fold_storage);
+    cluster.assert_no_alert_twice();
     let alerts = cluster.alerts();
     assert_alert_guarantees(&alerts, &fold_alerts, &storage);
     // Keyed by tenant, the CloudEvents envelope mirrored in the headers.

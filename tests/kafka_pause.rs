@@ -73,7 +73,14 @@ fn a_broker_away_longer_than_the_transaction_timeout_is_ridden_out() {
     let thirds: Vec<&[feedback::simulate::SimRecord]> =
         records.chunks(records.len() / 3 + 1).collect();
     let storage = cluster.dir.path().join("storage");
-    let mut p = cluster.spawn("pause", &storage, &[]);
+    // Kafka's default session timeout (45 s), longer than a pause: the outage tested is the
+    // transaction's, not the group membership's (the other tests' 6 s would also make every
+    // pause a rebalance).
+    let mut p = cluster.spawn(
+        "pause",
+        &storage,
+        &["--kafka-config", "session.timeout.ms=45000"],
+    );
     let mut fenced = false;
     for (i, part) in thirds.iter().enumerate() {
         let (before, _) = cluster.progress();
@@ -113,9 +120,76 @@ fn a_broker_away_longer_than_the_transaction_timeout_is_ridden_out() {
     eprintln!("producer fenced and replaced during a pause: {fenced}");
     cluster.wait_caught_up(Duration::from_secs(300), &mut [&mut p]);
     let status = p.terminate(Duration::from_secs(60));
+    // What the processor did about the outages, shown if an assertion below fails.
+    let log = std::fs::read_to_string(&p.log).unwrap_or_default();
+    for line in log.lines().filter(|l| {
+        l.contains("feedback::kafka::processor") || l.contains("TXNERR") || l.contains("FATAL")
+    }) {
+        eprintln!("{line}");
+    }
     assert!(status.success(), "exit {status}:\n{}", p.log_tail());
 
     let (fold_storage, fold_alerts) = cluster.fold(vec![cluster.write_jsonl(&records)]);
     assert_same_documents(&storage, &fold_storage);
+    cluster.assert_no_alert_twice();
+    assert_alert_guarantees(&cluster.alerts(), &fold_alerts, &storage);
+}
+
+/// A soak, not run by the suite (`cargo test --release --test kafka_pause -- --ignored`): the
+/// broker paused `PAUSES` times (default 6) for `PAUSE_SECONDS` (default 16) while the
+/// processor works off a seeded history (`SEED`), with the tests' short session timeout, so
+/// that pauses also expire the group membership. The same checks as above at the end.
+#[test]
+#[ignore]
+fn soak_many_broker_pauses() {
+    let env = |name: &str, default: u64| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let Some(cluster) = Cluster::new("soak", 3) else {
+        return;
+    };
+    let pid = broker_pid().expect("a broker started by scripts/kafka.sh, to pause");
+    let records = generate(&SimConfig {
+        seed: env("SEED", 13),
+        tenants: 60,
+        days: 400,
+        scenario: Scenario::Mixed,
+        ..SimConfig::default()
+    });
+    let pauses = env("PAUSES", 6) as usize;
+    let parts: Vec<&[feedback::simulate::SimRecord]> =
+        records.chunks(records.len() / pauses + 1).collect();
+    let storage = cluster.dir.path().join("storage");
+    let mut p = cluster.spawn("soak", &storage, &[]);
+    for part in parts {
+        let (before, _) = cluster.progress();
+        cluster.produce(part);
+        let start = Instant::now();
+        while cluster.progress().0 <= before {
+            p.assert_running();
+            assert!(
+                start.elapsed() < Duration::from_secs(180),
+                "no progress:\n{}",
+                p.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        signal(pid, rustix::process::Signal::STOP);
+        {
+            let _paused = Paused(pid);
+            std::thread::sleep(Duration::from_secs(env("PAUSE_SECONDS", 16)));
+        }
+        std::thread::sleep(Duration::from_secs(5));
+        p.assert_running();
+    }
+    cluster.wait_caught_up(Duration::from_secs(300), &mut [&mut p]);
+    let status = p.terminate(Duration::from_secs(60));
+    assert!(status.success(), "exit {status}:\n{}", p.log_tail());
+    let (fold_storage, fold_alerts) = cluster.fold(vec![cluster.write_jsonl(&records)]);
+    assert_same_documents(&storage, &fold_storage);
+    cluster.assert_no_alert_twice();
     assert_alert_guarantees(&cluster.alerts(), &fold_alerts, &storage);
 }

@@ -80,5 +80,6 @@ fn the_survivor_takes_over_the_stopped_instances_partitions() {
 
     let (fold_storage, fold_alerts) = cluster.fold(vec![cluster.write_jsonl(&records)]);
     assert_same_documents(&storage, &fold_storage);
+    cluster.assert_no_alert_twice();
     assert_alert_guarantees(&cluster.alerts(), &fold_alerts, &storage);
 }

@@ -258,7 +258,20 @@ impl Cluster {
         ] {
             for p in 0..self.partitions {
                 tpl.add_partition(t, p);
-                end += c.fetch_watermarks(t, p, Duration::from_secs(10)).unwrap().1;
+                // Just after the broker comes back (kafka_pause) a partition may answer
+                // NotLeaderForPartition for a moment.
+                let mut tries = 0;
+                end += loop {
+                    match c.fetch_watermarks(t, p, Duration::from_secs(10)) {
+                        Ok((_, high)) => break high,
+                        Err(e) if tries < 50 => {
+                            tries += 1;
+                            eprintln!("watermarks of {t} [{p}]: {e}; asking again");
+                            std::thread::sleep(Duration::from_millis(200));
+                        }
+                        Err(e) => panic!("watermarks of {t} [{p}]: {e}"),
+                    }
+                };
             }
         }
         let committed = c
@@ -297,6 +310,13 @@ impl Cluster {
 
     /// Every record of `topic`, read committed, to its end: (key, headers, value).
     pub fn read_all(&self, topic: &str) -> Vec<Record> {
+        (self.read_all_at(topic).into_iter())
+            .map(|(_, _, r)| r)
+            .collect()
+    }
+
+    /// [`Cluster::read_all`] with each record's partition and offset.
+    pub fn read_all_at(&self, topic: &str) -> Vec<(i32, i64, Record)> {
         let c: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", &self.brokers)
             .set("group.id", format!("{}.reader", self.group))
@@ -336,9 +356,13 @@ impl Cluster {
                         })
                         .unwrap_or_default();
                     out.push((
-                        m.key().unwrap_or_default().to_vec(),
-                        headers,
-                        m.payload().unwrap_or_default().to_vec(),
+                        m.partition(),
+                        m.offset(),
+                        (
+                            m.key().unwrap_or_default().to_vec(),
+                            headers,
+                            m.payload().unwrap_or_default().to_vec(),
+                        ),
                     ));
                 }
                 Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
@@ -349,6 +373,32 @@ impl Cluster {
             }
         }
         out
+    }
+
+    /// Fails, saying where each copy sits, if an alert id was committed twice: the partition
+    /// and offsets tell whether the copies came from one transaction or two, and where to look
+    /// with `kafka-dump-log` for the producer epochs.
+    pub fn assert_no_alert_twice(&self) {
+        let mut seen: BTreeMap<String, (i32, i64)> = BTreeMap::new();
+        let mut twice = Vec::new();
+        for (partition, offset, (_, _, value)) in self.read_all_at(&self.topics.alerts) {
+            let alert: Alert =
+                serde_json::from_slice(&value).expect("an alert is CloudEvents JSON");
+            if let Some(first) = seen.insert(alert.id.clone(), (partition, offset)) {
+                twice.push(format!(
+                    "{} at {first:?} and ({partition}, {offset}): {}",
+                    alert.id,
+                    String::from_utf8_lossy(&value)
+                ));
+            }
+        }
+        assert!(
+            twice.is_empty(),
+            "{} alert id(s) committed twice in {} (partition, offset):\n{}",
+            twice.len(),
+            self.topics.alerts,
+            twice.join("\n")
+        );
     }
 
     pub fn alerts(&self) -> Vec<Alert> {
