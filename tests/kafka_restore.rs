@@ -104,7 +104,7 @@ fn a_transaction_committed_during_the_restore_is_restored() {
     let mut state = restore.join().unwrap().expect("restore");
     eprintln!("restored in {:.1} s", started.elapsed().as_secs_f64());
 
-    let records: BTreeMap<String, TenantRecords> = state.remove(&0).unwrap();
+    let records: BTreeMap<String, TenantRecords> = state.remove(&0).unwrap().tenants;
     let mut restored = Engine::new(FoldConfig::default()).with_changelog();
     assert_eq!(restored.restore(&records).unwrap(), engine.len());
     for tenant in engine.tenants() {
@@ -114,4 +114,85 @@ fn a_transaction_committed_during_the_restore_is_restored() {
             "{tenant} restored without the transaction committed during the restore"
         );
     }
+}
+
+/// The group's committed offsets and the state can disagree (a group coordinator that answers
+/// before a transaction's offsets are in place, or offsets moved by hand): the state topic
+/// carries, beside each partition's state, where that state has read the inputs to, and `run`
+/// resumes there. Here the group's offsets are moved behind the state on one partition (on the
+/// old code its records were folded twice) and past the end on another (skipped), and the
+/// documents must still be `fold`'s.
+#[test]
+fn reading_resumes_where_the_restored_state_ends_whatever_the_group_offsets_say() {
+    use feedback::simulate::generate;
+    use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+    use rdkafka::{Offset, TopicPartitionList};
+
+    let Some(cluster) = Cluster::new("positions", 3) else {
+        return;
+    };
+    let records = generate(&SimConfig {
+        seed: 5,
+        tenants: 12,
+        days: 90,
+        scenario: Scenario::Mixed,
+        ..SimConfig::default()
+    });
+    let (first, second) = records.split_at(records.len() / 2);
+    cluster.produce(first);
+    let storage = cluster.dir.path().join("storage");
+    let mut p = cluster.spawn("positions", &storage, &[]);
+    cluster.wait_caught_up(Duration::from_secs(120), &mut [&mut p]);
+    assert!(
+        p.terminate(Duration::from_secs(60)).success(),
+        "{}",
+        p.log_tail()
+    );
+
+    cluster.produce(second);
+    // Partition 0 back to the start, partition 1 to the end of everything, partition 2 left.
+    let group: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &cluster.brokers)
+        .set("group.id", &cluster.group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut moved = TopicPartitionList::new();
+    for topic in [
+        &cluster.topics.outcomes,
+        &cluster.topics.forecasts,
+        &cluster.topics.feature_importances,
+    ] {
+        let (_, end) = group
+            .fetch_watermarks(topic, 1, Duration::from_secs(10))
+            .unwrap();
+        moved
+            .add_partition_offset(topic, 0, Offset::Offset(0))
+            .unwrap();
+        moved
+            .add_partition_offset(topic, 1, Offset::Offset(end))
+            .unwrap();
+    }
+    group.commit(&moved, CommitMode::Sync).unwrap();
+    drop(group);
+
+    let mut p = cluster.spawn("positions", &storage, &[]);
+    p.wait_restored(Duration::from_secs(60));
+    cluster.wait_caught_up(Duration::from_secs(120), &mut [&mut p]);
+    assert!(
+        p.terminate(Duration::from_secs(60)).success(),
+        "{}",
+        p.log_tail()
+    );
+
+    let (fold_storage, fold_alerts) = cluster.fold(vec![cluster.write_jsonl(&records)]);
+    common::assert_same_documents(&storage, &fold_storage);
+    cluster.assert_no_alert_twice();
+    common::assert_alert_guarantees(&cluster.alerts(), &fold_alerts, &storage);
+    let log = std::fs::read_to_string(&p.log).unwrap();
+    assert!(
+        log.contains("resuming where the state ends"),
+        "the moved offsets went unnoticed:\n{}",
+        p.log_tail()
+    );
 }

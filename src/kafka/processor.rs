@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use rayon::prelude::*;
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, DeliveryResult, Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
@@ -36,7 +36,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use smallvec::SmallVec;
 
 use super::documents::DocumentWriter;
-use super::restore::read_state;
+use super::restore::{read_state, Positions, POSITIONS_KEY};
 use super::{admin, routing, ClientHooks, Guarantee, Settings};
 use crate::alert::{Alert, AlertType};
 use crate::codec::{self, AvroSchemas};
@@ -189,28 +189,39 @@ impl ClientContext for ConsumerHooks {
 }
 
 impl ConsumerContext for ConsumerHooks {
-    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    /// The eager protocol's rebalance (see `consumer_config`), with the pipeline's part: on a
+    /// revocation, commit and drop the partitions' tenants before they go; on an assignment,
+    /// restore their state first and assign them at the offsets that state has read to.
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: rdkafka::types::RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        use rdkafka::types::RDKafkaRespErr;
         self.rebalances.fetch_add(1, Ordering::Relaxed);
-        let mut guard = self.pipeline.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(pipeline) = guard.as_mut() else {
-            return;
-        };
-        match rebalance {
-            Rebalance::Revoke(tpl) => pipeline.on_revoke(consumer, tpl),
-            Rebalance::Assign(_) => {}
-            Rebalance::Error(e) => tracing::error!(error = %e, "rebalance failed"),
+        {
+            let mut guard = self.pipeline.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(pipeline) = guard.as_mut() {
+                match err {
+                    RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                        pipeline.on_assign(consumer, tpl)
+                    }
+                    RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                        pipeline.on_revoke(consumer, tpl)
+                    }
+                    e => tracing::error!(error = ?e, "rebalance failed"),
+                }
+            }
         }
-    }
-
-    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let done = match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => consumer.assign(tpl),
+            _ => consumer.unassign(),
+        };
+        if let Err(e) = done {
+            tracing::error!(error = %e, "librdkafka refused the (un)assignment");
+        }
         self.rebalances.fetch_add(1, Ordering::Relaxed);
-        let mut guard = self.pipeline.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(pipeline) = guard.as_mut() else {
-            return;
-        };
-        if let Rebalance::Assign(tpl) = rebalance {
-            pipeline.on_assign(consumer, tpl);
-        }
     }
 }
 
@@ -265,6 +276,10 @@ struct Pipeline {
     engines: BTreeMap<i32, Engine>,
     /// Next offset to commit per (topic, partition).
     offsets: BTreeMap<(String, i32), i64>,
+    /// Per assigned partition, the next offset of each input topic that the engine's state has
+    /// folded up to: written beside the state in every transaction (see [`POSITIONS_KEY`]) and
+    /// read back with it, so that a restore resumes where its state ends.
+    positions: BTreeMap<i32, BTreeMap<String, i64>>,
     in_transaction: bool,
     /// Whether librdkafka holds a transaction that is neither committed nor aborted (open, in
     /// flight, or whose commit failed): what an abort has to end.
@@ -442,7 +457,17 @@ impl Pipeline {
     /// Produces one record, waiting for room in the queue instead of failing on QueueFull.
     fn send(&self, mut record: BaseRecord<'_, [u8], [u8]>) -> Result<(), KafkaError> {
         let started = Instant::now();
+        let mut said = started;
         loop {
+            // The queue drains as the broker takes records or they time out: say so if it is
+            // slow to, rather than wait in silence.
+            if said.elapsed() > Duration::from_secs(10) {
+                said = Instant::now();
+                tracing::warn!(
+                    waited_s = started.elapsed().as_secs(),
+                    "the producer's queue is full: waiting for the broker to take records"
+                );
+            }
             match self.producer.send(record) {
                 Ok(()) => return Ok(()),
                 Err((e @ KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _))
@@ -592,6 +617,13 @@ impl Pipeline {
     fn note_consumed(&mut self, next: &[(&str, i32, i64)], consumed: &[(&str, u64)]) {
         for &(topic, partition, offset) in next {
             self.offsets.insert((topic.to_owned(), partition), offset);
+            let at = self.positions.entry(partition).or_default();
+            match at.get_mut(topic) {
+                Some(o) => *o = offset,
+                None => {
+                    at.insert(topic.to_owned(), offset);
+                }
+            }
         }
         for &(topic, n) in consumed {
             self.handles
@@ -741,6 +773,26 @@ impl Pipeline {
                 .entry(partition)
                 .or_default()
                 .extend(changes.tenants);
+        }
+        // Then, for each partition read in this transaction, where its state now stands in the
+        // inputs: last, so that a batch cut short (at-least-once) leaves positions no further
+        // than the state records before them.
+        let advanced: BTreeSet<i32> = self.offsets.keys().map(|(_, p)| *p).collect();
+        for partition in advanced {
+            let Some(next) = self.positions.get(&partition) else {
+                continue;
+            };
+            let value = serde_json::to_vec(&Positions {
+                v: 1,
+                next: next.clone(),
+            })
+            .expect("positions serialize");
+            self.send(
+                BaseRecord::to(&self.settings.topics.state)
+                    .partition(partition)
+                    .key(POSITIONS_KEY.as_bytes())
+                    .payload(&value[..]),
+            )?;
         }
         Ok(())
     }
@@ -1178,16 +1230,15 @@ impl Pipeline {
                 }
             }
         };
-        let mut seek = TopicPartitionList::new();
-        for e in committed.elements() {
-            let offset = match e.offset() {
-                Offset::Offset(o) => Offset::Offset(o),
-                _ => Offset::Beginning,
-            };
-            let _ = seek.add_partition_offset(e.topic(), e.partition(), offset);
-        }
+        let seek = self.resume_offsets(&committed);
+        let to: Vec<String> = (seek.elements().iter())
+            .map(|e| format!("{}/{}@{:?}", e.topic(), e.partition(), e.offset()))
+            .collect();
         match consumer.seek_partitions(seek, CALL_TIMEOUT) {
-            Ok(_) => self.handles.set_ready(was_ready),
+            Ok(_) => {
+                tracing::info!(offsets = %to.join(" "), "rewound to the last commit");
+                self.handles.set_ready(was_ready)
+            }
             Err(e) => {
                 tracing::error!(error = %e, "cannot seek back to the committed offsets");
                 self.fatal = Some(e);
@@ -1200,9 +1251,13 @@ impl Pipeline {
         let started = Instant::now();
         let states = read_state(&self.settings, &self.hooks, partitions, &self.handles.stop)?;
         let mut tenants = 0;
-        for (partition, records) in states {
+        for (partition, restored) in states {
             let mut engine = Engine::new(self.settings.fold.clone()).with_changelog();
-            tenants += engine.restore(&records)?;
+            tenants += engine.restore(&restored.tenants)?;
+            match restored.positions {
+                Some(next) => self.positions.insert(partition, next),
+                None => self.positions.remove(&partition),
+            };
             // The documents may lag the state (a predecessor can stop between its commit and
             // its next document write): rewrite them all.
             self.stale_documents.insert(
@@ -1241,11 +1296,7 @@ impl Pipeline {
     /// would count every record twice. With exactly-once a state record is committed only with
     /// its partition's offsets, so this cannot be the group's own; with at-least-once the first
     /// commit may have stopped between the two, so it is a warning there.
-    fn check_state_is_ours(
-        &mut self,
-        consumer: &BaseConsumer<ConsumerHooks>,
-        tpl: &TopicPartitionList,
-    ) {
+    fn check_state_is_ours(&mut self, committed: &TopicPartitionList) {
         let restored: BTreeSet<i32> = (self.engines.iter())
             .filter(|(_, e)| !e.tenants().is_empty())
             .map(|(&p, _)| p)
@@ -1253,13 +1304,6 @@ impl Pipeline {
         if restored.is_empty() {
             return;
         }
-        let committed = match consumer.committed_offsets(tpl.clone(), CALL_TIMEOUT) {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read the group's committed offsets to check the restored state against");
-                return;
-            }
-        };
         let with_offsets: BTreeSet<i32> = (committed.elements().iter())
             .filter(|e| matches!(e.offset(), Offset::Offset(_)))
             .map(|e| e.partition())
@@ -1286,7 +1330,52 @@ impl Pipeline {
         }
     }
 
-    fn on_assign(&mut self, consumer: &BaseConsumer<ConsumerHooks>, tpl: &TopicPartitionList) {
+    /// Where the reading of `committed`'s partitions resumes: where the restored state says it
+    /// has read to (its positions record), else the group's committed offset, else the
+    /// beginning. Under exactly-once both are written in one transaction and agree; a
+    /// difference (the group coordinator answering before the offsets of a transaction that
+    /// committed were in place, say) is logged, and the state's positions win: they were read
+    /// from the same log as the state.
+    fn resume_offsets(&self, committed: &TopicPartitionList) -> TopicPartitionList {
+        let mut out = TopicPartitionList::new();
+        let mut differ = Vec::new();
+        for e in committed.elements() {
+            let group = match e.offset() {
+                Offset::Offset(o) => Some(o),
+                _ => None,
+            };
+            let state = (self.positions.get(&e.partition()))
+                .and_then(|next| next.get(e.topic()))
+                .copied();
+            let offset = match (state, group) {
+                (Some(s), g) => {
+                    if g != Some(s) {
+                        differ.push(format!(
+                            "{}/{}: state {s}, group {g:?}",
+                            e.topic(),
+                            e.partition()
+                        ));
+                    }
+                    Offset::Offset(s)
+                }
+                (None, Some(g)) => Offset::Offset(g),
+                (None, None) => Offset::Beginning,
+            };
+            let _ = out.add_partition_offset(e.topic(), e.partition(), offset);
+        }
+        if !differ.is_empty() {
+            tracing::warn!(
+                positions = %differ.join(", "),
+                "the group's committed offsets differ from where the restored state has read \
+                 to: resuming where the state ends"
+            );
+        }
+        out
+    }
+
+    /// Restores the assigned partitions' state and sets, in `tpl`, the offsets their reading
+    /// resumes from (called before the assignment takes effect).
+    fn on_assign(&mut self, consumer: &BaseConsumer<ConsumerHooks>, tpl: &mut TopicPartitionList) {
         let mut by_topic: BTreeMap<String, BTreeSet<i32>> = BTreeMap::new();
         for e in tpl.elements() {
             by_topic
@@ -1328,7 +1417,29 @@ impl Pipeline {
         }
         match self.restore(&partitions) {
             Ok(()) => {
-                self.check_state_is_ours(consumer, tpl);
+                match consumer.committed_offsets(tpl.clone(), CALL_TIMEOUT) {
+                    Ok(committed) => {
+                        self.check_state_is_ours(&committed);
+                        for e in self.resume_offsets(&committed).elements() {
+                            let _ = tpl.set_partition_offset(e.topic(), e.partition(), e.offset());
+                        }
+                    }
+                    // librdkafka reads the committed offsets itself for what is left unset.
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot read the group's committed offsets: resuming from the state's positions where it has them");
+                        for e in tpl.clone().elements() {
+                            let state = (self.positions.get(&e.partition()))
+                                .and_then(|next| next.get(e.topic()));
+                            if let Some(&s) = state {
+                                let _ = tpl.set_partition_offset(
+                                    e.topic(),
+                                    e.partition(),
+                                    Offset::Offset(s),
+                                );
+                            }
+                        }
+                    }
+                }
                 if self.fatal.is_none() {
                     self.handles.set_ready(true)
                 }
@@ -1354,6 +1465,7 @@ impl Pipeline {
         self.documents.forget(gone);
         for p in &partitions {
             self.engines.remove(p);
+            self.positions.remove(p);
             self.stale_documents.remove(p);
         }
         // Lag series of partitions no longer held would keep their last value; the next
@@ -1662,6 +1774,7 @@ pub fn run(settings: Settings, handles: Handles) -> Result<RunSummary, RunError>
         input_partitions: partitions,
         engines: BTreeMap::new(),
         offsets: BTreeMap::new(),
+        positions: BTreeMap::new(),
         in_transaction: false,
         txn_open: false,
         in_flight: None,

@@ -30,12 +30,42 @@ pub enum RestoreError {
         partition: i32,
         offset: i64,
     },
+    #[error("changelog {topic} partition {partition} offset {offset}: the input positions record cannot be read: {reason}")]
+    Positions {
+        topic: String,
+        partition: i32,
+        offset: i64,
+        reason: String,
+    },
     #[error("stopped before the restore finished")]
     Stopped,
 }
 
 /// What each partition's changelog holds: tenant name to its latest records.
 pub type PartitionState = BTreeMap<String, TenantRecords>;
+
+/// The key of the record that says, in partition p of the state topic, up to where the state
+/// beside it has read partition p of each input topic. It is written in the transaction that
+/// writes the state, to the same partition, so a restore reads a state and its input positions
+/// together: they cannot come from two different commits, whatever the group coordinator
+/// answers for the group's offsets at that moment. No tenant name starts with `~` (SPEC 3).
+pub const POSITIONS_KEY: &str = "~positions";
+
+/// The value of a [`POSITIONS_KEY`] record: the next offset to read per input topic.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Positions {
+    pub v: u32,
+    pub next: BTreeMap<String, i64>,
+}
+
+/// A partition's state as the changelog holds it.
+#[derive(Debug, Default)]
+pub struct Restored {
+    pub tenants: PartitionState,
+    /// Where the state has read the inputs to; None for a changelog written before positions
+    /// were kept (the group's committed offsets stand in).
+    pub positions: Option<BTreeMap<String, i64>>,
+}
 
 /// Reads partitions `partitions` of the state topic to their end. Read committed, the end is
 /// the last stable offset: records of a transaction still open (a crashed instance's, until it
@@ -45,10 +75,10 @@ pub fn read_state(
     hooks: &ClientHooks,
     partitions: &BTreeSet<i32>,
     stop: &AtomicBool,
-) -> Result<BTreeMap<i32, PartitionState>, RestoreError> {
-    let mut out: BTreeMap<i32, PartitionState> = partitions
+) -> Result<BTreeMap<i32, Restored>, RestoreError> {
+    let mut out: BTreeMap<i32, Restored> = partitions
         .iter()
-        .map(|&p| (p, PartitionState::new()))
+        .map(|&p| (p, Restored::default()))
         .collect();
     if partitions.is_empty() {
         return Ok(out);
@@ -109,15 +139,32 @@ pub fn read_state(
                         offset: m.offset(),
                     });
                 };
-                let tenants = out.entry(m.partition()).or_default();
-                TenantRecords::apply(tenants, key, m.payload().map(<[u8]>::to_vec)).map_err(
-                    |source| RestoreError::Record {
-                        topic: topic.clone(),
-                        partition: m.partition(),
-                        offset: m.offset(),
-                        source,
-                    },
-                )?;
+                let restored = out.entry(m.partition()).or_default();
+                if key == POSITIONS_KEY {
+                    restored.positions = match m.payload() {
+                        Some(v) => Some(
+                            serde_json::from_slice::<Positions>(v)
+                                .map_err(|e| RestoreError::Positions {
+                                    topic: topic.clone(),
+                                    partition: m.partition(),
+                                    offset: m.offset(),
+                                    reason: e.to_string(),
+                                })?
+                                .next,
+                        ),
+                        None => None,
+                    };
+                } else {
+                    let value = m.payload().map(<[u8]>::to_vec);
+                    TenantRecords::apply(&mut restored.tenants, key, value).map_err(|source| {
+                        RestoreError::Record {
+                            topic: topic.clone(),
+                            partition: m.partition(),
+                            offset: m.offset(),
+                            source,
+                        }
+                    })?;
+                }
             }
         }
         // A partition is restored once it reached its end (read committed) and that end is
