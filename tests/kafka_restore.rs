@@ -196,3 +196,51 @@ fn reading_resumes_where_the_restored_state_ends_whatever_the_group_offsets_say(
         p.log_tail()
     );
 }
+
+/// A `~` record a later build writes beside the state is skipped, and a positions record this
+/// build cannot read leaves the group's offsets to stand in: neither stops the restore.
+#[test]
+fn records_beside_the_state_of_a_later_build_are_skipped() {
+    let Some(cluster) = Cluster::new("later", 1) else {
+        return;
+    };
+    let events = generate_events(&SimConfig {
+        tenants: 2,
+        days: 20,
+        scenario: Scenario::Mixed,
+        ..SimConfig::default()
+    });
+    let mut engine = Engine::new(FoldConfig::default()).with_changelog();
+    engine.apply_batch(&events, &mut Vec::new());
+    let mut records = engine.take_changes().records;
+    for (key, value) in [
+        ("~positions", r#"{"v":2,"next":{"x":1}}"#),
+        ("~something-new", "{}"),
+    ] {
+        records.push(StateRecord {
+            key: key.to_owned(),
+            value: Some(value.as_bytes().to_vec()),
+        });
+    }
+    let producer = transactional_producer(&cluster.brokers, &format!("{}-writer", cluster.group));
+    producer.begin_transaction().unwrap();
+    send(&producer, &cluster.topics.state, &records);
+    producer
+        .commit_transaction(Duration::from_secs(30))
+        .unwrap();
+
+    let mut settings = Settings::new(cluster.brokers.clone(), cluster.group.clone());
+    settings.topics = cluster.topics.clone();
+    let hooks = ClientHooks::new(Arc::new(Metrics::new()));
+    let mut state = read_state(
+        &settings,
+        &hooks,
+        &BTreeSet::from([0]),
+        &AtomicBool::new(false),
+    )
+    .expect("restore");
+    let restored = state.remove(&0).unwrap();
+    assert_eq!(restored.positions, None);
+    let mut engine2 = Engine::new(FoldConfig::default()).with_changelog();
+    assert_eq!(engine2.restore(&restored.tenants).unwrap(), engine.len());
+}

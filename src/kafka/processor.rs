@@ -198,29 +198,47 @@ impl ConsumerContext for ConsumerHooks {
         err: rdkafka::types::RDKafkaRespErr,
         tpl: &mut TopicPartitionList,
     ) {
+        use rdkafka::consumer::RebalanceProtocol;
         use rdkafka::types::RDKafkaRespErr;
         self.rebalances.fetch_add(1, Ordering::Relaxed);
-        {
-            let mut guard = self.pipeline.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(pipeline) = guard.as_mut() {
-                match err {
-                    RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                        pipeline.on_assign(consumer, tpl)
-                    }
-                    RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
-                        pipeline.on_revoke(consumer, tpl)
-                    }
-                    e => tracing::error!(error = ?e, "rebalance failed"),
+        // rdkafka calls this for assignments and revocations only.
+        let assign = err == RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS;
+        let mut guard = self.pipeline.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(pipeline) = guard.as_mut() {
+            if assign {
+                pipeline.on_assign(consumer, tpl);
+            } else {
+                pipeline.on_revoke(consumer, tpl);
+            }
+        }
+        // As rdkafka's own: incremental with a cooperative assignor (which `--kafka-config` can
+        // set, though a tenant's topics may then be split: `on_assign` refuses that).
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
+        let done = match (assign, cooperative) {
+            (true, true) => consumer.incremental_assign(tpl),
+            (true, false) => consumer.assign(tpl),
+            (false, true) => consumer.incremental_unassign(tpl),
+            (false, false) => consumer.unassign(),
+        };
+        if let Some(pipeline) = guard.as_mut() {
+            let stopping = pipeline.handles.stop.load(Ordering::Relaxed);
+            match done {
+                // Ready once the partitions are restored and assigned.
+                Ok(()) if assign && pipeline.fatal.is_none() && !stopping => {
+                    pipeline.handles.set_ready(true)
+                }
+                Ok(()) => {}
+                // Nothing would be read while /readyz said ready: stop instead.
+                Err(e) => {
+                    tracing::error!(error = %e, assign, "librdkafka refused the (un)assignment");
+                    pipeline.fatal = Some(e);
                 }
             }
         }
-        let done = match err {
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => consumer.assign(tpl),
-            _ => consumer.unassign(),
-        };
-        if let Err(e) = done {
-            tracing::error!(error = %e, "librdkafka refused the (un)assignment");
-        }
+        drop(guard);
         self.rebalances.fetch_add(1, Ordering::Relaxed);
     }
 }
@@ -774,9 +792,15 @@ impl Pipeline {
                 .or_default()
                 .extend(changes.tenants);
         }
-        // Then, for each partition read in this transaction, where its state now stands in the
-        // inputs: last, so that a batch cut short (at-least-once) leaves positions no further
-        // than the state records before them.
+        Ok(())
+    }
+
+    /// For each partition read since the last commit, where its state now stands in the inputs
+    /// (a [`POSITIONS_KEY`] record). Exactly-once: in the transaction with the state. At-least-
+    /// once: only once the state records and the outputs are delivered, so that a crash before
+    /// the offsets are committed resumes after outputs that did reach the broker, never after
+    /// ones that did not.
+    fn write_positions(&mut self) -> Result<(), KafkaError> {
         let advanced: BTreeSet<i32> = self.offsets.keys().map(|(_, p)| *p).collect();
         for partition in advanced {
             let Some(next) = self.positions.get(&partition) else {
@@ -853,11 +877,14 @@ impl Pipeline {
             self.last_commit = Instant::now();
             return true;
         }
-        let prepared = self.write_state().and_then(|()| {
-            consumer
-                .group_metadata()
-                .ok_or(KafkaError::MessageProduction(RDKafkaErrorCode::State))
-        });
+        let prepared = self
+            .write_state()
+            .and_then(|()| self.write_positions())
+            .and_then(|()| {
+                consumer
+                    .group_metadata()
+                    .ok_or(KafkaError::MessageProduction(RDKafkaErrorCode::State))
+            });
         let metadata = match prepared {
             Ok(m) => m,
             Err(e) => {
@@ -1014,6 +1041,7 @@ impl Pipeline {
         consumer: &BaseConsumer<ConsumerHooks>,
     ) -> Result<(), KafkaError> {
         self.write_state()?;
+        self.write_positions()?;
         let offsets = self.offsets_list();
         // Present once the consumer has joined the group, which it has when it holds offsets.
         let Some(metadata) = consumer.group_metadata() else {
@@ -1034,16 +1062,10 @@ impl Pipeline {
     fn commit_offsets(&mut self, consumer: &BaseConsumer<ConsumerHooks>) -> Result<(), KafkaError> {
         self.write_state()?;
         let mut backoff = Backoff::new(&self.handles.stop);
-        while let Err(e) = await_deliveries(&self.producer, CALL_TIMEOUT) {
-            if !backoff.wait("flush", &e) {
-                return Err(e);
-            }
-        }
-        let failed = self.producer.context().failed.swap(0, Ordering::Relaxed);
-        if failed > 0 {
-            // Something was not delivered: redo the batch rather than commit past it.
-            return Err(KafkaError::MessageProduction(RDKafkaErrorCode::State));
-        }
+        // Everything delivered before the positions, and the positions before the offsets.
+        self.delivered(&mut backoff)?;
+        self.write_positions()?;
+        self.delivered(&mut backoff)?;
         let offsets = self.offsets_list();
         if offsets.count() > 0 {
             // A commit that keeps failing (the assignment was lost, say) is redone from the
@@ -1053,6 +1075,21 @@ impl Pipeline {
                     return Err(KafkaError::MessageProduction(RDKafkaErrorCode::State));
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// At-least-once: waits until everything produced is delivered; an error if something was
+    /// not (the batch is then redone rather than committed past).
+    fn delivered(&mut self, backoff: &mut Backoff) -> Result<(), KafkaError> {
+        while let Err(e) = await_deliveries(&self.producer, CALL_TIMEOUT) {
+            if !backoff.wait("flush", &e) {
+                return Err(e);
+            }
+        }
+        let failed = self.producer.context().failed.swap(0, Ordering::Relaxed);
+        if failed > 0 {
+            return Err(KafkaError::MessageProduction(RDKafkaErrorCode::State));
         }
         Ok(())
     }
@@ -1336,7 +1373,10 @@ impl Pipeline {
     /// difference (the group coordinator answering before the offsets of a transaction that
     /// committed were in place, say) is logged, and the state's positions win: they were read
     /// from the same log as the state.
-    fn resume_offsets(&self, committed: &TopicPartitionList) -> TopicPartitionList {
+    /// The offsets chosen become the partitions' positions, so that the next positions record
+    /// names every input topic even when the state had none for some (a changelog of an
+    /// earlier build, a topic not read yet).
+    fn resume_offsets(&mut self, committed: &TopicPartitionList) -> TopicPartitionList {
         let mut out = TopicPartitionList::new();
         let mut differ = Vec::new();
         for e in committed.elements() {
@@ -1361,6 +1401,9 @@ impl Pipeline {
                 (None, Some(g)) => Offset::Offset(g),
                 (None, None) => Offset::Beginning,
             };
+            if let Offset::Offset(o) = offset {
+                (self.positions.entry(e.partition()).or_default()).insert(e.topic().to_owned(), o);
+            }
             let _ = out.add_partition_offset(e.topic(), e.partition(), offset);
         }
         if !differ.is_empty() {
@@ -1439,9 +1482,6 @@ impl Pipeline {
                             }
                         }
                     }
-                }
-                if self.fatal.is_none() {
-                    self.handles.set_ready(true)
                 }
             }
             Err(RunError::Restore(super::restore::RestoreError::Stopped)) => {}

@@ -30,13 +30,6 @@ pub enum RestoreError {
         partition: i32,
         offset: i64,
     },
-    #[error("changelog {topic} partition {partition} offset {offset}: the input positions record cannot be read: {reason}")]
-    Positions {
-        topic: String,
-        partition: i32,
-        offset: i64,
-        reason: String,
-    },
     #[error("stopped before the restore finished")]
     Stopped,
 }
@@ -141,19 +134,28 @@ pub fn read_state(
                 };
                 let restored = out.entry(m.partition()).or_default();
                 if key == POSITIONS_KEY {
-                    restored.positions = match m.payload() {
-                        Some(v) => Some(
-                            serde_json::from_slice::<Positions>(v)
-                                .map_err(|e| RestoreError::Positions {
-                                    topic: topic.clone(),
-                                    partition: m.partition(),
-                                    offset: m.offset(),
-                                    reason: e.to_string(),
-                                })?
-                                .next,
-                        ),
+                    restored.positions = match m.payload().map(serde_json::from_slice::<Positions>)
+                    {
+                        Some(Ok(p)) if p.v == 1 => Some(p.next),
                         None => None,
+                        // The group's committed offsets stand in, as for an earlier build's
+                        // changelog.
+                        Some(other) => {
+                            let why = match other {
+                                Ok(p) => format!("unknown version {}", p.v),
+                                Err(e) => e.to_string(),
+                            };
+                            tracing::warn!(
+                                partition = m.partition(),
+                                offset = m.offset(),
+                                "the changelog's input positions cannot be read ({why}): resuming from the group's committed offsets"
+                            );
+                            None
+                        }
                     };
+                } else if key.starts_with('~') {
+                    // A record beside the state that a later build writes: not a tenant's.
+                    tracing::debug!(key, "changelog record of a later build skipped");
                 } else {
                     let value = m.payload().map(<[u8]>::to_vec);
                     TenantRecords::apply(&mut restored.tenants, key, value).map_err(|source| {
