@@ -1248,7 +1248,7 @@ impl Pipeline {
             self.fatal = Some(KafkaError::Canceled);
             return;
         }
-        // Back to the committed offsets of everything assigned.
+        // Back to where the restored state ends, for everything assigned.
         let assignment = match consumer.assignment() {
             Ok(a) => a,
             Err(e) => {
@@ -1256,18 +1256,42 @@ impl Pipeline {
                 return;
             }
         };
-        let mut backoff = Backoff::new(&self.handles.stop);
-        let committed = loop {
-            match consumer.committed_offsets(assignment.clone(), CALL_TIMEOUT) {
-                Ok(c) => break c,
-                Err(e) if backoff.wait("read committed offsets", &e) => {}
-                Err(e) => {
-                    self.fatal = Some(e);
-                    return;
-                }
-            }
+        // The state's positions name every topic of its partitions once this build has
+        // committed once (the offsets chosen at assignment join them): then the group
+        // coordinator is not asked at all. It may be the very thing that was away: after a
+        // broker outage librdkafka's group client was seen waiting on it for minutes.
+        let known = |e: &rdkafka::topic_partition_list::TopicPartitionListElem<'_>| {
+            (self.positions.get(&e.partition()))
+                .and_then(|next| next.get(e.topic()))
+                .copied()
         };
-        let seek = self.resume_offsets(&committed);
+        let seek = if assignment.elements().iter().all(|e| known(e).is_some()) {
+            let mut seek = TopicPartitionList::new();
+            for e in assignment.elements() {
+                let offset = Offset::Offset(known(&e).unwrap_or_default());
+                let _ = seek.add_partition_offset(e.topic(), e.partition(), offset);
+            }
+            seek
+        } else {
+            let mut backoff = Backoff::new(&self.handles.stop);
+            let committed = loop {
+                match consumer.committed_offsets(assignment.clone(), CALL_TIMEOUT) {
+                    Ok(c) => break c,
+                    // Not forever: a restart gets a new group client.
+                    Err(e) if backoff.tries >= 8 => {
+                        tracing::error!(error = %e, tries = backoff.tries, "the group's committed offsets cannot be read: stopping");
+                        self.fatal = Some(e);
+                        return;
+                    }
+                    Err(e) if backoff.wait("read committed offsets", &e) => {}
+                    Err(e) => {
+                        self.fatal = Some(e);
+                        return;
+                    }
+                }
+            };
+            self.resume_offsets(consumer, &committed)
+        };
         let to: Vec<String> = (seek.elements().iter())
             .map(|e| format!("{}/{}@{:?}", e.topic(), e.partition(), e.offset()))
             .collect();
@@ -1376,7 +1400,11 @@ impl Pipeline {
     /// The offsets chosen become the partitions' positions, so that the next positions record
     /// names every input topic even when the state had none for some (a changelog of an
     /// earlier build, a topic not read yet).
-    fn resume_offsets(&mut self, committed: &TopicPartitionList) -> TopicPartitionList {
+    fn resume_offsets(
+        &mut self,
+        consumer: &BaseConsumer<ConsumerHooks>,
+        committed: &TopicPartitionList,
+    ) -> TopicPartitionList {
         let mut out = TopicPartitionList::new();
         let mut differ = Vec::new();
         for e in committed.elements() {
@@ -1399,7 +1427,11 @@ impl Pipeline {
                     Offset::Offset(s)
                 }
                 (None, Some(g)) => Offset::Offset(g),
-                (None, None) => Offset::Beginning,
+                // The beginning, as an offset, so that the positions name the topic.
+                (None, None) => consumer
+                    .fetch_watermarks(e.topic(), e.partition(), CALL_TIMEOUT)
+                    .map(|(low, _)| Offset::Offset(low))
+                    .unwrap_or(Offset::Beginning),
             };
             if let Offset::Offset(o) = offset {
                 (self.positions.entry(e.partition()).or_default()).insert(e.topic().to_owned(), o);
@@ -1463,7 +1495,7 @@ impl Pipeline {
                 match consumer.committed_offsets(tpl.clone(), CALL_TIMEOUT) {
                     Ok(committed) => {
                         self.check_state_is_ours(&committed);
-                        for e in self.resume_offsets(&committed).elements() {
+                        for e in self.resume_offsets(consumer, &committed).elements() {
                             let _ = tpl.set_partition_offset(e.topic(), e.partition(), e.offset());
                         }
                     }
