@@ -37,6 +37,17 @@ fn signal(pid: i32, signal: rustix::process::Signal) {
     rustix::process::kill_process(rustix::process::Pid::from_raw(pid).unwrap(), signal).unwrap();
 }
 
+/// Waits until the group has committed past `before` input records, so that a pause finds the
+/// processor at work.
+fn wait_progress(cluster: &Cluster, p: &mut common::Process, before: i64, timeout: Duration) {
+    let start = Instant::now();
+    while cluster.progress().0 <= before {
+        p.assert_running();
+        assert!(start.elapsed() < timeout, "no progress:\n{}", p.log_tail());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Resumes the broker if the test fails while it is paused.
 struct Paused(i32);
 
@@ -88,16 +99,7 @@ fn a_broker_away_longer_than_the_transaction_timeout_is_ridden_out() {
         if fenced || i == 2 {
             continue;
         }
-        let start = Instant::now();
-        while cluster.progress().0 <= before {
-            p.assert_running();
-            assert!(
-                start.elapsed() < Duration::from_secs(120),
-                "no progress:\n{}",
-                p.log_tail()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_progress(&cluster, &mut p, before, Duration::from_secs(120));
         {
             signal(pid, rustix::process::Signal::STOP);
             let _paused = Paused(pid);
@@ -168,16 +170,7 @@ fn soak_many_broker_pauses() {
     for part in parts {
         let (before, _) = cluster.progress();
         cluster.produce(part);
-        let start = Instant::now();
-        while cluster.progress().0 <= before {
-            p.assert_running();
-            assert!(
-                start.elapsed() < Duration::from_secs(180),
-                "no progress:\n{}",
-                p.log_tail()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_progress(&cluster, &mut p, before, Duration::from_secs(180));
         signal(pid, rustix::process::Signal::STOP);
         {
             let _paused = Paused(pid);

@@ -1261,9 +1261,7 @@ impl Pipeline {
         // coordinator is not asked at all. It may be the very thing that was away: after a
         // broker outage librdkafka's group client was seen waiting on it for minutes.
         let known = |e: &rdkafka::topic_partition_list::TopicPartitionListElem<'_>| {
-            (self.positions.get(&e.partition()))
-                .and_then(|next| next.get(e.topic()))
-                .copied()
+            self.position(e.topic(), e.partition())
         };
         let seek = if assignment.elements().iter().all(|e| known(e).is_some()) {
             let mut seek = TopicPartitionList::new();
@@ -1391,6 +1389,11 @@ impl Pipeline {
         }
     }
 
+    /// The next offset of `topic` that the state of `partition` has folded up to, if known.
+    fn position(&self, topic: &str, partition: i32) -> Option<i64> {
+        self.positions.get(&partition)?.get(topic).copied()
+    }
+
     /// Where the reading of `committed`'s partitions resumes: where the restored state says it
     /// has read to (its positions record), else the group's committed offset, else the
     /// beginning. Under exactly-once both are written in one transaction and agree; a
@@ -1412,9 +1415,7 @@ impl Pipeline {
                 Offset::Offset(o) => Some(o),
                 _ => None,
             };
-            let state = (self.positions.get(&e.partition()))
-                .and_then(|next| next.get(e.topic()))
-                .copied();
+            let state = self.position(e.topic(), e.partition());
             let offset = match (state, group) {
                 (Some(s), g) => {
                     if g != Some(s) {
@@ -1503,9 +1504,7 @@ impl Pipeline {
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot read the group's committed offsets: resuming from the state's positions where it has them");
                         for e in tpl.clone().elements() {
-                            let state = (self.positions.get(&e.partition()))
-                                .and_then(|next| next.get(e.topic()));
-                            if let Some(&s) = state {
+                            if let Some(s) = self.position(e.topic(), e.partition()) {
                                 let _ = tpl.set_partition_offset(
                                     e.topic(),
                                     e.partition(),
