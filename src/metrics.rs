@@ -34,6 +34,9 @@ pub struct Metrics {
     pub restore_seconds: Histogram,
     /// Errors librdkafka reported (broker down, transport), by kind.
     pub client_errors: IntCounterVec,
+    /// Times a client that librdkafka had cut off from every broker was given the bootstrap
+    /// servers again (`kafka::BrokerWatch`), by client.
+    pub rebootstraps: IntCounterVec,
     /// Storage documents written.
     pub documents: IntCounter,
     /// Entries of calibration histories written: copied from the file written before, or
@@ -152,6 +155,16 @@ impl Metrics {
         for kind in ["AllBrokersDown", "BrokerTransportFailure"] {
             client_errors.with_label_values(&[kind]);
         }
+        let rebootstraps = counter_vec(
+            &registry,
+            "feedback_kafka_rebootstraps_total",
+            "Times a Kafka client that librdkafka had cut off from every broker was given the \
+             bootstrap servers again, by client (consumer, producer).",
+            &["client"],
+        );
+        for client in ["consumer", "producer"] {
+            rebootstraps.with_label_values(&[client]);
+        }
         let documents = IntCounter::new(
             "feedback_documents_written_total",
             "Storage documents written (three per tenant write).",
@@ -190,6 +203,7 @@ impl Metrics {
             tenants,
             restore_seconds,
             client_errors,
+            rebootstraps,
             documents,
             calibration_entries,
             ready,

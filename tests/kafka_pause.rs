@@ -124,9 +124,10 @@ fn a_broker_away_longer_than_the_transaction_timeout_is_ridden_out() {
     let status = p.terminate(Duration::from_secs(60));
     // What the processor did about the outages, shown if an assertion below fails.
     let log = std::fs::read_to_string(&p.log).unwrap_or_default();
-    for line in log.lines().filter(|l| {
-        l.contains("feedback::kafka::processor") || l.contains("TXNERR") || l.contains("FATAL")
-    }) {
+    for line in log
+        .lines()
+        .filter(|l| l.contains("feedback::kafka") || l.contains("TXNERR") || l.contains("FATAL"))
+    {
         eprintln!("{line}");
     }
     assert!(status.success(), "exit {status}:\n{}", p.log_tail());

@@ -116,6 +116,7 @@ impl Settings {
             // again (default 1 s); a loop that drains the queue in about that time then found
             // it empty for 100 ms every second (measured: 10% of the throughput).
             .set("fetch.queue.backoff.ms", "100")
+            // Read by the lag gauge and `BrokerWatch`.
             .set("statistics.interval.ms", "5000");
         if let Some(wait) = self.fetch_wait {
             c.set("fetch.wait.max.ms", wait.as_millis().to_string());
@@ -136,7 +137,9 @@ impl Settings {
             // run halved, and this process used no more.
             .set("compression.type", "lz4")
             // A DLQ record carries the refused bytes whole, which may exceed 1 MiB.
-            .set("message.max.bytes", "16777216");
+            .set("message.max.bytes", "16777216")
+            // Read by `BrokerWatch`.
+            .set("statistics.interval.ms", "5000");
         match self.guarantee {
             Guarantee::ExactlyOnce => {
                 c.set("transactional.id", self.transactional_id())
@@ -279,6 +282,85 @@ impl ClientHooks {
     }
 }
 
+/// Notices a client that librdkafka has cut off from the cluster for good, so that its owner
+/// can add the bootstrap servers again ([`BrokerWatch::reconnect`]).
+///
+/// Since 2.10, librdkafka forgets the brokers a Metadata response does not name; a response
+/// that names none (with topics) makes it forget every broker, bootstrap servers included,
+/// and nothing then connects again: the consumer never rejoins its group, the producer never
+/// finds its coordinator (librdkafka issue 5301; the fix, PR 5303, is in no release up to
+/// 2.12.1, which rdkafka 0.39 builds). A KRaft broker its controller has just fenced answers
+/// so: here, a broker paused for longer than `broker.session.timeout.ms`, resumed, fenced and
+/// unfenced within a second (`tests/kafka_pause.rs`); elsewhere, a rolling restart.
+/// librdkafka's statistics show the state: no broker left but its internal and logical ones.
+pub struct BrokerWatch {
+    cut_off: std::sync::atomic::AtomicBool,
+    /// `bootstrap.servers`.
+    bootstrap: String,
+    /// Which client: `consumer` or `producer` (the metric's label).
+    client: &'static str,
+}
+
+impl BrokerWatch {
+    pub fn new(bootstrap: &str, client: &'static str) -> Self {
+        BrokerWatch {
+            cut_off: Default::default(),
+            bootstrap: bootstrap.to_owned(),
+            client,
+        }
+    }
+
+    /// Called with each of the client's statistics (`statistics.interval.ms`).
+    pub fn observe(&self, stats: &Statistics) {
+        if is_cut_off(stats) {
+            self.cut_off
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// If the statistics showed `client` cut off since the last call, adds the bootstrap
+    /// servers to it again: librdkafka connects to one, and the next Metadata response brings
+    /// the cluster's brokers back. True when it did.
+    pub fn reconnect<C: ClientContext>(
+        &self,
+        client: &rdkafka::client::Client<C>,
+        metrics: &Metrics,
+    ) -> bool {
+        if !self
+            .cut_off
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+        {
+            return false;
+        }
+        tracing::warn!(
+            client = self.client,
+            bootstrap = self.bootstrap,
+            "librdkafka has forgotten every broker (a Metadata response named none: a broker \
+             fenced by its controller, librdkafka issue 5301) and would not connect again: \
+             adding the bootstrap servers back"
+        );
+        let Ok(list) = std::ffi::CString::new(self.bootstrap.as_str()) else {
+            return false;
+        };
+        // SAFETY: `client` owns a live handle for the duration of the call, and
+        // rd_kafka_brokers_add may be called from any thread; it copies the list.
+        let added =
+            unsafe { rdkafka::bindings::rd_kafka_brokers_add(client.native_ptr(), list.as_ptr()) };
+        metrics.rebootstraps.with_label_values(&[self.client]).inc();
+        added > 0
+    }
+}
+
+/// True when the statistics list no broker that can reach the cluster: none learned from
+/// Metadata and none configured (bootstrap), only the internal and logical ones
+/// (`GroupCoordinator`, `TxnCoordinator`), which follow the others.
+fn is_cut_off(stats: &Statistics) -> bool {
+    !stats
+        .brokers
+        .values()
+        .any(|b| b.source == "learned" || b.source == "configured")
+}
+
 /// The context of the clients that need no more than the shared hooks.
 #[derive(Clone)]
 pub struct HookContext(pub ClientHooks);
@@ -298,7 +380,56 @@ impl rdkafka::consumer::ConsumerContext for HookContext {}
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rdkafka::consumer::Consumer;
     use rdkafka::types::RDKafkaErrorCode;
+
+    fn broker(source: &str) -> rdkafka::statistics::Broker {
+        rdkafka::statistics::Broker {
+            source: source.to_owned(),
+            ..Default::default()
+        }
+    }
+
+    fn stats(sources: &[&str]) -> Statistics {
+        let mut stats = Statistics::default();
+        for (i, s) in sources.iter().enumerate() {
+            stats.brokers.insert(format!("{s}-{i}"), broker(s));
+        }
+        stats
+    }
+
+    #[test]
+    fn a_client_with_only_internal_and_logical_brokers_is_given_the_bootstrap_servers_again() {
+        // At start: the bootstrap server; then the learned brokers, and the logical coordinator.
+        assert!(!is_cut_off(&stats(&["internal", "configured"])));
+        assert!(!is_cut_off(&stats(&["internal", "learned", "logical"])));
+        // After a Metadata response that named no broker (librdkafka issue 5301).
+        assert!(is_cut_off(&stats(&["internal", "logical"])));
+
+        let metrics = Metrics::new();
+        let mock = rdkafka::mocking::MockCluster::new(1).unwrap();
+        let watch = BrokerWatch::new(&mock.bootstrap_servers(), "consumer");
+        let consumer: rdkafka::consumer::BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", "127.0.0.1:1")
+            .create()
+            .unwrap();
+        let readded = || metrics.rebootstraps.with_label_values(&["consumer"]).get();
+        // Nothing seen: nothing done.
+        watch.observe(&stats(&["internal", "learned"]));
+        assert!(!watch.reconnect(consumer.client(), &metrics));
+        assert_eq!(readded(), 0);
+        // Seen cut off: the bootstrap servers are added once, and counted.
+        watch.observe(&stats(&["internal", "logical"]));
+        assert!(watch.reconnect(consumer.client(), &metrics));
+        assert!(!watch.reconnect(consumer.client(), &metrics));
+        assert_eq!(readded(), 1);
+        // The client now reaches the cluster it was given.
+        let md = consumer
+            .client()
+            .fetch_metadata(None, Duration::from_secs(10))
+            .unwrap();
+        assert_eq!(md.brokers().len(), 1);
+    }
 
     #[test]
     fn a_burst_of_one_error_kind_is_counted_whole_and_logged_once() {

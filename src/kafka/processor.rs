@@ -37,7 +37,7 @@ use smallvec::SmallVec;
 
 use super::documents::DocumentWriter;
 use super::restore::{read_state, Positions, POSITIONS_KEY};
-use super::{admin, routing, ClientHooks, Guarantee, Settings};
+use super::{admin, routing, BrokerWatch, ClientHooks, Guarantee, Settings};
 use crate::alert::{Alert, AlertType};
 use crate::codec::{self, AvroSchemas};
 use crate::event::validate::{RejectKind, Rejection};
@@ -52,6 +52,13 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_IN_FLIGHT: Duration = Duration::from_secs(2);
 /// How many outputs may wait for the next transaction before the loop waits for the commit.
 const MAX_BACKLOG: usize = 50_000;
+/// How long a commit may take before its producer is taken to hang inside librdkafka. Calls
+/// that need a coordinator can wait without end, whatever their timeout:
+/// `send_offsets_to_transaction` does when the group coordinator it has cached is a broker it
+/// has since forgotten (librdkafka issues 5456 and 5511, open; seen here after a broker pause).
+/// By then the coordinator has aborted the transaction (`transaction.timeout.ms` is 10 s), so
+/// the producer is replaced, as after a fence, and the commit thread left to itself.
+const COMMIT_HANG: Duration = Duration::from_secs(30);
 /// The most of a core's time the documents (computed by the loop on rayon's workers, written on
 /// the writer thread) may take while the loop is behind the inputs.
 const DOCUMENTS_SHARE: f64 = 0.1;
@@ -141,6 +148,7 @@ impl Default for Handles {
 struct ProducerHooks {
     hooks: ClientHooks,
     failed: AtomicU64,
+    brokers: BrokerWatch,
 }
 
 impl ClientContext for ProducerHooks {
@@ -150,6 +158,10 @@ impl ClientContext for ProducerHooks {
 
     fn error(&self, error: KafkaError, reason: &str) {
         self.hooks.error(error, reason);
+    }
+
+    fn stats(&self, statistics: Statistics) {
+        self.brokers.observe(&statistics);
     }
 }
 
@@ -172,6 +184,7 @@ struct ConsumerHooks {
     pipeline: Arc<Mutex<Option<Pipeline>>>,
     /// Counts rebalances: records polled before one are not folded (see [`run`]).
     rebalances: Arc<AtomicU64>,
+    brokers: BrokerWatch,
 }
 
 impl ClientContext for ConsumerHooks {
@@ -185,6 +198,7 @@ impl ClientContext for ConsumerHooks {
 
     fn stats(&self, statistics: Statistics) {
         self.hooks.stats(&statistics);
+        self.brokers.observe(&statistics);
     }
 }
 
@@ -344,6 +358,9 @@ struct Pipeline {
     /// When the open transaction began (exactly-once): a fence of a transaction older than the
     /// transaction timeout is the broker's abort of it, one of a younger one another producer's.
     txn_began: Option<Instant>,
+    /// Set when a commit hung past [`COMMIT_HANG`]: [`Pipeline::recover`] replaces the
+    /// producer, as after a fatal error of its own.
+    producer_hung: bool,
 }
 
 /// A commit running on its own thread: `send_offsets_to_transaction` and `commit_transaction`
@@ -434,6 +451,7 @@ fn retry(
                 if !backoff.wait(what, &e) {
                     return Err(e);
                 }
+                (producer.context().brokers).reconnect(producer.client(), metrics);
             }
             Err(e) => return Err(e),
         }
@@ -950,7 +968,24 @@ impl Pipeline {
             self.in_flight = Some(in_flight);
             return;
         }
-        let result = in_flight.thread.join().unwrap_or(Err(KafkaError::Canceled));
+        let limit = COMMIT_HANG.saturating_sub(in_flight.started.elapsed());
+        let result = match self.join_commit(in_flight.thread, limit) {
+            Some(result) => result,
+            None => {
+                tracing::error!(
+                    waited = ?in_flight.started.elapsed(),
+                    "the commit has not returned: librdkafka waits without end for a \
+                     coordinator it has forgotten (librdkafka issues 5456, 5511); replacing \
+                     the producer"
+                );
+                self.producer_hung = true;
+                self.txn_began = in_flight.began.or(self.txn_began);
+                self.fatal = Some(KafkaError::MessageProduction(
+                    RDKafkaErrorCode::OperationTimedOut,
+                ));
+                return;
+            }
+        };
         match result {
             Ok(()) => {
                 self.txn_open = false;
@@ -986,6 +1021,26 @@ impl Pipeline {
                 self.commit_failed(consumer, e);
             }
         }
+    }
+
+    /// Waits at most `limit` for the commit thread: its result, or None if it still runs (it is
+    /// then left to itself, holding the producer it was given). A producer cut off from every
+    /// broker meanwhile is given the bootstrap servers again (see [`BrokerWatch`]).
+    fn join_commit(
+        &self,
+        thread: std::thread::JoinHandle<Result<(), KafkaError>>,
+        limit: Duration,
+    ) -> Option<Result<(), KafkaError>> {
+        let deadline = Instant::now() + limit;
+        while !thread.is_finished() {
+            if Instant::now() >= deadline {
+                return None;
+            }
+            let metrics = &self.handles.metrics;
+            (self.producer.context().brokers).reconnect(self.producer.client(), metrics);
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Some(thread.join().unwrap_or(Err(KafkaError::Canceled)))
     }
 
     /// Bookkeeping of a successful commit that started at `started`, when `consumed` records
@@ -1120,7 +1175,8 @@ impl Pipeline {
             return true;
         };
         let from_producer = matches!(error, KafkaError::Transaction(_))
-            || self.producer.client().fatal_error().is_some();
+            || self.producer.client().fatal_error().is_some()
+            || self.producer_hung;
         if self.refusal.is_some() || !from_producer || self.handles.stop.load(Ordering::Relaxed) {
             return false;
         }
@@ -1166,7 +1222,10 @@ impl Pipeline {
         self.forget_transaction();
         self.report_undelivered();
         match new_producer(&self.settings, &self.hooks, &self.handles.stop) {
-            Ok(producer) => self.producer = Arc::new(producer),
+            Ok(producer) => {
+                self.producer = Arc::new(producer);
+                self.producer_hung = false;
+            }
             Err(e) => {
                 tracing::error!(error = %e, "cannot replace the producer");
                 self.fatal = Some(e);
@@ -1281,7 +1340,10 @@ impl Pipeline {
                         self.fatal = Some(e);
                         return;
                     }
-                    Err(e) if backoff.wait("read committed offsets", &e) => {}
+                    Err(e) if backoff.wait("read committed offsets", &e) => {
+                        let metrics = &self.handles.metrics;
+                        (consumer.context().brokers).reconnect(consumer.client(), metrics);
+                    }
                     Err(e) => {
                         self.fatal = Some(e);
                         return;
@@ -1717,6 +1779,7 @@ fn new_producer(
         .create_with_context(ProducerHooks {
             hooks: hooks.clone(),
             failed: AtomicU64::new(0),
+            brokers: BrokerWatch::new(&settings.brokers, "producer"),
         })?;
     if settings.guarantee == Guarantee::ExactlyOnce {
         let mut backoff = Backoff::new(stop);
@@ -1724,7 +1787,9 @@ fn new_producer(
             match producer.init_transactions(CALL_TIMEOUT) {
                 Ok(()) => break,
                 Err(e) => match classify(&e) {
-                    Failure::Retry if backoff.wait("init transactions", &e) => {}
+                    Failure::Retry if backoff.wait("init transactions", &e) => {
+                        (producer.context().brokers).reconnect(producer.client(), &hooks.metrics);
+                    }
                     _ => return Err(e),
                 },
             }
@@ -1744,6 +1809,7 @@ pub fn run(settings: Settings, handles: Handles) -> Result<RunSummary, RunError>
             hooks: hooks.clone(),
             pipeline: slot.clone(),
             rebalances: rebalances.clone(),
+            brokers: BrokerWatch::new(&settings.brokers, "consumer"),
         })
         .map_err(RunError::Client)?;
 
@@ -1865,6 +1931,7 @@ pub fn run(settings: Settings, handles: Handles) -> Result<RunSummary, RunError>
         refusal: None,
         recoveries: Vec::new(),
         txn_began: None,
+        producer_hung: false,
     });
 
     let mut last_poll_error: Option<Instant> = None;
@@ -1900,6 +1967,8 @@ pub fn run(settings: Settings, handles: Handles) -> Result<RunSummary, RunError>
         if polled.is_none() && batch.is_empty() {
             p.idle += waited.elapsed();
         }
+        (consumer.context().brokers).reconnect(consumer.client(), &handles.metrics);
+        (p.producer.context().brokers).reconnect(p.producer.client(), &handles.metrics);
         // A rebalance inside poll may have failed, or a signal come: then the record polled
         // is left for whoever reads the partition next.
         if p.fatal.is_some() {
