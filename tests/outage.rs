@@ -11,7 +11,7 @@ use feedback::kafka::processor::{self, Handles};
 use feedback::kafka::produce::InputProducer;
 use feedback::kafka::Settings;
 use feedback::simulate::{generate, Scenario, SimConfig};
-use rdkafka::mocking::MockCluster;
+use rdkafka::mocking::{MockCluster, MockCoordinator};
 
 fn consumed(h: &Handles, t: &TopicNames) -> u64 {
     t.inputs()
@@ -137,4 +137,98 @@ fn the_processor_rides_out_a_broker_outage() {
         );
     }
     drop(cluster);
+}
+
+/// librdkafka's `send_offsets_to_transaction` waits for the group coordinator without end,
+/// whatever its timeout (librdkafka issue 5456; with a coordinator it has forgotten, issue 5511,
+/// it never returns: seen on a real broker after a pause, where it hung the revocation). Here
+/// the group coordinator (broker 2) is down for longer than `run`'s bound on a commit (30 s)
+/// while the partitions' leader and the transaction coordinator (broker 1) stay up: the hung
+/// commit must be left to itself and the producer replaced, and the processor carry on.
+#[test]
+fn a_commit_hung_on_the_group_coordinator_is_left_and_the_producer_replaced() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("info,librdkafka=error")
+        .with_test_writer()
+        .try_init();
+    let cluster = MockCluster::new(2).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    let topics = TopicNames::default();
+    for t in topics.all() {
+        cluster.create_topic(t, 2, 1).unwrap();
+        for p in 0..2 {
+            cluster.partition_leader(t, p, Some(1)).unwrap();
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = Settings::new(&brokers, "hung");
+    settings.instance_id = "hung".into();
+    settings.check_state_policy = false;
+    settings.storage_dir = dir.path().join("storage");
+    let group = MockCoordinator::Group(settings.group.clone());
+    cluster.coordinator(group, 2).unwrap();
+    let txn = MockCoordinator::Transaction(settings.transactional_id());
+    cluster.coordinator(txn, 1).unwrap();
+
+    let records = generate(&SimConfig {
+        seed: 5,
+        tenants: 3,
+        days: 30,
+        scenario: Scenario::Mixed,
+        ..SimConfig::default()
+    });
+    let half = records.len() / 2;
+    let produce = |rs: &[feedback::simulate::SimRecord]| {
+        let mut p = InputProducer::new(&brokers).unwrap();
+        for r in rs {
+            let (topic, key) = (topics.name(r.topic), r.tenant.as_bytes());
+            p.send(topic, key, r.payload_json().as_bytes()).unwrap();
+        }
+        p.flush(Duration::from_secs(30)).unwrap();
+    };
+    produce(&records[..half]);
+    let handles = Handles::new();
+    let h = handles.clone();
+    let worker = std::thread::spawn(move || processor::run(settings, h));
+    let committed = || {
+        (handles.metrics.commits)
+            .with_label_values(&["committed"])
+            .get()
+    };
+    wait("the first half", Duration::from_secs(60), || {
+        consumed(&handles, &topics) >= half as u64 && committed() > 0
+    });
+
+    // The second half's commit waits for broker 2. Down for less than the consumer's session
+    // timeout (45 s), so the group membership outlives it.
+    cluster.broker_down(2).unwrap();
+    produce(&records[half..]);
+    std::thread::sleep(Duration::from_secs(38));
+    assert!(!worker.is_finished(), "the processor gave up");
+    cluster.broker_up(2).unwrap();
+
+    wait("the second half", Duration::from_secs(120), || {
+        assert!(!worker.is_finished(), "the processor stopped");
+        consumed(&handles, &topics) >= records.len() as u64
+    });
+    // And on: records produced now are read and committed. (What the replacement rewound to
+    // cannot be checked here: the mock cluster reads aborted transactions as committed, so the
+    // restore reads the hung transaction's state and positions too; tests/kafka_pause.rs
+    // checks a real broker.)
+    produce(&records[..20]);
+    wait(
+        "a commit of the records produced after",
+        Duration::from_secs(60),
+        || {
+            let read = consumed(&handles, &topics);
+            read >= records.len() as u64 + 20 && handles.committed.load(Ordering::Relaxed) == read
+        },
+    );
+    handles.stop.store(true, Ordering::Relaxed);
+    let summary = worker.join().unwrap().expect("the processor stops cleanly");
+    eprintln!("hung commit: {summary:?}");
+    assert!(
+        summary.producers_replaced >= 1,
+        "the hung commit was waited out instead of its producer replaced: {summary:?}"
+    );
 }

@@ -105,6 +105,8 @@ pub struct RunSummary {
     pub alerts: u64,
     pub commits: u64,
     pub aborts: u64,
+    /// Producers replaced after a fatal error or a hung commit ([`Pipeline::recover`]).
+    pub producers_replaced: u64,
 }
 
 /// Shared with the HTTP server and the signal handler.
@@ -1225,6 +1227,7 @@ impl Pipeline {
             Ok(producer) => {
                 self.producer = Arc::new(producer);
                 self.producer_hung = false;
+                self.summary.producers_replaced += 1;
             }
             Err(e) => {
                 tracing::error!(error = %e, "cannot replace the producer");
@@ -1356,6 +1359,17 @@ impl Pipeline {
             .map(|e| format!("{}/{}@{:?}", e.topic(), e.partition(), e.offset()))
             .collect();
         match consumer.seek_partitions(seek, CALL_TIMEOUT) {
+            // Each partition's seek can fail on its own: reading it on from where it was would
+            // fold its records twice or never.
+            Ok(result) if result.elements().iter().any(|e| e.error().is_err()) => {
+                for e in result.elements() {
+                    if let Err(error) = e.error() {
+                        let (topic, partition) = (e.topic(), e.partition());
+                        tracing::error!(topic, partition, %error, "cannot seek back to the last commit");
+                        self.fatal = Some(error);
+                    }
+                }
+            }
             Ok(_) => {
                 tracing::info!(offsets = %to.join(" "), "rewound to the last commit");
                 self.handles.set_ready(was_ready)
@@ -2039,6 +2053,7 @@ pub fn run(settings: Settings, handles: Handles) -> Result<RunSummary, RunError>
         alerts = summary.alerts,
         commits = summary.commits,
         aborts = summary.aborts,
+        producers_replaced = summary.producers_replaced,
         "processor stopping: leaving the group"
     );
     handles.set_ready(false);
