@@ -48,7 +48,11 @@ fn create(brokers: &str, t: &TopicNames) {
         .build()
         .unwrap()
         .block_on(feedback::kafka::admin::create_topics(
-            brokers, t, PARTITIONS, 1,
+            brokers,
+            t,
+            PARTITIONS,
+            1,
+            &[],
         ))
         .unwrap();
 }

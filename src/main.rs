@@ -354,6 +354,9 @@ struct CreateTopicsArgs {
     /// Replication factor of every topic (at most the number of brokers).
     #[arg(long, default_value_t = 1)]
     replication: i32,
+    /// A librdkafka property for the admin client, KEY=VALUE, repeatable (security settings).
+    #[arg(long = "kafka-config", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    kafka_config: Vec<(String, String)>,
 }
 
 /// A count of at least 1 (`--tenants 0` would make an empty history, `--channels 0` was
@@ -704,6 +707,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 &config.topics,
                 args.partitions,
                 args.replication,
+                &args.kafka_config,
             ))?;
             if created.is_empty() {
                 print_stdout("all topics exist already")?;

@@ -527,3 +527,22 @@ fn a_tenant_with_nothing_scored_is_not_called_healthy() {
     );
     assert!(!stdout.contains("healthy"), "{stdout}");
 }
+
+#[test]
+fn create_topics_passes_kafka_config_to_its_client() {
+    // An unknown property is refused by librdkafka before any connection: the property
+    // reached the admin client. Nothing listens on the port.
+    let out = feedback(&[
+        "create-topics",
+        "--brokers",
+        "127.0.0.1:1",
+        "--kafka-config",
+        "no.such.property=1",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no.such.property"), "{stderr}");
+    let out = feedback(&["create-topics", "--kafka-config", "nothing"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("expected KEY=VALUE"));
+}

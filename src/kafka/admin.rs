@@ -181,11 +181,15 @@ pub async fn create_topics(
     topics: &TopicNames,
     partitions: i32,
     replication: i32,
+    client_overrides: &[(String, String)],
 ) -> Result<Vec<String>, TopicError> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
-        .map_err(|e| TopicError::Create {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", brokers);
+    for (k, v) in client_overrides {
+        config.set(k, v);
+    }
+    let admin: AdminClient<DefaultClientContext> =
+        config.create().map_err(|e| TopicError::Create {
             topic: "*".into(),
             reason: e.to_string(),
         })?;

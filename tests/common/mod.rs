@@ -84,7 +84,11 @@ impl Cluster {
             .build()
             .unwrap();
         rt.block_on(feedback::kafka::admin::create_topics(
-            &brokers, &topics, partitions, 1,
+            &brokers,
+            &topics,
+            partitions,
+            1,
+            &[],
         ))
         .expect("create the test topics");
         let dir = Dir(tempfile::Builder::new()
