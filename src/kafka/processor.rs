@@ -56,8 +56,10 @@ const MAX_BACKLOG: usize = 50_000;
 /// that need a coordinator can wait without end, whatever their timeout:
 /// `send_offsets_to_transaction` does when the group coordinator it has cached is a broker it
 /// has since forgotten (librdkafka issues 5456 and 5511, open; seen here after a broker pause).
-/// By then the coordinator has aborted the transaction (`transaction.timeout.ms` is 10 s), so
-/// the producer is replaced, as after a fence, and the commit thread left to itself.
+/// Past it the commit thread is left to itself and the producer replaced, as after a fence.
+/// That is safe whatever the hung commit does later: the new producer's `init_transactions`
+/// returns only once the coordinator has completed or aborted the old transaction and fenced
+/// its epoch, and the rewind after it reads the state topic as committed by then.
 const COMMIT_HANG: Duration = Duration::from_secs(30);
 /// The most of a core's time the documents (computed by the loop on rayon's workers, written on
 /// the writer thread) may take while the loop is behind the inputs.
@@ -370,6 +372,8 @@ struct Pipeline {
 /// the next records meanwhile roughly doubles what one instance keeps up with.
 struct InFlight {
     thread: std::thread::JoinHandle<Result<(), KafkaError>>,
+    /// Set when the loop stops waiting for it (see [`COMMIT_HANG`]): its retries stop.
+    abandoned: Arc<AtomicBool>,
     started: Instant,
     /// When the transaction it commits began.
     began: Option<Instant>,
@@ -854,6 +858,15 @@ impl Pipeline {
     /// the transaction is aborted and everything rewound to the last commit.
     fn commit(&mut self, consumer: &BaseConsumer<ConsumerHooks>) {
         self.settle(consumer, true);
+        // Exactly-once commits on the commit thread here too, and `settle` waits for it: that
+        // wait is bounded (a call inside librdkafka can hang, see COMMIT_HANG), a call on this
+        // thread would not be. What `settle` collected meanwhile opens one more transaction.
+        while self.exactly_once() && self.fatal.is_none() && self.in_transaction {
+            if !self.start_commit(consumer) {
+                break;
+            }
+            self.settle(consumer, true);
+        }
         if self.fatal.is_some() {
             self.abandon();
             return;
@@ -862,6 +875,12 @@ impl Pipeline {
             self.last_commit = Instant::now();
             return;
         }
+        self.commit_here(consumer);
+    }
+
+    /// Commits on this thread: at-least-once, or exactly-once when no commit thread could be
+    /// had.
+    fn commit_here(&mut self, consumer: &BaseConsumer<ConsumerHooks>) {
         let started = Instant::now();
         let result = match self.settings.guarantee {
             Guarantee::ExactlyOnce => self.commit_transaction(consumer),
@@ -897,6 +916,16 @@ impl Pipeline {
             self.last_commit = Instant::now();
             return true;
         }
+        if !self.start_commit(consumer) {
+            // No thread to be had: commit on this one.
+            self.commit_here(consumer);
+        }
+        true
+    }
+
+    /// Starts committing the open transaction on the commit thread. False when no thread
+    /// could be had (nothing started).
+    fn start_commit(&mut self, consumer: &BaseConsumer<ConsumerHooks>) -> bool {
         let prepared = self
             .write_state()
             .and_then(|()| self.write_positions())
@@ -915,10 +944,12 @@ impl Pipeline {
         let offsets = self.offsets_list();
         let producer = self.producer.clone();
         let handles = self.handles.clone();
+        let abandoned = Arc::new(AtomicBool::new(false));
+        let given_up = abandoned.clone();
         let thread = std::thread::Builder::new()
             .name("feedback-commit".into())
             .spawn(move || {
-                let mut backoff = Backoff::new(&handles.stop);
+                let mut backoff = Backoff::new(&handles.stop).unless(given_up);
                 if offsets.count() > 0 {
                     retry(
                         &producer,
@@ -946,15 +977,15 @@ impl Pipeline {
                 self.last_commit = Instant::now();
                 self.in_flight = Some(InFlight {
                     thread,
+                    abandoned,
                     started: self.last_commit,
                     began: self.txn_began.take(),
                     consumed: self.summary.consumed,
                 });
+                true
             }
-            // No thread to be had: commit on this one.
-            Err(_) => self.commit(consumer),
+            Err(_) => false,
         }
-        true
     }
 
     /// Collects the commit in flight once it has finished (`wait`: waits for it), then opens
@@ -970,28 +1001,18 @@ impl Pipeline {
             self.in_flight = Some(in_flight);
             return;
         }
-        let limit = COMMIT_HANG.saturating_sub(in_flight.started.elapsed());
-        let result = match self.join_commit(in_flight.thread, limit) {
-            Some(result) => result,
-            None => {
-                tracing::error!(
-                    waited = ?in_flight.started.elapsed(),
-                    "the commit has not returned: librdkafka waits without end for a \
-                     coordinator it has forgotten (librdkafka issues 5456, 5511); replacing \
-                     the producer"
-                );
-                self.producer_hung = true;
-                self.txn_began = in_flight.began.or(self.txn_began);
-                self.fatal = Some(KafkaError::MessageProduction(
-                    RDKafkaErrorCode::OperationTimedOut,
-                ));
+        let (started, began, consumed) = (in_flight.started, in_flight.began, in_flight.consumed);
+        let result = match self.join_commit(in_flight) {
+            Ok(result) => result,
+            Err(hung) => {
+                self.commit_hung(hung);
                 return;
             }
         };
         match result {
             Ok(()) => {
                 self.txn_open = false;
-                self.committed(in_flight.started, in_flight.consumed);
+                self.committed(started, consumed);
                 let mut backlog = std::mem::take(&mut self.backlog);
                 // After a fatal error nothing more is committed: `commit` abandons the rest.
                 if self.fatal.is_some() || (self.offsets.is_empty() && backlog.is_empty()) {
@@ -1019,30 +1040,43 @@ impl Pipeline {
             Err(e) => {
                 // The failed transaction is older than the open one: its age tells `recover`
                 // whether the broker may have timed it out.
-                self.txn_began = in_flight.began.or(self.txn_began);
+                self.txn_began = began.or(self.txn_began);
                 self.commit_failed(consumer, e);
             }
         }
     }
 
-    /// Waits at most `limit` for the commit thread: its result, or None if it still runs (it is
-    /// then left to itself, holding the producer it was given). A producer cut off from every
-    /// broker meanwhile is given the bootstrap servers again (see [`BrokerWatch`]).
-    fn join_commit(
-        &self,
-        thread: std::thread::JoinHandle<Result<(), KafkaError>>,
-        limit: Duration,
-    ) -> Option<Result<(), KafkaError>> {
-        let deadline = Instant::now() + limit;
-        while !thread.is_finished() {
+    /// Waits for the commit thread until [`COMMIT_HANG`] after the commit started: its result,
+    /// or the commit back if it still runs. A producer cut off from every broker meanwhile is
+    /// given the bootstrap servers again (see [`BrokerWatch`]).
+    fn join_commit(&self, in_flight: InFlight) -> Result<Result<(), KafkaError>, InFlight> {
+        let deadline = in_flight.started + COMMIT_HANG;
+        while !in_flight.thread.is_finished() {
             if Instant::now() >= deadline {
-                return None;
+                return Err(in_flight);
             }
             let metrics = &self.handles.metrics;
             (self.producer.context().brokers).reconnect(self.producer.client(), metrics);
             std::thread::sleep(Duration::from_millis(1));
         }
-        Some(thread.join().unwrap_or(Err(KafkaError::Canceled)))
+        Ok(in_flight.thread.join().unwrap_or(Err(KafkaError::Canceled)))
+    }
+
+    /// A commit that has not returned within [`COMMIT_HANG`]: it is left to itself (its
+    /// thread holds the producer it was given, and stops retrying), and the producer is to be
+    /// replaced ([`Pipeline::recover`]), as after a fence.
+    fn commit_hung(&mut self, hung: InFlight) {
+        tracing::error!(
+            waited = ?hung.started.elapsed(),
+            "the commit has not returned: librdkafka can wait without end for a coordinator \
+             (librdkafka issues 5456, 5511); replacing the producer"
+        );
+        hung.abandoned.store(true, Ordering::Relaxed);
+        self.producer_hung = true;
+        self.txn_began = hung.began.or(self.txn_began);
+        self.fatal = Some(KafkaError::MessageProduction(
+            RDKafkaErrorCode::OperationTimedOut,
+        ));
     }
 
     /// Bookkeeping of a successful commit that started at `started`, when `consumed` records
@@ -1249,9 +1283,14 @@ impl Pipeline {
     /// every restored tenant's documents for rewriting.
     fn drop_uncommitted(&mut self) {
         if let Some(in_flight) = self.in_flight.take() {
-            if let Ok(Ok(())) = in_flight.thread.join() {
-                self.txn_open = self.in_transaction;
-                self.committed(in_flight.started, in_flight.consumed);
+            let (started, consumed) = (in_flight.started, in_flight.consumed);
+            match self.join_commit(in_flight) {
+                Ok(Ok(())) => {
+                    self.txn_open = self.in_transaction;
+                    self.committed(started, consumed);
+                }
+                Ok(Err(_)) => {}
+                Err(hung) => self.commit_hung(hung),
             }
         }
         self.backlog.clear();
@@ -1274,8 +1313,13 @@ impl Pipeline {
 
     fn abort_and_rewind(&mut self, consumer: &BaseConsumer<ConsumerHooks>) {
         self.drop_uncommitted();
+        if self.producer_hung {
+            // The loop replaces the producer and rewinds (`recover`).
+            return;
+        }
         if self.exactly_once() && self.txn_open {
             let mut backoff = Backoff::new(&self.handles.stop);
+            let started = Instant::now();
             loop {
                 match self.producer.abort_transaction(CALL_TIMEOUT) {
                     Ok(()) => break,
@@ -1284,7 +1328,18 @@ impl Pipeline {
                             self.fatal = Some(e);
                             return;
                         }
-                        _ if backoff.wait("abort transaction", &e) => {}
+                        // An abort that keeps failing is a producer stuck like a hung commit.
+                        _ if started.elapsed() > COMMIT_HANG => {
+                            tracing::error!(error = %e, "the abort keeps failing: replacing the producer");
+                            self.producer_hung = true;
+                            self.fatal = Some(e);
+                            return;
+                        }
+                        _ if backoff.wait("abort transaction", &e) => {
+                            let metrics = &self.handles.metrics;
+                            (self.producer.context().brokers)
+                                .reconnect(self.producer.client(), metrics);
+                        }
                         _ => {
                             self.fatal = Some(e);
                             return;
@@ -1749,6 +1804,8 @@ struct Backoff {
     delay: Duration,
     tries: u32,
     stop: Arc<AtomicBool>,
+    /// Set when whoever waits for these tries has given up on them.
+    abandoned: Option<Arc<AtomicBool>>,
 }
 
 impl Backoff {
@@ -1757,12 +1814,24 @@ impl Backoff {
             delay: Duration::from_millis(100),
             tries: 0,
             stop: stop.clone(),
+            abandoned: None,
+        }
+    }
+
+    /// Gives up at once, too, when `abandoned` is set.
+    fn unless(self, abandoned: Arc<AtomicBool>) -> Self {
+        Backoff {
+            abandoned: Some(abandoned),
+            ..self
         }
     }
 
     /// Waits before the next try; false when it is time to give up instead.
     #[must_use]
     fn wait(&mut self, what: &str, e: &KafkaError) -> bool {
+        if (self.abandoned.as_ref()).is_some_and(|a| a.load(Ordering::Relaxed)) {
+            return false;
+        }
         if self.stop.load(Ordering::Relaxed) && self.tries >= 5 {
             tracing::error!(error = %e, "{what} failed; stopping, so no more tries");
             return false;
