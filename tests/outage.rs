@@ -28,12 +28,26 @@ fn wait(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
     }
 }
 
-#[test]
-fn the_processor_rides_out_a_broker_outage() {
+fn init_logs() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter("info,librdkafka=error")
         .with_test_writer()
         .try_init();
+}
+
+/// Produces `records` to the input topics, keyed by tenant, and waits until they are stored.
+fn produce(brokers: &str, topics: &TopicNames, records: &[feedback::simulate::SimRecord]) {
+    let mut p = InputProducer::new(brokers).unwrap();
+    for r in records {
+        let (topic, key) = (topics.name(r.topic), r.tenant.as_bytes());
+        p.send(topic, key, r.payload_json().as_bytes()).unwrap();
+    }
+    p.flush(Duration::from_secs(30)).unwrap();
+}
+
+#[test]
+fn the_processor_rides_out_a_broker_outage() {
+    init_logs();
     let cluster = MockCluster::new(1).unwrap();
     let brokers = cluster.bootstrap_servers();
     let topics = TopicNames::default();
@@ -49,18 +63,7 @@ fn the_processor_rides_out_a_broker_outage() {
     };
     let records = generate(&sim);
     let half = records.len() / 2;
-    let produce = |rs: &[feedback::simulate::SimRecord]| {
-        let mut p = InputProducer::new(&brokers).unwrap();
-        for r in rs {
-            p.send(
-                topics.name(r.topic),
-                r.tenant.as_bytes(),
-                r.payload_json().as_bytes(),
-            )
-            .unwrap();
-        }
-        p.flush(Duration::from_secs(30)).unwrap();
-    };
+    let produce = |rs: &[feedback::simulate::SimRecord]| produce(&brokers, &topics, rs);
     produce(&records[..half]);
 
     let dir = tempfile::tempdir().unwrap();
@@ -147,10 +150,7 @@ fn the_processor_rides_out_a_broker_outage() {
 /// commit must be left to itself and the producer replaced, and the processor carry on.
 #[test]
 fn a_commit_hung_on_the_group_coordinator_is_left_and_the_producer_replaced() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter("info,librdkafka=error")
-        .with_test_writer()
-        .try_init();
+    init_logs();
     let cluster = MockCluster::new(2).unwrap();
     let brokers = cluster.bootstrap_servers();
     let topics = TopicNames::default();
@@ -178,14 +178,7 @@ fn a_commit_hung_on_the_group_coordinator_is_left_and_the_producer_replaced() {
         ..SimConfig::default()
     });
     let half = records.len() / 2;
-    let produce = |rs: &[feedback::simulate::SimRecord]| {
-        let mut p = InputProducer::new(&brokers).unwrap();
-        for r in rs {
-            let (topic, key) = (topics.name(r.topic), r.tenant.as_bytes());
-            p.send(topic, key, r.payload_json().as_bytes()).unwrap();
-        }
-        p.flush(Duration::from_secs(30)).unwrap();
-    };
+    let produce = |rs: &[feedback::simulate::SimRecord]| produce(&brokers, &topics, rs);
     produce(&records[..half]);
     let handles = Handles::new();
     let h = handles.clone();

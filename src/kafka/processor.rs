@@ -440,6 +440,17 @@ fn await_deliveries(
     Ok(())
 }
 
+/// Gives the producer the bootstrap servers again if librdkafka has cut it off (see
+/// [`BrokerWatch`]).
+fn reconnect_producer(producer: &ThreadedProducer<ProducerHooks>, metrics: &Metrics) {
+    (producer.context().brokers).reconnect(producer.client(), metrics);
+}
+
+/// The same for the consumer.
+fn reconnect_consumer(consumer: &BaseConsumer<ConsumerHooks>, metrics: &Metrics) {
+    (consumer.context().brokers).reconnect(consumer.client(), metrics);
+}
+
 /// Calls a transactional producer call until it succeeds, retrying with `backoff` what
 /// `classify` calls retriable (each retry counted as a `retried` commit).
 fn retry(
@@ -457,7 +468,7 @@ fn retry(
                 if !backoff.wait(what, &e) {
                     return Err(e);
                 }
-                (producer.context().brokers).reconnect(producer.client(), metrics);
+                reconnect_producer(producer, metrics);
             }
             Err(e) => return Err(e),
         }
@@ -1055,8 +1066,7 @@ impl Pipeline {
             if Instant::now() >= deadline {
                 return Err(in_flight);
             }
-            let metrics = &self.handles.metrics;
-            (self.producer.context().brokers).reconnect(self.producer.client(), metrics);
+            reconnect_producer(&self.producer, &self.handles.metrics);
             std::thread::sleep(Duration::from_millis(1));
         }
         Ok(in_flight.thread.join().unwrap_or(Err(KafkaError::Canceled)))
@@ -1336,9 +1346,7 @@ impl Pipeline {
                             return;
                         }
                         _ if backoff.wait("abort transaction", &e) => {
-                            let metrics = &self.handles.metrics;
-                            (self.producer.context().brokers)
-                                .reconnect(self.producer.client(), metrics);
+                            reconnect_producer(&self.producer, &self.handles.metrics);
                         }
                         _ => {
                             self.fatal = Some(e);
@@ -1399,8 +1407,7 @@ impl Pipeline {
                         return;
                     }
                     Err(e) if backoff.wait("read committed offsets", &e) => {
-                        let metrics = &self.handles.metrics;
-                        (consumer.context().brokers).reconnect(consumer.client(), metrics);
+                        reconnect_consumer(consumer, &self.handles.metrics);
                     }
                     Err(e) => {
                         self.fatal = Some(e);
@@ -1871,7 +1878,7 @@ fn new_producer(
                 Ok(()) => break,
                 Err(e) => match classify(&e) {
                     Failure::Retry if backoff.wait("init transactions", &e) => {
-                        (producer.context().brokers).reconnect(producer.client(), &hooks.metrics);
+                        reconnect_producer(&producer, &hooks.metrics);
                     }
                     _ => return Err(e),
                 },
@@ -2050,8 +2057,8 @@ pub fn run(settings: Settings, handles: Handles) -> Result<RunSummary, RunError>
         if polled.is_none() && batch.is_empty() {
             p.idle += waited.elapsed();
         }
-        (consumer.context().brokers).reconnect(consumer.client(), &handles.metrics);
-        (p.producer.context().brokers).reconnect(p.producer.client(), &handles.metrics);
+        reconnect_consumer(&consumer, &handles.metrics);
+        reconnect_producer(&p.producer, &handles.metrics);
         // A rebalance inside poll may have failed, or a signal come: then the record polled
         // is left for whoever reads the partition next.
         if p.fatal.is_some() {
