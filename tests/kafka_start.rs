@@ -149,6 +149,54 @@ fn a_group_is_refused_the_state_another_group_wrote() {
     assert_eq!(cluster.alerts().len(), alerts);
 }
 
+/// A group left without members longer than `offsets.retention.minutes` (a week by default)
+/// loses its committed offsets, but not its state: the positions record beside the state names
+/// the group, so `run` resumes from it instead of refusing it as another group's, and folds
+/// what came meanwhile exactly once.
+#[test]
+fn a_group_whose_offsets_expired_resumes_from_its_state() {
+    let Some(cluster) = common::Cluster::new("expired", 2) else {
+        return;
+    };
+    let records = feedback::simulate::generate(&feedback::simulate::SimConfig {
+        seed: 11,
+        tenants: 4,
+        days: 30,
+        ..feedback::simulate::SimConfig::default()
+    });
+    let (before, after) = records.split_at(records.len() / 2);
+    cluster.produce(before);
+    let storage = cluster.dir.path().join("storage");
+    let mut first = cluster.spawn("first", &storage, &[]);
+    cluster.wait_caught_up(Duration::from_secs(120), &mut [&mut first]);
+    assert!(first.terminate(Duration::from_secs(60)).success());
+
+    // What expiry leaves: the group and its offsets gone, the state topic as it was.
+    let (admin, rt) = cluster.admin();
+    let deleted = rt
+        .block_on(admin.delete_groups(
+            &[&cluster.group],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+        ))
+        .unwrap();
+    assert!(deleted.iter().all(Result::is_ok), "{deleted:?}");
+    cluster.produce(after);
+
+    let mut again = cluster.spawn("again", &storage, &[]);
+    cluster.wait_caught_up(Duration::from_secs(120), &mut [&mut again]);
+    let log = std::fs::read_to_string(&again.log).unwrap();
+    assert!(
+        log.contains("their state was written by this group"),
+        "{log}"
+    );
+    assert!(again.terminate(Duration::from_secs(60)).success());
+
+    // Every record folded once: the same documents and alert guarantees as `fold` over all.
+    let (fold_storage, fold_alerts) = cluster.fold(vec![cluster.write_jsonl(&records)]);
+    common::assert_same_documents(&storage, &fold_storage);
+    common::assert_alert_guarantees(&cluster.alerts(), &fold_alerts, &storage);
+}
+
 /// Partitions added to the inputs while `run` runs: once the group rebalances onto them, the
 /// state topic lacks them, and the restore would wait for them forever. Refused instead.
 #[test]

@@ -316,6 +316,10 @@ struct Pipeline {
     /// folded up to: written beside the state in every transaction (see [`POSITIONS_KEY`]) and
     /// read back with it, so that a restore resumes where its state ends.
     positions: BTreeMap<i32, BTreeMap<String, i64>>,
+    /// Per restored partition, the consumer group its positions record names (records of
+    /// earlier builds name none): whether the state is this group's own when the group has no
+    /// committed offsets there ([`Pipeline::check_state_is_ours`]).
+    position_groups: BTreeMap<i32, String>,
     in_transaction: bool,
     /// Whether librdkafka holds a transaction that is neither committed nor aborted (open, in
     /// flight, or whose commit failed): what an abort has to end.
@@ -844,6 +848,7 @@ impl Pipeline {
             let value = serde_json::to_vec(&Positions {
                 v: 1,
                 next: next.clone(),
+                group: Some(self.settings.group.clone()),
             })
             .expect("positions serialize");
             self.send(
@@ -1455,6 +1460,10 @@ impl Pipeline {
                 Some(next) => self.positions.insert(partition, next),
                 None => self.positions.remove(&partition),
             };
+            match restored.group {
+                Some(group) => self.position_groups.insert(partition, group),
+                None => self.position_groups.remove(&partition),
+            };
             // The documents may lag the state (a predecessor can stop between its commit and
             // its next document write): rewrite them all.
             self.stale_documents.insert(
@@ -1489,10 +1498,15 @@ impl Pipeline {
 
     /// State restored for a partition on which this group has committed no offsets was written
     /// by another group sharing the state topic, or this group's offsets expired
-    /// (`offsets.retention.minutes`): either way, reading the inputs from the start on top of it
-    /// would count every record twice. With exactly-once a state record is committed only with
-    /// its partition's offsets, so this cannot be the group's own; with at-least-once the first
-    /// commit may have stopped between the two, so it is a warning there.
+    /// (`offsets.retention.minutes`, a week by default, counted from when the group last had a
+    /// member). The positions record beside the state names the group that wrote it:
+    /// - this group: its offsets expired, and the positions say where the state ends, so the
+    ///   reading resumes there ([`Pipeline::resume_offsets`]), with a warning;
+    /// - another group, or none (a changelog of a build before the record named its group):
+    ///   reading the inputs from the start on top of it would count every record twice.
+    ///   Refused with exactly-once, where a state record is committed only with its partition's
+    ///   offsets; a warning with at-least-once, where a first commit may have stopped between
+    ///   the two.
     fn check_state_is_ours(&mut self, committed: &TopicPartitionList) {
         let restored: BTreeSet<i32> = (self.engines.iter())
             .filter(|(_, e)| !e.tenants().is_empty())
@@ -1505,18 +1519,39 @@ impl Pipeline {
             .filter(|e| matches!(e.offset(), Offset::Offset(_)))
             .map(|e| e.partition())
             .collect();
-        let foreign: Vec<i32> = restored.difference(&with_offsets).copied().collect();
+        let group = &self.settings.group;
+        let (expired, foreign): (Vec<i32>, Vec<i32>) =
+            restored.difference(&with_offsets).partition(|p| {
+                self.positions.contains_key(p) && self.position_groups.get(p) == Some(group)
+            });
+        if !expired.is_empty() {
+            tracing::warn!(
+                partitions = ?expired,
+                group = %group,
+                "the group has committed no offsets on these partitions (they expired: \
+                 offsets.retention.minutes), but their state was written by this group: \
+                 resuming from the input positions stored beside it"
+            );
+        }
         if foreign.is_empty() {
             return;
         }
+        let writers: BTreeSet<&str> = (foreign.iter())
+            .filter_map(|p| self.position_groups.get(p))
+            .map(String::as_str)
+            .collect();
+        let written_by = match writers.is_empty() {
+            true => String::new(),
+            false => format!(" written by group(s) {writers:?}"),
+        };
         let why = format!(
-            "state topic {:?} holds state for partition(s) {foreign:?}, but group {:?} has \
-             committed no offsets there: the state was written by another consumer group sharing \
-             the state topic, or this group's offsets expired. Folding the inputs from the start \
-             on top of it would count every record twice. Give each group a state topic of its \
-             own ([topics] state in --config), or delete and recreate this one to start from \
-             nothing",
-            self.settings.topics.state, self.settings.group
+            "state topic {:?} holds state for partition(s) {foreign:?}{written_by}, but group \
+             {group:?} has committed no offsets there: the state was written by another consumer \
+             group sharing the state topic, or this group's offsets expired and the state is of \
+             a build that did not record its group. Folding the inputs from the start on top of \
+             it would count every record twice. Give each group a state topic of its own \
+             ([topics] state in --config), or delete and recreate this one to start from nothing",
+            self.settings.topics.state,
         );
         if self.exactly_once() {
             tracing::error!("{why}");
@@ -1675,6 +1710,7 @@ impl Pipeline {
         for p in &partitions {
             self.engines.remove(p);
             self.positions.remove(p);
+            self.position_groups.remove(p);
             self.stale_documents.remove(p);
         }
         // Lag series of partitions no longer held would keep their last value; the next
@@ -2002,6 +2038,7 @@ pub fn run(settings: Settings, handles: Handles) -> Result<RunSummary, RunError>
         engines: BTreeMap::new(),
         offsets: BTreeMap::new(),
         positions: BTreeMap::new(),
+        position_groups: BTreeMap::new(),
         in_transaction: false,
         txn_open: false,
         in_flight: None,

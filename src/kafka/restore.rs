@@ -44,11 +44,17 @@ pub type PartitionState = BTreeMap<String, TenantRecords>;
 /// answers for the group's offsets at that moment. No tenant name starts with `~` (SPEC 3).
 pub const POSITIONS_KEY: &str = "~positions";
 
-/// The value of a [`POSITIONS_KEY`] record: the next offset to read per input topic.
+/// The value of a [`POSITIONS_KEY`] record: the next offset to read per input topic, and the
+/// consumer group whose processor wrote it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Positions {
     pub v: u32,
     pub next: BTreeMap<String, i64>,
+    /// Tells a group whose committed offsets expired (`offsets.retention.minutes`) from another
+    /// group sharing the state topic: the first may resume from `next`, the second must not
+    /// fold on top of this state. Absent in records of builds before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
 }
 
 /// A partition's state as the changelog holds it.
@@ -58,6 +64,8 @@ pub struct Restored {
     /// Where the state has read the inputs to; None for a changelog written before positions
     /// were kept (the group's committed offsets stand in).
     pub positions: Option<BTreeMap<String, i64>>,
+    /// The consumer group that wrote the positions, when the record says.
+    pub group: Option<String>,
 }
 
 /// Reads partitions `partitions` of the state topic to their end. Read committed, the end is
@@ -134,9 +142,13 @@ pub fn read_state(
                 };
                 let restored = out.entry(m.partition()).or_default();
                 if key == POSITIONS_KEY {
+                    restored.group = None;
                     restored.positions = match m.payload().map(serde_json::from_slice::<Positions>)
                     {
-                        Some(Ok(p)) if p.v == 1 => Some(p.next),
+                        Some(Ok(p)) if p.v == 1 => {
+                            restored.group = p.group;
+                            Some(p.next)
+                        }
                         None => None,
                         // The group's committed offsets stand in, as for an earlier build's
                         // changelog.
