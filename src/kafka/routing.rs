@@ -39,13 +39,30 @@ pub fn check(
     }
     let belongs = partition_of(key, partitions);
     if belongs != partition {
+        // librdkafka's default partitioner: what a producer of confluent-kafka (Python, Go,
+        // .NET) or node-rdkafka uses unless told otherwise. Worth naming when it fits, though
+        // with few partitions it also fits by chance.
+        let hint = match consistent_partition_of(key, partitions) == partition {
+            true => {
+                " It is where librdkafka's default partitioner (consistent_random, CRC32) puts \
+                 it: a librdkafka producer (confluent-kafka, node-rdkafka) needs \
+                 partitioner=murmur2_random."
+            }
+            false => "",
+        };
         return refuse(format!(
             "tenant {tenant:?} belongs on partition {belongs} of {partitions} (Java's murmur2 \
              partitioner, librdkafka's murmur2_random), not {partition}: another partitioner, \
-             or partitions added since it was produced"
+             or partitions added since it was produced.{hint}"
         ));
     }
     Ok(())
+}
+
+/// The partition librdkafka's default partitioner (`consistent_random`, like `consistent` for
+/// a record with a key) gives `key`: its CRC32 modulo the partition count.
+pub fn consistent_partition_of(key: &[u8], partitions: usize) -> i32 {
+    (u64::from(crc32fast::hash(key)) % partitions.max(1) as u64) as i32
 }
 
 /// A refused record is counted in the `rejected` of the tenant it names, in its partition's
@@ -99,6 +116,60 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// librdkafka's `consistent` partitioner (what `consistent_random` does with a key).
+    fn librdkafka_consistent(key: &[u8], partitions: i32) -> i32 {
+        unsafe {
+            rdkafka::bindings::rd_kafka_msg_partitioner_consistent(
+                std::ptr::null(),
+                key.as_ptr().cast(),
+                key.len(),
+                partitions,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+            )
+        }
+    }
+
+    #[test]
+    fn the_consistent_partition_agrees_with_librdkafka() {
+        for i in 0..2000 {
+            let key = format!("tenant-{i}").into_bytes();
+            for partitions in [1, 2, 3, 6, 7, 12, 100] {
+                assert_eq!(
+                    consistent_partition_of(&key, partitions as usize),
+                    librdkafka_consistent(&key, partitions),
+                    "{key:?} over {partitions}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_record_of_librdkafkas_default_partitioner_is_named_as_such() {
+        // A tenant whose CRC32 partition differs from its murmur2 one among 12.
+        let tenant = (0..)
+            .map(|i| format!("tenant-{i}"))
+            .find(|t| partition_of(t.as_bytes(), 12) != consistent_partition_of(t.as_bytes(), 12))
+            .unwrap();
+        let key = tenant.as_bytes();
+        let crc = consistent_partition_of(key, 12);
+        let refused = check(&tenant, Some(key), crc, 12).unwrap_err();
+        assert!(
+            refused.message.contains("partitioner=murmur2_random"),
+            "{}",
+            refused.message
+        );
+        let other = (0..12)
+            .find(|&p| p != crc && p != partition_of(key, 12))
+            .unwrap();
+        let refused = check(&tenant, Some(key), other, 12).unwrap_err();
+        assert!(
+            !refused.message.contains("consistent_random"),
+            "{}",
+            refused.message
+        );
     }
 
     #[test]
