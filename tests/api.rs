@@ -95,6 +95,10 @@ fn copy_dir(from: &Path, to: &Path) {
 }
 
 fn server(token: Option<&str>) -> TestServer {
+    server_with(token, Handles::new())
+}
+
+fn server_with(token: Option<&str>, handles: Handles) -> TestServer {
     let dir = tempfile::tempdir().unwrap();
     copy_dir(Path::new(GOLDEN), dir.path());
     let perf = dir.path().join("metadata/performance");
@@ -117,7 +121,7 @@ fn server(token: Option<&str>) -> TestServer {
     let server = rt
         .block_on(serve(
             "127.0.0.1:0".parse().unwrap(),
-            Handles::new(),
+            handles,
             options,
             std::future::pending(),
         ))
@@ -171,6 +175,36 @@ fn tenants_lists_every_tenant_with_its_status_and_tags() {
         serde_json::json!(["model.calibration.warn_low"])
     );
     assert_eq!(miscal.as_object().unwrap().len(), 4, "{miscal}");
+}
+
+/// Under `run`, the list says which tenants this instance's processor owns: the documents of
+/// the others are another instance's to keep current.
+#[test]
+fn tenants_say_whether_this_instance_owns_them_once_a_processor_runs() {
+    let handles = Handles::new();
+    let owned = ["healthy-000", "miscal-002"].map(String::from);
+    *handles.owned.write().unwrap() = Some(owned.into_iter().collect());
+    let s = server_with(None, handles.clone());
+    let list = get(s.addr, "/api/v1/tenants", None).json();
+    let owned: Vec<(&str, &Value)> = (list["tenants"].as_array().unwrap().iter())
+        .map(|t| (t["tenant"].as_str().unwrap(), &t["owned"]))
+        .collect();
+    assert_eq!(
+        owned,
+        [
+            ("degraded-001", &Value::Bool(false)),
+            ("drift-003", &Value::Bool(false)),
+            ("healthy-000", &Value::Bool(true)),
+            ("miscal-002", &Value::Bool(true)),
+        ]
+    );
+    // A revocation takes effect on the next request.
+    *handles.owned.write().unwrap() = Some(Default::default());
+    let list = get(s.addr, "/api/v1/tenants", None).json();
+    assert!(
+        (list["tenants"].as_array().unwrap().iter()).all(|t| t["owned"] == false),
+        "{list}"
+    );
 }
 
 #[test]

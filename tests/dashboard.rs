@@ -301,9 +301,51 @@ fn dashboard_shows_the_miscalibrated_tenant_in_chromium() {
         println!("screenshot: {}", path.display());
     }
 
+    let rt = tokio::runtime::Runtime::new().unwrap();
+
+    // A tenant whose partition moved to another instance is marked as such (same documents, a
+    // server whose processor owns only healthy-000).
+    let handles = Handles::new();
+    *handles.owned.write().unwrap() = Some(["healthy-000".to_owned()].into_iter().collect());
+    let moved = rt
+        .block_on(serve(
+            "127.0.0.1:0".parse().unwrap(),
+            handles,
+            HttpOptions {
+                storage_dir: demo.storage.path().to_owned(),
+                api_token: None,
+            },
+            std::future::pending(),
+        ))
+        .unwrap();
+    let moved_url = format!("http://{}/calibration?tenant=miscal-002", moved.addr);
+    let run = browse(&chromium, &moved_url, 1280, 900, &["--dump-dom"]);
+    assert!(run.console.is_empty(), "{}", run.console.join("\n"));
+    assert!(
+        run.stdout.contains("Owned by another instance"),
+        "{}",
+        run.stdout
+    );
+    let path = dir.join("calibration-elsewhere.png");
+    let run = browse(
+        &chromium,
+        &moved_url,
+        1280,
+        900,
+        &[&format!("--screenshot={}", path.display())],
+    );
+    assert!(run.console.is_empty(), "{}", run.console.join("\n"));
+    println!("screenshot: {}", path.display());
+    let owner_url = format!("http://{}/calibration?tenant=healthy-000", moved.addr);
+    let run = browse(&chromium, &owner_url, 1280, 900, &["--dump-dom"]);
+    assert!(
+        !run.stdout.contains("Owned by another instance"),
+        "{}",
+        run.stdout
+    );
+
     // With a token, the page asks for it instead of showing data (same documents, a second
     // server in this process).
-    let rt = tokio::runtime::Runtime::new().unwrap();
     let guarded = rt
         .block_on(serve(
             "127.0.0.1:0".parse().unwrap(),

@@ -59,6 +59,34 @@ fn the_survivor_takes_over_the_stopped_instances_partitions() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    // Each tenant with documents is owned by exactly one of the two (their APIs say so), never
+    // by both; for a moment after a rebalance by neither, until the new owner has restored it.
+    let start = Instant::now();
+    loop {
+        let (in_a, in_b) = (a.tenants_owned(), b.tenants_owned());
+        assert!(!in_a.is_empty(), "a lists no tenant");
+        let mut settled = true;
+        for (tenant, owned_a) in &in_a {
+            let owned_b = in_b.get(tenant).copied().flatten();
+            assert!(
+                owned_a.is_some() && owned_b.is_some(),
+                "{tenant}: a processor runs, so both answer owned: {owned_a:?} {owned_b:?}"
+            );
+            assert!(
+                !(*owned_a == Some(true) && owned_b == Some(true)),
+                "{tenant} owned by both"
+            );
+            settled &= *owned_a == Some(true) || owned_b == Some(true);
+        }
+        if settled {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "tenants owned by neither: {in_a:?} {in_b:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let (committed, _) = cluster.progress();
     let status = a.terminate(Duration::from_secs(60));
     assert!(status.success(), "a: exit {status}:\n{}", a.log_tail());
@@ -74,6 +102,11 @@ fn the_survivor_takes_over_the_stopped_instances_partitions() {
         last.last().map(String::as_str),
         Some("{0, 1, 2, 3, 4, 5}"),
         "b should end up with every partition: {last:?}"
+    );
+    let in_b = b.tenants_owned();
+    assert!(
+        in_b.values().all(|o| *o == Some(true)),
+        "b owns every tenant now: {in_b:?}"
     );
     let status = b.terminate(Duration::from_secs(60));
     assert!(status.success(), "b: exit {status}:\n{}", b.log_tail());

@@ -115,6 +115,11 @@ pub struct TenantSummary {
     pub as_of: Option<String>,
     pub status: StatusDoc,
     pub tags: Vec<String>,
+    /// Whether the processor of this server owns the tenant (its partition is assigned here)
+    /// and so keeps its documents current; absent when no processor runs. A document of a
+    /// tenant not owned stays as it was when its partition moved to another instance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owned: Option<bool>,
 }
 
 /// The answer of `/api/v1/tenants`.
@@ -135,12 +140,15 @@ pub fn routes() -> Router<AppState> {
 /// Every tenant with a performance document, sorted by name. A document that cannot be read or
 /// parsed (say, being replaced by hand) leaves its tenant out and is logged, rather than hiding
 /// every other tenant.
-pub fn list_tenants(storage: &Storage) -> TenantList {
+pub fn list_tenants(storage: &Storage, owns: impl Fn(&str) -> Option<bool>) -> TenantList {
     let tenants = crate::commands::tenants(storage)
         .into_iter()
         .filter_map(
             |t| match storage.read::<TenantSummary>(&t, Document::Performance) {
-                Ok(s) => Some(s),
+                Ok(s) => Some(TenantSummary {
+                    owned: owns(&s.tenant),
+                    ..s
+                }),
                 Err(e) => {
                     tracing::warn!(tenant = %t, error = %e, "tenant left out of /api/v1/tenants");
                     None
@@ -153,7 +161,8 @@ pub fn list_tenants(storage: &Storage) -> TenantList {
 
 async fn tenants(State(s): State<AppState>) -> Result<Response, ApiError> {
     let storage = s.storage.clone();
-    let list = tokio::task::spawn_blocking(move || list_tenants(&storage))
+    let handles = s.handles.clone();
+    let list = tokio::task::spawn_blocking(move || list_tenants(&storage, |t| handles.owns(t)))
         .await
         .map_err(ApiError::ListTenants)?;
     Ok((no_store(), Json(list)).into_response())

@@ -21,7 +21,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use rayon::prelude::*;
@@ -123,6 +123,10 @@ pub struct Handles {
     /// outputs and offsets are committed. After an abort it runs ahead (a rewound record
     /// counts again when it is read again).
     pub committed: Arc<AtomicU64>,
+    /// The tenants this instance owns (those of its assigned partitions), once a processor
+    /// runs: the API marks the documents of the others, which the instance no longer keeps
+    /// current, as not owned.
+    pub owned: Arc<RwLock<Option<BTreeSet<String>>>>,
 }
 
 impl Handles {
@@ -132,7 +136,14 @@ impl Handles {
             stop: Arc::new(AtomicBool::new(false)),
             ready: Arc::new(AtomicBool::new(false)),
             committed: Arc::new(AtomicU64::new(0)),
+            owned: Arc::new(RwLock::new(None)),
         }
+    }
+
+    /// Whether this instance owns `tenant`; None when no processor says (nothing runs yet).
+    pub fn owns(&self, tenant: &str) -> Option<bool> {
+        let owned = self.owned.read().unwrap_or_else(|p| p.into_inner());
+        owned.as_ref().map(|set| set.contains(tenant))
     }
 
     fn set_ready(&self, ready: bool) {
@@ -320,6 +331,8 @@ struct Pipeline {
     /// earlier builds name none): whether the state is this group's own when the group has no
     /// committed offsets there ([`Pipeline::check_state_is_ours`]).
     position_groups: BTreeMap<i32, String>,
+    /// How many tenants [`Pipeline::publish_owned`] last published.
+    owned_published: usize,
     in_transaction: bool,
     /// Whether librdkafka holds a transaction that is neither committed nor aborted (open, in
     /// flight, or whose commit failed): what an abort has to end.
@@ -486,6 +499,21 @@ impl Pipeline {
 
     fn tenants_owned(&self) -> usize {
         self.engines.values().map(Engine::len).sum()
+    }
+
+    /// Publishes the tenants owned (the metric and [`Handles::owned`]): after a restore or a
+    /// revocation, and after a commit that brought new tenants.
+    fn publish_owned(&mut self) {
+        let owned: BTreeSet<String> = (self.engines.values())
+            .flat_map(|e| e.tenants().into_iter().map(str::to_owned))
+            .collect();
+        self.owned_published = owned.len();
+        self.handles.metrics.tenants.set(owned.len() as i64);
+        *self
+            .handles
+            .owned
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Some(owned);
     }
 
     /// Opens a transaction if none is open (exactly-once only).
@@ -1108,10 +1136,9 @@ impl Pipeline {
             .commits
             .with_label_values(&["committed"])
             .inc();
-        self.handles
-            .metrics
-            .tenants
-            .set(self.tenants_owned() as i64);
+        if self.tenants_owned() != self.owned_published {
+            self.publish_owned();
+        }
         self.report_undelivered();
     }
 
@@ -1474,10 +1501,7 @@ impl Pipeline {
         }
         let seconds = started.elapsed().as_secs_f64();
         self.handles.metrics.restore_seconds.observe(seconds);
-        self.handles
-            .metrics
-            .tenants
-            .set(self.tenants_owned() as i64);
+        self.publish_owned();
         tracing::info!(
             partitions = ?partitions,
             tenants,
@@ -1716,10 +1740,7 @@ impl Pipeline {
         // Lag series of partitions no longer held would keep their last value; the next
         // statistics refill those still held.
         self.handles.metrics.lag.reset();
-        self.handles
-            .metrics
-            .tenants
-            .set(self.tenants_owned() as i64);
+        self.publish_owned();
     }
 
     /// The least time from the start of the current round to the start of the next: see
@@ -2023,6 +2044,8 @@ pub fn run(settings: Settings, handles: Handles) -> Result<RunSummary, RunError>
 
     let interval = settings.commit_interval;
     let now = Instant::now();
+    // Nothing is owned until an assignment is restored.
+    *handles.owned.write().unwrap_or_else(|p| p.into_inner()) = Some(BTreeSet::new());
     *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(Pipeline {
         documents: DocumentWriter::new(
             Storage::new(&settings.storage_dir),
@@ -2039,6 +2062,7 @@ pub fn run(settings: Settings, handles: Handles) -> Result<RunSummary, RunError>
         offsets: BTreeMap::new(),
         positions: BTreeMap::new(),
         position_groups: BTreeMap::new(),
+        owned_published: 0,
         in_transaction: false,
         txn_open: false,
         in_flight: None,

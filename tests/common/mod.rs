@@ -448,6 +448,47 @@ impl Process {
         }
     }
 
+    /// The address `--http 127.0.0.1:0` bound, from the log once it says.
+    pub fn http_addr(&mut self, timeout: Duration) -> String {
+        let start = Instant::now();
+        loop {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let addr = (log.lines())
+                .find_map(|l| l.split("HTTP on http://").nth(1))
+                .and_then(|rest| rest.split("/metrics").next());
+            if let Some(addr) = addr {
+                return addr.to_owned();
+            }
+            self.assert_running();
+            assert!(start.elapsed() < timeout, "no HTTP address in the log");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `/api/v1/tenants` of this instance: each tenant with the `owned` it reports.
+    pub fn tenants_owned(&mut self) -> BTreeMap<String, Option<bool>> {
+        use std::io::Read;
+        let addr = self.http_addr(Duration::from_secs(30));
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        write!(
+            s,
+            "GET /api/v1/tenants HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).unwrap();
+        let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+        let list: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {answer}"));
+        (list["tenants"].as_array().unwrap().iter())
+            .map(|t| {
+                (
+                    t["tenant"].as_str().unwrap().to_owned(),
+                    t["owned"].as_bool(),
+                )
+            })
+            .collect()
+    }
+
     pub fn assert_running(&mut self) {
         if let Some(status) = self.child.try_wait().unwrap() {
             panic!("feedback run exited early ({status}):\n{}", self.log_tail());

@@ -56,6 +56,7 @@ const STATUS = {
   insufficient_data: ['muted', '…', 'insufficient data'],
   firing: ['bad', '!', 'firing'],
   resolved: ['ok', '✓', 'resolved'],
+  elsewhere: ['muted', '⇄', 'owned by another instance'],
 };
 function badge(status, label) {
   const [cls, sym, words] = STATUS[status] || ['muted', '?', status];
@@ -135,6 +136,7 @@ function tenantBadges(t) {
   if (t.status.performance.tenant === 'firing') out.push(badge('firing', 'degraded'));
   if (t.status.drift === 'firing') out.push(badge('firing', 'drift'));
   if (!out.length) out.push(badge('healthy'));
+  if (t.owned === false) out.push(badge('elsewhere'));
   return out.join(' ');
 }
 
@@ -192,7 +194,8 @@ async function refresh() {
         api(base + '/performance'), api(base + '/calibration'), api(base + '/drift'),
       ]);
       view.docs = { performance, calibration, drift };
-      const key = JSON.stringify(view.docs);
+      const owned = (view.list.find((t) => t.tenant === view.tenant) || {}).owned;
+      const key = JSON.stringify([view.docs, owned]);
       if (key !== view.drawn) {
         view.drawn = key;
         draw();
@@ -265,9 +268,14 @@ function headerCard(perf, cal, last, summary) {
   } else {
     headline = `<p class="alert muted"><strong>… Not enough pairs yet</strong> to judge calibration (the rule needs 30 in the window).</p>`;
   }
+  // A processor that no longer owns the tenant stopped keeping its documents current.
+  const elsewhere = summary && summary.owned === false
+    ? `<p class="alert muted"><strong>⇄ Owned by another instance.</strong> This tenant's partition is assigned to another instance of the consumer group, which keeps its documents current. Unless the two share this storage directory, what follows is as it stood when the partition moved (as_of ${esc(perf.as_of || '–')}): ask the instance that owns it.</p>`
+    : '';
   return `<section class="card head">
     <div class="title-row"><h2>${esc(perf.tenant)}</h2><span class="asof">as_of <strong>${esc(perf.as_of || '–')}</strong></span></div>
     <div class="badges">${summary ? tenantBadges(summary) : ''}</div>
+    ${elsewhere}
     ${headline}
     <p class="tags">active tags: ${tags}</p>
   </section>`;
