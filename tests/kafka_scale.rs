@@ -116,3 +116,73 @@ fn the_survivor_takes_over_the_stopped_instances_partitions() {
     cluster.assert_no_alert_twice();
     assert_alert_guarantees(&cluster.alerts(), &fold_alerts, &storage);
 }
+
+/// The value of `field=` in a log line (a Debug set such as `{0, 1, 2}`).
+fn field(line: &str, name: &str) -> Option<String> {
+    let rest = line.split(&format!(" {name}=")).nth(1)?;
+    let end = rest.find('}').map_or(rest.len(), |i| i + 1);
+    Some(rest[..end].to_owned())
+}
+
+/// The eager protocol revokes every partition at each rebalance, and most come straight back:
+/// an instance keeps the state of those (nothing was written to them meanwhile) instead of
+/// reading the changelog again, and the result is still what `feedback fold` computes.
+#[test]
+fn partitions_that_come_back_after_a_rebalance_keep_their_state() {
+    let Some(cluster) = Cluster::new("kept", 6) else {
+        return;
+    };
+    let records = generate(&SimConfig {
+        seed: 23,
+        tenants: 24,
+        days: 120,
+        scenario: Scenario::Mixed,
+        ..SimConfig::default()
+    });
+    let split = records.len() / 2;
+    cluster.produce(&records[..split]);
+    let storage = cluster.dir.path().join("storage");
+    let mut a = cluster.spawn("a", &storage, &[]);
+    cluster.wait_caught_up(Duration::from_secs(300), &mut [&mut a]);
+
+    // A second instance joins: `a` gives up every partition, gets half of them back, and keeps
+    // those from before.
+    let mut b = cluster.spawn("b", &storage, &[]);
+    let start = Instant::now();
+    let restored = loop {
+        a.assert_running();
+        b.assert_running();
+        let log = std::fs::read_to_string(&a.log).unwrap();
+        let lines: Vec<&str> = (log.lines())
+            .filter(|l| l.contains("restored state from the changelog"))
+            .collect();
+        let shared = assignments(&b.log).last().is_some_and(|p| p != "{}");
+        if lines.len() >= 2 && shared {
+            break lines.last().unwrap().to_string();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "no second restore in a:\n{}",
+            a.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let partitions = field(&restored, "partitions").unwrap();
+    assert_ne!(partitions, "{}", "{restored}");
+    assert_eq!(
+        field(&restored, "kept"),
+        Some(partitions),
+        "every partition a got back was kept: {restored}"
+    );
+
+    cluster.produce(&records[split..]);
+    cluster.wait_caught_up(Duration::from_secs(300), &mut [&mut a, &mut b]);
+    for p in [&mut a, &mut b] {
+        let status = p.terminate(Duration::from_secs(60));
+        assert!(status.success(), "exit {status}:\n{}", p.log_tail());
+    }
+    let (fold_storage, fold_alerts) = cluster.fold(vec![cluster.write_jsonl(&records)]);
+    assert_same_documents(&storage, &fold_storage);
+    cluster.assert_no_alert_twice();
+    assert_alert_guarantees(&cluster.alerts(), &fold_alerts, &storage);
+}

@@ -36,7 +36,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use smallvec::SmallVec;
 
 use super::documents::DocumentWriter;
-use super::restore::{read_state, Positions, POSITIONS_KEY};
+use super::restore::{read_state, read_state_from, state_ends, Positions, POSITIONS_KEY};
 use super::{admin, routing, BrokerWatch, ClientHooks, Guarantee, Settings};
 use crate::alert::{Alert, AlertType};
 use crate::codec::{self, AvroSchemas};
@@ -305,6 +305,19 @@ fn classify(e: &KafkaError) -> Failure {
     }
 }
 
+/// A revoked partition's engine, kept for the assignment that follows: the eager protocol
+/// revokes every partition at each rebalance, and most come straight back. It is taken back
+/// only if its state partition still ends where it ended right after the revocation's commit
+/// (nothing written to it since, by this instance or another): then a restore would read back
+/// exactly this state.
+struct Parked {
+    engine: Engine,
+    positions: Option<BTreeMap<String, i64>>,
+    group: Option<String>,
+    /// The state partition's high watermark after the revocation's commit.
+    end: i64,
+}
+
 struct Pipeline {
     settings: Settings,
     handles: Handles,
@@ -333,6 +346,9 @@ struct Pipeline {
     position_groups: BTreeMap<i32, String>,
     /// How many tenants [`Pipeline::publish_owned`] last published.
     owned_published: usize,
+    /// Engines of revoked partitions, until the next assignment: kept there when nothing was
+    /// written to their state partition meanwhile, instead of restored again.
+    parked: BTreeMap<i32, Parked>,
     in_transaction: bool,
     /// Whether librdkafka holds a transaction that is neither committed nor aborted (open, in
     /// flight, or whose commit failed): what an abort has to end.
@@ -1475,11 +1491,40 @@ impl Pipeline {
         }
     }
 
-    /// Replaces the engines of `partitions` with what the changelog holds.
+    /// Replaces the engines of `partitions` with what the changelog holds: a partition parked
+    /// at the last revocation takes its engine back if nothing was written to it since; the
+    /// others are read from the beginning.
     fn restore(&mut self, partitions: &BTreeSet<i32>) -> Result<(), RunError> {
         let started = Instant::now();
-        let states = read_state(&self.settings, &self.hooks, partitions, &self.handles.stop)?;
+        let mut parked = std::mem::take(&mut self.parked);
+        parked.retain(|p, _| partitions.contains(p));
+        let tails: BTreeMap<i32, Option<i64>> =
+            (parked.iter()).map(|(&p, k)| (p, Some(k.end))).collect();
+        let tails = read_state_from(&self.settings, &self.hooks, &tails, &self.handles.stop)?;
+        let kept: BTreeSet<i32> = (tails.iter())
+            .filter(|(_, tail)| tail.records == 0 && !tail.ends_before_start)
+            .map(|(&p, _)| p)
+            .collect();
+        let rest: BTreeSet<i32> = partitions.difference(&kept).copied().collect();
+        let states = read_state(&self.settings, &self.hooks, &rest, &self.handles.stop)?;
         let mut tenants = 0;
+        for (partition, k) in parked.into_iter().filter(|(p, _)| kept.contains(p)) {
+            tenants += k.engine.len();
+            match k.positions {
+                Some(next) => self.positions.insert(partition, next),
+                None => self.positions.remove(&partition),
+            };
+            match k.group {
+                Some(group) => self.position_groups.insert(partition, group),
+                None => self.position_groups.remove(&partition),
+            };
+            // Written at the revocation, but a write that failed then was not retried.
+            self.stale_documents.insert(
+                partition,
+                k.engine.tenants().into_iter().map(str::to_owned).collect(),
+            );
+            self.engines.insert(partition, k.engine);
+        }
         for (partition, restored) in states {
             let mut engine = Engine::new(self.settings.fold.clone()).with_changelog();
             tenants += engine.restore(&restored.tenants)?;
@@ -1504,9 +1549,10 @@ impl Pipeline {
         self.publish_owned();
         tracing::info!(
             partitions = ?partitions,
+            kept = ?kept,
             tenants,
             seconds = format!("{seconds:.2}"),
-            "restored state from the changelog"
+            "restored state from the changelog (kept: partitions whose state was kept from before the rebalance, nothing written to them since)"
         );
         Ok(())
     }
@@ -1724,6 +1770,7 @@ impl Pipeline {
         let partitions: BTreeSet<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
         tracing::info!(partitions = ?partitions, "partitions revoked: committing");
         self.handles.set_ready(false);
+        let aborts = self.summary.aborts;
         self.commit(consumer);
         self.write_documents(true);
         let gone = (partitions.iter())
@@ -1731,11 +1778,32 @@ impl Pipeline {
             .flat_map(|e| e.tenants().into_iter().map(str::to_owned))
             .collect();
         self.documents.forget(gone);
+        // The engines are parked for the assignment that follows only when they hold exactly
+        // what was committed; not when stopping, which has no assignment to follow.
+        let committed = self.fatal.is_none()
+            && !self.in_transaction
+            && self.in_flight.is_none()
+            && self.backlog.is_empty()
+            && self.summary.aborts == aborts;
+        let ends = match committed && !self.handles.stop.load(Ordering::Relaxed) {
+            true => state_ends(&self.settings, &self.hooks, &partitions),
+            false => BTreeMap::new(),
+        };
+        self.parked.clear();
         for p in &partitions {
-            self.engines.remove(p);
-            self.positions.remove(p);
-            self.position_groups.remove(p);
+            let engine = self.engines.remove(p);
+            let positions = self.positions.remove(p);
+            let group = self.position_groups.remove(p);
             self.stale_documents.remove(p);
+            if let (Some(engine), Some(&end)) = (engine, ends.get(p)) {
+                let parked = Parked {
+                    engine,
+                    positions,
+                    group,
+                    end,
+                };
+                self.parked.insert(*p, parked);
+            }
         }
         // Lag series of partitions no longer held would keep their last value; the next
         // statistics refill those still held.
@@ -2063,6 +2131,7 @@ pub fn run(settings: Settings, handles: Handles) -> Result<RunSummary, RunError>
         positions: BTreeMap::new(),
         position_groups: BTreeMap::new(),
         owned_published: 0,
+        parked: BTreeMap::new(),
         in_transaction: false,
         txn_open: false,
         in_flight: None,

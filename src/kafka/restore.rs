@@ -66,6 +66,11 @@ pub struct Restored {
     pub positions: Option<BTreeMap<String, i64>>,
     /// The consumer group that wrote the positions, when the record says.
     pub group: Option<String>,
+    /// Records read (tombstones and positions included).
+    pub records: u64,
+    /// The partition ends before the offset its reading was asked to start from
+    /// ([`read_state_from`]): the topic was recreated or truncated since.
+    pub ends_before_start: bool,
 }
 
 /// Reads partitions `partitions` of the state topic to their end. Read committed, the end is
@@ -77,6 +82,21 @@ pub fn read_state(
     partitions: &BTreeSet<i32>,
     stop: &AtomicBool,
 ) -> Result<BTreeMap<i32, Restored>, RestoreError> {
+    let from = partitions.iter().map(|&p| (p, None)).collect();
+    read_state_from(settings, hooks, &from, stop)
+}
+
+/// [`read_state`] of the partitions of `from`, each read from the offset given (None: its
+/// beginning). Read from where a partition ended at some moment, it says whether anything was
+/// written to it since (`records`), which is all a partition kept across a rebalance needs.
+pub fn read_state_from(
+    settings: &Settings,
+    hooks: &ClientHooks,
+    from: &BTreeMap<i32, Option<i64>>,
+    stop: &AtomicBool,
+) -> Result<BTreeMap<i32, Restored>, RestoreError> {
+    let partitions: BTreeSet<i32> = from.keys().copied().collect();
+    let partitions = &partitions;
     let mut out: BTreeMap<i32, Restored> = partitions
         .iter()
         .map(|&p| (p, Restored::default()))
@@ -100,11 +120,27 @@ pub fn read_state(
     // whose offsets are already committed is never missed.
     let ends = high_watermarks(settings, hooks, partitions)?;
     for &p in partitions {
-        // An empty partition has nothing to wait for (a fetch at its end would wait first).
-        if ends.get(&p) == Some(&End::Empty) {
-            continue;
+        let start = from.get(&p).copied().flatten();
+        // An empty partition, or one read from its end, has nothing to wait for (a fetch at
+        // its end would wait first).
+        match (ends.get(&p), start) {
+            (Some(End::Empty), None) => continue,
+            (Some(End::At(high)), Some(start)) if start >= *high => {
+                if let Some(r) = out.get_mut(&p) {
+                    r.ends_before_start = start > *high;
+                }
+                continue;
+            }
+            (Some(End::Empty), Some(start)) => {
+                if let Some(r) = out.get_mut(&p) {
+                    r.ends_before_start = start > 0;
+                }
+                continue;
+            }
+            _ => {}
         }
-        tpl.add_partition_offset(topic, p, Offset::Beginning)
+        let offset = start.map_or(Offset::Beginning, Offset::Offset);
+        tpl.add_partition_offset(topic, p, offset)
             .map_err(RestoreError::Client)?;
         pending.insert(p);
     }
@@ -133,6 +169,9 @@ pub fn read_state(
             }
             Some(Ok(m)) => {
                 records += 1;
+                if let Some(r) = out.get_mut(&m.partition()) {
+                    r.records += 1;
+                }
                 let Ok(key) = std::str::from_utf8(m.key().unwrap_or_default()) else {
                     return Err(RestoreError::Key {
                         topic: topic.clone(),
@@ -229,6 +268,41 @@ enum End {
     Unknown,
 }
 
+/// The high watermark of each of `partitions` of the state topic that has records, as far as
+/// they can be had quickly: this runs inside a revocation, and a partition left out is only
+/// restored again at its next assignment. The first that cannot be had ends the asking.
+pub fn state_ends(
+    settings: &Settings,
+    hooks: &ClientHooks,
+    partitions: &BTreeSet<i32>,
+) -> BTreeMap<i32, i64> {
+    let client: BaseConsumer<HookContext> = match settings
+        .restore_config()
+        .set("isolation.level", "read_uncommitted")
+        .create_with_context(HookContext(hooks.clone()))
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::debug!(error = %e, "no client for the changelog's ends: partitions not kept");
+            return BTreeMap::new();
+        }
+    };
+    let mut ends = BTreeMap::new();
+    for &p in partitions {
+        match client.fetch_watermarks(&settings.topics.state, p, Duration::from_secs(2)) {
+            Ok((low, high)) if low < high => {
+                ends.insert(p, high);
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::debug!(error = %e, partition = p, "the changelog's end cannot be had: partitions from here on not kept");
+                break;
+            }
+        }
+    }
+    ends
+}
+
 /// Where each of `partitions` of the state topic ends, asked by a client that reads
 /// uncommitted so that the answer is the high watermark (see [`read_state`]).
 fn high_watermarks(
@@ -255,4 +329,55 @@ fn high_watermarks(
         ends.insert(p, end);
     }
     Ok(ends)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+    use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+    use std::sync::Arc;
+
+    /// Read from where it ended, a partition says whether anything was written since: what
+    /// decides whether a partition that comes back after a rebalance keeps its engine.
+    #[test]
+    fn a_read_from_an_earlier_end_counts_what_was_written_since() {
+        let mock = rdkafka::mocking::MockCluster::new(1).unwrap();
+        mock.create_topic("state", 2, 1).unwrap();
+        let mut settings = Settings::new(mock.bootstrap_servers(), "g");
+        settings.topics.state = "state".into();
+        let hooks = ClientHooks::new(Arc::new(Metrics::new()));
+        let producer: ThreadedProducer<DefaultProducerContext> =
+            Settings::plain_producer_config(&mock.bootstrap_servers())
+                .create()
+                .unwrap();
+        // Keys of a later build: skipped by the restore, but read and counted.
+        let write = || {
+            let record = BaseRecord::to("state")
+                .partition(0)
+                .key("~later")
+                .payload("{}");
+            producer.send(record).map_err(|(e, _)| e).unwrap();
+            producer.flush(Duration::from_secs(10)).unwrap();
+        };
+        write();
+        write();
+        let stop = AtomicBool::new(false);
+        let both: BTreeSet<i32> = [0, 1].into();
+        // Partition 1 was never written: no end to park at.
+        let ends = state_ends(&settings, &hooks, &both);
+        assert_eq!(ends, BTreeMap::from([(0, 2)]));
+        let from = |offset| BTreeMap::from([(0, Some(offset))]);
+        let tail = read_state_from(&settings, &hooks, &from(2), &stop).unwrap();
+        assert_eq!((tail[&0].records, tail[&0].ends_before_start), (0, false));
+        write();
+        let tail = read_state_from(&settings, &hooks, &from(2), &stop).unwrap();
+        assert_eq!((tail[&0].records, tail[&0].ends_before_start), (1, false));
+        // An end past the partition's: the topic was recreated since.
+        let tail = read_state_from(&settings, &hooks, &from(10), &stop).unwrap();
+        assert!(tail[&0].ends_before_start);
+        let all = read_state(&settings, &hooks, &both, &stop).unwrap();
+        assert_eq!((all[&0].records, all[&1].records), (3, 0));
+        assert!(all[&0].tenants.is_empty());
+    }
 }
