@@ -197,6 +197,74 @@ fn a_group_whose_offsets_expired_resumes_from_its_state() {
     common::assert_alert_guarantees(&cluster.alerts(), &fold_alerts, &storage);
 }
 
+/// Records the input's retention deletes before `run` reads them (an instance down for longer
+/// than the retention) are gone for good: the assignment says how many, where, instead of
+/// letting librdkafka skip past them without a word.
+#[test]
+fn records_deleted_by_retention_before_they_were_read_are_named() {
+    let Some(cluster) = common::Cluster::new("retention", 1) else {
+        return;
+    };
+    let records = feedback::simulate::generate(&feedback::simulate::SimConfig {
+        seed: 13,
+        tenants: 3,
+        days: 20,
+        ..feedback::simulate::SimConfig::default()
+    });
+    let (before, after) = records.split_at(records.len() / 2);
+    cluster.produce(before);
+    let storage = cluster.dir.path().join("storage");
+    let mut first = cluster.spawn("first", &storage, &[]);
+    cluster.wait_caught_up(Duration::from_secs(120), &mut [&mut first]);
+    assert!(first.terminate(Duration::from_secs(60)).success());
+
+    // While it is down, more outcomes come, and the first five of them are deleted.
+    cluster.produce(after);
+    let (admin, rt) = cluster.admin();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    let start = {
+        let c: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &cluster.brokers)
+            .set("group.id", &cluster.group)
+            .create()
+            .unwrap();
+        let mut t = rdkafka::TopicPartitionList::new();
+        t.add_partition(&cluster.topics.outcomes, 0);
+        let c2 =
+            rdkafka::consumer::Consumer::committed_offsets(&c, t, Duration::from_secs(10)).unwrap();
+        match c2.elements()[0].offset() {
+            rdkafka::Offset::Offset(o) => o,
+            other => panic!("no committed offset: {other:?}"),
+        }
+    };
+    tpl.add_partition_offset(
+        &cluster.topics.outcomes,
+        0,
+        rdkafka::Offset::Offset(start + 5),
+    )
+    .unwrap();
+    let deleted = rt
+        .block_on(admin.delete_records(
+            &tpl,
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+        ))
+        .unwrap();
+    assert!(
+        deleted.elements().iter().all(|e| e.error().is_ok()),
+        "{deleted:?}"
+    );
+
+    let mut again = cluster.spawn("again", &storage, &[]);
+    cluster.wait_caught_up(Duration::from_secs(120), &mut [&mut again]);
+    assert!(again.terminate(Duration::from_secs(60)).success());
+    let log = std::fs::read_to_string(&again.log).unwrap();
+    let line = (log.lines())
+        .find(|l| l.contains("deleted by the topic's retention"))
+        .unwrap_or_else(|| panic!("no warning:\n{log}"));
+    assert!(line.contains("missing=5"), "{line}");
+    assert!(line.contains(&format!("resume={start}")), "{line}");
+}
+
 /// Partitions added to the inputs while `run` runs: once the group rebalances onto them, the
 /// state topic lacks them, and the restore would wait for them forever. Refused instead.
 #[test]

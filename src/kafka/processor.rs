@@ -284,6 +284,10 @@ fn dead_letter_room(max_bytes: usize, key: Option<&[u8]>, headers: &OwnedHeaders
     max_bytes.saturating_sub(FRAMING + key.map_or(0, <[u8]>::len) + headers + truncation_header)
 }
 
+/// How long an assignment waits for an input partition's low watermark, to say whether
+/// retention deleted records before they were read: a check, not worth holding a rebalance.
+const RETENTION_CHECK: Duration = Duration::from_secs(2);
+
 /// How a transactional call failed, per KAFKA_NOTES: retry it, abort the transaction, or stop.
 enum Failure {
     Retry,
@@ -518,18 +522,21 @@ impl Pipeline {
     }
 
     /// Publishes the tenants owned (the metric and [`Handles::owned`]): after a restore or a
-    /// revocation, and after a commit that brought new tenants.
-    fn publish_owned(&mut self) {
+    /// revocation, and after a commit that brought new tenants. A revocation that leaves
+    /// nothing (the eager protocol's, at every rebalance) publishes "unknown" until the
+    /// assignment that follows is restored, rather than "owned by none" for that moment.
+    fn publish_owned(&mut self, revoked: bool) {
         let owned: BTreeSet<String> = (self.engines.values())
             .flat_map(|e| e.tenants().into_iter().map(str::to_owned))
             .collect();
         self.owned_published = owned.len();
         self.handles.metrics.tenants.set(owned.len() as i64);
+        let known = !(revoked && self.engines.is_empty());
         *self
             .handles
             .owned
             .write()
-            .unwrap_or_else(|p| p.into_inner()) = Some(owned);
+            .unwrap_or_else(|p| p.into_inner()) = known.then_some(owned);
     }
 
     /// Opens a transaction if none is open (exactly-once only).
@@ -901,6 +908,8 @@ impl Pipeline {
                     .key(POSITIONS_KEY.as_bytes())
                     .payload(&value[..]),
             )?;
+            // As a restore would read it back (an abort restores what was committed instead).
+            (self.position_groups).insert(partition, self.settings.group.clone());
         }
         Ok(())
     }
@@ -1153,7 +1162,7 @@ impl Pipeline {
             .with_label_values(&["committed"])
             .inc();
         if self.tenants_owned() != self.owned_published {
-            self.publish_owned();
+            self.publish_owned(false);
         }
         self.report_undelivered();
     }
@@ -1502,13 +1511,15 @@ impl Pipeline {
             (parked.iter()).map(|(&p, k)| (p, Some(k.end))).collect();
         let tails = read_state_from(&self.settings, &self.hooks, &tails, &self.handles.stop)?;
         let kept: BTreeSet<i32> = (tails.iter())
-            .filter(|(_, tail)| tail.records == 0 && !tail.ends_before_start)
+            .filter(|(_, tail)| tail.records == 0 && !tail.tail_unknown)
             .map(|(&p, _)| p)
             .collect();
+        // The others go before their partitions are read again, not after.
+        parked.retain(|p, _| kept.contains(p));
         let rest: BTreeSet<i32> = partitions.difference(&kept).copied().collect();
         let states = read_state(&self.settings, &self.hooks, &rest, &self.handles.stop)?;
         let mut tenants = 0;
-        for (partition, k) in parked.into_iter().filter(|(p, _)| kept.contains(p)) {
+        for (partition, k) in parked {
             tenants += k.engine.len();
             match k.positions {
                 Some(next) => self.positions.insert(partition, next),
@@ -1546,13 +1557,13 @@ impl Pipeline {
         }
         let seconds = started.elapsed().as_secs_f64();
         self.handles.metrics.restore_seconds.observe(seconds);
-        self.publish_owned();
+        self.publish_owned(false);
         tracing::info!(
             partitions = ?partitions,
             kept = ?kept,
             tenants,
             seconds = format!("{seconds:.2}"),
-            "restored state from the changelog (kept: partitions whose state was kept from before the rebalance, nothing written to them since)"
+            "restored state from the changelog (kept: partitions whose engine was kept from their last revocation, nothing having been written to them since)"
         );
         Ok(())
     }
@@ -1578,8 +1589,13 @@ impl Pipeline {
     ///   offsets; a warning with at-least-once, where a first commit may have stopped between
     ///   the two.
     fn check_state_is_ours(&mut self, committed: &TopicPartitionList) {
+        // The partitions being assigned: with a cooperative assignor, those assigned before
+        // are not in `committed`.
+        let assigned: BTreeSet<i32> = (committed.elements().iter())
+            .map(|e| e.partition())
+            .collect();
         let restored: BTreeSet<i32> = (self.engines.iter())
-            .filter(|(_, e)| !e.tenants().is_empty())
+            .filter(|(p, e)| assigned.contains(p) && !e.tenants().is_empty())
             .map(|(&p, _)| p)
             .collect();
         if restored.is_empty() {
@@ -1679,6 +1695,21 @@ impl Pipeline {
             };
             if let Offset::Offset(o) = offset {
                 (self.positions.entry(e.partition()).or_default()).insert(e.topic().to_owned(), o);
+                // Records the input's retention deleted before they were read (an instance
+                // down for longer than it): librdkafka would skip to the first one left
+                // (auto.offset.reset) without a word.
+                let low = consumer.fetch_watermarks(e.topic(), e.partition(), RETENTION_CHECK);
+                if let Some(low) = low.ok().map(|(low, _)| low).filter(|&low| low > o) {
+                    tracing::warn!(
+                        topic = e.topic(),
+                        partition = e.partition(),
+                        resume = o,
+                        first_left = low,
+                        missing = low - o,
+                        "records were deleted by the topic's retention before they were folded: \
+                         the state goes on without them (feedback replay cannot bring them back)"
+                    );
+                }
             }
             let _ = out.add_partition_offset(e.topic(), e.partition(), offset);
         }
@@ -1780,15 +1811,22 @@ impl Pipeline {
         self.documents.forget(gone);
         // The engines are parked for the assignment that follows only when they hold exactly
         // what was committed; not when stopping, which has no assignment to follow.
+        // A lost assignment (the group went on without this instance: a session timeout, a
+        // poll interval exceeded) may already be another instance's, with its writes below the
+        // watermark read now: never parked.
         let committed = self.fatal.is_none()
             && !self.in_transaction
             && self.in_flight.is_none()
             && self.backlog.is_empty()
-            && self.summary.aborts == aborts;
-        let ends = match committed && !self.handles.stop.load(Ordering::Relaxed) {
+            && self.summary.aborts == aborts
+            && !consumer.assignment_lost();
+        let mut ends = match committed && !self.handles.stop.load(Ordering::Relaxed) {
             true => state_ends(&self.settings, &self.hooks, &partitions),
             false => BTreeMap::new(),
         };
+        if consumer.assignment_lost() {
+            ends.clear();
+        }
         self.parked.clear();
         for p in &partitions {
             let engine = self.engines.remove(p);
@@ -1808,7 +1846,7 @@ impl Pipeline {
         // Lag series of partitions no longer held would keep their last value; the next
         // statistics refill those still held.
         self.handles.metrics.lag.reset();
-        self.publish_owned();
+        self.publish_owned(true);
     }
 
     /// The least time from the start of the current round to the start of the next: see
@@ -2112,8 +2150,6 @@ pub fn run(settings: Settings, handles: Handles) -> Result<RunSummary, RunError>
 
     let interval = settings.commit_interval;
     let now = Instant::now();
-    // Nothing is owned until an assignment is restored.
-    *handles.owned.write().unwrap_or_else(|p| p.into_inner()) = Some(BTreeSet::new());
     *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(Pipeline {
         documents: DocumentWriter::new(
             Storage::new(&settings.storage_dir),

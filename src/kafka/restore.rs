@@ -68,9 +68,10 @@ pub struct Restored {
     pub group: Option<String>,
     /// Records read (tombstones and positions included).
     pub records: u64,
-    /// The partition ends before the offset its reading was asked to start from
-    /// ([`read_state_from`]): the topic was recreated or truncated since.
-    pub ends_before_start: bool,
+    /// Read from an offset ([`read_state_from`]), what follows it could not be read as a
+    /// whole: the partition ends before that offset (the topic was recreated or truncated
+    /// since), or its end could not be had.
+    pub tail_unknown: bool,
 }
 
 /// Reads partitions `partitions` of the state topic to their end. Read committed, the end is
@@ -123,18 +124,24 @@ pub fn read_state_from(
         let start = from.get(&p).copied().flatten();
         // An empty partition, or one read from its end, has nothing to wait for (a fetch at
         // its end would wait first).
+        let mut tail_unknown = |unknown: bool| {
+            if let Some(r) = out.get_mut(&p) {
+                r.tail_unknown = unknown;
+            }
+        };
         match (ends.get(&p), start) {
             (Some(End::Empty), None) => continue,
             (Some(End::At(high)), Some(start)) if start >= *high => {
-                if let Some(r) = out.get_mut(&p) {
-                    r.ends_before_start = start > *high;
-                }
+                tail_unknown(start > *high);
                 continue;
             }
             (Some(End::Empty), Some(start)) => {
-                if let Some(r) = out.get_mut(&p) {
-                    r.ends_before_start = start > 0;
-                }
+                tail_unknown(start > 0);
+                continue;
+            }
+            // Nothing to wait for: whoever asked for the tail reads the whole partition.
+            (Some(End::Unknown) | None, Some(_)) => {
+                tail_unknown(true);
                 continue;
             }
             _ => {}
@@ -369,13 +376,13 @@ mod tests {
         assert_eq!(ends, BTreeMap::from([(0, 2)]));
         let from = |offset| BTreeMap::from([(0, Some(offset))]);
         let tail = read_state_from(&settings, &hooks, &from(2), &stop).unwrap();
-        assert_eq!((tail[&0].records, tail[&0].ends_before_start), (0, false));
+        assert_eq!((tail[&0].records, tail[&0].tail_unknown), (0, false));
         write();
         let tail = read_state_from(&settings, &hooks, &from(2), &stop).unwrap();
-        assert_eq!((tail[&0].records, tail[&0].ends_before_start), (1, false));
+        assert_eq!((tail[&0].records, tail[&0].tail_unknown), (1, false));
         // An end past the partition's: the topic was recreated since.
         let tail = read_state_from(&settings, &hooks, &from(10), &stop).unwrap();
-        assert!(tail[&0].ends_before_start);
+        assert!(tail[&0].tail_unknown);
         let all = read_state(&settings, &hooks, &both, &stop).unwrap();
         assert_eq!((all[&0].records, all[&1].records), (3, 0));
         assert!(all[&0].tenants.is_empty());

@@ -45,8 +45,8 @@ pub fn check(
         let hint = match consistent_partition_of(key, partitions) == partition {
             true => {
                 " It is where librdkafka's default partitioner (consistent_random, CRC32) puts \
-                 it: a librdkafka producer (confluent-kafka, node-rdkafka) needs \
-                 partitioner=murmur2_random."
+                 it, so likely a librdkafka producer (confluent-kafka, node-rdkafka), which \
+                 needs partitioner=murmur2_random."
             }
             false => "",
         };
