@@ -1558,6 +1558,20 @@ impl Pipeline {
         let seconds = started.elapsed().as_secs_f64();
         self.handles.metrics.restore_seconds.observe(seconds);
         self.publish_owned(false);
+        // The restore runs inside the rebalance callback, inside a poll; a poll without a
+        // timeout (the loop's draining ones) does not hold off librdkafka's poll-interval
+        // check, and past it the instance leaves the group and rebalances again, restoring
+        // again: say so well before that.
+        let max_poll = self.settings.max_poll_interval();
+        if seconds > max_poll.as_secs_f64() / 2.0 {
+            tracing::warn!(
+                seconds = format!("{seconds:.1}"),
+                max_poll_interval_ms = max_poll.as_millis() as u64,
+                "the restore took more than half of max.poll.interval.ms: a longer one can make \
+                 the instance leave the group mid-restore; raise it (--kafka-config \
+                 max.poll.interval.ms=...)"
+            );
+        }
         tracing::info!(
             partitions = ?partitions,
             kept = ?kept,
