@@ -32,6 +32,11 @@ pub struct Metrics {
     pub tenants: IntGauge,
     /// Time to restore the assigned partitions' tenants from the changelog.
     pub restore_seconds: Histogram,
+    /// Partitions restored at an assignment, by how: read from the `changelog`, or `kept`
+    /// from before the rebalance (nothing written to them since).
+    pub partitions_restored: IntCounterVec,
+    /// Input records the topics' retention deleted before they were read: gone from the state.
+    pub input_records_lost: IntCounter,
     /// Errors librdkafka reported (broker down, transport), by kind.
     pub client_errors: IntCounterVec,
     /// Times a client that librdkafka had cut off from every broker was given the bootstrap
@@ -143,6 +148,25 @@ impl Metrics {
         registry
             .register(Box::new(restore_seconds.clone()))
             .expect("metric registered once");
+        let partitions_restored = counter_vec(
+            &registry,
+            "feedback_partitions_restored_total",
+            "Partitions whose state was restored at an assignment, by how: read from the \
+             changelog, or kept from before the rebalance (nothing written to them since).",
+            &["how"],
+        );
+        for how in ["changelog", "kept"] {
+            partitions_restored.with_label_values(&[how]);
+        }
+        let input_records_lost = IntCounter::new(
+            "feedback_input_records_lost_total",
+            "Input records the topics' retention deleted before they were read (an instance \
+             down for longer than it): they are missing from the state.",
+        )
+        .expect("valid metric definition");
+        registry
+            .register(Box::new(input_records_lost.clone()))
+            .expect("metric registered once");
         let client_errors = counter_vec(
             &registry,
             "feedback_kafka_client_errors_total",
@@ -202,6 +226,8 @@ impl Metrics {
             commits,
             tenants,
             restore_seconds,
+            partitions_restored,
+            input_records_lost,
             client_errors,
             rebootstraps,
             documents,
@@ -244,6 +270,9 @@ mod tests {
             "feedback_kafka_client_errors_total{kind=\"BrokerTransportFailure\"} 0",
             "feedback_calibration_entries_total{how=\"copied\"} 0",
             "feedback_calibration_entries_total{how=\"rendered\"} 0",
+            "feedback_partitions_restored_total{how=\"changelog\"} 0",
+            "feedback_partitions_restored_total{how=\"kept\"} 0",
+            "feedback_input_records_lost_total 0",
         ] {
             assert!(text.contains(needle), "{needle} missing from\n{text}");
         }

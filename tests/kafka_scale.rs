@@ -169,9 +169,15 @@ fn partitions_that_come_back_after_a_rebalance_keep_their_state() {
     assert_ne!(partitions, "{}", "{restored}");
     assert_eq!(
         field(&restored, "kept"),
-        Some(partitions),
+        Some(partitions.clone()),
         "every partition a got back was kept: {restored}"
     );
+    let kept = partitions.matches(',').count() + 1;
+    let metrics = a.http_get("/metrics");
+    let counted = (metrics.lines())
+        .find_map(|l| l.strip_prefix("feedback_partitions_restored_total{how=\"kept\"} "))
+        .and_then(|n| n.trim().parse::<usize>().ok());
+    assert!(counted >= Some(kept), "{kept} kept: {metrics}");
 
     cluster.produce(&records[split..]);
     cluster.wait_caught_up(Duration::from_secs(300), &mut [&mut a, &mut b]);

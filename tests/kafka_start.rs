@@ -256,6 +256,11 @@ fn records_deleted_by_retention_before_they_were_read_are_named() {
 
     let mut again = cluster.spawn("again", &storage, &[]);
     cluster.wait_caught_up(Duration::from_secs(120), &mut [&mut again]);
+    let metrics = again.http_get("/metrics");
+    assert!(
+        metrics.contains("feedback_input_records_lost_total 5"),
+        "{metrics}"
+    );
     assert!(again.terminate(Duration::from_secs(60)).success());
     let log = std::fs::read_to_string(&again.log).unwrap();
     let line = (log.lines())

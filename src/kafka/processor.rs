@@ -1557,6 +1557,13 @@ impl Pipeline {
         }
         let seconds = started.elapsed().as_secs_f64();
         self.handles.metrics.restore_seconds.observe(seconds);
+        let restored = &self.handles.metrics.partitions_restored;
+        restored
+            .with_label_values(&["kept"])
+            .inc_by(kept.len() as u64);
+        restored
+            .with_label_values(&["changelog"])
+            .inc_by(rest.len() as u64);
         self.publish_owned(false);
         // The restore runs inside the rebalance callback, inside a poll; a poll without a
         // timeout (the loop's draining ones) does not hold off librdkafka's poll-interval
@@ -1707,13 +1714,15 @@ impl Pipeline {
                     .map(|(low, _)| Offset::Offset(low))
                     .unwrap_or(Offset::Beginning),
             };
+            let mut offset = offset;
             if let Offset::Offset(o) = offset {
-                (self.positions.entry(e.partition()).or_default()).insert(e.topic().to_owned(), o);
                 // Records the input's retention deleted before they were read (an instance
                 // down for longer than it): librdkafka would skip to the first one left
-                // (auto.offset.reset) without a word.
+                // (auto.offset.reset) without a word. Said once: the reading, and the
+                // positions, resume at the first one left.
                 let low = consumer.fetch_watermarks(e.topic(), e.partition(), RETENTION_CHECK);
                 if let Some(low) = low.ok().map(|(low, _)| low).filter(|&low| low > o) {
+                    (self.handles.metrics.input_records_lost).inc_by((low - o) as u64);
                     tracing::warn!(
                         topic = e.topic(),
                         partition = e.partition(),
@@ -1723,7 +1732,11 @@ impl Pipeline {
                         "records were deleted by the topic's retention before they were folded: \
                          the state goes on without them (feedback replay cannot bring them back)"
                     );
+                    offset = Offset::Offset(low);
                 }
+            }
+            if let Offset::Offset(o) = offset {
+                (self.positions.entry(e.partition()).or_default()).insert(e.topic().to_owned(), o);
             }
             let _ = out.add_partition_offset(e.topic(), e.partition(), offset);
         }

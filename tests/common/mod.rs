@@ -465,20 +465,28 @@ impl Process {
         }
     }
 
-    /// `/api/v1/tenants` of this instance: each tenant with the `owned` it reports.
-    pub fn tenants_owned(&mut self) -> BTreeMap<String, Option<bool>> {
+    /// The body of this instance's answer to `GET path`.
+    pub fn http_get(&mut self, path: &str) -> String {
         use std::io::Read;
         let addr = self.http_addr(Duration::from_secs(30));
         let mut s = std::net::TcpStream::connect(&addr).unwrap();
         write!(
             s,
-            "GET /api/v1/tenants HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
         )
         .unwrap();
         let mut answer = String::new();
         s.read_to_string(&mut answer).unwrap();
-        let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
-        let list: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {answer}"));
+        answer
+            .split_once("\r\n\r\n")
+            .map(|(_, body)| body.to_owned())
+            .unwrap_or_default()
+    }
+
+    /// `/api/v1/tenants` of this instance: each tenant with the `owned` it reports.
+    pub fn tenants_owned(&mut self) -> BTreeMap<String, Option<bool>> {
+        let body = self.http_get("/api/v1/tenants");
+        let list: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
         (list["tenants"].as_array().unwrap().iter())
             .map(|t| {
                 (
