@@ -1509,7 +1509,15 @@ impl Pipeline {
         parked.retain(|p, _| partitions.contains(p));
         let tails: BTreeMap<i32, Option<i64>> =
             (parked.iter()).map(|(&p, k)| (p, Some(k.end))).collect();
-        let tails = read_state_from(&self.settings, &self.hooks, &tails, &self.handles.stop)?;
+        // A tail that cannot be read keeps nothing: the partitions are read whole instead.
+        let tails = match read_state_from(&self.settings, &self.hooks, &tails, &self.handles.stop) {
+            Ok(tails) => tails,
+            Err(e @ super::restore::RestoreError::Stopped) => return Err(e.into()),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read what was written since the revocation: restoring from the changelog");
+                BTreeMap::new()
+            }
+        };
         let kept: BTreeSet<i32> = (tails.iter())
             .filter(|(_, tail)| tail.records == 0 && !tail.tail_unknown)
             .map(|(&p, _)| p)
@@ -1690,6 +1698,7 @@ impl Pipeline {
     ) -> TopicPartitionList {
         let mut out = TopicPartitionList::new();
         let mut differ = Vec::new();
+        let mut check_retention = true;
         for e in committed.elements() {
             let group = match e.offset() {
                 Offset::Offset(o) => Some(o),
@@ -1715,12 +1724,14 @@ impl Pipeline {
                     .unwrap_or(Offset::Beginning),
             };
             let mut offset = offset;
-            if let Offset::Offset(o) = offset {
+            if let (Offset::Offset(o), true) = (offset, check_retention) {
                 // Records the input's retention deleted before they were read (an instance
                 // down for longer than it): librdkafka would skip to the first one left
                 // (auto.offset.reset) without a word. Said once: the reading, and the
-                // positions, resume at the first one left.
+                // positions, resume at the first one left. A broker that does not answer
+                // ends the checking: it runs inside the rebalance callback.
                 let low = consumer.fetch_watermarks(e.topic(), e.partition(), RETENTION_CHECK);
+                check_retention = low.is_ok();
                 if let Some(low) = low.ok().map(|(low, _)| low).filter(|&low| low > o) {
                     (self.handles.metrics.input_records_lost).inc_by((low - o) as u64);
                     tracing::warn!(
