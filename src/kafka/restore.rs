@@ -144,6 +144,13 @@ pub fn read_state_from(
                 tail_unknown(true);
                 continue;
             }
+            (Some(End::Unknown) | None, None) => {
+                tracing::warn!(
+                    partition = p,
+                    "the changelog's end is not known: the restore of this partition waits 30 s \
+                     for a stable end"
+                );
+            }
             _ => {}
         }
         let offset = start.map_or(Offset::Beginning, Offset::Offset);
@@ -329,7 +336,7 @@ fn high_watermarks(
             Ok((low, high)) if low >= high => End::Empty,
             Ok((_, high)) => End::At(high),
             Err(e) => {
-                tracing::warn!(error = %e, partition = p, "cannot read the changelog's high watermark; the restore of this partition waits 30 s for a stable end");
+                tracing::warn!(error = %e, partition = p, "cannot read the changelog's high watermark");
                 End::Unknown
             }
         };
