@@ -116,8 +116,9 @@ pub struct TenantSummary {
     pub status: StatusDoc,
     pub tags: Vec<String>,
     /// Whether the processor of this server owns the tenant (its partition is assigned here)
-    /// and so keeps its documents current; absent when no processor runs. A document of a
-    /// tenant not owned stays as it was when its partition moved to another instance.
+    /// and so keeps its documents current; absent while the processor has no assignment (at
+    /// start, during a rebalance). A document of a tenant not owned stays as it was when its
+    /// partition moved to another instance.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owned: Option<bool>,
 }
