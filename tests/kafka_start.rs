@@ -149,6 +149,28 @@ fn a_group_is_refused_the_state_another_group_wrote() {
     assert_eq!(cluster.alerts().len(), alerts);
 }
 
+/// A seeded history of `tenants` x `days`, whose first half `run` folds and then stops: the
+/// records, and the storage directory it wrote.
+fn first_half_folded(
+    cluster: &common::Cluster,
+    seed: u64,
+    tenants: usize,
+    days: u32,
+) -> (Vec<feedback::simulate::SimRecord>, std::path::PathBuf) {
+    let records = feedback::simulate::generate(&feedback::simulate::SimConfig {
+        seed,
+        tenants,
+        days,
+        ..feedback::simulate::SimConfig::default()
+    });
+    cluster.produce(&records[..records.len() / 2]);
+    let storage = cluster.dir.path().join("storage");
+    let mut first = cluster.spawn("first", &storage, &[]);
+    cluster.wait_caught_up(Duration::from_secs(120), &mut [&mut first]);
+    assert!(first.terminate(Duration::from_secs(60)).success());
+    (records, storage)
+}
+
 /// A group left without members longer than `offsets.retention.minutes` (a week by default)
 /// loses its committed offsets, but not its state: the positions record beside the state names
 /// the group, so `run` resumes from it instead of refusing it as another group's, and folds
@@ -158,18 +180,8 @@ fn a_group_whose_offsets_expired_resumes_from_its_state() {
     let Some(cluster) = common::Cluster::new("expired", 2) else {
         return;
     };
-    let records = feedback::simulate::generate(&feedback::simulate::SimConfig {
-        seed: 11,
-        tenants: 4,
-        days: 30,
-        ..feedback::simulate::SimConfig::default()
-    });
-    let (before, after) = records.split_at(records.len() / 2);
-    cluster.produce(before);
-    let storage = cluster.dir.path().join("storage");
-    let mut first = cluster.spawn("first", &storage, &[]);
-    cluster.wait_caught_up(Duration::from_secs(120), &mut [&mut first]);
-    assert!(first.terminate(Duration::from_secs(60)).success());
+    let (records, storage) = first_half_folded(&cluster, 11, 4, 30);
+    let after = &records[records.len() / 2..];
 
     // What expiry leaves: the group and its offsets gone, the state topic as it was.
     let (admin, rt) = cluster.admin();
@@ -205,38 +217,13 @@ fn records_deleted_by_retention_before_they_were_read_are_named() {
     let Some(cluster) = common::Cluster::new("retention", 1) else {
         return;
     };
-    let records = feedback::simulate::generate(&feedback::simulate::SimConfig {
-        seed: 13,
-        tenants: 3,
-        days: 20,
-        ..feedback::simulate::SimConfig::default()
-    });
-    let (before, after) = records.split_at(records.len() / 2);
-    cluster.produce(before);
-    let storage = cluster.dir.path().join("storage");
-    let mut first = cluster.spawn("first", &storage, &[]);
-    cluster.wait_caught_up(Duration::from_secs(120), &mut [&mut first]);
-    assert!(first.terminate(Duration::from_secs(60)).success());
+    let (records, storage) = first_half_folded(&cluster, 13, 3, 20);
 
     // While it is down, more outcomes come, and the first five of them are deleted.
-    cluster.produce(after);
+    cluster.produce(&records[records.len() / 2..]);
     let (admin, rt) = cluster.admin();
+    let start = (cluster.committed(&cluster.topics.outcomes, 0)).expect("a committed offset");
     let mut tpl = rdkafka::TopicPartitionList::new();
-    let start = {
-        let c: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", &cluster.brokers)
-            .set("group.id", &cluster.group)
-            .create()
-            .unwrap();
-        let mut t = rdkafka::TopicPartitionList::new();
-        t.add_partition(&cluster.topics.outcomes, 0);
-        let c2 =
-            rdkafka::consumer::Consumer::committed_offsets(&c, t, Duration::from_secs(10)).unwrap();
-        match c2.elements()[0].offset() {
-            rdkafka::Offset::Offset(o) => o,
-            other => panic!("no committed offset: {other:?}"),
-        }
-    };
     tpl.add_partition_offset(
         &cluster.topics.outcomes,
         0,

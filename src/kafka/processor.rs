@@ -1529,39 +1529,12 @@ impl Pipeline {
         let mut tenants = 0;
         for (partition, k) in parked {
             tenants += k.engine.len();
-            match k.positions {
-                Some(next) => self.positions.insert(partition, next),
-                None => self.positions.remove(&partition),
-            };
-            match k.group {
-                Some(group) => self.position_groups.insert(partition, group),
-                None => self.position_groups.remove(&partition),
-            };
-            // Written at the revocation, but a write that failed then was not retried.
-            self.stale_documents.insert(
-                partition,
-                k.engine.tenants().into_iter().map(str::to_owned).collect(),
-            );
-            self.engines.insert(partition, k.engine);
+            self.install(partition, k.engine, k.positions, k.group);
         }
         for (partition, restored) in states {
             let mut engine = Engine::new(self.settings.fold.clone()).with_changelog();
             tenants += engine.restore(&restored.tenants)?;
-            match restored.positions {
-                Some(next) => self.positions.insert(partition, next),
-                None => self.positions.remove(&partition),
-            };
-            match restored.group {
-                Some(group) => self.position_groups.insert(partition, group),
-                None => self.position_groups.remove(&partition),
-            };
-            // The documents may lag the state (a predecessor can stop between its commit and
-            // its next document write): rewrite them all.
-            self.stale_documents.insert(
-                partition,
-                engine.tenants().into_iter().map(str::to_owned).collect(),
-            );
-            self.engines.insert(partition, engine);
+            self.install(partition, engine, restored.positions, restored.group);
         }
         let seconds = started.elapsed().as_secs_f64();
         self.handles.metrics.restore_seconds.observe(seconds);
@@ -1595,6 +1568,30 @@ impl Pipeline {
             "restored state from the changelog (kept: partitions whose engine was kept from their last revocation, nothing having been written to them since)"
         );
         Ok(())
+    }
+
+    /// Makes `engine` partition `partition`'s, with the positions and group its changelog (or
+    /// its revocation) left. Every tenant's documents are rewritten: they may lag the state (a
+    /// predecessor can stop between its commit and its next document write, and a write that
+    /// failed at a revocation is not retried).
+    fn install(
+        &mut self,
+        partition: i32,
+        engine: Engine,
+        positions: Option<BTreeMap<String, i64>>,
+        group: Option<String>,
+    ) {
+        match positions {
+            Some(next) => self.positions.insert(partition, next),
+            None => self.positions.remove(&partition),
+        };
+        match group {
+            Some(group) => self.position_groups.insert(partition, group),
+            None => self.position_groups.remove(&partition),
+        };
+        let tenants = engine.tenants().into_iter().map(str::to_owned).collect();
+        self.stale_documents.insert(partition, tenants);
+        self.engines.insert(partition, engine);
     }
 
     /// The error the loop stops with, once something it cannot go on from happened.

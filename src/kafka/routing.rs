@@ -85,11 +85,21 @@ pub fn attribute(
 mod tests {
     use super::*;
 
-    /// librdkafka's own murmur2 partitioner, the reference: it reads neither the topic nor the
-    /// opaques, so null ones do.
-    fn librdkafka(key: &[u8], partitions: i32) -> i32 {
+    /// The signature of librdkafka's built-in partitioners.
+    type Partitioner = unsafe extern "C" fn(
+        *const rdkafka::bindings::rd_kafka_topic_t,
+        *const std::ffi::c_void,
+        usize,
+        i32,
+        *mut std::ffi::c_void,
+        *mut std::ffi::c_void,
+    ) -> i32;
+
+    /// One of librdkafka's own partitioners, the reference: they read neither the topic nor
+    /// the opaques, so null ones do.
+    fn librdkafka_with(partitioner: Partitioner, key: &[u8], partitions: i32) -> i32 {
         unsafe {
-            rdkafka::bindings::rd_kafka_msg_partitioner_murmur2(
+            partitioner(
                 std::ptr::null(),
                 key.as_ptr().cast(),
                 key.len(),
@@ -98,6 +108,15 @@ mod tests {
                 std::ptr::null_mut(),
             )
         }
+    }
+
+    /// librdkafka's murmur2 partitioner.
+    fn librdkafka(key: &[u8], partitions: i32) -> i32 {
+        librdkafka_with(
+            rdkafka::bindings::rd_kafka_msg_partitioner_murmur2,
+            key,
+            partitions,
+        )
     }
 
     #[test]
@@ -120,16 +139,11 @@ mod tests {
 
     /// librdkafka's `consistent` partitioner (what `consistent_random` does with a key).
     fn librdkafka_consistent(key: &[u8], partitions: i32) -> i32 {
-        unsafe {
-            rdkafka::bindings::rd_kafka_msg_partitioner_consistent(
-                std::ptr::null(),
-                key.as_ptr().cast(),
-                key.len(),
-                partitions,
-                std::ptr::null_mut(),
-                std::ptr::null_mut(),
-            )
-        }
+        librdkafka_with(
+            rdkafka::bindings::rd_kafka_msg_partitioner_consistent,
+            key,
+            partitions,
+        )
     }
 
     #[test]

@@ -250,6 +250,20 @@ impl Cluster {
             .unwrap()
     }
 
+    /// The group's committed offset on one partition, if it has one.
+    pub fn committed(&self, topic: &str, partition: i32) -> Option<i64> {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(topic, partition);
+        let committed = self
+            .offsets_reader()
+            .committed_offsets(tpl, Duration::from_secs(10))
+            .unwrap();
+        match committed.elements()[0].offset() {
+            Offset::Offset(o) => Some(o),
+            _ => None,
+        }
+    }
+
     /// (committed, end) summed over the input partitions.
     pub fn progress(&self) -> (i64, i64) {
         let c = self.offsets_reader();
