@@ -7,6 +7,9 @@
 #                             the single line KAFKA_BOOTSTRAP=127.0.0.1:<port>
 #   scripts/kafka.sh status   say whether the broker runs and answers; exit 0 if so, 1 if not
 #   scripts/kafka.sh stop     stop the broker started by this script (no-op if none)
+#   scripts/kafka.sh configs ARGS...
+#                             Kafka's kafka-configs tool (ConfigCommand) against that broker, e.g.
+#                             configs --alter --entity-type clients --entity-name ID --add-config consumer_byte_rate=N
 #
 # Typical use:
 #   line="$(scripts/kafka.sh start)" && export "$line"   # fails (non-zero) if the broker does not answer
@@ -54,6 +57,7 @@ MARKER="-Dmodel-feedback.kafka.dir=$DATA_DIR"
 BROKER_MAIN=kafka.Kafka
 STORAGE_MAIN=kafka.tools.StorageTool
 API_VERSIONS_MAIN=org.apache.kafka.tools.BrokerApiVersionsCommand
+CONFIGS_MAIN=org.apache.kafka.tools.ConfigCommand
 
 log() { printf 'kafka.sh: %s\n' "$*" >&2; }
 die() { printf 'kafka.sh: error: %s\n' "$*" >&2; exit 1; }
@@ -462,8 +466,23 @@ cmd_status() {
   return 1
 }
 
+# kafka-configs against KAFKA_BOOTSTRAP, or else the broker this script runs.
+cmd_configs() {
+  local target="${KAFKA_BOOTSTRAP:-}"
+  if [ -z "$target" ]; then
+    broker_pid >/dev/null || die "no broker started by this script is running, and KAFKA_BOOTSTRAP is not set"
+    target="$(running_bootstrap)"
+  fi
+  prepare_tools
+  run_tool "$CONFIGS_MAIN" --bootstrap-server "${target%%,*}" "$@"
+}
+
 case "${1:-}" in
   fetch) cmd_fetch ;;
+  configs)
+    shift
+    cmd_configs "$@"
+    ;;
   start) cmd_start ;;
   stop) cmd_stop ;;
   status) cmd_status ;;

@@ -22,7 +22,7 @@ use feedback::fold::{Engine, FoldConfig};
 use feedback::kafka::restore::read_state;
 use feedback::kafka::{ClientHooks, Settings};
 use feedback::metrics::Metrics;
-use feedback::simulate::{generate_events, Scenario, SimConfig};
+use feedback::simulate::{generate, generate_events, Scenario, SimConfig};
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 
@@ -243,4 +243,98 @@ fn records_beside_the_state_of_a_later_build_are_skipped() {
     assert_eq!(restored.positions, None);
     let mut engine2 = Engine::new(FoldConfig::default()).with_changelog();
     assert_eq!(engine2.restore(&restored.tenants).unwrap(), engine.len());
+}
+
+/// A restore that takes longer than `max.poll.interval.ms` (a big state, a slow or throttled
+/// broker) keeps the instance in its group: the restore runs beside the loop, which goes on
+/// polling with the partitions paused. It ran inside the rebalance callback, holding the poll:
+/// when an instance stopped and a survivor restored its partitions for longer than that,
+/// librdkafka took the survivor out of the group mid-restore; it rejoined, was assigned the
+/// partitions again and restored them again, without end. (A process's first assignment is
+/// spared: librdkafka starts checking the poll interval once it is assigned.) Here a quota on
+/// the survivor's restore client (`model-feedback-{instance}-restore`) makes its restore of the
+/// stopped instance's partition outlast a 6 s poll interval.
+#[test]
+fn a_restore_longer_than_the_poll_interval_keeps_the_instance_in_its_group() {
+    let Some(cluster) = Cluster::new("slowrestore", 2) else {
+        return;
+    };
+    let records = generate(&SimConfig {
+        seed: 17,
+        tenants: 8,
+        days: 150,
+        ..SimConfig::default()
+    });
+    let (first, rest) = records.split_at(records.len() * 3 / 4);
+    cluster.produce(first);
+    let storage = cluster.dir.path().join("storage");
+    let mut a = cluster.spawn("a", &storage, &[]);
+    cluster.wait_caught_up(Duration::from_secs(120), &mut [&mut a]);
+
+    let instance = format!("slow-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let client = format!("model-feedback-{instance}-restore");
+    let quota = |change: &[&str]| {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/kafka.sh");
+        let out = std::process::Command::new("bash")
+            .arg(script)
+            .args(["configs", "--alter", "--entity-type", "clients"])
+            .args(["--entity-name", &client])
+            .args(change)
+            .env("KAFKA_BOOTSTRAP", &cluster.brokers)
+            .output()
+            .expect("run scripts/kafka.sh configs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    quota(&["--add-config", "consumer_byte_rate=16384"]);
+    let storage_b = cluster.dir.path().join("storage-b");
+    let mut b = cluster.spawn(
+        &instance,
+        &storage_b,
+        &[
+            "--kafka-config",
+            "max.poll.interval.ms=6000",
+            // Small fetches, so that the quota spreads the restore over many of them.
+            "--kafka-config",
+            "max.partition.fetch.bytes=16384",
+        ],
+    );
+    // b takes one partition (its first assignment), then a stops and b takes the other.
+    b.wait_restored(Duration::from_secs(120));
+    assert!(a.terminate(Duration::from_secs(60)).success());
+    cluster.produce(rest);
+    cluster.wait_caught_up(Duration::from_secs(180), &mut [&mut b]);
+    quota(&["--delete-config", "consumer_byte_rate"]);
+    assert!(b.terminate(Duration::from_secs(60)).success());
+
+    let log = std::fs::read_to_string(&b.log).unwrap();
+    assert!(!log.contains("maximum poll interval"), "{log}");
+    assert_eq!(
+        log.matches("partitions assigned").count(),
+        2,
+        "b left its group and was assigned again:\n{log}"
+    );
+    let restores: Vec<&str> = (log.lines())
+        .filter(|l| l.contains("restored state from the changelog"))
+        .collect();
+    eprintln!("{}", restores.join("\n"));
+    assert_eq!(restores.len(), 2, "{log}");
+    let seconds: f64 = (restores[1].split("seconds=").nth(1))
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.trim_matches('"').parse().ok())
+        .unwrap_or_else(|| panic!("no seconds in {}", restores[1]));
+    assert!(
+        seconds > 6.0,
+        "the restore took {seconds} s, not longer than the poll interval: the test tests nothing \
+         (a larger history, or a smaller quota)"
+    );
+
+    // Every record folded once: b's documents (it owns every tenant at the end) and the alerts
+    // of both are `fold`'s.
+    let (fold_storage, fold_alerts) = cluster.fold(vec![cluster.write_jsonl(&records)]);
+    common::assert_same_documents(&storage_b, &fold_storage);
+    common::assert_alert_guarantees(&cluster.alerts(), &fold_alerts, &storage_b);
 }

@@ -78,14 +78,6 @@ impl Settings {
         }
     }
 
-    /// librdkafka's `max.poll.interval.ms` as the consumer is given it (5 minutes unless set).
-    pub fn max_poll_interval(&self) -> Duration {
-        let set = (self.client_overrides.iter().rev())
-            .find(|(k, _)| k == "max.poll.interval.ms")
-            .and_then(|(_, v)| v.parse().ok());
-        Duration::from_millis(set.unwrap_or(300_000))
-    }
-
     pub fn transactional_id(&self) -> String {
         format!("model-feedback-{}-{}", self.group, self.instance_id)
     }
@@ -172,7 +164,10 @@ impl Settings {
     /// The reader of the state changelog on assignment.
     pub fn restore_config(&self) -> ClientConfig {
         let mut c = self.base();
-        c.set("group.id", format!("{}-restore", self.group))
+        // Its own client id, for a quota on restores or to tell its fetches apart.
+        let id = format!("model-feedback-{}-restore", self.instance_id);
+        c.set("client.id", id)
+            .set("group.id", format!("{}-restore", self.group))
             .set("enable.auto.commit", "false")
             .set("isolation.level", "read_committed")
             .set("enable.partition.eof", "true")
@@ -437,17 +432,6 @@ mod tests {
             .fetch_metadata(None, Duration::from_secs(10))
             .unwrap();
         assert_eq!(md.brokers().len(), 1);
-    }
-
-    #[test]
-    fn the_poll_interval_is_librdkafkas_default_unless_set() {
-        let mut settings = Settings::new("127.0.0.1:9092", "g");
-        assert_eq!(settings.max_poll_interval(), Duration::from_secs(300));
-        settings.client_overrides = vec![
-            ("max.poll.interval.ms".into(), "60000".into()),
-            ("max.poll.interval.ms".into(), "900000".into()),
-        ];
-        assert_eq!(settings.max_poll_interval(), Duration::from_secs(900));
     }
 
     #[test]

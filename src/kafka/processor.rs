@@ -14,10 +14,11 @@
 //! are computed on this thread, a slice at a time, and written by a writer thread.
 //!
 //! Rebalances arrive as librdkafka callbacks inside `poll`, on the same thread: on revocation
-//! the open transaction is committed and the partitions' engines dropped; on assignment their
-//! tenants are restored from the changelog before any of their records is read. An abortable
-//! transaction error aborts, restores the engines and seeks back to the committed offsets, so
-//! nothing half-done survives.
+//! the open transaction is committed and the partitions' engines parked or dropped; on
+//! assignment the partitions are paused and their tenants restored from the changelog on a
+//! thread of its own while the loop polls on, and their reading resumes where the restored
+//! state ends. An abortable transaction error aborts, restores the engines the same way and
+//! seeks back to the committed offsets, so nothing half-done survives.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -36,7 +37,9 @@ use rdkafka::{Offset, TopicPartitionList};
 use smallvec::SmallVec;
 
 use super::documents::DocumentWriter;
-use super::restore::{read_state, read_state_from, state_ends, Positions, POSITIONS_KEY};
+use super::restore::{
+    read_state, read_state_from, state_ends, Positions, RestoreError, Restored, POSITIONS_KEY,
+};
 use super::{admin, routing, BrokerWatch, ClientHooks, Guarantee, Settings};
 use crate::alert::{Alert, AlertType};
 use crate::codec::{self, AvroSchemas};
@@ -220,7 +223,7 @@ impl ClientContext for ConsumerHooks {
 impl ConsumerContext for ConsumerHooks {
     /// The eager protocol's rebalance (see `consumer_config`), with the pipeline's part: on a
     /// revocation, commit and drop the partitions' tenants before they go; on an assignment,
-    /// restore their state first and assign them at the offsets that state has read to.
+    /// start restoring their state on a thread of its own and pause them until it is done.
     fn rebalance(
         &self,
         consumer: &BaseConsumer<Self>,
@@ -255,9 +258,13 @@ impl ConsumerContext for ConsumerHooks {
         if let Some(pipeline) = guard.as_mut() {
             let stopping = pipeline.handles.stop.load(Ordering::Relaxed);
             match done {
-                // Ready once the partitions are restored and assigned.
+                // Ready once the partitions are restored and their reading resumed
+                // (`finish_restore`), at once for an empty assignment.
                 Ok(()) if assign && pipeline.fatal.is_none() && !stopping => {
-                    pipeline.handles.set_ready(true)
+                    pipeline.pause_restoring(consumer);
+                    if pipeline.restoring.is_none() {
+                        pipeline.handles.set_ready(true);
+                    }
                 }
                 Ok(()) => {}
                 // Nothing would be read while /readyz said ready: stop instead.
@@ -322,6 +329,73 @@ struct Parked {
     end: i64,
 }
 
+/// A restore running on a thread of its own while the loop goes on polling. Its partitions are
+/// paused until it is done; their reading then resumes where the restored state ends. Inside
+/// the rebalance callback a restore would hold the loop's poll for as long as the changelog
+/// takes to read, and past `max.poll.interval.ms` librdkafka takes the instance out of the
+/// group: the group rebalances, and the instance restores again, without end.
+struct Restoring {
+    partitions: BTreeSet<i32>,
+    /// The group's committed offsets of the assigned input partitions, read in the rebalance
+    /// callback; None for a rewind, or when they could not be read then.
+    committed: Option<TopicPartitionList>,
+    cancel: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<Result<Rebuilt, RunError>>,
+    started: Instant,
+}
+
+/// What a restore's thread gives back: the parked engines it kept, and the engines it read
+/// from the changelog with the positions and group stored beside them (the tenants' records
+/// taken out).
+struct Rebuilt {
+    kept: BTreeMap<i32, Parked>,
+    restored: BTreeMap<i32, (Engine, Restored)>,
+}
+
+/// The restore's thread: a partition parked at the last revocation takes its engine back if
+/// nothing was written to its state partition since; the others are read from the changelog
+/// whole.
+fn rebuild(
+    settings: &Settings,
+    hooks: &ClientHooks,
+    mut parked: BTreeMap<i32, Parked>,
+    partitions: &BTreeSet<i32>,
+    cancel: &AtomicBool,
+) -> Result<Rebuilt, RunError> {
+    let tails: BTreeMap<i32, Option<i64>> =
+        (parked.iter()).map(|(&p, k)| (p, Some(k.end))).collect();
+    // A tail that cannot be read keeps nothing: the partitions are read whole instead.
+    let tails = match read_state_from(settings, hooks, &tails, cancel) {
+        Ok(tails) => tails,
+        Err(e @ RestoreError::Stopped) => return Err(e.into()),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read what was written since the revocation: restoring from the changelog");
+            BTreeMap::new()
+        }
+    };
+    let kept: BTreeSet<i32> = (tails.iter())
+        .filter(|(_, tail)| tail.records == 0 && !tail.tail_unknown)
+        .map(|(&p, _)| p)
+        .collect();
+    // The others go before their partitions are read again, not after.
+    parked.retain(|p, _| kept.contains(p));
+    let rest: BTreeSet<i32> = partitions.difference(&kept).copied().collect();
+    let states = read_state(settings, hooks, &rest, cancel)?;
+    let mut restored = BTreeMap::new();
+    for (partition, mut state) in states {
+        if cancel.load(Ordering::Relaxed) {
+            return Err(RestoreError::Stopped.into());
+        }
+        let mut engine = Engine::new(settings.fold.clone()).with_changelog();
+        engine.restore(&std::mem::take(&mut state.tenants))?;
+        restored.insert(partition, (engine, state));
+    }
+    Ok(Rebuilt {
+        kept: parked,
+        restored,
+    })
+}
+
 struct Pipeline {
     settings: Settings,
     handles: Handles,
@@ -353,6 +427,8 @@ struct Pipeline {
     /// Engines of revoked partitions, until the next assignment: kept there when nothing was
     /// written to their state partition meanwhile, instead of restored again.
     parked: BTreeMap<i32, Parked>,
+    /// The restore running, if any: its partitions are paused, and records of them dropped.
+    restoring: Option<Restoring>,
     in_transaction: bool,
     /// Whether librdkafka holds a transaction that is neither committed nor aborted (open, in
     /// flight, or whose commit failed): what an abort has to end.
@@ -1338,7 +1414,8 @@ impl Pipeline {
         }
         self.fatal = None;
         self.rewind(consumer);
-        if self.fatal.is_none() {
+        // With partitions to restore, ready again once they are (`finish_restore`).
+        if self.fatal.is_none() && self.restoring.is_none() {
             self.handles.set_ready(was_ready);
         }
         self.fatal.is_none()
@@ -1417,126 +1494,135 @@ impl Pipeline {
         self.rewind(consumer);
     }
 
-    /// Back to the last commit: the assigned partitions' state restored from the changelog and
-    /// their reading resumed from the committed offsets.
+    /// Back to the last commit: the assigned partitions' engines, which hold what was folded
+    /// since, are dropped and restored from the changelog, and their reading resumes where the
+    /// restored state ends (the committed offsets), once the restore is done.
     fn rewind(&mut self, consumer: &BaseConsumer<ConsumerHooks>) {
-        // Not ready while rewinding: an instance stuck redoing a transaction says so. Ready
-        // again after it only if it was before (not while partitions are being revoked, say).
-        let was_ready = self.handles.ready.load(Ordering::Relaxed);
-        self.handles.set_ready(false);
-        let partitions: BTreeSet<i32> = self.engines.keys().copied().collect();
-        if let Err(e) = self.restore(&partitions) {
-            tracing::error!(error = %e, "cannot restore after an abort");
-            self.fatal = Some(KafkaError::Canceled);
+        let mut partitions: BTreeSet<i32> = self.engines.keys().copied().collect();
+        partitions.extend(self.cancel_restore().unwrap_or_default());
+        for p in &partitions {
+            self.engines.remove(p);
+            self.positions.remove(p);
+            self.position_groups.remove(p);
+            self.stale_documents.remove(p);
+        }
+        tracing::info!(partitions = ?partitions, "rewinding to the last commit: restoring the partitions' state");
+        self.start_restore(partitions, None);
+        self.pause_restoring(consumer);
+    }
+
+    /// The input topics' partitions numbered `partitions`.
+    fn input_list(&self, partitions: &BTreeSet<i32>) -> TopicPartitionList {
+        let mut tpl = TopicPartitionList::new();
+        for topic in self.settings.topics.inputs() {
+            for &p in partitions {
+                tpl.add_partition(topic, p);
+            }
+        }
+        tpl
+    }
+
+    /// Starts restoring `partitions` on a thread of its own ([`Restoring`]); the caller pauses
+    /// their reading ([`Pipeline::pause_restoring`]) once they are assigned. A restore still
+    /// running is given up, and its partitions are restored again with these.
+    fn start_restore(
+        &mut self,
+        mut partitions: BTreeSet<i32>,
+        mut committed: Option<TopicPartitionList>,
+    ) {
+        if let Some(given_up) = self.cancel_restore() {
+            partitions.extend(given_up);
+            committed = None;
+        }
+        if partitions.is_empty() {
             return;
         }
-        // Back to where the restored state ends, for everything assigned.
-        let assignment = match consumer.assignment() {
-            Ok(a) => a,
-            Err(e) => {
-                self.fatal = Some(e);
-                return;
-            }
-        };
-        // The state's positions name every topic of its partitions once this build has
-        // committed once (the offsets chosen at assignment join them): then the group
-        // coordinator is not asked at all. It may be the very thing that was away: after a
-        // broker outage librdkafka's group client was seen waiting on it for minutes.
-        let known = |e: &rdkafka::topic_partition_list::TopicPartitionListElem<'_>| {
-            self.position(e.topic(), e.partition())
-        };
-        let seek = if assignment.elements().iter().all(|e| known(e).is_some()) {
-            let mut seek = TopicPartitionList::new();
-            for e in assignment.elements() {
-                let offset = Offset::Offset(known(&e).unwrap_or_default());
-                let _ = seek.add_partition_offset(e.topic(), e.partition(), offset);
-            }
-            seek
-        } else {
-            let mut backoff = Backoff::new(&self.handles.stop);
-            let committed = loop {
-                match consumer.committed_offsets(assignment.clone(), CALL_TIMEOUT) {
-                    Ok(c) => break c,
-                    // Not forever: a restart gets a new group client.
-                    Err(e) if backoff.tries >= 8 => {
-                        tracing::error!(error = %e, tries = backoff.tries, "the group's committed offsets cannot be read: stopping");
-                        self.fatal = Some(e);
-                        return;
-                    }
-                    Err(e) if backoff.wait("read committed offsets", &e) => {
-                        reconnect_consumer(consumer, &self.handles.metrics);
-                    }
-                    Err(e) => {
-                        self.fatal = Some(e);
-                        return;
-                    }
-                }
-            };
-            self.resume_offsets(consumer, &committed)
-        };
-        let to: Vec<String> = (seek.elements().iter())
-            .map(|e| format!("{}/{}@{:?}", e.topic(), e.partition(), e.offset()))
-            .collect();
-        match consumer.seek_partitions(seek, CALL_TIMEOUT) {
-            // Each partition's seek can fail on its own: reading it on from where it was would
-            // fold its records twice or never.
-            Ok(result) if result.elements().iter().any(|e| e.error().is_err()) => {
-                for e in result.elements() {
-                    if let Err(error) = e.error() {
-                        let (topic, partition) = (e.topic(), e.partition());
-                        tracing::error!(topic, partition, %error, "cannot seek back to the last commit");
-                        self.fatal = Some(error);
-                    }
-                }
-            }
-            Ok(_) => {
-                tracing::info!(offsets = %to.join(" "), "rewound to the last commit");
-                self.handles.set_ready(was_ready)
+        self.handles.set_ready(false);
+        let mut parked = std::mem::take(&mut self.parked);
+        parked.retain(|p, _| partitions.contains(p));
+        let cancel = Arc::new(AtomicBool::new(false));
+        let (settings, hooks) = (self.settings.clone(), self.hooks.clone());
+        let (flag, set) = (cancel.clone(), partitions.clone());
+        let thread = std::thread::Builder::new()
+            .name("feedback-restore".into())
+            .spawn(move || rebuild(&settings, &hooks, parked, &set, &flag));
+        match thread {
+            Ok(thread) => {
+                self.restoring = Some(Restoring {
+                    partitions,
+                    committed,
+                    cancel,
+                    thread,
+                    started: Instant::now(),
+                });
             }
             Err(e) => {
-                tracing::error!(error = %e, "cannot seek back to the committed offsets");
-                self.fatal = Some(e);
+                tracing::error!(error = %e, "cannot start the restore's thread");
+                self.fatal = Some(KafkaError::Canceled);
             }
         }
     }
 
-    /// Replaces the engines of `partitions` with what the changelog holds: a partition parked
-    /// at the last revocation takes its engine back if nothing was written to it since; the
-    /// others are read from the beginning.
-    fn restore(&mut self, partitions: &BTreeSet<i32>) -> Result<(), RunError> {
-        let started = Instant::now();
-        let mut parked = std::mem::take(&mut self.parked);
-        parked.retain(|p, _| partitions.contains(p));
-        let tails: BTreeMap<i32, Option<i64>> =
-            (parked.iter()).map(|(&p, k)| (p, Some(k.end))).collect();
-        // A tail that cannot be read keeps nothing: the partitions are read whole instead.
-        let tails = match read_state_from(&self.settings, &self.hooks, &tails, &self.handles.stop) {
-            Ok(tails) => tails,
-            Err(e @ super::restore::RestoreError::Stopped) => return Err(e.into()),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read what was written since the revocation: restoring from the changelog");
-                BTreeMap::new()
+    /// Stops fetching the partitions being restored. What was fetched of them before is dropped
+    /// by the loop, and their reading resumes where their restored state ends.
+    fn pause_restoring(&self, consumer: &BaseConsumer<ConsumerHooks>) {
+        if let Some(r) = &self.restoring {
+            if let Err(e) = consumer.pause(&self.input_list(&r.partitions)) {
+                // Their records are dropped until the restore is done all the same.
+                tracing::warn!(error = %e, "cannot pause the partitions being restored");
+            }
+        }
+    }
+
+    /// Whether a record of `partition` is to be dropped unfolded: its partition is being
+    /// restored, and its reading resumes where the restored state ends.
+    fn restoring(&self, partition: i32) -> bool {
+        (self.restoring.as_ref()).is_some_and(|r| r.partitions.contains(&partition))
+    }
+
+    /// Gives up the restore running, if any, and waits for its thread (it stops at its next
+    /// poll of the changelog): the partitions it was restoring.
+    fn cancel_restore(&mut self) -> Option<BTreeSet<i32>> {
+        let r = self.restoring.take()?;
+        r.cancel.store(true, Ordering::Relaxed);
+        if r.thread.join().is_err() {
+            tracing::error!("the restore's thread panicked");
+        }
+        Some(r.partitions)
+    }
+
+    /// Once the restore's thread is done: installs the engines it kept or read, and resumes
+    /// the reading of their partitions where their state ends.
+    fn finish_restore(&mut self, consumer: &BaseConsumer<ConsumerHooks>) {
+        if !(self.restoring.as_ref()).is_some_and(|r| r.thread.is_finished()) {
+            return;
+        }
+        let r = self.restoring.take().expect("a restore is running");
+        let rebuilt = match r.thread.join() {
+            Ok(Ok(rebuilt)) => rebuilt,
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "restore failed");
+                self.fatal = Some(KafkaError::Canceled);
+                return;
+            }
+            Err(_) => {
+                tracing::error!("the restore's thread panicked");
+                self.fatal = Some(KafkaError::Canceled);
+                return;
             }
         };
-        let kept: BTreeSet<i32> = (tails.iter())
-            .filter(|(_, tail)| tail.records == 0 && !tail.tail_unknown)
-            .map(|(&p, _)| p)
-            .collect();
-        // The others go before their partitions are read again, not after.
-        parked.retain(|p, _| kept.contains(p));
-        let rest: BTreeSet<i32> = partitions.difference(&kept).copied().collect();
-        let states = read_state(&self.settings, &self.hooks, &rest, &self.handles.stop)?;
+        let kept: BTreeSet<i32> = rebuilt.kept.keys().copied().collect();
+        let read = rebuilt.restored.len();
         let mut tenants = 0;
-        for (partition, k) in parked {
+        for (partition, k) in rebuilt.kept {
             tenants += k.engine.len();
             self.install(partition, k.engine, k.positions, k.group);
         }
-        for (partition, restored) in states {
-            let mut engine = Engine::new(self.settings.fold.clone()).with_changelog();
-            tenants += engine.restore(&restored.tenants)?;
-            self.install(partition, engine, restored.positions, restored.group);
+        for (partition, (engine, state)) in rebuilt.restored {
+            tenants += engine.len();
+            self.install(partition, engine, state.positions, state.group);
         }
-        let seconds = started.elapsed().as_secs_f64();
+        let seconds = r.started.elapsed().as_secs_f64();
         self.handles.metrics.restore_seconds.observe(seconds);
         let restored = &self.handles.metrics.partitions_restored;
         restored
@@ -1544,30 +1630,124 @@ impl Pipeline {
             .inc_by(kept.len() as u64);
         restored
             .with_label_values(&["changelog"])
-            .inc_by(rest.len() as u64);
+            .inc_by(read as u64);
         self.publish_owned(false);
-        // The restore runs inside the rebalance callback, inside a poll; a poll without a
-        // timeout (the loop's draining ones) does not hold off librdkafka's poll-interval
-        // check, and past it the instance leaves the group and rebalances again, restoring
-        // again: say so well before that.
-        let max_poll = self.settings.max_poll_interval();
-        if seconds > max_poll.as_secs_f64() / 2.0 {
-            tracing::warn!(
-                seconds = format!("{seconds:.1}"),
-                max_poll_interval_ms = max_poll.as_millis() as u64,
-                "the restore took more than half of max.poll.interval.ms: a longer one can make \
-                 the instance leave the group mid-restore; raise it (--kafka-config \
-                 max.poll.interval.ms=...)"
-            );
-        }
         tracing::info!(
-            partitions = ?partitions,
+            partitions = ?r.partitions,
             kept = ?kept,
             tenants,
             seconds = format!("{seconds:.2}"),
             "restored state from the changelog (kept: partitions whose engine was kept from their last revocation, nothing having been written to them since)"
         );
-        Ok(())
+        let seek = match &r.committed {
+            Some(committed) => {
+                self.check_state_is_ours(committed);
+                if self.fatal.is_some() {
+                    return;
+                }
+                self.resume_offsets(consumer, committed)
+            }
+            None => match self.offsets_after_rewind(consumer, &r.partitions) {
+                Some(seek) => seek,
+                None => return,
+            },
+        };
+        if self.seek(consumer, seek) {
+            if let Err(e) = consumer.resume(&self.input_list(&r.partitions)) {
+                tracing::error!(error = %e, "cannot resume the restored partitions");
+                self.fatal = Some(e);
+                return;
+            }
+            let stopping = self.handles.stop.load(Ordering::Relaxed);
+            if self.fatal.is_none() && self.restoring.is_none() && !stopping {
+                self.handles.set_ready(true);
+            }
+        }
+    }
+
+    /// Where the reading of `partitions` resumes after a rewind: where their restored state
+    /// ends. The state's positions name every topic of its partitions once this build has
+    /// committed once (the offsets chosen at assignment join them): then the group coordinator
+    /// is not asked at all. It may be the very thing that was away: after a broker outage
+    /// librdkafka's group client was seen waiting on it for minutes. None, with `fatal` set,
+    /// when the committed offsets cannot be read.
+    fn offsets_after_rewind(
+        &mut self,
+        consumer: &BaseConsumer<ConsumerHooks>,
+        partitions: &BTreeSet<i32>,
+    ) -> Option<TopicPartitionList> {
+        let inputs = self.input_list(partitions);
+        let known = |e: &rdkafka::topic_partition_list::TopicPartitionListElem<'_>| {
+            self.position(e.topic(), e.partition())
+        };
+        if inputs.elements().iter().all(|e| known(e).is_some()) {
+            let mut seek = TopicPartitionList::new();
+            for e in inputs.elements() {
+                let offset = Offset::Offset(known(&e).unwrap_or_default());
+                let _ = seek.add_partition_offset(e.topic(), e.partition(), offset);
+            }
+            return Some(seek);
+        }
+        let mut backoff = Backoff::new(&self.handles.stop);
+        let committed = loop {
+            match consumer.committed_offsets(inputs.clone(), CALL_TIMEOUT) {
+                Ok(c) => break c,
+                // Not forever: a restart gets a new group client.
+                Err(e) if backoff.tries >= 8 => {
+                    tracing::error!(error = %e, tries = backoff.tries, "the group's committed offsets cannot be read: stopping");
+                    self.fatal = Some(e);
+                    return None;
+                }
+                Err(e) if backoff.wait("read committed offsets", &e) => {
+                    reconnect_consumer(consumer, &self.handles.metrics);
+                }
+                Err(e) => {
+                    self.fatal = Some(e);
+                    return None;
+                }
+            }
+        };
+        Some(self.resume_offsets(consumer, &committed))
+    }
+
+    /// Moves the reading of `seek`'s partitions to its offsets; false, with `fatal` set, when
+    /// it cannot. A partition whose fetching has not started yet (its assignment still being
+    /// set up) refuses a seek for a moment: tried again, for up to two seconds.
+    fn seek(&mut self, consumer: &BaseConsumer<ConsumerHooks>, seek: TopicPartitionList) -> bool {
+        let to: Vec<String> = (seek.elements().iter())
+            .map(|e| format!("{}/{}@{:?}", e.topic(), e.partition(), e.offset()))
+            .collect();
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match consumer.seek_partitions(seek.clone(), CALL_TIMEOUT) {
+                // Each partition's seek can fail on its own: reading it on from where it was
+                // would fold its records twice or never.
+                Ok(result) if result.elements().iter().any(|e| e.error().is_err()) => {
+                    if tries < 20 {
+                        std::thread::sleep(Duration::from_millis(100));
+                        continue;
+                    }
+                    for e in result.elements() {
+                        if let Err(error) = e.error() {
+                            let (topic, partition) = (e.topic(), e.partition());
+                            tracing::error!(topic, partition, %error, "cannot seek to where the state ends");
+                            self.fatal = Some(error);
+                        }
+                    }
+                    return false;
+                }
+                Ok(_) => {
+                    tracing::info!(offsets = %to.join(" "), "reading resumes where the restored state ends");
+                    return true;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot seek to where the state ends");
+                    self.fatal = Some(e);
+                    return false;
+                }
+            }
+        }
     }
 
     /// Makes `engine` partition `partition`'s, with the positions and group its changelog (or
@@ -1800,50 +1980,49 @@ impl Pipeline {
             self.fatal = Some(KafkaError::Canceled);
             return;
         }
-        match self.restore(&partitions) {
-            Ok(()) => {
-                match consumer.committed_offsets(tpl.clone(), CALL_TIMEOUT) {
-                    Ok(committed) => {
-                        self.check_state_is_ours(&committed);
-                        for e in self.resume_offsets(consumer, &committed).elements() {
-                            let _ = tpl.set_partition_offset(e.topic(), e.partition(), e.offset());
-                        }
-                    }
-                    // librdkafka reads the committed offsets itself for what is left unset.
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot read the group's committed offsets: resuming from the state's positions where it has them");
-                        for e in tpl.clone().elements() {
-                            if let Some(s) = self.position(e.topic(), e.partition()) {
-                                let _ = tpl.set_partition_offset(
-                                    e.topic(),
-                                    e.partition(),
-                                    Offset::Offset(s),
-                                );
-                            }
-                        }
-                    }
+        // The restore runs on a thread of its own while the loop polls on, the partitions
+        // paused. They are assigned at the group's offsets, so that their fetching starts at
+        // once and the seek to where the restored state ends can follow; when the coordinator
+        // does not answer here, librdkafka reads those offsets itself.
+        let committed = match consumer.committed_offsets(tpl.clone(), CALL_TIMEOUT) {
+            Ok(committed) => {
+                for e in committed.elements() {
+                    let offset = match e.offset() {
+                        Offset::Offset(o) => Offset::Offset(o),
+                        _ => Offset::Beginning,
+                    };
+                    let _ = tpl.set_partition_offset(e.topic(), e.partition(), offset);
                 }
+                Some(committed)
             }
-            Err(RunError::Restore(super::restore::RestoreError::Stopped)) => {}
             Err(e) => {
-                tracing::error!(error = %e, "restore failed");
-                self.fatal = Some(KafkaError::Canceled);
+                tracing::warn!(error = %e, "cannot read the group's committed offsets: read again once the state is restored");
+                None
             }
-        }
+        };
+        self.start_restore(partitions, committed);
     }
 
     fn on_revoke(&mut self, consumer: &BaseConsumer<ConsumerHooks>, tpl: &TopicPartitionList) {
         let partitions: BTreeSet<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
         tracing::info!(partitions = ?partitions, "partitions revoked: committing");
         self.handles.set_ready(false);
-        let aborts = self.summary.aborts;
-        self.commit(consumer);
-        self.write_documents(true);
+        // Before the commit: one that fails rewinds, dropping the engines.
         let gone = (partitions.iter())
             .filter_map(|p| self.engines.get(p))
             .flat_map(|e| e.tenants().into_iter().map(str::to_owned))
             .collect();
+        let aborts = self.summary.aborts;
+        self.commit(consumer);
+        self.write_documents(true);
         self.documents.forget(gone);
+        // A restore still running (or started by a rewind just now) is given up; partitions of
+        // it that stay (a cooperative assignor's revocation) are restored again. The others
+        // stay paused: librdkafka keeps an application's pause across assignments, and the next
+        // assignment restores, pauses and resumes them again.
+        if let Some(restoring) = self.cancel_restore() {
+            self.start_restore(restoring.difference(&partitions).copied().collect(), None);
+        }
         // The engines are parked for the assignment that follows only when they hold exactly
         // what was committed; not when stopping, which has no assignment to follow.
         // A lost assignment (the group went on without this instance: a session timeout, a
@@ -2203,6 +2382,7 @@ pub fn run(settings: Settings, handles: Handles) -> Result<RunSummary, RunError>
         position_groups: BTreeMap::new(),
         owned_published: 0,
         parked: BTreeMap::new(),
+        restoring: None,
         in_transaction: false,
         txn_open: false,
         in_flight: None,
@@ -2272,6 +2452,16 @@ pub fn run(settings: Settings, handles: Handles) -> Result<RunSummary, RunError>
         if handles.stop.load(Ordering::Relaxed) {
             break Ok(());
         }
+        // Records of partitions being restored were fetched before their pause: their reading
+        // resumes where the restored state ends. Dropped before a restore that is done moves
+        // the reading there.
+        if p.restoring.is_some() {
+            batch.retain(|m| !p.restoring(m.partition()));
+        }
+        p.finish_restore(&consumer);
+        if p.fatal.is_some() && !p.recover(&consumer) {
+            break Err(p.stop_error().expect("a fatal error is set"));
+        }
         if !batch.is_empty() {
             if let Err(e) = p.handle(&batch) {
                 match classify(&e) {
@@ -2315,6 +2505,7 @@ pub fn run(settings: Settings, handles: Handles) -> Result<RunSummary, RunError>
     let summary = {
         let mut guard = slot.lock().unwrap_or_else(|p| p.into_inner());
         let p = guard.as_mut().expect("pipeline set before polling");
+        p.cancel_restore();
         // commit() aborts instead when a fatal error is set.
         p.commit(&consumer);
         p.write_documents(true);
