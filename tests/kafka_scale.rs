@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{assert_alert_guarantees, assert_same_documents, Cluster};
+use common::{assert_alert_guarantees, assert_same_documents, field, Cluster};
 use feedback::simulate::{generate, Scenario, SimConfig};
 
 /// The partition sets an instance's log says it was assigned, in order.
@@ -112,13 +112,6 @@ fn the_survivor_takes_over_the_stopped_instances_partitions() {
     assert_same_documents(&storage, &fold_storage);
     cluster.assert_no_alert_twice();
     assert_alert_guarantees(&cluster.alerts(), &fold_alerts, &storage);
-}
-
-/// The value of `field=` in a log line (a Debug set such as `{0, 1, 2}`).
-fn field(line: &str, name: &str) -> Option<String> {
-    let rest = line.split(&format!(" {name}=")).nth(1)?;
-    let end = rest.find('}').map_or(rest.len(), |i| i + 1);
-    Some(rest[..end].to_owned())
 }
 
 /// The eager protocol revokes every partition at each rebalance, and most come straight back:

@@ -292,7 +292,7 @@ fn dead_letter_room(max_bytes: usize, key: Option<&[u8]>, headers: &OwnedHeaders
 }
 
 /// How long an assignment waits for an input partition's low watermark, to say whether
-/// retention deleted records before they were read: a check, not worth holding a rebalance.
+/// retention deleted records before they were read: a check, not worth holding the loop.
 const RETENTION_CHECK: Duration = Duration::from_secs(2);
 
 /// How a transactional call failed, per KAFKA_NOTES: retry it, abort the transaction, or stop.
@@ -335,33 +335,67 @@ struct Parked {
 /// takes to read, and past `max.poll.interval.ms` librdkafka takes the instance out of the
 /// group: the group rebalances, and the instance restores again, without end.
 struct Restoring {
+    /// The partitions still paused: those read from the changelog, until the thread is done.
     partitions: BTreeSet<i32>,
     /// The group's committed offsets of the assigned input partitions, read in the rebalance
     /// callback; None for a rewind, or when they could not be read then.
     committed: Option<TopicPartitionList>,
     cancel: Arc<AtomicBool>,
-    thread: std::thread::JoinHandle<Result<Rebuilt, RunError>>,
+    /// The parked engines the thread keeps, sent as soon as it has read their tails: their
+    /// partitions resume at once, while the others are read.
+    kept: std::sync::mpsc::Receiver<Engines>,
+    /// The engines it read from the changelog.
+    thread: std::thread::JoinHandle<Result<Engines, RunError>>,
+    /// The partitions kept so far, and the tenants installed so far.
+    kept_partitions: BTreeSet<i32>,
+    tenants: usize,
     started: Instant,
 }
 
-/// What a restore's thread gives back: the parked engines it kept, and the engines it read
-/// from the changelog with the positions and group stored beside them (the tenants' records
-/// taken out).
-struct Rebuilt {
-    kept: BTreeMap<i32, Parked>,
-    restored: BTreeMap<i32, (Engine, Restored)>,
+/// The elements of `tpl` whose partition number is one of `partitions`.
+fn only(tpl: &TopicPartitionList, partitions: &BTreeSet<i32>) -> TopicPartitionList {
+    let mut out = TopicPartitionList::new();
+    for e in tpl.elements() {
+        if partitions.contains(&e.partition()) {
+            let _ = out.add_partition_offset(e.topic(), e.partition(), e.offset());
+        }
+    }
+    out
 }
 
+/// The group's offsets of two assignments whose restores are merged into one.
+fn merged(
+    a: Option<TopicPartitionList>,
+    b: Option<TopicPartitionList>,
+) -> Option<TopicPartitionList> {
+    match (a, b) {
+        (Some(mut a), Some(b)) => {
+            for e in b.elements() {
+                if a.find_partition(e.topic(), e.partition()).is_none() {
+                    let _ = a.add_partition_offset(e.topic(), e.partition(), e.offset());
+                }
+            }
+            Some(a)
+        }
+        (a, b) => a.or(b),
+    }
+}
+
+/// Engines by partition, each with the positions and group its changelog holds beside it (the
+/// tenants' records taken out).
+type Engines = BTreeMap<i32, (Engine, Restored)>;
+
 /// The restore's thread: a partition parked at the last revocation takes its engine back if
-/// nothing was written to its state partition since; the others are read from the changelog
-/// whole.
+/// nothing was written to its state partition since (sent on `kept` at once); the others are
+/// read from the changelog whole.
 fn rebuild(
     settings: &Settings,
     hooks: &ClientHooks,
     mut parked: BTreeMap<i32, Parked>,
     partitions: &BTreeSet<i32>,
+    kept_tx: std::sync::mpsc::Sender<Engines>,
     cancel: &AtomicBool,
-) -> Result<Rebuilt, RunError> {
+) -> Result<Engines, RunError> {
     let tails: BTreeMap<i32, Option<i64>> =
         (parked.iter()).map(|(&p, k)| (p, Some(k.end))).collect();
     // A tail that cannot be read keeps nothing: the partitions are read whole instead.
@@ -379,6 +413,19 @@ fn rebuild(
         .collect();
     // The others go before their partitions are read again, not after.
     parked.retain(|p, _| kept.contains(p));
+    let kept_engines: Engines = (parked.into_iter())
+        .map(|(p, k)| {
+            let beside = Restored {
+                positions: k.positions,
+                group: k.group,
+                ..Restored::default()
+            };
+            (p, (k.engine, beside))
+        })
+        .collect();
+    if !kept_engines.is_empty() {
+        let _ = kept_tx.send(kept_engines);
+    }
     let rest: BTreeSet<i32> = partitions.difference(&kept).copied().collect();
     let states = read_state(settings, hooks, &rest, cancel)?;
     let mut restored = BTreeMap::new();
@@ -390,10 +437,7 @@ fn rebuild(
         engine.restore(&std::mem::take(&mut state.tenants))?;
         restored.insert(partition, (engine, state));
     }
-    Ok(Rebuilt {
-        kept: parked,
-        restored,
-    })
+    Ok(restored)
 }
 
 struct Pipeline {
@@ -1498,8 +1542,8 @@ impl Pipeline {
     /// since, are dropped and restored from the changelog, and their reading resumes where the
     /// restored state ends (the committed offsets), once the restore is done.
     fn rewind(&mut self, consumer: &BaseConsumer<ConsumerHooks>) {
-        let mut partitions: BTreeSet<i32> = self.engines.keys().copied().collect();
-        partitions.extend(self.cancel_restore().unwrap_or_default());
+        // A restore running goes on in the new one (`start_restore`).
+        let partitions: BTreeSet<i32> = self.engines.keys().copied().collect();
         for p in &partitions {
             self.engines.remove(p);
             self.positions.remove(p);
@@ -1530,9 +1574,9 @@ impl Pipeline {
         mut partitions: BTreeSet<i32>,
         mut committed: Option<TopicPartitionList>,
     ) {
-        if let Some(given_up) = self.cancel_restore() {
+        if let Some((given_up, offsets)) = self.cancel_restore() {
             partitions.extend(given_up);
-            committed = None;
+            committed = merged(committed, offsets);
         }
         if partitions.is_empty() {
             return;
@@ -1543,16 +1587,20 @@ impl Pipeline {
         let cancel = Arc::new(AtomicBool::new(false));
         let (settings, hooks) = (self.settings.clone(), self.hooks.clone());
         let (flag, set) = (cancel.clone(), partitions.clone());
+        let (kept_tx, kept) = std::sync::mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("feedback-restore".into())
-            .spawn(move || rebuild(&settings, &hooks, parked, &set, &flag));
+            .spawn(move || rebuild(&settings, &hooks, parked, &set, kept_tx, &flag));
         match thread {
             Ok(thread) => {
                 self.restoring = Some(Restoring {
                     partitions,
                     committed,
                     cancel,
+                    kept,
                     thread,
+                    kept_partitions: BTreeSet::new(),
+                    tenants: 0,
                     started: Instant::now(),
                 });
             }
@@ -1580,26 +1628,36 @@ impl Pipeline {
         (self.restoring.as_ref()).is_some_and(|r| r.partitions.contains(&partition))
     }
 
-    /// Gives up the restore running, if any, and waits for its thread (it stops at its next
-    /// poll of the changelog): the partitions it was restoring.
-    fn cancel_restore(&mut self) -> Option<BTreeSet<i32>> {
+    /// Gives up the restore running, if any: the partitions it was restoring, and the group's
+    /// offsets read at their assignment. Its thread is not waited for (it can be inside a
+    /// broker call for seconds, and this runs in the rebalance callback too): it stops at its
+    /// next look at the flag, and what it read is dropped with it.
+    fn cancel_restore(&mut self) -> Option<(BTreeSet<i32>, Option<TopicPartitionList>)> {
         let r = self.restoring.take()?;
         r.cancel.store(true, Ordering::Relaxed);
-        if r.thread.join().is_err() {
-            tracing::error!("the restore's thread panicked");
-        }
-        Some(r.partitions)
+        Some((r.partitions, r.committed))
     }
 
-    /// Once the restore's thread is done: installs the engines it kept or read, and resumes
-    /// the reading of their partitions where their state ends.
+    /// Installs the engines the restore's thread kept, as soon as it sends them, and those it
+    /// read once it is done, and resumes the reading of their partitions where their state
+    /// ends: the partitions a revocation gave back resume while the others are read.
     fn finish_restore(&mut self, consumer: &BaseConsumer<ConsumerHooks>) {
-        if !(self.restoring.as_ref()).is_some_and(|r| r.thread.is_finished()) {
+        let Some(mut r) = self.restoring.take() else {
+            return;
+        };
+        // Before taking the kept engines: what the thread sent before it finished is there.
+        let finished = r.thread.is_finished();
+        if let Ok(kept) = r.kept.try_recv() {
+            r.partitions.retain(|p| !kept.contains_key(p));
+            r.kept_partitions.extend(kept.keys());
+            r.tenants += self.resume_restored(consumer, r.committed.as_ref(), kept);
+        }
+        if !finished || self.fatal.is_some() {
+            self.restoring = Some(r);
             return;
         }
-        let r = self.restoring.take().expect("a restore is running");
-        let rebuilt = match r.thread.join() {
-            Ok(Ok(rebuilt)) => rebuilt,
+        let restored = match r.thread.join() {
+            Ok(Ok(restored)) => restored,
             Ok(Err(e)) => {
                 tracing::error!(error = %e, "restore failed");
                 self.fatal = Some(KafkaError::Canceled);
@@ -1611,58 +1669,79 @@ impl Pipeline {
                 return;
             }
         };
-        let kept: BTreeSet<i32> = rebuilt.kept.keys().copied().collect();
-        let read = rebuilt.restored.len();
-        let mut tenants = 0;
-        for (partition, k) in rebuilt.kept {
-            tenants += k.engine.len();
-            self.install(partition, k.engine, k.positions, k.group);
-        }
-        for (partition, (engine, state)) in rebuilt.restored {
-            tenants += engine.len();
-            self.install(partition, engine, state.positions, state.group);
-        }
+        let read = restored.len();
+        let tenants = r.tenants + self.resume_restored(consumer, r.committed.as_ref(), restored);
+        // Published once every partition is: until then which tenants are not owned is unknown.
+        self.publish_owned(false);
         let seconds = r.started.elapsed().as_secs_f64();
         self.handles.metrics.restore_seconds.observe(seconds);
-        let restored = &self.handles.metrics.partitions_restored;
-        restored
+        let metric = &self.handles.metrics.partitions_restored;
+        metric
             .with_label_values(&["kept"])
-            .inc_by(kept.len() as u64);
-        restored
-            .with_label_values(&["changelog"])
-            .inc_by(read as u64);
-        self.publish_owned(false);
+            .inc_by(r.kept_partitions.len() as u64);
+        metric.with_label_values(&["changelog"]).inc_by(read as u64);
         tracing::info!(
-            partitions = ?r.partitions,
-            kept = ?kept,
+            partitions = ?r.partitions.union(&r.kept_partitions).collect::<BTreeSet<_>>(),
+            kept = ?r.kept_partitions,
             tenants,
             seconds = format!("{seconds:.2}"),
             "restored state from the changelog (kept: partitions whose engine was kept from their last revocation, nothing having been written to them since)"
         );
-        let seek = match &r.committed {
-            Some(committed) => {
-                self.check_state_is_ours(committed);
-                if self.fatal.is_some() {
-                    return;
-                }
-                self.resume_offsets(consumer, committed)
+        let stopping = self.handles.stop.load(Ordering::Relaxed);
+        if self.fatal.is_none() && !stopping {
+            self.handles.set_ready(true);
+        }
+    }
+
+    /// Makes `engines` their partitions', and resumes the reading of those partitions where
+    /// their state ends: the tenants installed. `committed` is the group's offsets read at the
+    /// assignment (None: a rewind, or none could be read then).
+    fn resume_restored(
+        &mut self,
+        consumer: &BaseConsumer<ConsumerHooks>,
+        committed: Option<&TopicPartitionList>,
+        engines: Engines,
+    ) -> usize {
+        let partitions: BTreeSet<i32> = engines.keys().copied().collect();
+        let mut tenants = 0;
+        for (partition, (engine, beside)) in engines {
+            tenants += engine.len();
+            self.install(partition, engine, beside.positions, beside.group);
+        }
+        if partitions.is_empty() {
+            return tenants;
+        }
+        // Partitions of an assignment: checked, and resumed where their state ends (or the
+        // group's offsets, for a changelog without positions). Those of a rewind, or of an
+        // assignment whose offsets could not be read: where their state ends.
+        let these = committed.map(|c| only(c, &partitions));
+        let checked: BTreeSet<i32> = (these.iter())
+            .flat_map(|c| c.elements().into_iter().map(|e| e.partition()))
+            .collect();
+        let mut seek = TopicPartitionList::new();
+        if let Some(these) = these.filter(|c| c.count() > 0) {
+            self.check_state_is_ours(&these);
+            if self.fatal.is_some() {
+                return tenants;
             }
-            None => match self.offsets_after_rewind(consumer, &r.partitions) {
-                Some(seek) => seek,
-                None => return,
-            },
-        };
-        if self.seek(consumer, seek) {
-            if let Err(e) = consumer.resume(&self.input_list(&r.partitions)) {
-                tracing::error!(error = %e, "cannot resume the restored partitions");
-                self.fatal = Some(e);
-                return;
-            }
-            let stopping = self.handles.stop.load(Ordering::Relaxed);
-            if self.fatal.is_none() && self.restoring.is_none() && !stopping {
-                self.handles.set_ready(true);
+            seek = self.resume_offsets(consumer, &these);
+        }
+        let rest: BTreeSet<i32> = partitions.difference(&checked).copied().collect();
+        if !rest.is_empty() {
+            let Some(after) = self.offsets_after_rewind(consumer, &rest) else {
+                return tenants;
+            };
+            for e in after.elements() {
+                let _ = seek.add_partition_offset(e.topic(), e.partition(), e.offset());
             }
         }
+        if self.seek(consumer, seek) {
+            if let Err(e) = consumer.resume(&self.input_list(&partitions)) {
+                tracing::error!(error = %e, "cannot resume the restored partitions");
+                self.fatal = Some(e);
+            }
+        }
+        tenants
     }
 
     /// Where the reading of `partitions` resumes after a rewind: where their restored state
@@ -1906,7 +1985,7 @@ impl Pipeline {
                 // down for longer than it): librdkafka would skip to the first one left
                 // (auto.offset.reset) without a word. Said once: the reading, and the
                 // positions, resume at the first one left. A broker that does not answer
-                // ends the checking: it runs inside the rebalance callback.
+                // ends the checking: the loop waits meanwhile.
                 let low = consumer.fetch_watermarks(e.topic(), e.partition(), RETENTION_CHECK);
                 check_retention = low.is_ok();
                 if let Some(low) = low.ok().map(|(low, _)| low).filter(|&low| low > o) {
@@ -1938,8 +2017,9 @@ impl Pipeline {
         out
     }
 
-    /// Restores the assigned partitions' state and sets, in `tpl`, the offsets their reading
-    /// resumes from (called before the assignment takes effect).
+    /// Checks the assignment, sets in `tpl` the group's committed offsets (so that fetching
+    /// starts at once) and starts restoring the partitions' state; the rebalance callback pauses
+    /// them once assigned (called before the assignment takes effect).
     fn on_assign(&mut self, consumer: &BaseConsumer<ConsumerHooks>, tpl: &mut TopicPartitionList) {
         let mut by_topic: BTreeMap<String, BTreeSet<i32>> = BTreeMap::new();
         for e in tpl.elements() {
@@ -1995,8 +2075,13 @@ impl Pipeline {
                 }
                 Some(committed)
             }
+            // Assigned at the beginning all the same, so that fetching starts without the
+            // group coordinator; the seek after the restore moves them.
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the group's committed offsets: read again once the state is restored");
+                for e in tpl.clone().elements() {
+                    let _ = tpl.set_partition_offset(e.topic(), e.partition(), Offset::Beginning);
+                }
                 None
             }
         };
@@ -2020,8 +2105,10 @@ impl Pipeline {
         // it that stay (a cooperative assignor's revocation) are restored again. The others
         // stay paused: librdkafka keeps an application's pause across assignments, and the next
         // assignment restores, pauses and resumes them again.
-        if let Some(restoring) = self.cancel_restore() {
-            self.start_restore(restoring.difference(&partitions).copied().collect(), None);
+        if let Some((restoring, committed)) = self.cancel_restore() {
+            let stay: BTreeSet<i32> = restoring.difference(&partitions).copied().collect();
+            let committed = committed.map(|c| only(&c, &stay));
+            self.start_restore(stay, committed);
         }
         // The engines are parked for the assignment that follows only when they hold exactly
         // what was committed; not when stopping, which has no assignment to follow.
@@ -2459,8 +2546,12 @@ pub fn run(settings: Settings, handles: Handles) -> Result<RunSummary, RunError>
             batch.retain(|m| !p.restoring(m.partition()));
         }
         p.finish_restore(&consumer);
-        if p.fatal.is_some() && !p.recover(&consumer) {
-            break Err(p.stop_error().expect("a fatal error is set"));
+        if p.fatal.is_some() {
+            if !p.recover(&consumer) {
+                break Err(p.stop_error().expect("a fatal error is set"));
+            }
+            // Rewound: the batch is of the engines dropped.
+            continue;
         }
         if !batch.is_empty() {
             if let Err(e) = p.handle(&batch) {

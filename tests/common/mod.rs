@@ -570,6 +570,16 @@ impl Drop for Process {
 }
 
 /// Numbers equal within `rel` relative; everything else equal. Keys in `skip` are not compared.
+/// The value of `name=` in a log line: a Debug set such as `{0, 1, 2}`, or a word.
+pub fn field(line: &str, name: &str) -> Option<String> {
+    let rest = line.split(&format!(" {name}=")).nth(1)?;
+    let end = match rest.starts_with('{') {
+        true => rest.find('}').map_or(rest.len(), |i| i + 1),
+        false => rest.find(' ').unwrap_or(rest.len()),
+    };
+    Some(rest[..end].to_owned())
+}
+
 pub fn assert_same_json(a: &Value, b: &Value, path: &str, skip: &[&str]) {
     match (a, b) {
         (Value::Object(x), Value::Object(y)) => {
