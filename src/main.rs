@@ -302,7 +302,8 @@ struct RunArgs {
     storage_interval: std::time::Duration,
     /// A stable name for this instance (default: random per process). Its transactional id is
     /// model-feedback-{group}-{instance-id}: restarting with the same id fences the previous
-    /// process's open transaction at once instead of after transaction.timeout.ms (10 s).
+    /// process's open transaction at once instead of after transaction.timeout.ms (10 s, or
+    /// three commit intervals when longer).
     /// Instances running at the same time need different ids.
     #[arg(long, env = "FEEDBACK_INSTANCE_ID")]
     instance_id: Option<String>,

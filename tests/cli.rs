@@ -502,6 +502,31 @@ fn run_refuses_a_storage_directory_it_cannot_write() {
 }
 
 #[test]
+fn run_refuses_a_commit_interval_the_transaction_timeout_would_cut_short() {
+    // Checked before the cluster is reached, like the storage directory.
+    let dir = tempfile::tempdir().unwrap();
+    let out = feedback(&[
+        "run",
+        "--brokers",
+        "127.0.0.1:1",
+        "--http",
+        "127.0.0.1:0",
+        "--storage-dir",
+        dir.path().to_str().unwrap(),
+        "--commit-interval",
+        "30s",
+        "--kafka-config",
+        "transaction.timeout.ms=20000",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("is not shorter than the producer's transaction.timeout.ms (20000 ms)"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn a_tenant_with_nothing_scored_is_not_called_healthy() {
     // Known only from a refused record: documents exist, every window is empty.
     let dir = tempfile::tempdir().unwrap();

@@ -186,7 +186,8 @@ fn soak_many_broker_pauses() {
     for what in [
         "replacing it and rewinding",
         "aborting and rewinding",
-        "resuming where the state ends",
+        "reading resumes where the restored state ends",
+        "the assignment was lost",
         "partitions revoked",
     ] {
         eprintln!("{what}: {}", log.matches(what).count());

@@ -183,3 +183,133 @@ fn partitions_that_come_back_after_a_rebalance_keep_their_state() {
     cluster.assert_no_alert_twice();
     assert_alert_guarantees(&cluster.alerts(), &fold_alerts, &storage);
 }
+
+/// A zombie: an instance frozen (SIGSTOP) with a transaction open, for longer than the session
+/// timeout (the group gives its partitions to the other instance, which restores them and goes
+/// on) but not the transaction timeout, then thawed. It finds its assignment lost, must not
+/// commit what it folded before the freeze (librdkafka forgets its member id before the
+/// revocation, so the group's fencing by generation cannot be counted on), and rejoins; at the
+/// end every record is folded exactly once. Each instance has a
+/// storage directory of its own: once thawed, a zombie's writer can still write documents it
+/// computed before the freeze (README, "owned").
+#[test]
+fn a_frozen_instance_that_comes_back_commits_nothing_of_what_it_lost() {
+    let Some(cluster) = Cluster::new("zombie", 4) else {
+        return;
+    };
+    let records = generate(&SimConfig {
+        seed: 31,
+        tenants: 24,
+        days: 300,
+        scenario: Scenario::Mixed,
+        ..SimConfig::default()
+    });
+    let split = records.len() / 3;
+    cluster.produce(&records[..split]);
+    let (storage_a, storage_b) = (cluster.dir.path().join("a"), cluster.dir.path().join("b"));
+    // a commits seldom: whatever it folds before the freeze is in its open transaction.
+    let mut a = cluster.spawn("a", &storage_a, &["--commit-interval", "30s"]);
+    let mut b = cluster.spawn("b", &storage_b, &[]);
+    let start = Instant::now();
+    while !(assignments(&a.log).last().is_some_and(|p| p != "{}")
+        && assignments(&b.log).last().is_some_and(|p| p != "{}"))
+    {
+        a.assert_running();
+        b.assert_running();
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "no shared assignment"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let held = assignments(&a.log);
+    // The rest arrives as a steady stream, so that a is folding, a transaction open, when it
+    // is frozen, and b goes on folding once it has taken a's partitions over.
+    let rest = &records[split..];
+    let frozen = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            for chunk in rest.chunks(1000) {
+                cluster.produce(chunk);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        std::thread::sleep(Duration::from_secs(2));
+        a.signal(rustix::process::Signal::STOP);
+        let frozen = Instant::now();
+        // b is given every partition once a's session times out (6 s).
+        while assignments(&b.log).last().map(String::as_str) != Some("{0, 1, 2, 3}") {
+            b.assert_running();
+            assert!(
+                frozen.elapsed() < Duration::from_secs(60),
+                "b was not given a's partitions:\n{}",
+                b.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // Thawed within the transaction timeout (10 s): its transaction is still open at the
+        // broker, and only the group's fencing of its lost generation stands in its way.
+        std::thread::sleep(Duration::from_secs(8).saturating_sub(frozen.elapsed()));
+        a.signal(rustix::process::Signal::CONT);
+        frozen.elapsed()
+    });
+    eprintln!("a, holding {:?}, frozen for {frozen:?}", held.last());
+
+    // a finds its assignment lost, rejoins, and the two share the partitions again.
+    let start = Instant::now();
+    loop {
+        a.assert_running();
+        b.assert_running();
+        let log = std::fs::read_to_string(&a.log).unwrap();
+        let assigned = log.rfind("partitions assigned");
+        let restored = log.rfind("restored state from the changelog");
+        let again = assignments(&a.log).len() > held.len()
+            && assignments(&a.log).last().is_some_and(|p| p != "{}");
+        if again && restored > assigned {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "a did not rejoin:\n{}",
+            a.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    cluster.wait_caught_up(Duration::from_secs(600), &mut [&mut a, &mut b]);
+    let log = std::fs::read_to_string(&a.log).unwrap();
+    assert!(log.contains("Consumer group session timed out"), "{log}");
+    // The documents of each tenant from its owner's directory, once both have stopped.
+    let (owned_a, owned_b) = (a.tenants_owned(), b.tenants_owned());
+    for (name, p) in [("a", &mut a), ("b", &mut b)] {
+        let status = p.terminate(Duration::from_secs(60));
+        assert!(status.success(), "{name}: exit {status}:\n{}", p.log_tail());
+    }
+    let storage = cluster.dir.path().join("owners");
+    std::fs::create_dir_all(&storage).unwrap();
+    for (owned, dir) in [(&owned_a, &storage_a), (&owned_b, &storage_b)] {
+        for (tenant, owner) in owned {
+            if *owner != Some(true) {
+                continue;
+            }
+            for file in std::fs::read_dir(dir.join("metadata/performance")).unwrap() {
+                let file = file.unwrap();
+                let name = file.file_name().to_string_lossy().into_owned();
+                if name == format!("{tenant}.json") || name.starts_with(&format!("{tenant}_")) {
+                    let to = storage.join("metadata/performance");
+                    std::fs::create_dir_all(&to).unwrap();
+                    std::fs::copy(file.path(), to.join(&name)).unwrap();
+                }
+            }
+        }
+    }
+
+    let (fold_storage, fold_alerts) = cluster.fold(vec![cluster.write_jsonl(&records)]);
+    assert_same_documents(&storage, &fold_storage);
+    cluster.assert_no_alert_twice();
+    assert_alert_guarantees(&cluster.alerts(), &fold_alerts, &storage);
+    // What a folded before the freeze was in a transaction that never committed.
+    let thawed = &log[log.find("Consumer group session timed out").unwrap()..];
+    assert!(
+        thawed.contains("the assignment was lost"),
+        "a's transaction open at the freeze was not given up:\n{log}"
+    );
+}

@@ -78,6 +78,18 @@ impl Settings {
         }
     }
 
+    /// The producer's `transaction.timeout.ms`: Kafka Streams' exactly-once default, 10 s (an
+    /// abandoned transaction blocks read_committed readers of its partitions for at most this
+    /// long), or three commit intervals when that is longer (a transaction stays open for about
+    /// one, and one older than this is aborted by the broker); `--kafka-config` sets it.
+    pub fn transaction_timeout(&self) -> Duration {
+        let set = (self.client_overrides.iter().rev())
+            .find(|(k, _)| k == "transaction.timeout.ms")
+            .and_then(|(_, v)| v.parse().ok())
+            .map(Duration::from_millis);
+        set.unwrap_or_else(|| Duration::from_secs(10).max(self.commit_interval * 3))
+    }
+
     pub fn transactional_id(&self) -> String {
         format!("model-feedback-{}-{}", self.group, self.instance_id)
     }
@@ -142,11 +154,14 @@ impl Settings {
             .set("statistics.interval.ms", "5000");
         match self.guarantee {
             Guarantee::ExactlyOnce => {
+                let timeout = self.transaction_timeout().as_millis() as u64;
                 c.set("transactional.id", self.transactional_id())
-                    // Kafka Streams' exactly-once default: an abandoned transaction blocks
-                    // read_committed readers of its partitions for at most this long.
-                    .set("transaction.timeout.ms", "10000")
-                    .set("message.timeout.ms", "9000");
+                    .set("transaction.timeout.ms", timeout.to_string())
+                    // librdkafka wants it within the transaction timeout.
+                    .set(
+                        "message.timeout.ms",
+                        (timeout.saturating_sub(1000)).to_string(),
+                    );
             }
             Guarantee::AtLeastOnce => {
                 c.set("message.timeout.ms", "0");
@@ -432,6 +447,22 @@ mod tests {
             .fetch_metadata(None, Duration::from_secs(10))
             .unwrap();
         assert_eq!(md.brokers().len(), 1);
+    }
+
+    #[test]
+    fn the_transaction_timeout_outlasts_three_commit_intervals_unless_set() {
+        let mut settings = Settings::new("127.0.0.1:9092", "g");
+        assert_eq!(settings.transaction_timeout(), Duration::from_secs(10));
+        settings.commit_interval = Duration::from_secs(30);
+        assert_eq!(settings.transaction_timeout(), Duration::from_secs(90));
+        let config = settings.producer_config();
+        assert_eq!(config.get("transaction.timeout.ms"), Some("90000"));
+        assert_eq!(config.get("message.timeout.ms"), Some("89000"));
+        settings.client_overrides = vec![("transaction.timeout.ms".into(), "60000".into())];
+        assert_eq!(settings.transaction_timeout(), Duration::from_secs(60));
+        let config = settings.producer_config();
+        assert_eq!(config.get("transaction.timeout.ms"), Some("60000"));
+        assert_eq!(config.get("message.timeout.ms"), Some("59000"));
     }
 
     #[test]

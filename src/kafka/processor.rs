@@ -1410,7 +1410,7 @@ impl Pipeline {
             .and_then(|f| f.began)
             .or(self.txn_began);
         let age = began.map(|b| b.elapsed());
-        if age.is_none_or(|a| a < TRANSACTION_TIMEOUT) {
+        if age.is_none_or(|a| a < self.settings.transaction_timeout()) {
             tracing::error!(
                 error = %error,
                 transaction_age = ?age,
@@ -2090,7 +2090,9 @@ impl Pipeline {
 
     fn on_revoke(&mut self, consumer: &BaseConsumer<ConsumerHooks>, tpl: &TopicPartitionList) {
         let partitions: BTreeSet<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
-        tracing::info!(partitions = ?partitions, "partitions revoked: committing");
+        if !consumer.assignment_lost() {
+            tracing::info!(partitions = ?partitions, "partitions revoked: committing");
+        }
         self.handles.set_ready(false);
         // Before the commit: one that fails rewinds, dropping the engines.
         let gone = (partitions.iter())
@@ -2098,7 +2100,21 @@ impl Pipeline {
             .flat_map(|e| e.tenants().into_iter().map(str::to_owned))
             .collect();
         let aborts = self.summary.aborts;
-        self.commit(consumer);
+        // A lost assignment (the group went on without this instance: a session timeout, a
+        // poll interval exceeded) may be another instance's already, folding the same records:
+        // what was folded here since the last commit is aborted, not committed. The group's
+        // fencing of the lost generation would refuse the offsets too, but librdkafka has
+        // forgotten its member id by now, and Kafka Streams does not count on it either.
+        if consumer.assignment_lost() {
+            tracing::warn!(
+                partitions = ?partitions,
+                "the assignment was lost (the group went on without this instance): aborting \
+                 what was folded since the last commit instead of committing it"
+            );
+            self.abort_and_rewind(consumer);
+        } else {
+            self.commit(consumer);
+        }
         self.write_documents(true);
         self.documents.forget(gone);
         // A restore still running (or started by a rewind just now) is given up; partitions of
@@ -2317,8 +2333,6 @@ impl Backoff {
 
 /// At most this many fatal producer errors are recovered from within [`RECOVERY_WINDOW`].
 const MAX_RECOVERIES: usize = 5;
-/// The producer's `transaction.timeout.ms` (see `Settings::producer_config`).
-const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(10);
 const RECOVERY_WINDOW: Duration = Duration::from_secs(600);
 
 /// The processor's producer, with its transactions initialised under exactly-once (retried
@@ -2354,6 +2368,16 @@ fn new_producer(
 
 /// Runs the processor until `handles.stop` is set or a fatal error; returns what it did.
 pub fn run(settings: Settings, handles: Handles) -> Result<RunSummary, RunError> {
+    let timeout = settings.transaction_timeout();
+    if settings.guarantee == Guarantee::ExactlyOnce && settings.commit_interval >= timeout {
+        return Err(RunError::Refused(format!(
+            "--commit-interval {:?} is not shorter than the producer's transaction.timeout.ms \
+             ({} ms): the broker would abort every transaction before its commit. Lower \
+             --commit-interval, or raise transaction.timeout.ms (--kafka-config) well above it",
+            settings.commit_interval,
+            timeout.as_millis()
+        )));
+    }
     let hooks = ClientHooks::new(handles.metrics.clone());
     let slot: Arc<Mutex<Option<Pipeline>>> = Arc::new(Mutex::new(None));
     let rebalances = Arc::new(AtomicU64::new(0));

@@ -538,6 +538,12 @@ impl Process {
         self.child.wait().unwrap();
     }
 
+    /// Sends `signal` (SIGSTOP and SIGCONT freeze and thaw the process: a zombie instance).
+    pub fn signal(&self, signal: rustix::process::Signal) {
+        let pid = rustix::process::Pid::from_raw(self.child.id() as i32).unwrap();
+        rustix::process::kill_process(pid, signal).unwrap();
+    }
+
     /// SIGTERM, then the exit status within `timeout`.
     pub fn terminate(&mut self, timeout: Duration) -> std::process::ExitStatus {
         rustix::process::kill_process(
