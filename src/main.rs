@@ -297,6 +297,11 @@ struct RunArgs {
     /// read_committed consumers at this pace.
     #[arg(long, env = "FEEDBACK_COMMIT_INTERVAL", default_value = "100ms", value_parser = humantime::parse_duration)]
     commit_interval: std::time::Duration,
+    /// A restore of partitions' state that reads nothing for this long (a broker that does not
+    /// serve the state topic, a quota too small for its batches) is started again with new
+    /// clients, with a warning. Its partitions stay paused meanwhile.
+    #[arg(long, env = "FEEDBACK_RESTORE_STALL", default_value = "2m", value_parser = humantime::parse_duration)]
+    restore_stall: std::time::Duration,
     /// How often the storage documents of changed tenants are rewritten.
     #[arg(long, env = "FEEDBACK_STORAGE_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
     storage_interval: std::time::Duration,
@@ -587,6 +592,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             settings.guarantee = args.guarantee;
             settings.commit_interval = args.commit_interval;
             settings.storage_interval = args.storage_interval;
+            settings.restore_stall = args.restore_stall;
             settings.storage_dir = args.storage_dir;
             settings.client_overrides = args.kafka_config;
             if let Some(id) = args.instance_id {

@@ -37,6 +37,8 @@ pub struct Metrics {
     pub partitions_restored: IntCounterVec,
     /// Input records the topics' retention deleted before they were read: gone from the state.
     pub input_records_lost: IntCounter,
+    /// Restores that read nothing for `--restore-stall` and were started again.
+    pub restores_stalled: IntCounter,
     /// Errors librdkafka reported (broker down, transport), by kind.
     pub client_errors: IntCounterVec,
     /// Times a client that librdkafka had cut off from every broker was given the bootstrap
@@ -167,6 +169,15 @@ impl Metrics {
         registry
             .register(Box::new(input_records_lost.clone()))
             .expect("metric registered once");
+        let restores_stalled = IntCounter::new(
+            "feedback_restores_stalled_total",
+            "Restores that read nothing for --restore-stall and were started again with new \
+             clients (their partitions stay paused meanwhile).",
+        )
+        .expect("valid metric definition");
+        registry
+            .register(Box::new(restores_stalled.clone()))
+            .expect("metric registered once");
         let client_errors = counter_vec(
             &registry,
             "feedback_kafka_client_errors_total",
@@ -228,6 +239,7 @@ impl Metrics {
             restore_seconds,
             partitions_restored,
             input_records_lost,
+            restores_stalled,
             client_errors,
             rebootstraps,
             documents,
@@ -273,6 +285,7 @@ mod tests {
             "feedback_partitions_restored_total{how=\"changelog\"} 0",
             "feedback_partitions_restored_total{how=\"kept\"} 0",
             "feedback_input_records_lost_total 0",
+            "feedback_restores_stalled_total 0",
         ] {
             assert!(text.contains(needle), "{needle} missing from\n{text}");
         }

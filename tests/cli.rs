@@ -516,12 +516,12 @@ fn run_refuses_a_commit_interval_the_transaction_timeout_would_cut_short() {
         "--commit-interval",
         "30s",
         "--kafka-config",
-        "transaction.timeout.ms=20000",
+        "transaction.timeout.ms=50000",
     ]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(
-        stderr.contains("is not shorter than the producer's transaction.timeout.ms (20000 ms)"),
+        stderr.contains("is more than half the producer's transaction.timeout.ms (50000 ms)"),
         "{stderr}"
     );
 }

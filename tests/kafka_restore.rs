@@ -273,23 +273,11 @@ fn a_restore_longer_than_the_poll_interval_keeps_the_instance_in_its_group() {
 
     let instance = format!("slow-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let client = format!("model-feedback-{instance}-restore");
-    let quota = |change: &[&str]| {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/kafka.sh");
-        let out = std::process::Command::new("bash")
-            .arg(script)
-            .args(["configs", "--alter", "--entity-type", "clients"])
-            .args(["--entity-name", &client])
-            .args(change)
-            .env("KAFKA_BOOTSTRAP", &cluster.brokers)
-            .output()
-            .expect("run scripts/kafka.sh configs");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    quota(&["--add-config", "consumer_byte_rate=16384"]);
+    quota(
+        &cluster,
+        &client,
+        &["--add-config", "consumer_byte_rate=16384"],
+    );
     let storage_b = cluster.dir.path().join("storage-b");
     let mut b = cluster.spawn(
         &instance,
@@ -307,7 +295,11 @@ fn a_restore_longer_than_the_poll_interval_keeps_the_instance_in_its_group() {
     assert!(a.terminate(Duration::from_secs(60)).success());
     cluster.produce(rest);
     cluster.wait_caught_up(Duration::from_secs(180), &mut [&mut b]);
-    quota(&["--delete-config", "consumer_byte_rate"]);
+    quota(
+        &cluster,
+        &client,
+        &["--delete-config", "consumer_byte_rate"],
+    );
     assert!(b.terminate(Duration::from_secs(60)).success());
 
     let log = std::fs::read_to_string(&b.log).unwrap();
@@ -349,4 +341,89 @@ fn a_restore_longer_than_the_poll_interval_keeps_the_instance_in_its_group() {
     let (fold_storage, fold_alerts) = cluster.fold(vec![cluster.write_jsonl(&records)]);
     common::assert_same_documents(&storage_b, &fold_storage);
     common::assert_alert_guarantees(&cluster.alerts(), &fold_alerts, &storage_b);
+}
+
+/// A restore that reads nothing (here a broker quota on the restore's client so small that the
+/// state's first batch never fits it; in the field, a broker that does not serve the state
+/// topic, or librdkafka cut off from its brokers) is started again with new clients after
+/// `--restore-stall`, with a warning and a metric, instead of leaving the partitions paused for
+/// good. Once the quota is lifted, the next attempt restores, and the result is `fold`'s.
+#[test]
+fn a_restore_that_reads_nothing_is_started_again() {
+    let Some(cluster) = Cluster::new("stalled", 2) else {
+        return;
+    };
+    let records = generate(&SimConfig {
+        seed: 19,
+        tenants: 8,
+        days: 60,
+        ..SimConfig::default()
+    });
+    let (first, rest) = records.split_at(records.len() / 2);
+    cluster.produce(first);
+    let storage = cluster.dir.path().join("storage");
+    let mut a = cluster.spawn("a", &storage, &[]);
+    cluster.wait_caught_up(Duration::from_secs(120), &mut [&mut a]);
+    assert!(a.terminate(Duration::from_secs(60)).success());
+    cluster.produce(rest);
+
+    let instance = format!(
+        "stalled-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    let client = format!("model-feedback-{instance}-restore");
+    quota(
+        &cluster,
+        &client,
+        &["--add-config", "consumer_byte_rate=1024"],
+    );
+    let mut b = cluster.spawn(&instance, &storage, &["--restore-stall", "5s"]);
+    let start = Instant::now();
+    while !std::fs::read_to_string(&b.log)
+        .unwrap()
+        .contains("the restore is stuck: starting it again")
+    {
+        b.assert_running();
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no stalled restore:\n{}",
+            b.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    quota(
+        &cluster,
+        &client,
+        &["--delete-config", "consumer_byte_rate"],
+    );
+    cluster.wait_caught_up(Duration::from_secs(180), &mut [&mut b]);
+    let metrics = b.http_get("/metrics");
+    let stalled: u64 = (metrics.lines())
+        .find_map(|l| l.strip_prefix("feedback_restores_stalled_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no stalled restores in\n{metrics}"));
+    assert!(stalled >= 1, "{metrics}");
+    assert!(b.terminate(Duration::from_secs(60)).success());
+
+    let (fold_storage, fold_alerts) = cluster.fold(vec![cluster.write_jsonl(&records)]);
+    common::assert_same_documents(&storage, &fold_storage);
+    common::assert_alert_guarantees(&cluster.alerts(), &fold_alerts, &storage);
+}
+
+/// Changes the broker's quotas of one client id (`scripts/kafka.sh configs`).
+fn quota(cluster: &Cluster, client: &str, change: &[&str]) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/kafka.sh");
+    let out = std::process::Command::new("bash")
+        .arg(script)
+        .args(["configs", "--alter", "--entity-type", "clients"])
+        .args(["--entity-name", client])
+        .args(change)
+        .env("KAFKA_BOOTSTRAP", &cluster.brokers)
+        .output()
+        .expect("run scripts/kafka.sh configs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

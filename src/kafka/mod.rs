@@ -58,6 +58,9 @@ pub struct Settings {
     /// None: librdkafka's default, 500 ms. The demo, which produces a day at a time and waits
     /// until the processor has read it, sets it short.
     pub fetch_wait: Option<Duration>,
+    /// How long a restore may read nothing before it is given up and started again
+    /// ([`restore::RestoreError::Stalled`]).
+    pub restore_stall: Duration,
 }
 
 impl Settings {
@@ -75,19 +78,23 @@ impl Settings {
             client_overrides: Vec::new(),
             check_state_policy: true,
             fetch_wait: None,
+            restore_stall: Duration::from_secs(120),
         }
     }
 
     /// The producer's `transaction.timeout.ms`: Kafka Streams' exactly-once default, 10 s (an
     /// abandoned transaction blocks read_committed readers of its partitions for at most this
     /// long), or three commit intervals when that is longer (a transaction stays open for about
-    /// one, and one older than this is aborted by the broker); `--kafka-config` sets it.
+    /// one, and one older than this is aborted by the broker), at most the broker's default
+    /// `transaction.max.timeout.ms`, 15 minutes; `--kafka-config` sets it (at least 1 s).
     pub fn transaction_timeout(&self) -> Duration {
         let set = (self.client_overrides.iter().rev())
             .find(|(k, _)| k == "transaction.timeout.ms")
             .and_then(|(_, v)| v.parse().ok())
             .map(Duration::from_millis);
-        set.unwrap_or_else(|| Duration::from_secs(10).max(self.commit_interval * 3))
+        let derived =
+            (self.commit_interval * 3).clamp(Duration::from_secs(10), Duration::from_secs(900));
+        set.unwrap_or(derived).max(Duration::from_secs(1))
     }
 
     pub fn transactional_id(&self) -> String {
@@ -160,8 +167,11 @@ impl Settings {
                     // librdkafka wants it within the transaction timeout.
                     .set(
                         "message.timeout.ms",
-                        (timeout.saturating_sub(1000)).to_string(),
-                    );
+                        (timeout - 1000).max(timeout / 2).to_string(),
+                    )
+                    // Left unset, librdkafka makes it the transaction timeout less 100 ms: a
+                    // request to a broker that does not answer would wait as long.
+                    .set("socket.timeout.ms", (timeout - 100).min(10_000).to_string());
             }
             Guarantee::AtLeastOnce => {
                 c.set("message.timeout.ms", "0");
@@ -458,6 +468,9 @@ mod tests {
         let config = settings.producer_config();
         assert_eq!(config.get("transaction.timeout.ms"), Some("90000"));
         assert_eq!(config.get("message.timeout.ms"), Some("89000"));
+        assert_eq!(config.get("socket.timeout.ms"), Some("10000"));
+        settings.commit_interval = Duration::from_secs(600);
+        assert_eq!(settings.transaction_timeout(), Duration::from_secs(900));
         settings.client_overrides = vec![("transaction.timeout.ms".into(), "60000".into())];
         assert_eq!(settings.transaction_timeout(), Duration::from_secs(60));
         let config = settings.producer_config();

@@ -1281,7 +1281,8 @@ impl Pipeline {
             .commits
             .with_label_values(&["committed"])
             .inc();
-        if self.tenants_owned() != self.owned_published {
+        // Not while partitions are being restored: their tenants are not installed yet.
+        if self.tenants_owned() != self.owned_published && self.restoring.is_none() {
             self.publish_owned(false);
         }
         self.report_undelivered();
@@ -1410,7 +1411,9 @@ impl Pipeline {
             .and_then(|f| f.began)
             .or(self.txn_began);
         let age = began.map(|b| b.elapsed());
-        if age.is_none_or(|a| a < self.settings.transaction_timeout()) {
+        // A hung producer is replaced whatever the age (its transaction may be younger than a
+        // long transaction timeout); a fence is another producer's only within the timeout.
+        if !self.producer_hung && age.is_none_or(|a| a < self.settings.transaction_timeout()) {
             tracing::error!(
                 error = %error,
                 transaction_age = ?age,
@@ -1500,10 +1503,18 @@ impl Pipeline {
     }
 
     fn abort_and_rewind(&mut self, consumer: &BaseConsumer<ConsumerHooks>) {
+        if self.abort() {
+            self.rewind(consumer);
+        }
+    }
+
+    /// Drops what waits for the next transaction and aborts the open one: true when done, false
+    /// when the producer is hung or failed (`fatal` set; the loop replaces it and rewinds).
+    fn abort(&mut self) -> bool {
         self.drop_uncommitted();
         if self.producer_hung {
             // The loop replaces the producer and rewinds (`recover`).
-            return;
+            return false;
         }
         if self.exactly_once() && self.txn_open {
             let mut backoff = Backoff::new(&self.handles.stop);
@@ -1514,28 +1525,28 @@ impl Pipeline {
                     Err(e) => match classify(&e) {
                         Failure::Fatal => {
                             self.fatal = Some(e);
-                            return;
+                            return false;
                         }
                         // An abort that keeps failing is a producer stuck like a hung commit.
                         _ if started.elapsed() > COMMIT_HANG => {
                             tracing::error!(error = %e, "the abort keeps failing: replacing the producer");
                             self.producer_hung = true;
                             self.fatal = Some(e);
-                            return;
+                            return false;
                         }
                         _ if backoff.wait("abort transaction", &e) => {
                             reconnect_producer(&self.producer, &self.handles.metrics);
                         }
                         _ => {
                             self.fatal = Some(e);
-                            return;
+                            return false;
                         }
                     },
                 }
             }
         }
         self.forget_transaction();
-        self.rewind(consumer);
+        true
     }
 
     /// Back to the last commit: the assigned partitions' engines, which hold what was folded
@@ -1658,6 +1669,14 @@ impl Pipeline {
         }
         let restored = match r.thread.join() {
             Ok(Ok(restored)) => restored,
+            // Started again with new clients, for the partitions still paused.
+            Ok(Err(e @ RunError::Restore(RestoreError::Stalled { .. }))) => {
+                tracing::warn!(error = %e, "the restore is stuck: starting it again");
+                self.handles.metrics.restores_stalled.inc();
+                self.start_restore(r.partitions, r.committed);
+                self.pause_restoring(consumer);
+                return;
+            }
             Ok(Err(e)) => {
                 tracing::error!(error = %e, "restore failed");
                 self.fatal = Some(KafkaError::Canceled);
@@ -1669,8 +1688,14 @@ impl Pipeline {
                 return;
             }
         };
+        // What the thread sent after the look above (`is_finished` orders nothing).
+        let mut tenants = r.tenants;
+        if let Ok(kept) = r.kept.try_recv() {
+            r.kept_partitions.extend(kept.keys());
+            tenants += self.resume_restored(consumer, r.committed.as_ref(), kept);
+        }
         let read = restored.len();
-        let tenants = r.tenants + self.resume_restored(consumer, r.committed.as_ref(), restored);
+        let tenants = tenants + self.resume_restored(consumer, r.committed.as_ref(), restored);
         // Published once every partition is: until then which tenants are not owned is unknown.
         self.publish_owned(false);
         let seconds = r.started.elapsed().as_secs_f64();
@@ -2106,16 +2131,22 @@ impl Pipeline {
         // fencing of the lost generation would refuse the offsets too, but librdkafka has
         // forgotten its member id by now, and Kafka Streams does not count on it either.
         if consumer.assignment_lost() {
+            let open = self.in_transaction || self.in_flight.is_some() || !self.backlog.is_empty();
             tracing::warn!(
                 partitions = ?partitions,
+                transaction_open = open,
                 "the assignment was lost (the group went on without this instance): aborting \
                  what was folded since the last commit instead of committing it"
             );
-            self.abort_and_rewind(consumer);
+            // The engines go below, unparked: the abort counts.
+            if open {
+                self.abort();
+            }
         } else {
             self.commit(consumer);
+            // Not after a lost assignment: the engines hold what was just aborted.
+            self.write_documents(true);
         }
-        self.write_documents(true);
         self.documents.forget(gone);
         // A restore still running (or started by a rewind just now) is given up; partitions of
         // it that stay (a cooperative assignor's revocation) are restored again. The others
@@ -2369,11 +2400,11 @@ fn new_producer(
 /// Runs the processor until `handles.stop` is set or a fatal error; returns what it did.
 pub fn run(settings: Settings, handles: Handles) -> Result<RunSummary, RunError> {
     let timeout = settings.transaction_timeout();
-    if settings.guarantee == Guarantee::ExactlyOnce && settings.commit_interval >= timeout {
+    if settings.guarantee == Guarantee::ExactlyOnce && settings.commit_interval * 2 > timeout {
         return Err(RunError::Refused(format!(
-            "--commit-interval {:?} is not shorter than the producer's transaction.timeout.ms \
-             ({} ms): the broker would abort every transaction before its commit. Lower \
-             --commit-interval, or raise transaction.timeout.ms (--kafka-config) well above it",
+            "--commit-interval {:?} is more than half the producer's transaction.timeout.ms \
+             ({} ms): the broker would abort transactions before their commit. Lower \
+             --commit-interval, or raise transaction.timeout.ms (--kafka-config) above twice it",
             settings.commit_interval,
             timeout.as_millis()
         )));

@@ -32,6 +32,14 @@ pub enum RestoreError {
     },
     #[error("stopped before the restore finished")]
     Stopped,
+    #[error(
+        "the restore read nothing for {seconds} s ({records} records so far, partitions {pending:?} left)"
+    )]
+    Stalled {
+        seconds: u64,
+        records: u64,
+        pending: BTreeSet<i32>,
+    },
 }
 
 /// What each partition's changelog holds: tenant name to its latest records.
@@ -105,6 +113,9 @@ pub fn read_state_from(
     if partitions.is_empty() {
         return Ok(out);
     }
+    if stop.load(Ordering::Relaxed) {
+        return Err(RestoreError::Stopped);
+    }
     let consumer: BaseConsumer<HookContext> = settings
         .restore_config()
         .create_with_context(HookContext(hooks.clone()))
@@ -120,6 +131,15 @@ pub fn read_state_from(
     // restore goes on until the stable offset has reached the high watermark, so a transaction
     // whose offsets are already committed is never missed.
     let ends = high_watermarks(settings, hooks, partitions)?;
+    // Given up while asking (it can take seconds a partition): nothing more to do.
+    if stop.load(Ordering::Relaxed) {
+        return Err(RestoreError::Stopped);
+    }
+    // How long a partition read to its stable end waits for its high watermark: a transaction
+    // open there (an instance that crashed or froze mid-commit) is committed or aborted within
+    // the transaction timeout.
+    let stable_wait =
+        Duration::from_secs(30).max(settings.transaction_timeout() + Duration::from_secs(5));
     for &p in partitions {
         let start = from.get(&p).copied().flatten();
         // An empty partition, or one read from its end, has nothing to wait for (a fetch at
@@ -147,8 +167,9 @@ pub fn read_state_from(
             (Some(End::Unknown) | None, None) => {
                 tracing::warn!(
                     partition = p,
-                    "the changelog's end is not known: the restore of this partition waits 30 s \
-                     for a stable end"
+                    seconds = stable_wait.as_secs(),
+                    "the changelog's end is not known: the restore of this partition waits for \
+                     a stable end"
                 );
             }
             _ => {}
@@ -165,6 +186,8 @@ pub fn read_state_from(
 
     let started = Instant::now();
     let mut last_note = Instant::now();
+    // Records read or partitions done: a restore without either for `restore_stall` is stuck.
+    let mut last_progress = Instant::now();
     // Partitions that reached their stable end, since when.
     let mut at_end: BTreeMap<i32, Instant> = BTreeMap::new();
     let mut records = 0u64;
@@ -183,6 +206,7 @@ pub fn read_state_from(
             }
             Some(Ok(m)) => {
                 records += 1;
+                last_progress = Instant::now();
                 if let Some(r) = out.get_mut(&m.partition()) {
                     r.records += 1;
                 }
@@ -246,17 +270,29 @@ pub fn read_state_from(
                     };
                     let mut done = matches!(position, Some(Offset::Offset(o)) if o >= end);
                     // Any transaction open at the start is resolved within the transaction
-                    // timeout (10 s, or fenced sooner); past that, stop waiting and say so.
-                    if !done && since.elapsed() > Duration::from_secs(30) {
+                    // timeout (or fenced sooner); past that, stop waiting and say so.
+                    if !done && since.elapsed() > stable_wait {
                         tracing::warn!(partition = p, ?position, end, "the changelog's stable end stayed short of its end; restoring what is committed");
                         done = true;
                     }
                     if done {
                         pending.remove(&p);
+                        last_progress = Instant::now();
                     }
                     !done
                 });
             }
+        }
+        // Waiting for stable ends has its own bound.
+        if !at_end.is_empty() && at_end.len() == pending.len() {
+            last_progress = Instant::now();
+        }
+        if last_progress.elapsed() > settings.restore_stall {
+            return Err(RestoreError::Stalled {
+                seconds: last_progress.elapsed().as_secs(),
+                records,
+                pending,
+            });
         }
         if last_note.elapsed() > Duration::from_secs(5) {
             last_note = Instant::now();
