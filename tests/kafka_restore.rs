@@ -378,19 +378,10 @@ fn a_restore_that_reads_nothing_is_started_again() {
         &["--add-config", "consumer_byte_rate=1024"],
     );
     let mut b = cluster.spawn(&instance, &storage, &["--restore-stall", "5s"]);
-    let start = Instant::now();
-    while !std::fs::read_to_string(&b.log)
-        .unwrap()
-        .contains("the restore is stuck: starting it again")
-    {
-        b.assert_running();
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "no stalled restore:\n{}",
-            b.log_tail()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    b.wait_log(
+        "the restore is stuck: starting it again",
+        Duration::from_secs(60),
+    );
     quota(
         &cluster,
         &client,

@@ -447,15 +447,20 @@ impl Process {
     /// documents): documents lag the state under load, and a process stopped before its
     /// assignment would leave a killed predecessor's lagging documents in place.
     pub fn wait_restored(&mut self, timeout: Duration) {
+        self.wait_log("restored state from the changelog", timeout);
+    }
+
+    /// Waits until the process's log says `needle`, while it runs.
+    pub fn wait_log(&mut self, needle: &str, timeout: Duration) {
         let start = Instant::now();
         while !std::fs::read_to_string(&self.log)
             .unwrap_or_default()
-            .contains("restored state from the changelog")
+            .contains(needle)
         {
             self.assert_running();
             assert!(
                 start.elapsed() < timeout,
-                "no restore within {timeout:?}:\n{}",
+                "no {needle:?} in the log within {timeout:?}:\n{}",
                 self.log_tail()
             );
             std::thread::sleep(Duration::from_millis(100));
