@@ -39,6 +39,9 @@ pub struct Metrics {
     pub input_records_lost: IntCounter,
     /// Restores that read nothing for `--restore-stall` and were started again.
     pub restores_stalled: IntCounter,
+    /// Tenants whose documents someone else changed after this instance wrote them, written
+    /// again.
+    pub documents_rewritten: IntCounter,
     /// Errors librdkafka reported (broker down, transport), by kind.
     pub client_errors: IntCounterVec,
     /// Times a client that librdkafka had cut off from every broker was given the bootstrap
@@ -178,6 +181,16 @@ impl Metrics {
         registry
             .register(Box::new(restores_stalled.clone()))
             .expect("metric registered once");
+        let documents_rewritten = IntCounter::new(
+            "feedback_documents_rewritten_total",
+            "Tenants whose documents were changed by someone else after this instance wrote \
+             them (an instance that had lost the tenant writing late into a shared directory, a \
+             hand edit, a deletion), written again.",
+        )
+        .expect("valid metric definition");
+        registry
+            .register(Box::new(documents_rewritten.clone()))
+            .expect("metric registered once");
         let client_errors = counter_vec(
             &registry,
             "feedback_kafka_client_errors_total",
@@ -240,6 +253,7 @@ impl Metrics {
             partitions_restored,
             input_records_lost,
             restores_stalled,
+            documents_rewritten,
             client_errors,
             rebootstraps,
             documents,
@@ -286,6 +300,7 @@ mod tests {
             "feedback_partitions_restored_total{how=\"kept\"} 0",
             "feedback_input_records_lost_total 0",
             "feedback_restores_stalled_total 0",
+            "feedback_documents_rewritten_total 0",
         ] {
             assert!(text.contains(needle), "{needle} missing from\n{text}");
         }

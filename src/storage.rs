@@ -528,6 +528,16 @@ impl CalibrationCache {
     pub fn forget(&mut self, path: &Path) {
         self.written.remove(path);
     }
+
+    /// Whether the file at `path` is still the one this cache last wrote there: false when it
+    /// was written by someone else since (another instance that owned its tenant and wrote
+    /// late, a hand edit), removed, or never written by this cache.
+    pub fn is_current(&self, path: &Path) -> bool {
+        let Some(written) = self.written.get(path) else {
+            return false;
+        };
+        fs::metadata(path).is_ok_and(|meta| FileStamp::of(&meta) == written.stamp)
+    }
 }
 
 /// A tenant's documents encoded, each with the path it goes to.

@@ -189,9 +189,9 @@ fn partitions_that_come_back_after_a_rebalance_keep_their_state() {
 /// on) but not its transaction timeout, then thawed. It finds its assignment lost and aborts
 /// what it folded before the freeze instead of committing it (the broker would refuse the
 /// offsets of the lost member too, but that is not counted on), and rejoins; at the end every
-/// record is folded exactly once. Each instance has a
-/// storage directory of its own: once thawed, a zombie's writer can still write documents it
-/// computed before the freeze (README, "owned").
+/// record is folded exactly once. The two share a storage directory: the documents a thawed
+/// zombie still writes from before the freeze are written again by their owner (see
+/// `documents_someone_else_changes_are_written_again`).
 #[test]
 fn a_frozen_instance_that_comes_back_commits_nothing_of_what_it_lost() {
     let Some(cluster) = Cluster::new("zombie", 4) else {
@@ -206,10 +206,10 @@ fn a_frozen_instance_that_comes_back_commits_nothing_of_what_it_lost() {
     });
     let split = records.len() / 3;
     cluster.produce(&records[..split]);
-    let (storage_a, storage_b) = (cluster.dir.path().join("a"), cluster.dir.path().join("b"));
+    let storage = cluster.dir.path().join("storage");
     // a commits seldom: whatever it folds before the freeze is in its open transaction.
-    let mut a = cluster.spawn("a", &storage_a, &["--commit-interval", "30s"]);
-    let mut b = cluster.spawn("b", &storage_b, &[]);
+    let mut a = cluster.spawn("a", &storage, &["--commit-interval", "30s"]);
+    let mut b = cluster.spawn("b", &storage, &[]);
     let start = Instant::now();
     while !(assignments(&a.log).last().is_some_and(|p| p != "{}")
         && assignments(&b.log).last().is_some_and(|p| p != "{}"))
@@ -276,29 +276,9 @@ fn a_frozen_instance_that_comes_back_commits_nothing_of_what_it_lost() {
     }
     cluster.wait_caught_up(Duration::from_secs(600), &mut [&mut a, &mut b]);
     let log = std::fs::read_to_string(&a.log).unwrap();
-    // The documents of each tenant from its owner's directory, once both have stopped.
-    let (owned_a, owned_b) = (a.tenants_owned(), b.tenants_owned());
     for (name, p) in [("a", &mut a), ("b", &mut b)] {
         let status = p.terminate(Duration::from_secs(60));
         assert!(status.success(), "{name}: exit {status}:\n{}", p.log_tail());
-    }
-    let storage = cluster.dir.path().join("owners");
-    std::fs::create_dir_all(&storage).unwrap();
-    for (owned, dir) in [(&owned_a, &storage_a), (&owned_b, &storage_b)] {
-        for (tenant, owner) in owned {
-            if *owner != Some(true) {
-                continue;
-            }
-            for file in std::fs::read_dir(dir.join("metadata/performance")).unwrap() {
-                let file = file.unwrap();
-                let name = file.file_name().to_string_lossy().into_owned();
-                if name == format!("{tenant}.json") || name.starts_with(&format!("{tenant}_")) {
-                    let to = storage.join("metadata/performance");
-                    std::fs::create_dir_all(&to).unwrap();
-                    std::fs::copy(file.path(), to.join(&name)).unwrap();
-                }
-            }
-        }
     }
 
     let (fold_storage, fold_alerts) = cluster.fold(vec![cluster.write_jsonl(&records)]);
@@ -310,4 +290,74 @@ fn a_frozen_instance_that_comes_back_commits_nothing_of_what_it_lost() {
         .find(|l| l.contains("the assignment was lost"))
         .unwrap_or_else(|| panic!("a did not find its assignment lost:\n{log}"));
     assert!(lost.contains("transaction_open=true"), "{lost}");
+}
+
+/// Documents of a tenant this instance owns that someone else changes after it wrote them (an
+/// instance that had lost the tenant writing late into a shared directory, as a thawed zombie
+/// can; a hand edit) are written again within a storage interval or two, instead of standing
+/// until the tenant next changes.
+#[test]
+fn documents_someone_else_changes_are_written_again() {
+    let Some(cluster) = Cluster::new("rewritten", 1) else {
+        return;
+    };
+    let records = generate(&SimConfig {
+        seed: 41,
+        tenants: 3,
+        days: 40,
+        ..SimConfig::default()
+    });
+    cluster.produce(&records);
+    let storage = cluster.dir.path().join("storage");
+    let mut a = cluster.spawn("a", &storage, &[]);
+    cluster.wait_caught_up(Duration::from_secs(120), &mut [&mut a]);
+    let dir = storage.join("metadata/performance");
+    let tenant = &records[0].tenant;
+    let files = [
+        format!("{tenant}.json"),
+        format!("{tenant}_calibration.json"),
+        format!("{tenant}_drift.json"),
+    ];
+    let read_files = || -> Vec<Option<String>> {
+        (files.iter())
+            .map(|f| std::fs::read_to_string(dir.join(f)).ok())
+            .collect()
+    };
+    // The documents as the processor keeps them, once a round has written what was committed.
+    let start = Instant::now();
+    let written = loop {
+        let read = read_files();
+        std::thread::sleep(Duration::from_secs(3));
+        let again = read_files();
+        if read == again && read.iter().all(Option::is_some) {
+            break read;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no settled documents"
+        );
+    };
+    // Someone else writes all three, as an instance writing a tenant's documents does.
+    for f in &files {
+        std::fs::write(dir.join(f), "{\"written\": \"by someone else\"}\n").unwrap();
+    }
+    let start = Instant::now();
+    loop {
+        if read_files() == written {
+            break;
+        }
+        a.assert_running();
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the documents were not written again:\n{}",
+            a.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let metrics = a.http_get("/metrics");
+    assert!(
+        metrics.contains("feedback_documents_rewritten_total 1"),
+        "{metrics}"
+    );
+    assert!(a.terminate(Duration::from_secs(60)).success());
 }

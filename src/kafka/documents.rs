@@ -42,6 +42,9 @@ enum WriteJob {
     Flush(std::sync::mpsc::SyncSender<()>),
     /// Tenants this instance no longer owns: what the writer remembers of their documents goes.
     Forget(Vec<String>),
+    /// Reports, as failed writes (so that they are written again), the tenants whose
+    /// calibration document is no longer the one this writer wrote.
+    Verify,
 }
 
 /// Counts a slice out of the queue however its write ends (a panic included).
@@ -85,6 +88,9 @@ impl DocumentWriter {
             .spawn(move || {
                 // Kept while the thread runs: a restarted writer renders every document whole.
                 let mut cache = CalibrationCache::default();
+                // The tenants it wrote, with their partition, for `Verify`.
+                let mut tenants_written: std::collections::HashMap<String, i32> =
+                    std::collections::HashMap::new();
                 for job in rx {
                     let (docs, epoch, sync) = match job {
                         WriteJob::Write { docs, epoch, sync } => (docs, epoch, sync),
@@ -97,7 +103,29 @@ impl DocumentWriter {
                                 if let Ok(path) = storage.path(&tenant, Document::Calibration) {
                                     cache.forget(&path);
                                 }
+                                tenants_written.remove(&tenant);
                             }
+                            continue;
+                        }
+                        // Someone else wrote the documents of a tenant this instance owns (an
+                        // instance that had lost it and wrote late, into a directory shared by
+                        // the instances; a hand edit; a deletion): written again, else they
+                        // would stand until the tenant next changes.
+                        WriteJob::Verify => {
+                            tenants_written.retain(|tenant, partition| {
+                                let path = storage.path(tenant, Document::Calibration);
+                                if path.is_ok_and(|path| cache.is_current(&path)) {
+                                    return true;
+                                }
+                                tracing::warn!(
+                                    tenant = %tenant,
+                                    "the documents were changed by someone else since they were \
+                                     written: writing them again"
+                                );
+                                metrics.documents_rewritten.inc();
+                                let _ = failed_tx.send((*partition, tenant.clone()));
+                                false
+                            });
                             continue;
                         }
                     };
@@ -124,7 +152,10 @@ impl DocumentWriter {
                         .inc_by(cache.rendered - before.1);
                     busy.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
                     match written {
-                        Ok(()) => metrics.documents.inc_by(3 * n),
+                        Ok(()) => {
+                            metrics.documents.inc_by(3 * n);
+                            tenants_written.extend(tenants.into_iter().map(|(p, t)| (t, p)));
+                        }
                         Err(e) => {
                             // The state is safe in Kafka; the files catch up next round.
                             tracing::error!(error = %e, "cannot write the storage documents");
@@ -197,6 +228,14 @@ impl DocumentWriter {
     pub(super) fn forget(&self, tenants: Vec<String>) {
         if let Some(j) = &self.jobs {
             let _ = j.send(WriteJob::Forget(tenants));
+        }
+    }
+
+    /// Asks the writer to check that the documents it wrote are still its own (see
+    /// [`WriteJob::Verify`]); skipped when its queue is full (the next round asks again).
+    pub(super) fn verify(&self) {
+        if let Some(j) = &self.jobs {
+            let _ = j.try_send(WriteJob::Verify);
         }
     }
 

@@ -493,6 +493,8 @@ struct Pipeline {
     /// on this one); the next commit waits for `commit_interval` from then.
     last_commit: Instant,
     last_documents: Instant,
+    /// When the writer was last asked to check its documents ([`DocumentWriter::verify`]).
+    last_verify: Instant,
     /// How long this loop spent computing the documents of the current round so far.
     round_busy: Duration,
     /// The writer thread's busy time when the current round started.
@@ -2230,8 +2232,16 @@ impl Pipeline {
             return;
         }
         self.documents.ensure_running();
+        // Documents someone else changed since this instance wrote them come back as failed.
+        if self.last_verify.elapsed() >= self.settings.storage_interval {
+            self.last_verify = Instant::now();
+            self.documents.verify();
+        }
         while let Ok((p, t)) = self.documents.failed.try_recv() {
-            self.stale_documents.entry(p).or_default().insert(t);
+            // Not for a partition given up meanwhile.
+            if self.engines.contains_key(&p) {
+                self.stale_documents.entry(p).or_default().insert(t);
+            }
         }
         // A new round starts when the last one is done and the interval has passed; `now`
         // takes in everything at once.
@@ -2535,6 +2545,7 @@ pub fn run(settings: Settings, handles: Handles) -> Result<RunSummary, RunError>
         documents_due: Default::default(),
         last_commit: now,
         last_documents: now,
+        last_verify: now,
         round_busy: Duration::ZERO,
         writer_busy_at_start: Duration::ZERO,
         idle: Duration::ZERO,
