@@ -64,6 +64,14 @@ fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> 
     c
 }
 
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("valid metric definition");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("metric registered once");
+    c
+}
+
 impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
@@ -91,14 +99,11 @@ impl Metrics {
         for kind in AlertType::ALL {
             alerts.with_label_values(&[kind.as_str()]);
         }
-        let state_records = IntCounter::new(
+        let state_records = counter(
+            &registry,
             "feedback_state_records_written_total",
             "Records written to the state changelog topic, tombstones included.",
-        )
-        .expect("valid metric definition");
-        registry
-            .register(Box::new(state_records.clone()))
-            .expect("metric registered once");
+        );
         let lag = IntGaugeVec::new(
             Opts::new(
                 "feedback_consumer_lag",
@@ -163,34 +168,25 @@ impl Metrics {
         for how in ["changelog", "kept"] {
             partitions_restored.with_label_values(&[how]);
         }
-        let input_records_lost = IntCounter::new(
+        let input_records_lost = counter(
+            &registry,
             "feedback_input_records_lost_total",
             "Input records the topics' retention deleted before they were read (an instance \
              down for longer than it): they are missing from the state.",
-        )
-        .expect("valid metric definition");
-        registry
-            .register(Box::new(input_records_lost.clone()))
-            .expect("metric registered once");
-        let restores_stalled = IntCounter::new(
+        );
+        let restores_stalled = counter(
+            &registry,
             "feedback_restores_stalled_total",
             "Restores that read nothing for --restore-stall and were started again with new \
              clients (their partitions stay paused meanwhile).",
-        )
-        .expect("valid metric definition");
-        registry
-            .register(Box::new(restores_stalled.clone()))
-            .expect("metric registered once");
-        let documents_rewritten = IntCounter::new(
+        );
+        let documents_rewritten = counter(
+            &registry,
             "feedback_documents_rewritten_total",
             "Tenants whose documents were changed by someone else after this instance wrote \
              them (an instance that had lost the tenant writing late into a shared directory, a \
              hand edit, a deletion), written again.",
-        )
-        .expect("valid metric definition");
-        registry
-            .register(Box::new(documents_rewritten.clone()))
-            .expect("metric registered once");
+        );
         let client_errors = counter_vec(
             &registry,
             "feedback_kafka_client_errors_total",
@@ -213,14 +209,11 @@ impl Metrics {
         for client in ["consumer", "producer"] {
             rebootstraps.with_label_values(&[client]);
         }
-        let documents = IntCounter::new(
+        let documents = counter(
+            &registry,
             "feedback_documents_written_total",
             "Storage documents written (three per tenant write).",
-        )
-        .expect("valid metric definition");
-        registry
-            .register(Box::new(documents.clone()))
-            .expect("metric registered once");
+        );
         let calibration_entries = counter_vec(
             &registry,
             "feedback_calibration_entries_total",
