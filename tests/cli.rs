@@ -477,14 +477,10 @@ fn alert_forecast_text_json_and_exit_codes() {
     }
 }
 
-#[test]
-fn run_refuses_a_storage_directory_it_cannot_write() {
-    // Checked before the cluster is reached: no broker needed, and none answers on port 1.
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("a-file");
-    std::fs::write(&file, "").unwrap();
-    let storage = file.join("storage");
-    let out = feedback(&[
+/// `feedback run` with `storage` and `extra`, refused before the cluster is reached (no broker
+/// needed, and none answers on port 1): exit code 2, and its stderr.
+fn run_refused(storage: &std::path::Path, extra: &[&str]) -> String {
+    let mut args = vec![
         "run",
         "--brokers",
         "127.0.0.1:1",
@@ -492,9 +488,20 @@ fn run_refuses_a_storage_directory_it_cannot_write() {
         "127.0.0.1:0",
         "--storage-dir",
         storage.to_str().unwrap(),
-    ]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    ];
+    args.extend_from_slice(extra);
+    let out = feedback(&args);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_eq!(out.status.code(), Some(2), "{stderr}");
+    stderr
+}
+
+#[test]
+fn run_refuses_a_storage_directory_it_cannot_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "").unwrap();
+    let stderr = run_refused(&file.join("storage"), &[]);
     assert!(
         stderr.contains("the storage directory is not writable"),
         "{stderr}"
@@ -503,23 +510,16 @@ fn run_refuses_a_storage_directory_it_cannot_write() {
 
 #[test]
 fn run_refuses_a_commit_interval_the_transaction_timeout_would_cut_short() {
-    // Checked before the cluster is reached, like the storage directory.
     let dir = tempfile::tempdir().unwrap();
-    let out = feedback(&[
-        "run",
-        "--brokers",
-        "127.0.0.1:1",
-        "--http",
-        "127.0.0.1:0",
-        "--storage-dir",
-        dir.path().to_str().unwrap(),
-        "--commit-interval",
-        "30s",
-        "--kafka-config",
-        "transaction.timeout.ms=50000",
-    ]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let stderr = run_refused(
+        dir.path(),
+        &[
+            "--commit-interval",
+            "30s",
+            "--kafka-config",
+            "transaction.timeout.ms=50000",
+        ],
+    );
     assert!(
         stderr.contains("is more than half the producer's transaction.timeout.ms (50000 ms)"),
         "{stderr}"
