@@ -73,6 +73,15 @@ pub enum Document {
     Drift,
 }
 
+impl Document {
+    /// A tenant's three documents.
+    pub const ALL: [Document; 3] = [
+        Document::Performance,
+        Document::Calibration,
+        Document::Drift,
+    ];
+}
+
 impl Storage {
     pub fn new(root: impl Into<PathBuf>) -> Self {
         Storage {
@@ -159,20 +168,24 @@ impl Storage {
             })
         }));
         match written {
-            Ok(stamps) => {
+            Ok(mut stamps) => {
                 for (path, first, fingerprints, spans) in pending {
-                    match stamps.get(&path) {
-                        Some(&stamp) => cache.remember(path, stamp, first, fingerprints, spans),
+                    match stamps.remove(&path) {
+                        Some(stamp) => cache.remember(path, stamp, first, fingerprints, spans),
                         None => cache.forget(&path),
                     }
                 }
+                // The performance and drift documents: only their stamps.
+                cache.stamps.extend(stamps);
                 Ok(())
             }
             Err(e) => {
                 // Whatever of the slice was written or not: all of it is rendered next time.
                 for d in &docs {
-                    if let Ok(path) = self.path(&d.performance.tenant, Document::Calibration) {
-                        cache.forget(&path);
+                    for doc in Document::ALL {
+                        if let Ok(path) = self.path(&d.performance.tenant, doc) {
+                            cache.forget(&path);
+                        }
                     }
                 }
                 Err(e)
@@ -409,10 +422,14 @@ impl FileStamp {
 /// its last weeks, and days expiring its first four (the windows that held them). The file is
 /// read only if it is still the one written (same device, inode, length, mtime and ctime), and
 /// a copied entry must start as its day's entry does and end as an entry does; anything else
-/// is rendered. About 24 bytes an entry, 13 KB a tenant for a year and a half.
+/// is rendered. About 24 bytes an entry, 13 KB a tenant for a year and a half. Of the other
+/// documents it wrote it keeps the stamp only, so that [`CalibrationCache::is_current`] can
+/// tell whether someone else changed any of a tenant's documents since.
 #[derive(Debug, Default)]
 pub struct CalibrationCache {
     written: std::collections::HashMap<PathBuf, Written>,
+    /// The performance and drift documents written: each file's stamp after its rename.
+    stamps: std::collections::HashMap<PathBuf, FileStamp>,
     /// Entries copied from files and entries rendered, since the cache was made.
     pub copied: u64,
     pub rendered: u64,
@@ -527,16 +544,22 @@ impl CalibrationCache {
     /// Forgets the document at `path`: its next write renders it whole.
     pub fn forget(&mut self, path: &Path) {
         self.written.remove(path);
+        self.stamps.remove(path);
     }
 
-    /// Whether the file at `path` is still the one this cache last wrote there: false when it
-    /// was written by someone else since (another instance that owned its tenant and wrote
-    /// late, a hand edit), removed, or never written by this cache.
+    /// Whether the file at `path` (any of the three documents) is still the one this cache
+    /// last wrote there: false when it was written by someone else since (another instance
+    /// that owned its tenant and wrote late, a hand edit), removed, or never written by this
+    /// cache.
     pub fn is_current(&self, path: &Path) -> bool {
-        let Some(written) = self.written.get(path) else {
-            return false;
+        let stamp = match self.written.get(path) {
+            Some(written) => &written.stamp,
+            None => match self.stamps.get(path) {
+                Some(stamp) => stamp,
+                None => return false,
+            },
         };
-        fs::metadata(path).is_ok_and(|meta| FileStamp::of(&meta) == written.stamp)
+        fs::metadata(path).is_ok_and(|meta| FileStamp::of(&meta) == *stamp)
     }
 }
 
@@ -850,6 +873,7 @@ mod tests {
         let calibration = storage.path(tenant, Document::Calibration).unwrap();
         let before = fs::metadata(&calibration).unwrap();
         assert!(storage.write_tenants_cached(docs(), &mut cache).is_err());
+        assert!(cache.stamps.is_empty());
         let after = fs::metadata(&calibration).unwrap();
         assert_ne!(
             std::os::unix::fs::MetadataExt::ino(&before),
@@ -872,6 +896,51 @@ mod tests {
             fs::read(&calibration).unwrap(),
             [whole, b"\n".to_vec()].concat()
         );
+    }
+
+    /// Every document a cached write wrote is current until someone else replaces, changes
+    /// or removes it; each is told apart from the tenant's other two.
+    #[test]
+    fn a_cache_knows_which_documents_are_still_its_own() {
+        use crate::fold::{Engine, FoldConfig};
+        use crate::simulate::{generate_events, SimConfig};
+        let events = generate_events(&SimConfig {
+            tenants: 1,
+            days: 10,
+            ..SimConfig::default()
+        });
+        let mut engine = Engine::new(FoldConfig::default());
+        engine.apply_batch(&events, &mut Vec::new());
+        let tenant = engine.tenants()[0];
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::new(dir.path());
+        let mut cache = CalibrationCache::default();
+        let path = |doc| storage.path(tenant, doc).unwrap();
+        let current = |cache: &CalibrationCache| Document::ALL.map(|d| cache.is_current(&path(d)));
+        assert_eq!(current(&cache), [false; 3], "nothing written yet");
+        storage
+            .write_tenants_cached(engine.documents(tenant), &mut cache)
+            .unwrap();
+        assert_eq!(current(&cache), [true; 3]);
+        // Replaced by a rename, as another writer does.
+        write_atomic(&path(Document::Performance), &serde_json::json!({})).unwrap();
+        assert_eq!(current(&cache), [false, true, true]);
+        fs::remove_file(path(Document::Drift)).unwrap();
+        assert_eq!(current(&cache), [false, true, false]);
+        // Changed in place, keeping its inode.
+        let mut file = fs::OpenOptions::new()
+            .append(true)
+            .open(path(Document::Calibration))
+            .unwrap();
+        std::io::Write::write_all(&mut file, b" ").unwrap();
+        drop(file);
+        assert_eq!(current(&cache), [false; 3]);
+        storage
+            .write_tenants_cached(engine.documents(tenant), &mut cache)
+            .unwrap();
+        assert_eq!(current(&cache), [true; 3], "written again");
+        cache.forget(&path(Document::Drift));
+        assert_eq!(current(&cache), [true, true, false], "forgotten");
     }
 
     #[test]

@@ -337,27 +337,51 @@ fn documents_someone_else_changes_are_written_again() {
             "no settled documents"
         );
     };
-    // Someone else writes all three, as an instance writing a tenant's documents does.
-    for f in &files {
-        std::fs::write(dir.join(f), "{\"written\": \"by someone else\"}\n").unwrap();
-    }
-    let start = Instant::now();
-    loop {
-        if read_files() == written {
-            break;
+    // Someone else changes one document at a time (the check must look at each of the three),
+    // then all three, as an instance writing a tenant's documents does; one is removed.
+    let someone_else =
+        |f: &String| std::fs::write(dir.join(f), "{\"written\": \"by someone else\"}\n").unwrap();
+    let rounds: [(&str, &dyn Fn()); 4] = [
+        ("the performance document overwritten", &|| {
+            someone_else(&files[0])
+        }),
+        ("the drift document removed", &|| {
+            std::fs::remove_file(dir.join(&files[2])).unwrap()
+        }),
+        ("the calibration document overwritten", &|| {
+            someone_else(&files[1])
+        }),
+        ("all three overwritten", &|| {
+            files.iter().for_each(someone_else)
+        }),
+    ];
+    for (round, (what, change)) in rounds.iter().enumerate() {
+        change();
+        assert_ne!(read_files(), written, "{what}");
+        let start = Instant::now();
+        while read_files() != written {
+            a.assert_running();
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "{what}: the documents were not written again:\n{}",
+                a.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(200));
         }
-        a.assert_running();
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "the documents were not written again:\n{}",
-            a.log_tail()
-        );
-        std::thread::sleep(Duration::from_millis(200));
+        // Counted once the writer has reported it (it writes again right after).
+        let counted = format!("feedback_documents_rewritten_total {}", round + 1);
+        let start = Instant::now();
+        loop {
+            let metrics = a.http_get("/metrics");
+            if metrics.contains(&counted) {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "{what}: {counted} not found in\n{metrics}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
-    let metrics = a.http_get("/metrics");
-    assert!(
-        metrics.contains("feedback_documents_rewritten_total 1"),
-        "{metrics}"
-    );
     assert!(a.terminate(Duration::from_secs(60)).success());
 }

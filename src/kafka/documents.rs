@@ -42,8 +42,8 @@ enum WriteJob {
     Flush(std::sync::mpsc::SyncSender<()>),
     /// Tenants this instance no longer owns: what the writer remembers of their documents goes.
     Forget(Vec<String>),
-    /// Reports, as failed writes (so that they are written again), the tenants whose
-    /// calibration document is no longer the one this writer wrote.
+    /// Reports, as failed writes (so that they are written again), the tenants any of whose
+    /// three documents is no longer the one this writer wrote.
     Verify,
 }
 
@@ -100,8 +100,10 @@ impl DocumentWriter {
                         }
                         WriteJob::Forget(tenants) => {
                             for tenant in tenants {
-                                if let Ok(path) = storage.path(&tenant, Document::Calibration) {
-                                    cache.forget(&path);
+                                for doc in Document::ALL {
+                                    if let Ok(path) = storage.path(&tenant, doc) {
+                                        cache.forget(&path);
+                                    }
                                 }
                                 tenants_written.remove(&tenant);
                             }
@@ -113,8 +115,12 @@ impl DocumentWriter {
                         // would stand until the tenant next changes.
                         WriteJob::Verify => {
                             tenants_written.retain(|tenant, partition| {
-                                let path = storage.path(tenant, Document::Calibration);
-                                if path.is_ok_and(|path| cache.is_current(&path)) {
+                                let current = |doc| {
+                                    storage
+                                        .path(tenant, doc)
+                                        .is_ok_and(|path| cache.is_current(&path))
+                                };
+                                if Document::ALL.into_iter().all(current) {
                                     return true;
                                 }
                                 tracing::warn!(
