@@ -55,8 +55,9 @@ enum Command {
     /// 200 once that is done. Refused records go to the DLQ topic with their reason. SIGTERM
     /// or Ctrl-C commits, writes the documents, leaves the group and exits 0 (a second one
     /// exits at once). Exit code 2 on a configuration or topic problem (inputs not
-    /// co-partitioned, a topic missing, a state topic that is not compacted), 1 on a fatal Kafka
-    /// error.
+    /// co-partitioned, a topic missing, a state topic that is not compacted, partitions added
+    /// to the inputs while running, state written under another partition count, another
+    /// group's state), 1 on a fatal Kafka error.
     Run(RunArgs),
     /// Everything on one machine, no broker to install: a demo of the processor.
     ///

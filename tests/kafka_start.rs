@@ -257,8 +257,9 @@ fn records_deleted_by_retention_before_they_were_read_are_named() {
     assert!(line.contains(&format!("resume={start}")), "{line}");
 }
 
-/// Partitions added to the inputs while `run` runs: once the group rebalances onto them, the
-/// state topic lacks them, and the restore would wait for them forever. Refused instead.
+/// Partitions added to the inputs while `run` runs: once the group rebalances onto them,
+/// tenants' records land on other partitions than their state (and here the state topic lacks
+/// the new partition, where a restore would wait forever). Refused instead.
 #[test]
 fn partitions_added_while_running_stop_it_with_the_reason() {
     let Some(cluster) = common::Cluster::new("grown", 2) else {
@@ -288,7 +289,81 @@ fn partitions_added_while_running_stop_it_with_the_reason() {
     let log = p.log_tail();
     assert_eq!(status.code(), Some(2), "{log}");
     assert!(
-        log.contains("were partitions added to the input topics"),
+        log.contains("partitions were added to them while it ran"),
         "{log}"
     );
+}
+
+/// Partitions added to every topic, the state topic too, so that a restart passes the start-up
+/// checks: the running instance stops when it is assigned the new partition, and a restart
+/// refuses the state, whose tenants' records now go to other partitions, before folding
+/// anything.
+#[test]
+fn state_written_with_another_partition_count_is_refused() {
+    let Some(cluster) = common::Cluster::new("regrown", 2) else {
+        return;
+    };
+    let records = feedback::simulate::generate(&feedback::simulate::SimConfig {
+        seed: 5,
+        tenants: 6,
+        days: 10,
+        ..feedback::simulate::SimConfig::default()
+    });
+    let tenants: std::collections::BTreeSet<&str> =
+        records.iter().map(|r| r.tenant.as_str()).collect();
+    let moved: Vec<&str> = (tenants.iter().copied())
+        .filter(|t| {
+            use feedback::kafka::routing::partition_of;
+            partition_of(t.as_bytes(), 2) != partition_of(t.as_bytes(), 3)
+        })
+        .collect();
+    assert!(
+        !moved.is_empty(),
+        "some tenant changes partition: {tenants:?}"
+    );
+    cluster.produce(&records);
+    let storage = cluster.dir.path().join("storage");
+    let refresh = ["--kafka-config", "topic.metadata.refresh.interval.ms=1000"];
+    let mut p = cluster.spawn("regrown", &storage, &refresh);
+    cluster.wait_caught_up(Duration::from_secs(120), &mut [&mut p]);
+    let alerts = cluster.alerts().len();
+    assert!(alerts > 0);
+    let (admin, rt) = cluster.admin();
+    let grown: Vec<NewPartitions> = [
+        &cluster.topics.outcomes,
+        &cluster.topics.forecasts,
+        &cluster.topics.feature_importances,
+        &cluster.topics.state,
+    ]
+    .into_iter()
+    .map(|t| NewPartitions::new(t, 3))
+    .collect();
+    let results = rt
+        .block_on(admin.create_partitions(&grown, &AdminOptions::new()))
+        .unwrap();
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    let status = p.wait_exit(Duration::from_secs(120));
+    let log = p.log_tail();
+    assert_eq!(status.code(), Some(2), "{log}");
+    assert!(
+        log.contains("assigned input partition 2, but the input topics had 2 partitions"),
+        "{log}"
+    );
+
+    let mut again = cluster.spawn("regrown", &storage, &refresh);
+    let status = again.wait_exit(Duration::from_secs(120));
+    let log = again.log_tail();
+    assert_eq!(status.code(), Some(2), "{log}");
+    assert!(
+        log.contains("on another partition than their records go to among the 3 partitions"),
+        "{log}"
+    );
+    assert!(
+        moved
+            .iter()
+            .any(|t| log.contains(&format!("{t:?} in partition"))),
+        "names a tenant that moved ({moved:?}):\n{log}"
+    );
+    assert!(!log.contains("restored state from the changelog"), "{log}");
+    assert_eq!(cluster.alerts().len(), alerts, "nothing published");
 }

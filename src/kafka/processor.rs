@@ -80,6 +80,15 @@ const PARALLEL_BATCH: usize = 64;
 /// The fewest alerts of a batch whose JSON is made on every core.
 const PARALLEL_ALERTS: usize = 32;
 
+/// What an operator does about input topics whose partition count changed under their state.
+const REPARTITION: &str = "A tenant's records go to partition murmur2(tenant) modulo the \
+    partition count, so with another count most tenants' records land on another partition \
+    than the state that holds their history, and Kafka cannot move the records already \
+    written. Stopping rather than splitting tenants' state. To change the partition count, \
+    create new input topics and an empty state topic with the new count, produce the inputs \
+    into them again keyed by tenant (`feedback produce`, or any producer with Java's murmur2 \
+    partitioner), and run on those";
+
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error(transparent)]
@@ -1698,6 +1707,9 @@ impl Pipeline {
         }
         let read = restored.len();
         let tenants = tenants + self.resume_restored(consumer, r.committed.as_ref(), restored);
+        if self.fatal.is_some() {
+            return;
+        }
         // Published once every partition is: until then which tenants are not owned is unknown.
         self.publish_owned(false);
         let seconds = r.started.elapsed().as_secs_f64();
@@ -1730,6 +1742,9 @@ impl Pipeline {
         engines: Engines,
     ) -> usize {
         let partitions: BTreeSet<i32> = engines.keys().copied().collect();
+        if !self.state_belongs_here(&engines) {
+            return 0;
+        }
         let mut tenants = 0;
         for (partition, (engine, beside)) in engines {
             tenants += engine.len();
@@ -1769,6 +1784,42 @@ impl Pipeline {
             }
         }
         tenants
+    }
+
+    /// Whether every tenant restored for a partition belongs on it, as the inputs are routed
+    /// now (murmur2 of the tenant modulo their partition count): the state of partition p
+    /// only ever holds tenants whose records were on p. One that does not was written while
+    /// the inputs had another partition count (partitions added to every topic, or topics
+    /// recreated with another count): its tenants' records now land elsewhere, where folding
+    /// them would start a second, partial state of each. Refused (false, `fatal` set).
+    fn state_belongs_here(&mut self, engines: &Engines) -> bool {
+        let n = self.input_partitions;
+        let misplaced: Vec<String> = (engines.iter())
+            .flat_map(|(&p, (engine, _))| {
+                (engine.tenants().into_iter())
+                    .map(move |t| (p, t, routing::partition_of(t.as_bytes(), n)))
+            })
+            .filter(|&(p, _, belongs)| belongs != p)
+            .map(|(p, t, belongs)| format!("{t:?} in partition {p} belongs on {belongs}"))
+            .collect();
+        if misplaced.is_empty() {
+            return true;
+        }
+        let shown = misplaced.len().min(5);
+        let why = format!(
+            "state topic {:?} holds the state of {} tenant(s) on another partition than their \
+             records go to among the {n} partitions the input topics have now ({}{}): it was \
+             written while the inputs had another partition count. {}",
+            self.settings.topics.state,
+            misplaced.len(),
+            misplaced[..shown].join("; "),
+            if misplaced.len() > shown { "; ..." } else { "" },
+            REPARTITION
+        );
+        tracing::error!("{why}");
+        self.refusal = Some(why);
+        self.fatal = Some(KafkaError::Canceled);
+        false
     }
 
     /// Where the reading of `partitions` resumes after a rewind: where their restored state
@@ -2068,8 +2119,23 @@ impl Pipeline {
             return;
         }
         tracing::info!(partitions = ?partitions, "partitions assigned");
-        // Partitions added to the inputs while running: the start-up check did not see them,
-        // and a partition the state topic lacks can never be restored.
+        // Partitions added to the inputs while running: the start-up check did not see them.
+        // A tenant's partition is murmur2(tenant) modulo the count, so from now on most
+        // tenants' records land on another partition than the state holding their history.
+        let had = self.input_partitions;
+        if let Some(&p) = partitions.iter().find(|&&p| p as usize >= had) {
+            let why = format!(
+                "assigned input partition {p}, but the input topics had {had} partitions when \
+                 this instance started: partitions were added to them while it ran. {}",
+                REPARTITION
+            );
+            tracing::error!("{why}");
+            self.refusal = Some(why);
+            self.fatal = Some(KafkaError::Canceled);
+            return;
+        }
+        // A state topic recreated with fewer partitions: a partition it lacks can never be
+        // restored.
         let state = &self.settings.topics.state;
         let has = consumer
             .fetch_metadata(Some(state), CALL_TIMEOUT)
