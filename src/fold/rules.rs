@@ -246,11 +246,8 @@ fn evaluate_calibration(
 ) {
     let Some(as_of) = state.as_of else { return };
     let l = &state.limits.calibration;
-    let w = match bucket {
-        None => state.windows.tenant.calibration,
-        Some(b) => state.windows.horizons[b].calibration,
-    };
-    let now = CalStatus::of(w.int_hits as u64, w.int_n as u64, l);
+    let w = state.windows.calibration[bucket.map_or(0, |b| 1 + b)];
+    let now = CalStatus::of(w.hits as u64, w.n as u64, l);
     let was = match bucket {
         None => state.rules.cal_tenant,
         Some(b) => state.rules.cal_horizons[b],
@@ -351,7 +348,7 @@ pub fn on_change(state: &mut TenantState, dirty: &Dirty, shared: &Shared, out: &
         evaluate_performance(state, Some(c), out);
     }
     evaluate_calibration(state, shared, None, false, out);
-    for b in 0..state.windows.horizons.len() {
+    for b in 0..state.windows.calibration.len() - 1 {
         if dirty.horizons & (1 << b) != 0 {
             evaluate_calibration(state, shared, Some(b), false, out);
         }
@@ -367,7 +364,7 @@ pub fn on_as_of_advance(state: &mut TenantState, shared: &Shared, out: &mut Vec<
         evaluate_performance(state, Some(c), out);
     }
     evaluate_calibration(state, shared, None, true, out);
-    for b in 0..state.windows.horizons.len() {
+    for b in 0..state.windows.calibration.len() - 1 {
         evaluate_calibration(state, shared, Some(b), false, out);
     }
 }

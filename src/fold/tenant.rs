@@ -150,11 +150,12 @@ pub struct DayData {
 }
 
 /// Sums of one day's pairs per scope. They let the windows move by whole days when as_of
-/// advances, instead of by every pair.
+/// advances, instead of by every pair. Each scope keeps what its rules read: the tenant all,
+/// a channel the performance rule's sums, a horizon bucket the calibration rule's counts.
 #[derive(Debug, Clone, Default)]
 pub struct DayScores {
     pub tenant: Window,
-    pub horizons: Vec<Window>,
+    pub horizons: Vec<IntervalCounts>,
     /// (channel id, sums), in the order channels first scored on this day.
     pub channels: SmallVec<[(u32, Window); 4]>,
     /// Coverage counts: index 0 the tenant, 1 + b horizon bucket b.
@@ -164,7 +165,7 @@ pub struct DayScores {
 impl DayScores {
     fn new(buckets: usize) -> Self {
         DayScores {
-            horizons: vec![Window::default(); buckets],
+            horizons: vec![IntervalCounts::default(); buckets],
             coverage: vec![CoverageCounts::default(); buckets + 1],
             ..DayScores::default()
         }
@@ -294,20 +295,58 @@ impl Window {
     }
 }
 
-/// The three windows the rules read, for one scope.
+/// The watched interval's counts over a window: all the calibration rule reads.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IntervalCounts {
+    /// Pairs whose line carries the interval.
+    pub n: i64,
+    /// Of those, pairs whose actual lies inside it.
+    pub hits: i64,
+}
+
+impl IntervalCounts {
+    #[inline]
+    fn apply(&mut self, sign: f64, s: &Scored) {
+        if let Some((lo, hi)) = s.interval {
+            let k = sign as i64;
+            self.n += k;
+            self.hits += k * i64::from(lo <= s.y && s.y <= hi);
+        }
+    }
+
+    fn merge(&mut self, o: IntervalCounts, add: bool) {
+        let k = if add { 1 } else { -1 };
+        self.n += k * o.n;
+        self.hits += k * o.hits;
+    }
+}
+
+impl Window {
+    /// The window's interval counts.
+    pub fn interval(&self) -> IntervalCounts {
+        IntervalCounts {
+            n: self.int_n,
+            hits: self.int_hits,
+        }
+    }
+}
+
+/// The performance rule's two windows, for one scope (the tenant or a channel).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RuleWindows {
     pub recent: Window,
     pub baseline: Window,
-    pub calibration: Window,
 }
 
-/// The rule windows of every scope of a tenant.
+/// The rule windows of every scope of a tenant: the performance rule's per tenant and per
+/// channel, the calibration rule's per tenant and per horizon bucket. Nothing else is kept
+/// running: a window no rule reads would cost every rescored pair its sums.
 #[derive(Debug, Clone, Default)]
 pub struct WindowSet {
     pub tenant: RuleWindows,
     pub channels: Vec<RuleWindows>,
-    pub horizons: Vec<RuleWindows>,
+    /// The calibration windows: index 0 the tenant, 1 + b horizon bucket b.
+    pub calibration: Vec<IntervalCounts>,
 }
 
 impl WindowSet {
@@ -316,26 +355,34 @@ impl WindowSet {
         self.channels
             .iter_mut()
             .for_each(|w| *w = RuleWindows::default());
-        self.horizons
+        self.calibration
             .iter_mut()
-            .for_each(|w| *w = RuleWindows::default());
+            .for_each(|w| *w = IntervalCounts::default());
     }
 
     /// Adds (or with `add` false removes) a whole day's sums to the windows of `kind`.
     fn day(&mut self, kind: WindowKind, data: &DayData, add: bool) {
+        let Some(scores) = &data.scores else { return };
         let apply = |w: &mut RuleWindows, day: &Window| {
-            let target = kind.of(w);
+            let target = match kind {
+                WindowKind::Recent => &mut w.recent,
+                WindowKind::Baseline => &mut w.baseline,
+                WindowKind::Calibration => return,
+            };
             if add {
                 target.merge(day)
             } else {
                 target.unmerge(day)
             }
         };
-        let Some(scores) = &data.scores else { return };
-        apply(&mut self.tenant, &scores.tenant);
-        for (b, w) in scores.horizons.iter().enumerate() {
-            apply(&mut self.horizons[b], w);
+        if kind == WindowKind::Calibration {
+            self.calibration[0].merge(scores.tenant.interval(), add);
+            for (b, w) in scores.horizons.iter().enumerate() {
+                self.calibration[1 + b].merge(*w, add);
+            }
+            return;
         }
+        apply(&mut self.tenant, &scores.tenant);
         for (channel, w) in &scores.channels {
             apply(&mut self.channels[*channel as usize], w);
         }
@@ -355,14 +402,6 @@ impl WindowKind {
         WindowKind::Baseline,
         WindowKind::Calibration,
     ];
-
-    fn of(self, w: &mut RuleWindows) -> &mut Window {
-        match self {
-            WindowKind::Recent => &mut w.recent,
-            WindowKind::Baseline => &mut w.baseline,
-            WindowKind::Calibration => &mut w.calibration,
-        }
-    }
 
     /// The window's days relative to as_of, inclusive: recent is `[-(w-1), 0]`.
     fn offsets(self, limits: &Limits) -> (Day, Day) {
@@ -406,15 +445,14 @@ impl InWindows {
         }
     }
 
+    /// Moves a pair in (`sign` 1) or out (-1) of the performance windows of a scope that hold
+    /// its day.
     fn apply(&self, w: &mut RuleWindows, sign: f64, s: &Scored) {
         if self.recent {
             w.recent.apply(sign, s);
         }
         if self.baseline {
             w.baseline.apply(sign, s);
-        }
-        if self.calibration {
-            w.calibration.apply(sign, s);
         }
     }
 }
@@ -461,27 +499,41 @@ impl Scorer<'_> {
                 w.apply(1.0, n);
             }
         };
+        let intervals = |w: &mut IntervalCounts| {
+            if let Some(o) = &old_s {
+                w.apply(-1.0, o);
+            }
+            if let Some(n) = &new_s {
+                w.apply(1.0, n);
+            }
+        };
         let b = line.bucket as usize;
-        let buckets = self.windows.horizons.len();
+        let buckets = self.windows.calibration.len() - 1;
         let scores = scores.get_or_insert_with(|| Box::new(DayScores::new(buckets)));
         apply(&mut scores.tenant);
-        apply(&mut scores.horizons[b]);
+        intervals(&mut scores.horizons[b]);
         apply(scores.channel(channel));
         for i in [0, 1 + b] {
             scores.coverage[i].replace(&set.layout, &line.values, old, new);
         }
         let inw = InWindows::of(self.limits, self.as_of, day);
-        for w in [
-            &mut self.windows.tenant,
-            &mut self.windows.channels[channel as usize],
-            &mut self.windows.horizons[b],
-        ] {
-            if let Some(o) = &old_s {
-                inw.apply(w, -1.0, o);
+        if inw.recent || inw.baseline {
+            for w in [
+                &mut self.windows.tenant,
+                &mut self.windows.channels[channel as usize],
+            ] {
+                if let Some(o) = &old_s {
+                    inw.apply(w, -1.0, o);
+                }
+                if let Some(n) = &new_s {
+                    inw.apply(w, 1.0, n);
+                }
             }
-            if let Some(n) = &new_s {
-                inw.apply(w, 1.0, n);
-            }
+        }
+        if inw.calibration {
+            let (tenant, rest) = self.windows.calibration.split_at_mut(1);
+            intervals(&mut tenant[0]);
+            intervals(&mut rest[b]);
         }
         dirty.mark(channel, line.bucket);
     }
@@ -613,7 +665,7 @@ impl TenantState {
             outcome_seq: 0,
             counters: Counters::default(),
             windows: WindowSet {
-                horizons: vec![RuleWindows::default(); buckets],
+                calibration: vec![IntervalCounts::default(); buckets + 1],
                 ..WindowSet::default()
             },
             rules: RuleState::new(buckets),
@@ -1062,8 +1114,7 @@ mod tests {
     fn check(state: &TenantState) {
         let rebuilt = state.rebuilt_windows();
         let pairs = std::iter::once((&state.windows.tenant, &rebuilt.tenant))
-            .chain(state.windows.channels.iter().zip(&rebuilt.channels))
-            .chain(state.windows.horizons.iter().zip(&rebuilt.horizons));
+            .chain(state.windows.channels.iter().zip(&rebuilt.channels));
         for (running, fresh) in pairs {
             assert!(
                 same(&running.recent, &fresh.recent),
@@ -1073,11 +1124,8 @@ mod tests {
                 same(&running.baseline, &fresh.baseline),
                 "baseline: {running:?} vs {fresh:?}"
             );
-            assert!(
-                same(&running.calibration, &fresh.calibration),
-                "calibration"
-            );
         }
+        assert_eq!(state.windows.calibration, rebuilt.calibration, "calibration");
     }
 
     #[test]
