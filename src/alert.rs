@@ -52,6 +52,7 @@ impl fmt::Display for AlertType {
 /// `data` is kept as the JSON text it will be written as: alerts are built on the fold's hot
 /// path (a calibration report per tenant per day), and a tree of `serde_json::Value` for each
 /// cost more than the rest of the record's fold. [`Alert::data_json`] parses it when needed.
+/// The sinks write an alert with [`Alert::write_json`]: the same bytes as serializing it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Alert {
     pub specversion: Cow<'static, str>,
@@ -62,7 +63,56 @@ pub struct Alert {
     pub subject: String,
     pub time: String,
     pub datacontenttype: Cow<'static, str>,
-    pub data: Box<RawValue>,
+    pub data: AlertData,
+}
+
+/// An alert's `data` as JSON text: made by serde_json ([`raw_data`]) or by a writer of this
+/// crate tested to write what serde_json writes, so it is not parsed again to be checked (that
+/// cost more than writing a daily report). It serializes as that text, verbatim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlertData(Box<str>);
+
+impl AlertData {
+    /// The JSON text.
+    pub fn get(&self) -> &str {
+        &self.0
+    }
+
+    /// JSON text from a writer of this crate that writes what serde_json would (tested).
+    pub(crate) fn written(json: String) -> AlertData {
+        debug_assert!(
+            serde_json::from_str::<serde::de::IgnoredAny>(&json).is_ok(),
+            "{json}"
+        );
+        AlertData(json.into_boxed_str())
+    }
+}
+
+impl Serialize for AlertData {
+    /// Through serde: checked as JSON first, which only the slow paths pay (tests, a
+    /// `serde_json::Value` of an alert); the sinks use [`Alert::write_json`].
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let raw = RawValue::from_string(self.0.to_string()).map_err(serde::ser::Error::custom)?;
+        raw.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for AlertData {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let raw = Box::<RawValue>::deserialize(deserializer)?;
+        Ok(AlertData(raw.get().into()))
+    }
+}
+
+/// Appends `s` as a JSON string, as serde_json writes it (escaping only what needs it).
+pub(crate) fn push_json_str(out: &mut Vec<u8>, s: &str) {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        serde_json::to_writer(&mut *out, s).expect("a string serializes");
+    }
 }
 
 impl PartialEq for Alert {
@@ -94,8 +144,12 @@ struct Probe {
 }
 
 /// Serializes alert data to JSON text. The data types of this crate always serialize.
-pub fn raw_data<T: Serialize>(data: &T) -> Box<RawValue> {
-    serde_json::value::to_raw_value(data).unwrap_or_else(|_| RawValue::NULL.to_owned())
+pub fn raw_data<T: Serialize>(data: &T) -> AlertData {
+    AlertData(
+        serde_json::to_string(data)
+            .unwrap_or_else(|_| "null".to_owned())
+            .into_boxed_str(),
+    )
 }
 
 /// Namespace of the v5 UUIDs used as alert ids.
@@ -128,7 +182,7 @@ impl Alert {
         time: String,
         status: &str,
         occurrence: u64,
-        data: Box<RawValue>,
+        data: AlertData,
     ) -> Alert {
         // "{kind}\n{tenant}\n{scope}\n{time}\n{status}\n{occurrence}", written without `fmt`.
         let mut name = String::with_capacity(
@@ -152,6 +206,27 @@ impl Alert {
             datacontenttype: Cow::Borrowed("application/json"),
             data,
         }
+    }
+
+    /// Appends the alert's JSON: the same bytes as `serde_json::to_writer(out, self)`
+    /// (tested), without serde's escaping of every key or checking the data again.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        let fields: [(&[u8], &str); 7] = [
+            (b"{\"specversion\":", &self.specversion),
+            (b",\"id\":", &self.id),
+            (b",\"source\":", &self.source),
+            (b",\"type\":", self.kind.as_str()),
+            (b",\"subject\":", &self.subject),
+            (b",\"time\":", &self.time),
+            (b",\"datacontenttype\":", &self.datacontenttype),
+        ];
+        for (key, value) in fields {
+            out.extend_from_slice(key);
+            push_json_str(out, value);
+        }
+        out.extend_from_slice(b",\"data\":");
+        out.extend_from_slice(self.data.get().as_bytes());
+        out.push(b'}');
     }
 
     /// The data as a JSON value.
@@ -223,6 +298,39 @@ mod tests {
         let json = serde_json::to_value(a()).unwrap();
         assert_eq!(json["type"], "model.calibration");
         assert_eq!(json["specversion"], "1.0");
+    }
+
+    /// What the sinks write is what serializing the alert writes, for envelopes whose strings
+    /// need escaping or not; data made by serde_json reads back the same.
+    #[test]
+    fn write_json_is_what_serde_json_writes() {
+        for subject in ["acme", "a\"b\\c", "tab\there\n", "é-ü", ""] {
+            for data in [
+                serde_json::json!({}),
+                serde_json::json!({"status": "ok", "n": 3, "x": [0.5, null], "s": "\"q\""}),
+                serde_json::json!(null),
+            ] {
+                let mut alert = Alert::new(
+                    AlertType::DriftDetected,
+                    subject,
+                    "tenant",
+                    format!("2026-11-20T00:00:00Z{subject}"),
+                    "firing",
+                    7,
+                    raw_data(&data),
+                );
+                alert.source = Cow::Owned(format!("src{subject}"));
+                let mut written = Vec::new();
+                alert.write_json(&mut written);
+                assert_eq!(
+                    String::from_utf8(written.clone()).unwrap(),
+                    serde_json::to_string(&alert).unwrap()
+                );
+                let back: Alert = serde_json::from_slice(&written).unwrap();
+                assert_eq!(back, alert);
+                assert_eq!(back.data_json(), data);
+            }
+        }
     }
 
     #[test]

@@ -445,13 +445,12 @@ fn fold_batch(
         .map(|alerts| {
             let mut lines = Vec::new();
             for alert in alerts {
-                serde_json::to_writer(&mut lines, alert)?;
+                alert.write_json(&mut lines);
                 lines.push(b'\n');
             }
-            Ok(lines)
+            lines
         })
-        .collect::<Result<_, serde_json::Error>>()
-        .map_err(|e| err(e.into()))?;
+        .collect();
     for lines in &lines {
         w.write_all(lines).map_err(err)?;
     }

@@ -14,7 +14,7 @@ use super::config::{CalibrationLimits, PerformanceLimits};
 use super::drift::{DriftFigures, FeatureDrift};
 use super::report;
 use super::tenant::{date_text, Day, Dirty, RuleWindows, Shared, TenantState, Window};
-use crate::alert::{raw_data, Alert, AlertType};
+use crate::alert::{push_json_str, raw_data, Alert, AlertData, AlertType};
 use crate::event::FeatureImportance;
 use crate::fold::stats::Shares;
 
@@ -216,7 +216,7 @@ fn performance_data(
     status: &str,
     as_of: &str,
     w: &RuleWindows,
-) -> Box<serde_json::value::RawValue> {
+) -> AlertData {
     let l = &state.limits.performance;
     raw_data(&json!({
         "tenant": state.name,
@@ -274,7 +274,7 @@ fn evaluate_calibration(
     };
     let date = date_text(as_of);
     let named = counts.named();
-    let data = raw_data(&CalibrationData {
+    let data = calibration_json(&CalibrationData {
         tenant: &state.name,
         status: now.as_str(),
         scope: &scope,
@@ -332,6 +332,46 @@ struct CalibrationLimitsData {
     low: f64,
     high: f64,
     min_n: u64,
+}
+
+/// The JSON text serde_json makes of `d` (tested), written directly: there is a daily report per
+/// tenant per day, and serializing it through serde (which escapes every key) cost more than
+/// summing the counts it reports.
+fn calibration_json(d: &CalibrationData<'_>) -> AlertData {
+    let mut out = Vec::with_capacity(640);
+    let int =
+        |out: &mut Vec<u8>, n: u64| out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+    let float = |out: &mut Vec<u8>, x: f64| {
+        // serde_json's own form (`1e+21`, `null` when not finite).
+        serde_json::to_writer(&mut *out, &x).expect("a number serializes")
+    };
+    out.extend_from_slice(b"{\"tenant\":");
+    push_json_str(&mut out, d.tenant);
+    out.extend_from_slice(b",\"status\":");
+    push_json_str(&mut out, d.status);
+    out.extend_from_slice(b",\"scope\":");
+    push_json_str(&mut out, d.scope);
+    out.extend_from_slice(b",\"as_of\":");
+    push_json_str(&mut out, d.as_of);
+    out.extend_from_slice(b",\"window_days\":");
+    int(&mut out, u64::from(d.window_days));
+    out.extend_from_slice(b",\"n\":");
+    int(&mut out, d.n);
+    out.extend_from_slice(b",\"coverage\":");
+    d.coverage.write_json(&mut out);
+    out.extend_from_slice(b",\"ci\":");
+    d.ci.write_json(&mut out);
+    out.extend_from_slice(b",\"trigger\":");
+    push_json_str(&mut out, d.trigger);
+    out.extend_from_slice(b",\"limits\":{\"low\":");
+    float(&mut out, d.limits.low);
+    out.extend_from_slice(b",\"high\":");
+    float(&mut out, d.limits.high);
+    out.extend_from_slice(b",\"min_n\":");
+    int(&mut out, d.limits.min_n);
+    out.extend_from_slice(b"}}");
+    // Only strings and serde_json's numbers went in.
+    AlertData::written(String::from_utf8(out).expect("UTF-8 in, UTF-8 out"))
 }
 
 /// Channels in name order, so alerts come out in the same order whatever the interning order.
@@ -449,6 +489,68 @@ pub fn on_drift(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fold::stats::Coverage;
+
+    /// The daily report's data written by hand is the text serde_json makes of it, for names
+    /// that need escaping or not, counts of every kind and limits of every magnitude.
+    #[test]
+    fn calibration_json_is_what_serde_json_writes() {
+        let c = |hits, n| Coverage { hits, n };
+        let counts: [&[(&'static str, Coverage)]; 4] = [
+            &[],
+            &[("p50", c(0, 0))],
+            &[("p10", c(3, 40)), ("p50", c(21, 40)), ("p90", c(40, 40))],
+            &[
+                ("p05", c(0, 7)),
+                ("p10", c(1, 3)),
+                ("p95", c(2, 3)),
+                ("p05_p95", c(0, 0)),
+                ("p10_p90", c(123_456, 1_000_000)),
+            ],
+        ];
+        let names = ["acme", "a\"b\\c", "tab\there", "é-ü.x_1", ""];
+        let floats = [
+            0.7,
+            0.9,
+            0.0,
+            -0.0,
+            1e-7,
+            1e21,
+            123.456,
+            f64::NAN,
+            f64::INFINITY,
+        ];
+        let mut cases = 0;
+        for (i, named) in counts.iter().enumerate() {
+            for (j, name) in names.iter().enumerate() {
+                for (k, &low) in floats.iter().enumerate() {
+                    let data = CalibrationData {
+                        tenant: name,
+                        status: ["ok", "warn_low", "insufficient_data"][k % 3],
+                        scope: names[(j + k) % names.len()],
+                        as_of: "2026-11-20",
+                        window_days: [28, 0, u32::MAX][i % 3],
+                        n: [0, 120, u64::MAX][(i + j) % 3],
+                        coverage: Shares { named, ci: false },
+                        ci: Shares { named, ci: true },
+                        trigger: ["as_of", "status_change"][j % 2],
+                        limits: CalibrationLimitsData {
+                            low,
+                            high: floats[(k + 1) % floats.len()],
+                            min_n: [30, 0, u64::MAX][k % 3],
+                        },
+                    };
+                    assert_eq!(
+                        calibration_json(&data).get(),
+                        raw_data(&data).get(),
+                        "case {i} {j} {k}"
+                    );
+                    cases += 1;
+                }
+            }
+        }
+        assert_eq!(cases, 4 * 5 * 9);
+    }
 
     fn window(n: i64, abs_err: f64, ape: f64) -> Window {
         let mut w = Window {

@@ -560,6 +560,30 @@ impl Serialize for Shares<'_> {
     }
 }
 
+impl Shares<'_> {
+    /// Appends the JSON serde_json makes of these shares (the map, as [`Serialize`] writes it).
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        out.push(b'{');
+        let mut first = true;
+        SHARE_TEXT.with_borrow_mut(|texts| {
+            for (key, c) in self.named.iter().filter(|(_, c)| c.n > 0) {
+                if !first {
+                    out.push(b',');
+                }
+                first = false;
+                // The keys are quantile names (`p10`, `p10_p90`): nothing to escape.
+                out.push(b'"');
+                out.extend_from_slice(key.as_bytes());
+                out.extend_from_slice(b"\":");
+                let text = texts.of(*c);
+                let text = if self.ci { &text.ci } else { &text.share };
+                out.extend_from_slice(text.get().as_bytes());
+            }
+        });
+        out.push(b'}');
+    }
+}
+
 thread_local! {
     static SHARE_TEXT: RefCell<ShareTexts> = RefCell::new(ShareTexts::default());
 }

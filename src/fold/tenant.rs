@@ -1125,7 +1125,10 @@ mod tests {
                 "baseline: {running:?} vs {fresh:?}"
             );
         }
-        assert_eq!(state.windows.calibration, rebuilt.calibration, "calibration");
+        assert_eq!(
+            state.windows.calibration, rebuilt.calibration,
+            "calibration"
+        );
     }
 
     #[test]

@@ -570,7 +570,8 @@ struct ReadyAlert {
 
 impl ReadyAlert {
     fn new(alert: Alert) -> Self {
-        let payload = serde_json::to_vec(&alert).expect("alerts always serialize");
+        let mut payload = Vec::with_capacity(768);
+        alert.write_json(&mut payload);
         let mut headers = OwnedHeaders::new_with_capacity(6);
         for (key, value) in alert.headers() {
             headers = headers.insert(Header {
