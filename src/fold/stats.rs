@@ -391,6 +391,7 @@ fn merge_entries<A: smallvec::Array<Item = (u8, Coverage)>>(
 
 impl CoverageCounts {
     /// Adds (`add` true) or removes one pair: quantile `values` laid out as `layout`, actual `y`.
+    #[inline]
     pub fn apply(&mut self, layout: &Layout, values: &[f64], y: f64, add: bool) {
         if add {
             self.n += 1
@@ -428,6 +429,7 @@ impl CoverageCounts {
 
     /// Moves one pair from actual `old` to `new` (None: not counted). When both are there only
     /// the hits that flipped change.
+    #[inline]
     pub fn replace(&mut self, layout: &Layout, values: &[f64], old: Option<f64>, new: Option<f64>) {
         let (old, new) = match (old, new) {
             (Some(o), Some(n)) => (o, n),
