@@ -272,26 +272,34 @@ fn partitions_added_while_running_stop_it_with_the_reason() {
         &["--kafka-config", "topic.metadata.refresh.interval.ms=1000"],
     );
     p.wait_restored(Duration::from_secs(60));
+    let t = &cluster.topics;
+    grow(
+        &cluster,
+        &[&t.outcomes, &t.forecasts, &t.feature_importances],
+        3,
+    );
+    refused(&mut p, "partitions were added to them while it ran");
+}
+
+/// Gives `topics` `partitions` partitions.
+fn grow(cluster: &common::Cluster, topics: &[&str], partitions: usize) {
     let (admin, rt) = cluster.admin();
-    let grown: Vec<NewPartitions> = [
-        &cluster.topics.outcomes,
-        &cluster.topics.forecasts,
-        &cluster.topics.feature_importances,
-    ]
-    .into_iter()
-    .map(|t| NewPartitions::new(t, 3))
-    .collect();
+    let grown: Vec<NewPartitions> = (topics.iter())
+        .map(|t| NewPartitions::new(t, partitions))
+        .collect();
     let results = rt
         .block_on(admin.create_partitions(&grown, &AdminOptions::new()))
         .unwrap();
     assert!(results.iter().all(Result::is_ok), "{results:?}");
+}
+
+/// Waits for `p` to stop with exit code 2 and `reason` in its log; the log.
+fn refused(p: &mut common::Process, reason: &str) -> String {
     let status = p.wait_exit(Duration::from_secs(120));
     let log = p.log_tail();
     assert_eq!(status.code(), Some(2), "{log}");
-    assert!(
-        log.contains("partitions were added to them while it ran"),
-        "{log}"
-    );
+    assert!(log.contains(reason), "{log}");
+    log
 }
 
 /// Partitions added to every topic, the state topic too, so that a restart passes the start-up
@@ -328,35 +336,18 @@ fn state_written_with_another_partition_count_is_refused() {
     cluster.wait_caught_up(Duration::from_secs(120), &mut [&mut p]);
     let alerts = cluster.alerts().len();
     assert!(alerts > 0);
-    let (admin, rt) = cluster.admin();
-    let grown: Vec<NewPartitions> = [
-        &cluster.topics.outcomes,
-        &cluster.topics.forecasts,
-        &cluster.topics.feature_importances,
-        &cluster.topics.state,
-    ]
-    .into_iter()
-    .map(|t| NewPartitions::new(t, 3))
-    .collect();
-    let results = rt
-        .block_on(admin.create_partitions(&grown, &AdminOptions::new()))
-        .unwrap();
-    assert!(results.iter().all(Result::is_ok), "{results:?}");
-    let status = p.wait_exit(Duration::from_secs(120));
-    let log = p.log_tail();
-    assert_eq!(status.code(), Some(2), "{log}");
-    assert!(
-        log.contains("assigned input partition 2, but the input topics had 2 partitions"),
-        "{log}"
+    let t = &cluster.topics;
+    let every = [&t.outcomes, &t.forecasts, &t.feature_importances, &t.state];
+    grow(&cluster, &every.map(String::as_str), 3);
+    refused(
+        &mut p,
+        "assigned input partition 2, but the input topics had 2 partitions",
     );
 
     let mut again = cluster.spawn("regrown", &storage, &refresh);
-    let status = again.wait_exit(Duration::from_secs(120));
-    let log = again.log_tail();
-    assert_eq!(status.code(), Some(2), "{log}");
-    assert!(
-        log.contains("on another partition than their records go to among the 3 partitions"),
-        "{log}"
+    let log = refused(
+        &mut again,
+        "on another partition than their records go to among the 3 partitions",
     );
     assert!(
         moved
