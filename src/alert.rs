@@ -304,7 +304,14 @@ mod tests {
     /// need escaping or not; data made by serde_json reads back the same.
     #[test]
     fn write_json_is_what_serde_json_writes() {
-        for subject in ["acme", "a\"b\\c", "tab\there\n", "é-ü", ""] {
+        for subject in [
+            "acme",
+            "a\"b\\c",
+            "tab\there\n",
+            "é-ü",
+            "",
+            "\u{7f}\u{1}\u{1f}😀",
+        ] {
             for data in [
                 serde_json::json!({}),
                 serde_json::json!({"status": "ok", "n": 3, "x": [0.5, null], "s": "\"q\""}),

@@ -168,14 +168,14 @@ impl Storage {
             })
         }));
         match written {
-            Ok(mut stamps) => {
+            Ok(stamps) => {
                 for (path, first, fingerprints, spans) in pending {
-                    match stamps.remove(&path) {
-                        Some(stamp) => cache.remember(path, stamp, first, fingerprints, spans),
+                    match stamps.get(&path) {
+                        Some(&stamp) => cache.remember(path, stamp, first, fingerprints, spans),
                         None => cache.forget(&path),
                     }
                 }
-                // The performance and drift documents: only their stamps.
+                // Every document's stamp (the calibration documents' are also in `written`).
                 cache.stamps.extend(stamps);
                 Ok(())
             }

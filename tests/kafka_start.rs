@@ -350,6 +350,10 @@ fn state_written_with_another_partition_count_is_refused() {
         "on another partition than their records go to among the 3 partitions",
     );
     assert!(
+        log.contains("it was written while the inputs had another partition count"),
+        "{log}"
+    );
+    assert!(
         moved
             .iter()
             .any(|t| log.contains(&format!("{t:?} in partition"))),

@@ -508,7 +508,14 @@ mod tests {
                 ("p10_p90", c(123_456, 1_000_000)),
             ],
         ];
-        let names = ["acme", "a\"b\\c", "tab\there", "é-ü.x_1", ""];
+        let names = [
+            "acme",
+            "a\"b\\c",
+            "tab\there",
+            "é-ü.x_1",
+            "",
+            "\u{7f}\u{1}\u{1f}😀",
+        ];
         let floats = [
             0.7,
             0.9,
@@ -549,7 +556,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(cases, 4 * 5 * 9);
+        assert_eq!(cases, 4 * 6 * 9);
     }
 
     fn window(n: i64, abs_err: f64, ape: f64) -> Window {

@@ -1788,13 +1788,17 @@ impl Pipeline {
     }
 
     /// Whether every tenant restored for a partition belongs on it, as the inputs are routed
-    /// now (murmur2 of the tenant modulo their partition count): the state of partition p
-    /// only ever holds tenants whose records were on p. One that does not was written while
-    /// the inputs had another partition count (partitions added to every topic, or topics
-    /// recreated with another count): its tenants' records now land elsewhere, where folding
-    /// them would start a second, partial state of each. Refused (false, `fatal` set).
+    /// now (murmur2 of the tenant modulo their partition count): since the routing check
+    /// (c185219), the state of partition p only ever holds tenants whose records were on p.
+    /// Folding on top of state that does not would make a second, partial state of each
+    /// misplaced tenant, whose documents replace the real ones. Refused (false, `fatal` set),
+    /// with the likely cause: when a quarter or more of the tenants moved, the state was
+    /// written while the inputs had another partition count (any change of count moves half
+    /// of them or more: doubling it half, other changes more); when fewer did, a build before
+    /// the routing check folded records that a producer sent to the wrong partition.
     fn state_belongs_here(&mut self, engines: &Engines) -> bool {
         let n = self.input_partitions;
+        let tenants: usize = engines.values().map(|(engine, _)| engine.len()).sum();
         let misplaced: Vec<String> = (engines.iter())
             .flat_map(|(&p, (engine, _))| {
                 (engine.tenants().into_iter())
@@ -1807,15 +1811,29 @@ impl Pipeline {
             return true;
         }
         let shown = misplaced.len().min(5);
+        let cause = if repartitioned(misplaced.len(), tenants) {
+            format!(
+                "it was written while the inputs had another partition count (or by another \
+                 group sharing this state topic, whose inputs have another count). {REPARTITION}"
+            )
+        } else {
+            "it holds state a build before the routing check folded from records a producer \
+             sent to the wrong partition (another partitioner than Java's murmur2): a second, \
+             partial state of each of these tenants. Rebuild the state from the inputs: stop \
+             every instance of the group, delete and recreate the state topic (compacted), reset \
+             the group's offsets to the earliest (kafka-consumer-groups.sh --reset-offsets \
+             --to-earliest), and start again; records on the wrong partition then go to the DLQ \
+             as wrong_partition"
+                .to_owned()
+        };
         let why = format!(
-            "state topic {:?} holds the state of {} tenant(s) on another partition than their \
-             records go to among the {n} partitions the input topics have now ({}{}): it was \
-             written while the inputs had another partition count. {}",
+            "state topic {:?} holds the state of {} of {tenants} tenant(s) on another partition \
+             than their records go to among the {n} partitions the input topics have now \
+             ({}{}): {cause}",
             self.settings.topics.state,
             misplaced.len(),
             misplaced[..shown].join("; "),
             if misplaced.len() > shown { "; ..." } else { "" },
-            REPARTITION
         );
         tracing::error!("{why}");
         self.refusal = Some(why);
@@ -2754,6 +2772,13 @@ pub fn run(settings: Settings, handles: Handles) -> Result<RunSummary, RunError>
     result.map(|()| summary)
 }
 
+/// Whether `misplaced` of `tenants` restored tenants routed to another partition than their
+/// state's tells of a changed partition count (a quarter or more of them) rather than of a
+/// few records folded on the wrong partition by a build before the routing check.
+fn repartitioned(misplaced: usize, tenants: usize) -> bool {
+    misplaced * 4 >= tenants
+}
+
 fn slot_fatal(slot: &Arc<Mutex<Option<Pipeline>>>) -> Option<KafkaError> {
     slot.lock()
         .unwrap_or_else(|p| p.into_inner())
@@ -2777,6 +2802,36 @@ fn close_with_bound(consumer: BaseConsumer<ConsumerHooks>, slot: Arc<Mutex<Optio
 
 #[cfg(test)]
 mod tests {
+
+    /// Any change of the inputs' partition count moves at least a third of a thousand tenants
+    /// to another partition (half when it doubles), so a quarter tells it from a few records
+    /// folded on the wrong partition long ago.
+    #[test]
+    fn a_changed_partition_count_moves_a_quarter_of_the_tenants_or_more() {
+        let tenants: Vec<String> = (0..1000).map(|i| format!("tenant-{i:04}")).collect();
+        for (from, to) in [
+            (2, 3),
+            (3, 2),
+            (6, 12),
+            (12, 6),
+            (6, 8),
+            (8, 6),
+            (4, 5),
+            (1, 2),
+        ] {
+            let moved = (tenants.iter())
+                .filter(|t| {
+                    routing::partition_of(t.as_bytes(), from)
+                        != routing::partition_of(t.as_bytes(), to)
+                })
+                .count();
+            assert!(moved >= 400, "{from} -> {to}: {moved} moved");
+            assert!(repartitioned(moved, tenants.len()), "{from} -> {to}");
+        }
+        assert!(!repartitioned(3, 1000));
+        assert!(!repartitioned(0, 5));
+        assert!(repartitioned(1, 4));
+    }
     use super::*;
 
     #[test]
