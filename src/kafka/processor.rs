@@ -2802,10 +2802,11 @@ fn close_with_bound(consumer: BaseConsumer<ConsumerHooks>, slot: Arc<Mutex<Optio
 
 #[cfg(test)]
 mod tests {
+    use super::*;
 
-    /// Any change of the inputs' partition count moves at least a third of a thousand tenants
-    /// to another partition (half when it doubles), so a quarter tells it from a few records
-    /// folded on the wrong partition long ago.
+    /// Any change of the inputs' partition count moves half of a thousand tenants or more to
+    /// another partition (half when it doubles or halves), so a quarter tells it from a few
+    /// records folded on the wrong partition long ago.
     #[test]
     fn a_changed_partition_count_moves_a_quarter_of_the_tenants_or_more() {
         let tenants: Vec<String> = (0..1000).map(|i| format!("tenant-{i:04}")).collect();
@@ -2832,7 +2833,6 @@ mod tests {
         assert!(!repartitioned(0, 5));
         assert!(repartitioned(1, 4));
     }
-    use super::*;
 
     #[test]
     fn documents_rounds_stretch_only_behind_the_inputs() {
