@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{assert_alert_guarantees, assert_same_documents, Cluster};
+use common::Cluster;
 use feedback::simulate::{generate, Scenario, SimConfig, SimPayload};
 use rand::{Rng, SeedableRng};
 
@@ -66,11 +66,7 @@ fn sigkill_three_times_loses_and_repeats_nothing() {
     let status = p.terminate(Duration::from_secs(60));
     assert!(status.success(), "exit {status}:\n{}", p.log_tail());
 
-    let (fold_storage, fold_alerts) = cluster.fold(vec![cluster.write_jsonl(&records)]);
-    assert_same_documents(&storage, &fold_storage);
-    cluster.assert_no_alert_twice();
-    let alerts = cluster.alerts();
-    assert_alert_guarantees(&alerts, &fold_alerts, &storage);
+    cluster.assert_folded_once(&records, &storage);
     // Keyed by tenant, the CloudEvents envelope mirrored in the headers.
     for (key, headers, value) in cluster.read_all(&cluster.topics.alerts).iter().take(2000) {
         let a: feedback::alert::Alert = serde_json::from_slice(value).unwrap();

@@ -9,7 +9,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{assert_alert_guarantees, assert_same_documents, Cluster};
+use common::Cluster;
 use feedback::simulate::{generate, Scenario, SimConfig};
 
 /// The pid of the broker `scripts/kafka.sh start` runs (`$KAFKA_DATA_DIR/kafka.pid`).
@@ -132,10 +132,7 @@ fn a_broker_away_longer_than_the_transaction_timeout_is_ridden_out() {
     }
     assert!(status.success(), "exit {status}:\n{}", p.log_tail());
 
-    let (fold_storage, fold_alerts) = cluster.fold(vec![cluster.write_jsonl(&records)]);
-    assert_same_documents(&storage, &fold_storage);
-    cluster.assert_no_alert_twice();
-    assert_alert_guarantees(&cluster.alerts(), &fold_alerts, &storage);
+    cluster.assert_folded_once(&records, &storage);
 }
 
 /// A soak, not run by the suite (`cargo test --release --test kafka_pause -- --ignored`): the
@@ -193,8 +190,5 @@ fn soak_many_broker_pauses() {
         eprintln!("{what}: {}", log.matches(what).count());
     }
     assert!(status.success(), "exit {status}:\n{}", p.log_tail());
-    let (fold_storage, fold_alerts) = cluster.fold(vec![cluster.write_jsonl(&records)]);
-    assert_same_documents(&storage, &fold_storage);
-    cluster.assert_no_alert_twice();
-    assert_alert_guarantees(&cluster.alerts(), &fold_alerts, &storage);
+    cluster.assert_folded_once(&records, &storage);
 }

@@ -185,10 +185,7 @@ fn reading_resumes_where_the_restored_state_ends_whatever_the_group_offsets_say(
         p.log_tail()
     );
 
-    let (fold_storage, fold_alerts) = cluster.fold(vec![cluster.write_jsonl(&records)]);
-    common::assert_same_documents(&storage, &fold_storage);
-    cluster.assert_no_alert_twice();
-    common::assert_alert_guarantees(&cluster.alerts(), &fold_alerts, &storage);
+    cluster.assert_folded_once(&records, &storage);
     let log = std::fs::read_to_string(&p.log).unwrap();
     assert!(
         log.contains("resuming where the state ends"),
@@ -338,9 +335,7 @@ fn a_restore_longer_than_the_poll_interval_keeps_the_instance_in_its_group() {
 
     // Every record folded once: b's documents (it owns every tenant at the end) and the alerts
     // of both are `fold`'s.
-    let (fold_storage, fold_alerts) = cluster.fold(vec![cluster.write_jsonl(&records)]);
-    common::assert_same_documents(&storage_b, &fold_storage);
-    common::assert_alert_guarantees(&cluster.alerts(), &fold_alerts, &storage_b);
+    cluster.assert_folded_once(&records, &storage_b);
 }
 
 /// A restore that reads nothing (here a broker quota on the restore's client so small that the
@@ -396,9 +391,7 @@ fn a_restore_that_reads_nothing_is_started_again() {
     assert!(stalled >= 1, "{metrics}");
     assert!(b.terminate(Duration::from_secs(60)).success());
 
-    let (fold_storage, fold_alerts) = cluster.fold(vec![cluster.write_jsonl(&records)]);
-    common::assert_same_documents(&storage, &fold_storage);
-    common::assert_alert_guarantees(&cluster.alerts(), &fold_alerts, &storage);
+    cluster.assert_folded_once(&records, &storage);
 }
 
 /// Changes the broker's quotas of one client id (`scripts/kafka.sh configs`).

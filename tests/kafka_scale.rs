@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{assert_alert_guarantees, assert_same_documents, field, Cluster};
+use common::{field, Cluster};
 use feedback::simulate::{generate, Scenario, SimConfig};
 
 /// The partition sets an instance's log says it was assigned, in order.
@@ -108,10 +108,7 @@ fn the_survivor_takes_over_the_stopped_instances_partitions() {
     let status = b.terminate(Duration::from_secs(60));
     assert!(status.success(), "b: exit {status}:\n{}", b.log_tail());
 
-    let (fold_storage, fold_alerts) = cluster.fold(vec![cluster.write_jsonl(&records)]);
-    assert_same_documents(&storage, &fold_storage);
-    cluster.assert_no_alert_twice();
-    assert_alert_guarantees(&cluster.alerts(), &fold_alerts, &storage);
+    cluster.assert_folded_once(&records, &storage);
 }
 
 /// The eager protocol revokes every partition at each rebalance, and most come straight back:
@@ -178,10 +175,7 @@ fn partitions_that_come_back_after_a_rebalance_keep_their_state() {
         let status = p.terminate(Duration::from_secs(60));
         assert!(status.success(), "exit {status}:\n{}", p.log_tail());
     }
-    let (fold_storage, fold_alerts) = cluster.fold(vec![cluster.write_jsonl(&records)]);
-    assert_same_documents(&storage, &fold_storage);
-    cluster.assert_no_alert_twice();
-    assert_alert_guarantees(&cluster.alerts(), &fold_alerts, &storage);
+    cluster.assert_folded_once(&records, &storage);
 }
 
 /// A zombie: an instance frozen (SIGSTOP) with a transaction open, for longer than the session
@@ -281,10 +275,7 @@ fn a_frozen_instance_that_comes_back_commits_nothing_of_what_it_lost() {
         assert!(status.success(), "{name}: exit {status}:\n{}", p.log_tail());
     }
 
-    let (fold_storage, fold_alerts) = cluster.fold(vec![cluster.write_jsonl(&records)]);
-    assert_same_documents(&storage, &fold_storage);
-    cluster.assert_no_alert_twice();
-    assert_alert_guarantees(&cluster.alerts(), &fold_alerts, &storage);
+    cluster.assert_folded_once(&records, &storage);
     // What a folded before the freeze was in a transaction, aborted once thawed.
     let lost = (log.lines())
         .find(|l| l.contains("the assignment was lost"))

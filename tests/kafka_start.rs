@@ -204,9 +204,7 @@ fn a_group_whose_offsets_expired_resumes_from_its_state() {
     assert!(again.terminate(Duration::from_secs(60)).success());
 
     // Every record folded once: the same documents and alert guarantees as `fold` over all.
-    let (fold_storage, fold_alerts) = cluster.fold(vec![cluster.write_jsonl(&records)]);
-    common::assert_same_documents(&storage, &fold_storage);
-    common::assert_alert_guarantees(&cluster.alerts(), &fold_alerts, &storage);
+    cluster.assert_folded_once(&records, &storage);
 }
 
 /// Records the input's retention deletes before `run` reads them (an instance down for longer

@@ -197,6 +197,16 @@ impl Cluster {
         (storage, alerts)
     }
 
+    /// Every record of `records` folded exactly once into `storage` and the alerts topic: the
+    /// documents `feedback fold` writes over them, no alert id committed twice, and the alert
+    /// guarantees against `fold`'s alerts.
+    pub fn assert_folded_once(&self, records: &[SimRecord], storage: &Path) {
+        let (fold_storage, fold_alerts) = self.fold(vec![self.write_jsonl(records)]);
+        assert_same_documents(storage, &fold_storage);
+        self.assert_no_alert_twice();
+        assert_alert_guarantees(&self.alerts(), &fold_alerts, storage);
+    }
+
     /// Starts `feedback run` as a child process; its log goes to `{dir}/{instance}-{n}.log`.
     pub fn spawn(&self, instance: &str, storage: &Path, extra: &[&str]) -> Process {
         self.spawn_in_group(&self.group, instance, storage, extra)
