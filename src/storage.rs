@@ -844,15 +844,8 @@ mod tests {
     /// files were renamed before the failure: their next write renders them whole.
     #[test]
     fn a_failed_cached_write_forgets_its_tenants() {
-        use crate::fold::{Engine, FoldConfig};
-        use crate::simulate::{generate_events, SimConfig};
-        let events = generate_events(&SimConfig {
-            tenants: 1,
-            days: 20,
-            ..SimConfig::default()
-        });
-        let mut engine = Engine::new(FoldConfig::default());
-        engine.apply_batch(&events, &mut Vec::new());
+        use crate::fold::Engine;
+        let engine = Engine::simulated(1, 20);
         let dir = tempfile::tempdir().unwrap();
         let storage = Storage::new(dir.path());
         let mut cache = CalibrationCache::default();
@@ -902,15 +895,8 @@ mod tests {
     /// or removes it; each is told apart from the tenant's other two.
     #[test]
     fn a_cache_knows_which_documents_are_still_its_own() {
-        use crate::fold::{Engine, FoldConfig};
-        use crate::simulate::{generate_events, SimConfig};
-        let events = generate_events(&SimConfig {
-            tenants: 1,
-            days: 10,
-            ..SimConfig::default()
-        });
-        let mut engine = Engine::new(FoldConfig::default());
-        engine.apply_batch(&events, &mut Vec::new());
+        use crate::fold::Engine;
+        let engine = Engine::simulated(1, 10);
         let tenant = engine.tenants()[0];
         let dir = tempfile::tempdir().unwrap();
         let storage = Storage::new(dir.path());

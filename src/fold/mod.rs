@@ -411,6 +411,21 @@ impl<'e> Groups<'e> {
     }
 }
 
+/// An engine that folded the simulator's default history of `tenants` x `days`, for tests.
+#[cfg(test)]
+impl Engine {
+    pub(crate) fn simulated(tenants: usize, days: u32) -> Engine {
+        let events = crate::simulate::generate_events(&crate::simulate::SimConfig {
+            tenants,
+            days,
+            ..crate::simulate::SimConfig::default()
+        });
+        let mut engine = Engine::new(FoldConfig::default());
+        engine.apply_batch(&events, &mut Vec::new());
+        engine
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -704,15 +704,8 @@ mod tests {
     /// once, and entries whose counts differ have different fingerprints.
     #[test]
     fn a_calibration_history_written_in_pieces_is_its_json() {
-        use crate::fold::{Engine, FoldConfig};
-        use crate::simulate::{generate_events, SimConfig};
-        let events = generate_events(&SimConfig {
-            tenants: 2,
-            days: 40,
-            ..SimConfig::default()
-        });
-        let mut engine = Engine::new(FoldConfig::default());
-        engine.apply_batch(&events, &mut Vec::new());
+        use crate::fold::Engine;
+        let engine = Engine::simulated(2, 40);
         for tenant in engine.tenants() {
             let history = engine.documents(tenant).unwrap().calibration;
             assert!(history.entries() >= 39, "{} entries", history.entries());

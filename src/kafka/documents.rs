@@ -268,20 +268,13 @@ impl Drop for DocumentWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fold::{Engine, FoldConfig};
-    use crate::simulate::{generate_events, SimConfig};
+    use crate::fold::Engine;
 
     /// The writer copies unchanged calibration entries from what it wrote before, counts them,
     /// and after `forget` renders the forgotten tenants whole again.
     #[test]
     fn the_writer_copies_unchanged_entries_and_forgets_revoked_tenants() {
-        let events = generate_events(&SimConfig {
-            tenants: 2,
-            days: 30,
-            ..SimConfig::default()
-        });
-        let mut engine = Engine::new(FoldConfig::default());
-        engine.apply_batch(&events, &mut Vec::new());
+        let engine = Engine::simulated(2, 30);
         let dir = tempfile::tempdir().unwrap();
         let metrics = Arc::new(Metrics::new());
         let writer = DocumentWriter::new(Storage::new(dir.path()), metrics.clone());
