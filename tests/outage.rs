@@ -12,6 +12,7 @@ use feedback::kafka::produce::InputProducer;
 use feedback::kafka::Settings;
 use feedback::simulate::{generate, Scenario, SimConfig};
 use rdkafka::mocking::{MockCluster, MockCoordinator};
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 
 fn consumed(h: &Handles, t: &TopicNames) -> u64 {
     t.inputs()
@@ -224,4 +225,82 @@ fn a_commit_hung_on_the_group_coordinator_is_left_and_the_producer_replaced() {
         summary.producers_replaced >= 1,
         "the hung commit was waited out instead of its producer replaced: {summary:?}"
     );
+}
+
+/// A group is refused the state another group wrote (`tests/kafka_start.rs` on a broker): the
+/// check needs the group's committed offsets. Here the coordinator refuses the first offset
+/// fetch, the one made at the assignment: the offsets are read again once the state is
+/// restored, and the other group's state is refused all the same, before anything is folded.
+#[test]
+fn another_groups_state_is_refused_when_the_offsets_were_unreadable_at_assignment() {
+    init_logs();
+    let cluster = MockCluster::new(1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    let topics = TopicNames::default();
+    for t in topics.all() {
+        cluster.create_topic(t, 2, 1).unwrap();
+    }
+    let records = generate(&SimConfig {
+        seed: 7,
+        tenants: 4,
+        days: 12,
+        scenario: Scenario::Mixed,
+        ..SimConfig::default()
+    });
+    produce(&brokers, &topics, &records);
+    let dir = tempfile::tempdir().unwrap();
+    let settings = |group: &str| {
+        let mut s = Settings::new(&brokers, group);
+        s.check_state_policy = false;
+        s.storage_dir = dir.path().join(group);
+        s
+    };
+
+    let handles = Handles::new();
+    let h = handles.clone();
+    let first = settings("first");
+    let worker = std::thread::spawn(move || processor::run(first, h));
+    let committed = || {
+        (handles.metrics.commits)
+            .with_label_values(&["committed"])
+            .get()
+    };
+    wait("the first group's fold", Duration::from_secs(60), || {
+        consumed(&handles, &topics) >= records.len() as u64
+    });
+    let c0 = committed();
+    wait("its last commit", Duration::from_secs(30), || {
+        committed() > c0
+    });
+    handles.stop.store(true, Ordering::Relaxed);
+    worker
+        .join()
+        .unwrap()
+        .expect("the first group stops cleanly");
+
+    // The second group's first offset fetch is its assignment's.
+    cluster.request_errors(
+        RDKafkaApiKey::OffsetFetch,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_GROUP_AUTHORIZATION_FAILED],
+    );
+    let handles = Handles::new();
+    let h = handles.clone();
+    let second = settings("second");
+    let worker = std::thread::spawn(move || processor::run(second, h));
+    wait("the second group to stop", Duration::from_secs(60), || {
+        worker.is_finished()
+    });
+    match worker.join().unwrap() {
+        Err(processor::RunError::Refused(why)) => {
+            assert!(why.contains("committed no offsets there"), "{why}");
+            assert!(why.contains("written by group(s) {\"first\"}"), "{why}");
+        }
+        other => panic!("the second group was not refused: {other:?}"),
+    }
+    assert_eq!(
+        consumed(&handles, &topics),
+        0,
+        "the second group folded before it was refused"
+    );
+    drop(cluster);
 }

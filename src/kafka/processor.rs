@@ -1841,12 +1841,16 @@ impl Pipeline {
         false
     }
 
-    /// Where the reading of `partitions` resumes after a rewind: where their restored state
-    /// ends. The state's positions name every topic of its partitions once this build has
-    /// committed once (the offsets chosen at assignment join them): then the group coordinator
-    /// is not asked at all. It may be the very thing that was away: after a broker outage
-    /// librdkafka's group client was seen waiting on it for minutes. None, with `fatal` set,
-    /// when the committed offsets cannot be read.
+    /// Where the reading of `partitions` resumes after a rewind, or after an assignment whose
+    /// committed offsets could not be read: where their restored state ends. The state's
+    /// positions name every topic of its partitions once this build has committed once (the
+    /// offsets chosen at assignment join them), and the group that wrote them: when that is
+    /// this group (or the partition has no tenants) the group coordinator is not asked at all. It may be the very thing that was
+    /// away: after a broker outage librdkafka's group client was seen waiting on it for
+    /// minutes. Otherwise the committed offsets are read, and the state is checked to be this
+    /// group's ([`Pipeline::check_state_is_ours`]) as at an assignment: a coordinator that did
+    /// not answer then must not let another group's state through. None, with `fatal` set,
+    /// when the committed offsets cannot be read or the state is refused.
     fn offsets_after_rewind(
         &mut self,
         consumer: &BaseConsumer<ConsumerHooks>,
@@ -1856,7 +1860,15 @@ impl Pipeline {
         let known = |e: &rdkafka::topic_partition_list::TopicPartitionListElem<'_>| {
             self.position(e.topic(), e.partition())
         };
-        if inputs.elements().iter().all(|e| known(e).is_some()) {
+        // State that a check at the assignment would look at: tenants, written by another
+        // group or by a build before the positions named their group.
+        let group = &self.settings.group;
+        let unchecked = |p: &i32| {
+            let restored = self.engines.get(p).is_some_and(|e| !e.tenants().is_empty());
+            restored && self.position_groups.get(p) != Some(group)
+        };
+        if inputs.elements().iter().all(|e| known(e).is_some()) && !partitions.iter().any(unchecked)
+        {
             let mut seek = TopicPartitionList::new();
             for e in inputs.elements() {
                 let offset = Offset::Offset(known(&e).unwrap_or_default());
@@ -1883,6 +1895,10 @@ impl Pipeline {
                 }
             }
         };
+        self.check_state_is_ours(&committed);
+        if self.fatal.is_some() {
+            return None;
+        }
         Some(self.resume_offsets(consumer, &committed))
     }
 
