@@ -130,7 +130,7 @@ pub fn read_state_from(
     // of one that just committed are still being written (EndTxn returns before they are): the
     // restore goes on until the stable offset has reached the high watermark, so a transaction
     // whose offsets are already committed is never missed.
-    let ends = high_watermarks(settings, hooks, partitions)?;
+    let ends = high_watermarks(settings, hooks, partitions, stop)?;
     // Given up while asking (it can take seconds a partition): nothing more to do.
     if stop.load(Ordering::Relaxed) {
         return Err(RestoreError::Stopped);
@@ -359,6 +359,7 @@ fn high_watermarks(
     settings: &Settings,
     hooks: &ClientHooks,
     partitions: &BTreeSet<i32>,
+    stop: &AtomicBool,
 ) -> Result<BTreeMap<i32, End>, RestoreError> {
     let client: BaseConsumer<HookContext> = settings
         .restore_config()
@@ -368,6 +369,12 @@ fn high_watermarks(
     let topic = &settings.topics.state;
     let mut ends = BTreeMap::new();
     for &p in partitions {
+        // A restore given up (a new assignment, a rewind) while the broker does not answer
+        // would otherwise hold its clients for ten seconds a partition: with assignments
+        // coming and going, one such thread after another.
+        if stop.load(Ordering::Relaxed) {
+            return Err(RestoreError::Stopped);
+        }
         let end = match client.fetch_watermarks(topic, p, Duration::from_secs(10)) {
             Ok((low, high)) if low >= high => End::Empty,
             Ok((_, high)) => End::At(high),
@@ -429,5 +436,27 @@ mod tests {
         let all = read_state(&settings, &hooks, &both, &stop).unwrap();
         assert_eq!((all[&0].records, all[&1].records), (3, 0));
         assert!(all[&0].tenants.is_empty());
+    }
+
+    /// A restore given up while the broker does not answer lets go of its clients between
+    /// partitions, instead of asking each partition's end for its ten seconds first.
+    #[test]
+    fn a_restore_given_up_stops_asking_for_the_changelog_ends() {
+        let mock = rdkafka::mocking::MockCluster::new(1).unwrap();
+        mock.create_topic("state", 6, 1).unwrap();
+        let mut settings = Settings::new(mock.bootstrap_servers(), "g");
+        settings.topics.state = "state".into();
+        let hooks = ClientHooks::new(Arc::new(Metrics::new()));
+        let partitions: BTreeSet<i32> = (0..6).collect();
+        let stop = AtomicBool::new(false);
+        let ends = high_watermarks(&settings, &hooks, &partitions, &stop).unwrap();
+        assert_eq!(ends.len(), 6);
+        stop.store(true, Ordering::Relaxed);
+        mock.broker_down(1).unwrap();
+        let given_up = high_watermarks(&settings, &hooks, &partitions, &stop);
+        assert!(
+            matches!(given_up, Err(RestoreError::Stopped)),
+            "{given_up:?}"
+        );
     }
 }
