@@ -46,15 +46,35 @@ fn produce(brokers: &str, topics: &TopicNames, records: &[feedback::simulate::Si
     p.flush(Duration::from_secs(30)).unwrap();
 }
 
-#[test]
-fn the_processor_rides_out_a_broker_outage() {
-    init_logs();
-    let cluster = MockCluster::new(1).unwrap();
-    let brokers = cluster.bootstrap_servers();
+/// librdkafka's mock cluster of `brokers` brokers, with every topic of the processor in two
+/// partitions: the cluster, its bootstrap servers and the topic names.
+fn mock_cluster(
+    brokers: i32,
+) -> (
+    MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    String,
+    TopicNames,
+) {
+    let cluster = MockCluster::new(brokers).unwrap();
+    let servers = cluster.bootstrap_servers();
     let topics = TopicNames::default();
     for t in topics.all() {
         cluster.create_topic(t, 2, 1).unwrap();
     }
+    (cluster, servers, topics)
+}
+
+/// The transactions the processor committed so far.
+fn committed(handles: &Handles) -> u64 {
+    (handles.metrics.commits)
+        .with_label_values(&["committed"])
+        .get()
+}
+
+#[test]
+fn the_processor_rides_out_a_broker_outage() {
+    init_logs();
+    let (cluster, brokers, topics) = mock_cluster(1);
     let sim = SimConfig {
         seed: 3,
         tenants: 4,
@@ -93,13 +113,6 @@ fn the_processor_rides_out_a_broker_outage() {
     cluster.broker_up(1).unwrap();
 
     produce(&records[half..]);
-    let committed = || {
-        handles
-            .metrics
-            .commits
-            .with_label_values(&["committed"])
-            .get()
-    };
     wait("the second half", Duration::from_secs(120), || {
         assert!(
             !worker.is_finished(),
@@ -107,11 +120,11 @@ fn the_processor_rides_out_a_broker_outage() {
         );
         consumed(&handles, &topics) >= records.len() as u64
     });
-    let c0 = committed();
+    let c0 = committed(&handles);
     wait(
         "a commit after the last record",
         Duration::from_secs(60),
-        || committed() > c0,
+        || committed(&handles) > c0,
     );
     handles.stop.store(true, Ordering::Relaxed);
     let summary = worker.join().unwrap().expect("the processor stops cleanly");
@@ -152,11 +165,8 @@ fn the_processor_rides_out_a_broker_outage() {
 #[test]
 fn a_commit_hung_on_the_group_coordinator_is_left_and_the_producer_replaced() {
     init_logs();
-    let cluster = MockCluster::new(2).unwrap();
-    let brokers = cluster.bootstrap_servers();
-    let topics = TopicNames::default();
+    let (cluster, brokers, topics) = mock_cluster(2);
     for t in topics.all() {
-        cluster.create_topic(t, 2, 1).unwrap();
         for p in 0..2 {
             cluster.partition_leader(t, p, Some(1)).unwrap();
         }
@@ -184,13 +194,8 @@ fn a_commit_hung_on_the_group_coordinator_is_left_and_the_producer_replaced() {
     let handles = Handles::new();
     let h = handles.clone();
     let worker = std::thread::spawn(move || processor::run(settings, h));
-    let committed = || {
-        (handles.metrics.commits)
-            .with_label_values(&["committed"])
-            .get()
-    };
     wait("the first half", Duration::from_secs(60), || {
-        consumed(&handles, &topics) >= half as u64 && committed() > 0
+        consumed(&handles, &topics) >= half as u64 && committed(&handles) > 0
     });
 
     // The second half's commit waits for broker 2. Down for less than the consumer's session
@@ -234,12 +239,7 @@ fn a_commit_hung_on_the_group_coordinator_is_left_and_the_producer_replaced() {
 #[test]
 fn another_groups_state_is_refused_when_the_offsets_were_unreadable_at_assignment() {
     init_logs();
-    let cluster = MockCluster::new(1).unwrap();
-    let brokers = cluster.bootstrap_servers();
-    let topics = TopicNames::default();
-    for t in topics.all() {
-        cluster.create_topic(t, 2, 1).unwrap();
-    }
+    let (cluster, brokers, topics) = mock_cluster(1);
     let records = generate(&SimConfig {
         seed: 7,
         tenants: 4,
@@ -260,17 +260,12 @@ fn another_groups_state_is_refused_when_the_offsets_were_unreadable_at_assignmen
     let h = handles.clone();
     let first = settings("first");
     let worker = std::thread::spawn(move || processor::run(first, h));
-    let committed = || {
-        (handles.metrics.commits)
-            .with_label_values(&["committed"])
-            .get()
-    };
     wait("the first group's fold", Duration::from_secs(60), || {
         consumed(&handles, &topics) >= records.len() as u64
     });
-    let c0 = committed();
+    let c0 = committed(&handles);
     wait("its last commit", Duration::from_secs(30), || {
-        committed() > c0
+        committed(&handles) > c0
     });
     handles.stop.store(true, Ordering::Relaxed);
     worker
