@@ -260,18 +260,16 @@ fn another_groups_state_is_refused_when_the_offsets_were_unreadable_at_assignmen
     let h = handles.clone();
     let first = settings("first");
     let worker = std::thread::spawn(move || processor::run(first, h));
+    // Stopping commits what was folded, the state's positions with it.
     wait("the first group's fold", Duration::from_secs(60), || {
         consumed(&handles, &topics) >= records.len() as u64
-    });
-    let c0 = committed(&handles);
-    wait("its last commit", Duration::from_secs(30), || {
-        committed(&handles) > c0
     });
     handles.stop.store(true, Ordering::Relaxed);
     worker
         .join()
         .unwrap()
         .expect("the first group stops cleanly");
+    assert!(committed(&handles) > 0, "the first group committed nothing");
 
     // The second group's first offset fetch is its assignment's.
     cluster.request_errors(

@@ -475,6 +475,10 @@ struct Pipeline {
     /// earlier builds name none): whether the state is this group's own when the group has no
     /// committed offsets there ([`Pipeline::check_state_is_ours`]).
     position_groups: BTreeMap<i32, String>,
+    /// Assigned partitions whose restored state was checked to be this group's
+    /// ([`Pipeline::check_state_is_ours`]) since their assignment: a rewind of them resumes
+    /// where their state ends without asking the group coordinator again.
+    checked: BTreeSet<i32>,
     /// How many tenants [`Pipeline::publish_owned`] last published.
     owned_published: usize,
     /// Engines of revoked partitions, until the next assignment: kept there when nothing was
@@ -1651,14 +1655,17 @@ impl Pipeline {
         (self.restoring.as_ref()).is_some_and(|r| r.partitions.contains(&partition))
     }
 
-    /// Gives up the restore running, if any: the partitions it was restoring, and the group's
-    /// offsets read at their assignment. Its thread is not waited for (it can be inside a
-    /// broker call for seconds, and this runs in the rebalance callback too): it stops at its
-    /// next look at the flag, and what it read is dropped with it.
+    /// Gives up the restore running, if any: the partitions it was still restoring, and the
+    /// group's offsets read at their assignment (only theirs: the partitions whose engines it
+    /// already sent fold on, and a rewind of those resumes them where their state ends, not at
+    /// offsets that their commits since have left behind). Its thread is not waited for (it
+    /// can be inside a broker call for seconds, and this runs in the rebalance callback too):
+    /// it stops at its next look at the flag, and what it read is dropped with it.
     fn cancel_restore(&mut self) -> Option<(BTreeSet<i32>, Option<TopicPartitionList>)> {
         let r = self.restoring.take()?;
         r.cancel.store(true, Ordering::Relaxed);
-        Some((r.partitions, r.committed))
+        let committed = r.committed.map(|c| only(&c, &r.partitions));
+        Some((r.partitions, committed))
     }
 
     /// Installs the engines the restore's thread kept, as soon as it sends them, and those it
@@ -1767,6 +1774,7 @@ impl Pipeline {
             if self.fatal.is_some() {
                 return tenants;
             }
+            self.checked.extend(&checked);
             seek = self.resume_offsets(consumer, &these);
         }
         let rest: BTreeSet<i32> = partitions.difference(&checked).copied().collect();
@@ -1842,40 +1850,44 @@ impl Pipeline {
     }
 
     /// Where the reading of `partitions` resumes after a rewind, or after an assignment whose
-    /// committed offsets could not be read: where their restored state ends. The state's
-    /// positions name every topic of its partitions once this build has committed once (the
-    /// offsets chosen at assignment join them), and the group that wrote them: when that is
-    /// this group (or the partition has no tenants) the group coordinator is not asked at all. It may be the very thing that was
+    /// committed offsets could not be read: where their restored state ends. The group
+    /// coordinator is not asked for a partition whose state's positions name every input topic
+    /// (they do once this build has committed once: the offsets chosen at assignment join
+    /// them) and whose state needs no check: checked since its assignment, written by this
+    /// group (the positions name it), or without tenants. It may be the very thing that was
     /// away: after a broker outage librdkafka's group client was seen waiting on it for
-    /// minutes. Otherwise the committed offsets are read, and the state is checked to be this
-    /// group's ([`Pipeline::check_state_is_ours`]) as at an assignment: a coordinator that did
-    /// not answer then must not let another group's state through. None, with `fatal` set,
+    /// minutes. For the others the committed offsets are read, and the state is checked to be
+    /// this group's ([`Pipeline::check_state_is_ours`]) as at an assignment: a coordinator that
+    /// did not answer then must not let another group's state through. None, with `fatal` set,
     /// when the committed offsets cannot be read or the state is refused.
     fn offsets_after_rewind(
         &mut self,
         consumer: &BaseConsumer<ConsumerHooks>,
         partitions: &BTreeSet<i32>,
     ) -> Option<TopicPartitionList> {
-        let inputs = self.input_list(partitions);
-        let known = |e: &rdkafka::topic_partition_list::TopicPartitionListElem<'_>| {
-            self.position(e.topic(), e.partition())
-        };
-        // State that a check at the assignment would look at: tenants, written by another
-        // group or by a build before the positions named their group.
         let group = &self.settings.group;
-        let unchecked = |p: &i32| {
-            let restored = self.engines.get(p).is_some_and(|e| !e.tenants().is_empty());
-            restored && self.position_groups.get(p) != Some(group)
-        };
-        if inputs.elements().iter().all(|e| known(e).is_some()) && !partitions.iter().any(unchecked)
-        {
-            let mut seek = TopicPartitionList::new();
-            for e in inputs.elements() {
-                let offset = Offset::Offset(known(&e).unwrap_or_default());
-                let _ = seek.add_partition_offset(e.topic(), e.partition(), offset);
+        let topics = self.settings.topics.inputs();
+        let ask: BTreeSet<i32> = (partitions.iter().copied())
+            .filter(|&p| {
+                let known = topics.iter().all(|t| self.position(t, p).is_some());
+                let restored = (self.engines.get(&p)).is_some_and(|e| !e.tenants().is_empty());
+                let unchecked = restored
+                    && !self.checked.contains(&p)
+                    && self.position_groups.get(&p) != Some(group);
+                !known || unchecked
+            })
+            .collect();
+        let mut seek = TopicPartitionList::new();
+        for &p in partitions.difference(&ask) {
+            for t in topics {
+                let offset = Offset::Offset(self.position(t, p).unwrap_or_default());
+                let _ = seek.add_partition_offset(t, p, offset);
             }
+        }
+        if ask.is_empty() {
             return Some(seek);
         }
+        let inputs = self.input_list(&ask);
         let mut backoff = Backoff::new(&self.handles.stop);
         let committed = loop {
             match consumer.committed_offsets(inputs.clone(), CALL_TIMEOUT) {
@@ -1899,7 +1911,11 @@ impl Pipeline {
         if self.fatal.is_some() {
             return None;
         }
-        Some(self.resume_offsets(consumer, &committed))
+        self.checked.extend(&ask);
+        for e in self.resume_offsets(consumer, &committed).elements() {
+            let _ = seek.add_partition_offset(e.topic(), e.partition(), e.offset());
+        }
+        Some(seek)
     }
 
     /// Moves the reading of `seek`'s partitions to its offsets; false, with `fatal` set, when
@@ -2283,6 +2299,7 @@ impl Pipeline {
             let engine = self.engines.remove(p);
             let positions = self.positions.remove(p);
             let group = self.position_groups.remove(p);
+            self.checked.remove(p);
             self.stale_documents.remove(p);
             if let (Some(engine), Some(&end)) = (engine, ends.get(p)) {
                 let parked = Parked {
@@ -2633,6 +2650,7 @@ pub fn run(settings: Settings, handles: Handles) -> Result<RunSummary, RunError>
         offsets: BTreeMap::new(),
         positions: BTreeMap::new(),
         position_groups: BTreeMap::new(),
+        checked: BTreeSet::new(),
         owned_published: 0,
         parked: BTreeMap::new(),
         restoring: None,

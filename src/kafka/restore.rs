@@ -439,7 +439,9 @@ mod tests {
     }
 
     /// A restore given up while the broker does not answer lets go of its clients between
-    /// partitions, instead of asking each partition's end for its ten seconds first.
+    /// partitions, instead of asking each partition's end for its ten seconds first: given up
+    /// a second into six partitions' worth, it is done after the first one's call (the bound
+    /// below is a quarter of the minute the six calls take).
     #[test]
     fn a_restore_given_up_stops_asking_for_the_changelog_ends() {
         let mock = rdkafka::mocking::MockCluster::new(1).unwrap();
@@ -451,12 +453,22 @@ mod tests {
         let stop = AtomicBool::new(false);
         let ends = high_watermarks(&settings, &hooks, &partitions, &stop).unwrap();
         assert_eq!(ends.len(), 6);
-        stop.store(true, Ordering::Relaxed);
         mock.broker_down(1).unwrap();
-        let given_up = high_watermarks(&settings, &hooks, &partitions, &stop);
+        let started = Instant::now();
+        let given_up = std::thread::scope(|s| {
+            let asking = s.spawn(|| high_watermarks(&settings, &hooks, &partitions, &stop));
+            std::thread::sleep(Duration::from_secs(1));
+            stop.store(true, Ordering::Relaxed);
+            asking.join().unwrap()
+        });
         assert!(
             matches!(given_up, Err(RestoreError::Stopped)),
             "{given_up:?}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "{:?}",
+            started.elapsed()
         );
     }
 }
