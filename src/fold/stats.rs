@@ -420,10 +420,15 @@ impl CoverageCounts {
                 step(&mut self.intervals, x.0, add, inside(x));
             }
         }
-        // An entry that falls to zero goes (only a removal can do that).
+        // An entry that falls to zero goes (only a removal can do that; looked for first, as
+        // a removal seldom empties one and `retain` costs more than the look).
         if !add {
-            self.levels.retain(|e| e.1.n > 0);
-            self.intervals.retain(|e| e.1.n > 0);
+            if self.levels.iter().any(|e| e.1.n == 0) {
+                self.levels.retain(|e| e.1.n > 0);
+            }
+            if self.intervals.iter().any(|e| e.1.n == 0) {
+                self.intervals.retain(|e| e.1.n > 0);
+            }
         }
     }
 
