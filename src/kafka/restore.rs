@@ -395,15 +395,28 @@ mod tests {
     use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
     use std::sync::Arc;
 
+    /// A mock cluster with a state topic `state` of `partitions` partitions, the processor's
+    /// settings pointing at it, and client hooks.
+    fn state_topic(
+        partitions: i32,
+    ) -> (
+        rdkafka::mocking::MockCluster<'static, DefaultProducerContext>,
+        Settings,
+        ClientHooks,
+    ) {
+        let mock = rdkafka::mocking::MockCluster::new(1).unwrap();
+        mock.create_topic("state", partitions, 1).unwrap();
+        let mut settings = Settings::new(mock.bootstrap_servers(), "g");
+        settings.topics.state = "state".into();
+        let hooks = ClientHooks::new(Arc::new(Metrics::new()));
+        (mock, settings, hooks)
+    }
+
     /// Read from where it ended, a partition says whether anything was written since: what
     /// decides whether a partition that comes back after a rebalance keeps its engine.
     #[test]
     fn a_read_from_an_earlier_end_counts_what_was_written_since() {
-        let mock = rdkafka::mocking::MockCluster::new(1).unwrap();
-        mock.create_topic("state", 2, 1).unwrap();
-        let mut settings = Settings::new(mock.bootstrap_servers(), "g");
-        settings.topics.state = "state".into();
-        let hooks = ClientHooks::new(Arc::new(Metrics::new()));
+        let (mock, settings, hooks) = state_topic(2);
         let producer: ThreadedProducer<DefaultProducerContext> =
             Settings::plain_producer_config(&mock.bootstrap_servers())
                 .create()
@@ -444,11 +457,7 @@ mod tests {
     /// below is a quarter of the minute the six calls take).
     #[test]
     fn a_restore_given_up_stops_asking_for_the_changelog_ends() {
-        let mock = rdkafka::mocking::MockCluster::new(1).unwrap();
-        mock.create_topic("state", 6, 1).unwrap();
-        let mut settings = Settings::new(mock.bootstrap_servers(), "g");
-        settings.topics.state = "state".into();
-        let hooks = ClientHooks::new(Arc::new(Metrics::new()));
+        let (mock, settings, hooks) = state_topic(6);
         let partitions: BTreeSet<i32> = (0..6).collect();
         let stop = AtomicBool::new(false);
         let ends = high_watermarks(&settings, &hooks, &partitions, &stop).unwrap();
