@@ -301,7 +301,8 @@ mod naive {
             }
             // The cutoff only grows, so what survives is what the final cutoff keeps.
             let as_of = outcome_log.iter().map(|o| o.date).max();
-            let cutoff = as_of.map(|a| window_start(a, config.retention_days));
+            // SPEC 4: data older than retention_days before as_of is dropped.
+            let cutoff = as_of.map(|a| a - TimeDelta::days(i64::from(config.retention_days)));
             let kept = |date: NaiveDate| cutoff.is_none_or(|c| date >= c);
 
             let mut expired = 0;

@@ -691,13 +691,12 @@ impl TenantState {
         }
     }
 
-    /// The first day still retained, once an outcome set as_of: retention back from as_of, and
-    /// never before a date already dropped (a longer retention after a restart keeps more of
-    /// what comes, and brings back nothing).
+    /// The first day still retained, once an outcome set as_of: SPEC 4 drops data older than
+    /// `retention_days` before as_of, so as_of - retention_days is the oldest day kept. Never
+    /// before a date already dropped (a longer retention after a restart keeps more of what
+    /// comes, and brings back nothing).
     pub fn cutoff(&self, shared: &Shared) -> Option<Day> {
-        let cutoff = self
-            .as_of
-            .map(|a| a - shared.config.retention_days as Day + 1);
+        let cutoff = self.as_of.map(|a| a - shared.config.retention_days as Day);
         cutoff.max(self.expired_before)
     }
 
@@ -968,13 +967,14 @@ impl TenantState {
         let seq = self.drift.events_seen();
         let figures = self.drift.observe(fi, &shared.drift);
         super::rules::on_drift(self, fi, figures, out);
-        // The history keeps the events within retention of the latest one (feature-importance
-        // time only, so the trim does not depend on how the topics interleave).
+        // The history keeps the events not older than retention before the latest one
+        // (feature-importance time only, so the trim does not depend on how the topics
+        // interleave).
         let day = day_of(fi.computed_at.date_naive());
         self.drift_days.push(day);
         self.drift_seqs.push(seq);
         let latest = self.drift_days.iter().copied().max().unwrap_or(day);
-        let cutoff = latest - shared.config.retention_days as Day + 1;
+        let cutoff = latest - shared.config.retention_days as Day;
         if self.drift_days.iter().any(|&d| d < cutoff) {
             let keep = |i: usize| self.drift_days[i] >= cutoff;
             let kept: Vec<bool> = (0..self.drift_days.len()).map(keep).collect();
@@ -1168,14 +1168,16 @@ mod tests {
             };
             engine.apply(&Event::FeatureImportance(fi), &mut alerts);
         }
+        // Retention 10 from the latest event (30 November): 20 November is exactly 10 days
+        // before it, not older, so it is kept; 19 November is dropped.
         let history = engine.documents("acme").unwrap().drift.history;
-        assert_eq!(history.len(), 10);
+        assert_eq!(history.len(), 11);
         assert!(
-            history[0].computed_at.starts_with("2026-11-21"),
+            history[0].computed_at.starts_with("2026-11-20"),
             "{}",
             history[0].computed_at
         );
-        assert!(history[9].computed_at.starts_with("2026-11-30"));
+        assert!(history[10].computed_at.starts_with("2026-11-30"));
     }
 
     /// The running windows, moved by every record and slid on every as_of advance, always equal
