@@ -671,9 +671,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!();
                 println!("  dashboard: http://{addr}/calibration");
                 println!();
-                println!("tenant-wide alert transitions as they are committed (event time, type, tenant, scope, status):");
+                println!("tenant-wide alert statuses as they are committed, each time one changes (a tenant's first calibration report included; event time, type, tenant, scope, status):");
                 let dir = options.storage_dir.display().to_string();
                 let h = handles.clone();
+                let duration = args.duration;
                 let report = tokio::task::spawn_blocking(move || {
                     feedback::demo::run(&options, h, |r| {
                         println!();
@@ -690,7 +691,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         println!("dashboard: http://{addr}/calibration   (the miscalibrated tenant: http://{addr}/calibration?tenant=miscal-002)");
                         println!("metrics:  http://{addr}/metrics   ready: http://{addr}/readyz   API: http://{addr}/api/v1/tenants");
                         println!("documents: {}/metadata/performance/", dir);
-                        println!("Ctrl-C to stop.");
+                        match duration {
+                            Some(d) => println!("Ctrl-C to stop (it stops by itself {} after its start, --duration).", humantime::format_duration(d)),
+                            None => println!("Ctrl-C to stop."),
+                        }
                     })
                 })
                 .await??;
@@ -813,6 +817,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 scenario: args.scenario,
                 poison_rate: args.poison_rate,
             };
+            sim.check()
+                .map_err(|e| anyhow::anyhow!("--start and --days: {e}"))?;
             use feedback::commands::simulate::{produce, write_jsonl};
             match (&args.brokers, &args.out) {
                 (Some(brokers), _) => {

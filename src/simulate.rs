@@ -59,6 +59,27 @@ impl Default for SimConfig {
     }
 }
 
+impl SimConfig {
+    /// An error when the history would hold dates the fold refuses (years 1970 to 2999): the
+    /// last plan's lines reach 28 days past the last day.
+    pub fn check(&self) -> Result<(), String> {
+        use crate::event::validate::{MAX_YEAR, MIN_YEAR};
+        use chrono::Datelike;
+        let last = self
+            .start
+            .checked_add_days(Days::new(u64::from(self.days) + 27))
+            .filter(|d| d.year() <= MAX_YEAR);
+        if self.start.year() < MIN_YEAR || last.is_none() {
+            return Err(format!(
+                "a history of {} days from {} (its plans reach 28 days further) leaves the years \
+                 {MIN_YEAR} to {MAX_YEAR}, the dates the fold accepts",
+                self.days, self.start
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// One generated record: a valid event, or a poison payload that validation must refuse.
 #[derive(Debug, Clone)]
 pub enum SimPayload {

@@ -35,11 +35,20 @@ impl Response {
 
 /// A GET over a fresh connection; `token` goes in an Authorization: Bearer header.
 fn get(addr: SocketAddr, path: &str, token: Option<&str>) -> Response {
+    request(addr, "GET", path, token)
+}
+
+fn request(addr: SocketAddr, method: &str, path: &str, token: Option<&str>) -> Response {
     let mut s = TcpStream::connect(addr).unwrap();
     let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    let length = if method == "GET" {
+        ""
+    } else {
+        "Content-Length: 0\r\n"
+    };
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}{length}Connection: close\r\n\r\n"
     )
     .unwrap();
     let mut raw = Vec::new();
@@ -281,6 +290,16 @@ fn unknown_tenants_and_routes_are_404_with_a_json_error() {
         "/nothing",
     ] {
         assert_error(&get(s.addr, path, None), 404, "not_found");
+    }
+    // The routes are read-only: another method is a 405 with the same JSON error and Allow.
+    for (method, path) in [
+        ("POST", "/api/v1/tenants"),
+        ("DELETE", "/api/v1/tenants/miscal-002/performance"),
+        ("PUT", "/metrics"),
+    ] {
+        let r = request(s.addr, method, path, None);
+        assert_error(&r, 405, "method_not_allowed");
+        assert_eq!(r.header("allow"), Some("GET,HEAD"), "{method} {path}");
     }
 }
 

@@ -104,6 +104,15 @@ fn counts_of_zero_and_negative_numbers_get_clear_errors() {
         (&["simulate", "--channels", "0"][..], "must be at least 1"),
         (&["simulate", "--days", "0"][..], "must be at least 1"),
         (
+            &["simulate", "--start", "2999-12-20", "--days", "20"][..],
+            "a history of 20 days from 2999-12-20 (its plans reach 28 days further) leaves the \
+             years 1970 to 2999",
+        ),
+        (
+            &["simulate", "--start", "1969-12-31"][..],
+            "leaves the years 1970 to 2999",
+        ),
+        (
             &["alert-forecast", "acme", "--threshold", "-0.1"][..],
             "--threshold must be between 0 and 1, got -0.1",
         ),
@@ -567,6 +576,15 @@ fn create_topics_passes_kafka_config_to_its_client() {
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("no.such.property"), "{stderr}");
+    // A cluster that does not answer is named, within the metadata timeout (10 s), not after
+    // the creation's own.
+    let out = feedback(&["create-topics", "--brokers", "127.0.0.1:1"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("no answer from the Kafka cluster at 127.0.0.1:1 within 10 s"),
+        "{stderr}"
+    );
     let out = feedback(&["create-topics", "--kafka-config", "nothing"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("expected KEY=VALUE"));

@@ -147,15 +147,30 @@ fn decode_json(topic: Topic, bytes: &[u8]) -> Result<Event, Rejection> {
         return Ok(event);
     }
     let parsed = match topic {
-        Topic::Outcomes => serde_json::from_str(text).map(|ObjectOnly(o)| Event::Outcome(o)),
-        Topic::Forecasts => serde_json::from_str(text).map(|ObjectOnly(f)| Event::Forecast(f)),
+        Topic::Outcomes => serde_json_or_error(text).map(|ObjectOnly(o)| Event::Outcome(o)),
+        Topic::Forecasts => serde_json_or_error(text).map(|ObjectOnly(f)| Event::Forecast(f)),
         Topic::FeatureImportances => {
-            serde_json::from_str(text).map(|ObjectOnly(f)| Event::FeatureImportance(f))
+            serde_json_or_error(text).map(|ObjectOnly(f)| Event::FeatureImportance(f))
         }
     };
-    parsed.map_err(|e| {
-        Rejection::new(json_error_kind(&e), format!("json: {e}"))
-            .with_tenant(json_tenant(bytes).as_deref())
+    parsed.map_err(|r| r.with_tenant(json_tenant(bytes).as_deref()))
+}
+
+/// serde_json's reading of `text`; when it fails, the error names where, as a path
+/// (`lines[3].date: input is out of range ...`): serde_json's own message says only the
+/// column. The path is found by reading the record again, only when it failed.
+fn serde_json_or_error<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, Rejection> {
+    serde_json::from_str(text).map_err(|e| {
+        let mut again = serde_json::Deserializer::from_str(text);
+        let path = match serde_path_to_error::deserialize::<_, T>(&mut again) {
+            Err(e) => e.path().to_string(),
+            Ok(_) => String::new(),
+        };
+        let message = match path.as_str() {
+            "" | "." | "?" => format!("json: {e}"),
+            path => format!("json: {path}: {e}"),
+        };
+        Rejection::new(json_error_kind(&e), message)
     })
 }
 

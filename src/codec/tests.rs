@@ -308,9 +308,16 @@ fn random_event_of(rng: &mut Rng, text: &[&str]) -> Event {
             model_version: (rng.below(2) == 0).then(|| rng.text(text, 10)),
             computed_at: rng.timestamp(),
             method: (rng.below(2) == 0).then(|| "shap".into()),
-            importances: (0..1 + rng.below(30))
-                .map(|i| (format!("f{i} {}", rng.text(text, 5)), -rng.double()))
-                .collect(),
+            importances: {
+                let mut m: BTreeMap<String, f64> = (0..1 + rng.below(30))
+                    .map(|i| (format!("f{i} {}", rng.text(text, 5)), -rng.double()))
+                    .collect();
+                // All zero is refused (shares undefined); keep the event valid.
+                if m.values().all(|&v| v == 0.0) {
+                    m.insert("nonzero".into(), 1.0);
+                }
+                m
+            },
             samples: (0..rng.below(4))
                 .map(|i| {
                     let n = 1 + rng.below(50);
@@ -396,20 +403,56 @@ fn wrong_types_are_schema_mismatches() {
         (
             "120.5",
             "\"120.5\"",
-            "invalid type: string \"120.5\", expected f64",
+            "json: spend: invalid type: string \"120.5\", expected f64",
         ),
-        ("120.5", "\"NaN\"", "invalid type: string \"NaN\""),
-        ("\"meta\"", "[\"meta\"]", "invalid type: sequence"),
-        ("\"2026-11-20\"", "\"2026-13-40\"", "input is out of range"),
+        ("120.5", "\"NaN\"", "spend: invalid type: string \"NaN\""),
+        ("\"meta\"", "[\"meta\"]", "channel: invalid type: sequence"),
+        (
+            "\"2026-11-20\"",
+            "\"2026-13-40\"",
+            "date: input is out of range",
+        ),
         (
             "\"2026-11-21T03:00:00Z\"",
             "\"yesterday\"",
-            "input contains invalid characters",
+            "observed_at: input contains invalid characters",
         ),
     ] {
         let json = OUTCOME_JSON.replacen(from, to, 1);
         assert_rejected(
             json_decode(Topic::Outcomes, &json),
+            RejectKind::SchemaMismatch,
+            needle,
+            Some("acme"),
+        );
+    }
+}
+
+/// serde_json's messages say only the column; the DLQ's message names the field, down to the
+/// forecast line.
+#[test]
+fn a_value_of_the_wrong_form_is_named_by_its_path() {
+    for (from, to, needle) in [
+        (
+            "\"2026-11-20\"",
+            "\"2026-02-30\"",
+            "json: lines[0].date: input is out of range",
+        ),
+        (
+            "\"2026-11-15T00:00:00Z\"",
+            "\"2026-11-15\"",
+            "json: issued_at: premature end of input",
+        ),
+        (
+            "\"p50\": 420",
+            "\"p50\": \"420\"",
+            "json: lines[0].revenue.p50: invalid type",
+        ),
+    ] {
+        let json = FORECAST_JSON.replacen(from, to, 1);
+        assert_ne!(json, FORECAST_JSON, "{from}");
+        assert_rejected(
+            json_decode(Topic::Forecasts, &json),
             RejectKind::SchemaMismatch,
             needle,
             Some("acme"),
@@ -423,7 +466,8 @@ fn messages_quoting_huge_values_are_cut() {
     let r = json_decode(Topic::Outcomes, &json).unwrap_err();
     assert_eq!(r.kind, RejectKind::SchemaMismatch);
     assert!(
-        r.message.starts_with("json: invalid type: string \"999"),
+        r.message
+            .starts_with("json: spend: invalid type: string \"999"),
         "{}",
         r.message
     );

@@ -513,7 +513,7 @@ impl fmt::Display for ForecastCheck {
         }
         write!(
             f,
-            "(nominal coverage in brackets after each key; [lo, hi] the Wilson 95% interval)"
+            "(nominal coverage in parentheses after each key; [lo, hi] the Wilson 95% interval)"
         )?;
         for w in &self.warnings {
             write!(f, "\n{w}")?;

@@ -31,6 +31,16 @@ pub enum DocumentError {
         dir: PathBuf,
         known: KnownTenants,
     },
+    #[error(
+        "tenant {tenant:?} has a performance document in {dir} but no {file}: the fold writes \
+         the three together, so a file was removed or the directory is being written; run the \
+         command again, or fold or replay again"
+    )]
+    MissingDocument {
+        tenant: String,
+        dir: PathBuf,
+        file: String,
+    },
     #[error(transparent)]
     Storage(#[from] StorageError),
 }
@@ -87,11 +97,25 @@ pub fn read_document<T: serde::de::DeserializeOwned>(
         return Err(DocumentError::InvalidTenant(tenant.to_owned()));
     }
     match storage.read(tenant, doc) {
-        Err(StorageError::Read { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+        Err(StorageError::Read { source, path })
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            let known = tenants(storage);
+            if doc != Document::Performance && known.iter().any(|t| t == tenant) {
+                let file = path.file_name().map_or_else(
+                    || path.display().to_string(),
+                    |f| f.to_string_lossy().into_owned(),
+                );
+                return Err(DocumentError::MissingDocument {
+                    tenant: tenant.to_owned(),
+                    dir: storage.performance_dir(),
+                    file,
+                });
+            }
             Err(DocumentError::UnknownTenant {
                 tenant: tenant.to_owned(),
                 dir: storage.performance_dir(),
-                known: KnownTenants(tenants(storage)),
+                known: KnownTenants(known),
             })
         }
         other => Ok(other?),
@@ -137,5 +161,16 @@ mod tests {
         let err = read_document::<serde_json::Value>(&storage, "acme", Document::Performance)
             .unwrap_err();
         assert!(err.to_string().ends_with("tenants there: a, b"), "{err}");
+        // A tenant the directory holds, one of whose documents is gone, is not called unknown.
+        let err =
+            read_document::<serde_json::Value>(&storage, "b", Document::Calibration).unwrap_err();
+        assert!(
+            matches!(err, DocumentError::MissingDocument { .. }),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("but no b_calibration.json"),
+            "{err}"
+        );
     }
 }

@@ -247,6 +247,14 @@ fn feature_importance_fields(f: &FeatureImportance) -> Check {
         feature_name("importances", feature)?;
         finite(&Key("importances", feature), value)?;
     }
+    // SPEC 4's shares |v| / sum |v| are undefined when every importance is 0: such an event
+    // (an explainer that failed upstream, say) would read as total drift against any baseline.
+    if f.importances.values().all(|&v| v == 0.0) {
+        return Err(format!(
+            "importances: all {} are 0, so their shares |v| / sum |v| are undefined",
+            f.importances.len()
+        ));
+    }
     for (feature, values) in &f.samples {
         feature_name("samples", feature)?;
         let field = Key("samples", feature);
@@ -792,6 +800,17 @@ mod tests {
         rejected(
             with_importance(|f| f.importances = too_many),
             "10001 features",
+        );
+        rejected(
+            with_importance(|f| f.importances.values_mut().for_each(|v| *v = -0.0)),
+            "importances: all 2 are 0, so their shares |v| / sum |v| are undefined",
+        );
+        assert_eq!(
+            with_importance(|f| {
+                f.importances.values_mut().for_each(|v| *v = 0.0);
+                f.importances.insert("meta_spend".into(), -1e-300);
+            }),
+            Ok(())
         );
         rejected(
             with_importance(|f| {

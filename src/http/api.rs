@@ -50,12 +50,15 @@ pub enum ApiError {
     Unauthorized(&'static str),
     #[error("no such route")]
     NoRoute,
+    #[error("method not allowed: every route here answers GET (and HEAD) only")]
+    MethodNotAllowed,
 }
 
 /// The body of every error answer.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ErrorBody {
-    /// A stable code: `invalid_tenant`, `unknown_tenant`, `unauthorized`, `not_found`, `internal`.
+    /// A stable code: `invalid_tenant`, `unknown_tenant`, `unauthorized`, `not_found`,
+    /// `method_not_allowed`, `internal`.
     pub error: String,
     pub message: String,
 }
@@ -65,6 +68,7 @@ impl ApiError {
         match self {
             ApiError::InvalidTenant(_) => StatusCode::BAD_REQUEST,
             ApiError::UnknownTenant { .. } | ApiError::NoRoute => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::ReadDocument { .. } | ApiError::ListTenants(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
@@ -77,6 +81,7 @@ impl ApiError {
             ApiError::InvalidTenant(_) => "invalid_tenant",
             ApiError::UnknownTenant { .. } => "unknown_tenant",
             ApiError::NoRoute => "not_found",
+            ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::Unauthorized(_) => "unauthorized",
             ApiError::ReadDocument { .. } | ApiError::ListTenants(_) => "internal",
         }
@@ -94,6 +99,9 @@ impl IntoResponse for ApiError {
             message: self.to_string(),
         };
         let mut response = (self.status(), no_store(), Json(body)).into_response();
+        if matches!(self, ApiError::MethodNotAllowed) {
+            (response.headers_mut()).insert(header::ALLOW, HeaderValue::from_static("GET,HEAD"));
+        }
         if matches!(self, ApiError::Unauthorized(_)) {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
@@ -243,6 +251,11 @@ async fn openapi() -> Response {
 /// Any other path: 404 with the same JSON error body as the API.
 pub async fn not_found() -> ApiError {
     ApiError::NoRoute
+}
+
+/// A route asked with another method than GET or HEAD: 405 with the same JSON error body.
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
 }
 
 #[cfg(test)]

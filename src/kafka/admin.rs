@@ -50,6 +50,10 @@ pub enum TopicError {
     StateNotCompacted { topic: String, policy: String },
     #[error("cannot create topic {topic:?}: {reason}")]
     Create { topic: String, reason: String },
+    #[error("cannot create the topics: no answer from the Kafka cluster at {brokers} within 10 s: {reason}")]
+    Unreachable { brokers: String, reason: String },
+    #[error("cannot create the topics: {0}")]
+    Client(String),
 }
 
 /// What a state topic's `cleanup.policy` means for the changelog.
@@ -188,11 +192,16 @@ pub async fn create_topics(
     for (k, v) in client_overrides {
         config.set(k, v);
     }
-    let admin: AdminClient<DefaultClientContext> =
-        config.create().map_err(|e| TopicError::Create {
-            topic: "*".into(),
-            reason: e.to_string(),
-        })?;
+    let admin: AdminClient<DefaultClientContext> = config
+        .create()
+        .map_err(|e| TopicError::Client(e.to_string()))?;
+    // A cluster that does not answer fails here within 10 s, as the other commands do, rather
+    // than after the creation's own timeout.
+    let reach = admin.inner().fetch_metadata(None, Duration::from_secs(10));
+    reach.map_err(|e| TopicError::Unreachable {
+        brokers: brokers.to_owned(),
+        reason: e.to_string(),
+    })?;
     // Records up to a little over the 1 MiB the validation allows, so an oversize record can
     // reach the processor and be refused with its reason instead of failing at the producer.
     let max_bytes = (4 * 1024 * 1024).to_string();
@@ -230,10 +239,7 @@ pub async fn create_topics(
             &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
         )
         .await
-        .map_err(|e| TopicError::Create {
-            topic: "*".into(),
-            reason: e.to_string(),
-        })?;
+        .map_err(|e| TopicError::Client(e.to_string()))?;
     let mut created = Vec::new();
     for r in results {
         match r {
