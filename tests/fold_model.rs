@@ -289,11 +289,15 @@ mod naive {
             let mut outcome_log = Vec::new();
             let mut forecasts = Vec::new();
             let mut importances = 0;
+            let mut importance_dates = Vec::new();
             for e in log.iter().filter(|e| e.tenant() == tenant) {
                 match e {
                     Event::Outcome(o) => outcome_log.push(o),
                     Event::Forecast(f) => forecasts.push(f),
-                    Event::FeatureImportance(_) => importances += 1,
+                    Event::FeatureImportance(fi) => {
+                        importances += 1;
+                        importance_dates.push(fi.computed_at.date_naive());
+                    }
                 }
             }
             if outcome_log.is_empty() && forecasts.is_empty() && importances == 0 {
@@ -305,7 +309,15 @@ mod naive {
             let cutoff = as_of.map(|a| a - TimeDelta::days(i64::from(config.retention_days)));
             let kept = |date: NaiveDate| cutoff.is_none_or(|c| date >= c);
 
-            let mut expired = 0;
+            let retention = TimeDelta::days(i64::from(config.retention_days));
+            // The drift history drops the events older than retention before the latest one
+            // (README: its own clock, not as_of); they count as expired too.
+            let latest_importance = importance_dates.iter().max().copied();
+            let mut expired = latest_importance.map_or(0, |latest| {
+                (importance_dates.iter())
+                    .filter(|&&d| d < latest - retention)
+                    .count() as u64
+            });
             let mut outcomes = BTreeMap::new();
             for (pos, o) in outcome_log.into_iter().enumerate() {
                 if kept(o.date) {
@@ -1353,7 +1365,9 @@ impl Stream {
         FeatureImportance {
             tenant: self.tenant(fi.tenant).into(),
             model_version: Some("mmm-v1".to_owned()),
-            computed_at: midnight + TimeDelta::hours(i as i64),
+            // Six hours apart in the stream's order: up to 30 days, so that the drift history
+            // outgrows the shorter retentions.
+            computed_at: midnight + TimeDelta::hours(6 * i as i64),
             method: Some("shap".to_owned()),
             importances: importances.collect(),
             samples: samples.collect(),
@@ -1390,9 +1404,13 @@ fn generated_streams_exercise_the_interesting_cases() {
 fn traits(case: &Case, tenant: &str, f: &Figures) -> Vec<(&'static str, bool)> {
     let mut outcomes = Vec::new();
     let mut lines = Vec::new();
+    let mut importance_dates = Vec::new();
     for (pos, e) in case.events.iter().enumerate() {
         match e {
             Event::Outcome(o) if o.tenant == tenant => outcomes.push((pos, o)),
+            Event::FeatureImportance(fi) if fi.tenant == tenant => {
+                importance_dates.push(fi.computed_at.date_naive())
+            }
             Event::Forecast(fc) if fc.tenant == tenant => {
                 lines.extend(fc.lines.iter().map(|l| (pos, &fc.plan_id, l)))
             }
@@ -1469,5 +1487,12 @@ fn traits(case: &Case, tenant: &str, f: &Figures) -> Vec<(&'static str, bool)> {
                 .any(|p| p.matched > 0 && p.planned_roas.is_none()),
         ),
         ("feature importances", f.counts.feature_importances > 1),
+        (
+            "drift history past retention",
+            importance_dates
+                .iter()
+                .max()
+                .is_some_and(|&latest| importance_dates.iter().any(|&d| d < latest - retention)),
+        ),
     ]
 }

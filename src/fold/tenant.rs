@@ -978,6 +978,8 @@ impl TenantState {
         if self.drift_days.iter().any(|&d| d < cutoff) {
             let keep = |i: usize| self.drift_days[i] >= cutoff;
             let kept: Vec<bool> = (0..self.drift_days.len()).map(keep).collect();
+            // Dropped by retention, so counted as expired (SPEC 4), as outcomes and lines are.
+            self.counters.expired += kept.iter().filter(|&&k| !k).count() as u64;
             if let Some(c) = self.changes.as_mut() {
                 let gone = self.drift_seqs.iter().zip(&kept).filter(|(_, &k)| !k);
                 c.history_removed.extend(gone.map(|(&seq, _)| seq));
