@@ -565,7 +565,7 @@ fn stop_on_signal(stop: std::sync::Arc<std::sync::atomic::AtomicBool>) {
             }
             if round == 0 {
                 tracing::info!(
-                    "stopping: committing and leaving the group (signal again to exit at once)"
+                    "stopping: finishing the current transaction, then committing and leaving the group if one was joined (signal again to exit at once)"
                 );
                 stop.store(true, std::sync::atomic::Ordering::Relaxed);
             } else {
