@@ -56,6 +56,15 @@ pub fn run(
     handles: Handles,
     mut on_ready: impl FnMut(&DemoReport),
 ) -> anyhow::Result<DemoReport> {
+    let sim = SimConfig {
+        seed: options.seed,
+        tenants: 4,
+        days: options.days,
+        scenario: Scenario::Mixed,
+        poison_rate: options.poison_rate,
+        ..SimConfig::default()
+    };
+    sim.check().map_err(|e| anyhow::anyhow!("--days: {e}"))?;
     let cluster = MockCluster::new(1)?;
     let brokers = cluster.bootstrap_servers();
     let topics = TopicNames::default();
@@ -76,15 +85,8 @@ pub fn run(
         std::thread::spawn(move || processor::run(settings, handles))
     };
 
-    // The synthetic history: a healthy tenant, a degrading one, a miscalibrated one, a drifting one.
-    let sim = SimConfig {
-        seed: options.seed,
-        tenants: 4,
-        days: options.days,
-        scenario: Scenario::Mixed,
-        poison_rate: options.poison_rate,
-        ..SimConfig::default()
-    };
+    // The synthetic history (`sim`): a healthy tenant, a degrading one, a miscalibrated one, a
+    // drifting one.
     let mut producing = Some({
         let (brokers, topics, handles) = (brokers.clone(), topics.clone(), handles.clone());
         std::thread::spawn(move || produce_live(&brokers, &topics, &sim, &handles))

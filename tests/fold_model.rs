@@ -1439,7 +1439,7 @@ fn traits(case: &Case, tenant: &str, f: &Figures) -> Vec<(&'static str, bool)> {
         ),
         (
             "outcomes already expired on arrival",
-            (0..outcomes.len()).any(|i| earlier(i, &|e, o| e.date - o.date >= retention)),
+            (0..outcomes.len()).any(|i| earlier(i, &|e, o| e.date - o.date > retention)),
         ),
         (
             "lines before their outcomes",

@@ -135,7 +135,7 @@ fn a_broker_away_longer_than_the_transaction_timeout_is_ridden_out() {
     cluster.assert_folded_once(&records, &storage);
 }
 
-/// A soak, not run by the suite (`cargo test --release --test kafka_pause -- --ignored`): the
+/// A soak, not run by the suite (`cargo test --profile tests --test kafka_pause -- --ignored`): the
 /// broker paused `PAUSES` times (default 4: a sixth fence within ten minutes stops `run` by
 /// design) for `PAUSE_SECONDS` (default 16) while the
 /// processor works off a seeded history (`SEED`), with the tests' short session timeout, so

@@ -156,6 +156,9 @@ fn decode_json(topic: Topic, bytes: &[u8]) -> Result<Event, Rejection> {
     parsed.map_err(|r| r.with_tenant(json_tenant(bytes).as_deref()))
 }
 
+/// The longest field path a message shows whole.
+const MAX_PATH_BYTES: usize = 120;
+
 /// serde_json's reading of `text`; when it fails, the error names where, as a path
 /// (`lines[3].date: input is out of range ...`): serde_json's own message says only the
 /// column. The path is found by reading the record again, only when it failed.
@@ -166,9 +169,19 @@ fn serde_json_or_error<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, 
             Err(e) => e.path().to_string(),
             Ok(_) => String::new(),
         };
-        let message = match path.as_str() {
+        // Unknown segments (a syntax error between fields) say nothing; a key is shown escaped,
+        // and a long one cut, so that the error itself still fits the message.
+        let path = path.strip_suffix(".?").unwrap_or(&path);
+        let message = match path {
             "" | "." | "?" => format!("json: {e}"),
-            path => format!("json: {path}: {e}"),
+            path if path.len() > MAX_PATH_BYTES => {
+                let cut = (0..=MAX_PATH_BYTES)
+                    .rev()
+                    .find(|&i| path.is_char_boundary(i))
+                    .unwrap_or(0);
+                format!("json: {}...: {e}", path[..cut].escape_debug())
+            }
+            path => format!("json: {}: {e}", path.escape_debug()),
         };
         Rejection::new(json_error_kind(&e), message)
     })

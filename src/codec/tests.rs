@@ -460,6 +460,32 @@ fn a_value_of_the_wrong_form_is_named_by_its_path() {
     }
 }
 
+/// A key in the path is shown escaped, and a long one cut, so the error itself still shows.
+#[test]
+fn a_path_through_a_strange_or_long_key_is_escaped_and_cut() {
+    let json = IMPORTANCE_JSON.replacen("\"samples\": {", "\"samples\": {\"a\\nb\": \"oops\", ", 1);
+    assert_ne!(json, IMPORTANCE_JSON);
+    assert_rejected(
+        json_decode(Topic::FeatureImportances, &json),
+        RejectKind::SchemaMismatch,
+        "json: samples.a\\nb: invalid type: string \"oops\"",
+        Some("acme"),
+    );
+    let long = "k".repeat(600);
+    let json = IMPORTANCE_JSON.replacen(
+        "\"samples\": {",
+        &format!("\"samples\": {{\"{long}\": 1, "),
+        1,
+    );
+    let r = json_decode(Topic::FeatureImportances, &json).unwrap_err();
+    assert!(r.message.starts_with("json: samples.kkk"), "{}", r.message);
+    assert!(
+        r.message.contains("...: invalid type: integer `1`"),
+        "{}",
+        r.message
+    );
+}
+
 #[test]
 fn messages_quoting_huge_values_are_cut() {
     let json = OUTCOME_JSON.replace("120.5", &format!("\"{}\"", "9".repeat(500_000)));

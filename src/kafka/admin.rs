@@ -50,7 +50,7 @@ pub enum TopicError {
     StateNotCompacted { topic: String, policy: String },
     #[error("cannot create topic {topic:?}: {reason}")]
     Create { topic: String, reason: String },
-    #[error("cannot create the topics: no answer from the Kafka cluster at {brokers} within 10 s: {reason}")]
+    #[error("cannot create the topics: cannot reach the Kafka cluster at {brokers} (waited up to 10 s): {reason}")]
     Unreachable { brokers: String, reason: String },
     #[error("cannot create the topics: {0}")]
     Client(String),
