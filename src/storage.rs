@@ -194,22 +194,29 @@ impl Storage {
     }
 
     /// Writes the documents of every tenant in `tenants`, as `documents` gives them, with all
-    /// cores: the documents are computed and encoded on every core (rayon), a slice of tenants
-    /// at a time, while a writer thread stages the slice before and a syncer thread syncs and
-    /// renames the one before that, so the disk writes the staged bytes while the next slice is
-    /// staged. At most two slices of JSON are held (a long calibration history runs to
-    /// megabytes a tenant). Each slice is atomic as [`Storage::write_tenants`] says, not the
-    /// whole write: on an error the slices before it stay written. One `syncfs` per slice: for
-    /// a one-off write of thousands of tenants (`fold`), not beside a broker or the processor.
+    /// cores, a slice of tenants at a time: a creator thread makes the temporary files of the
+    /// next slice, while the documents of this one are computed, encoded and written into its
+    /// files on every core (rayon), and a syncer thread syncs and renames the slice before. At
+    /// most two slices of JSON are held (a long calibration history runs to megabytes a
+    /// tenant), and at most three slices' files are open. Each slice is atomic as
+    /// [`Storage::write_tenants`] says, not the whole write: on an error the slices before it
+    /// stay written. One `syncfs` per slice: for a one-off write of thousands of tenants
+    /// (`fold`), not beside a broker or the processor.
+    ///
+    /// Files are created on one thread only: created in one directory from several threads
+    /// they queue on the directory's lock, and the waiting threads spin (7.5% of `feedback
+    /// fold`'s cycles when it did). Their bytes are written on every core: copying 843 MB into
+    /// the page cache from one thread kept it busy for 2.7 s of a 3.3 s end, the pool's
+    /// threads half idle (docs/PERFORMANCE.md).
     pub fn write_all_tenants<F>(&self, tenants: &[&str], documents: F) -> Result<(), StorageError>
     where
         F: Fn(&str) -> Option<TenantDocuments> + Sync,
     {
         /// Tenants whose documents are computed and written together.
-        const SLICE: usize = 128;
+        const SLICE: usize = 64;
         // Rendezvous: a slice is handed over only when the next stage is ready for it.
-        let (slices, received) = std::sync::mpsc::sync_channel::<Vec<EncodedTenant>>(0);
-        let (staged, to_publish) = std::sync::mpsc::sync_channel::<Vec<Staged>>(0);
+        let (created_tx, created) = std::sync::mpsc::sync_channel::<Vec<[Staged; 3]>>(0);
+        let (staged_tx, to_publish) = std::sync::mpsc::sync_channel::<Vec<Staged>>(0);
         std::thread::scope(|scope| {
             let syncer = scope.spawn(move || -> Result<(), StorageError> {
                 for slice in to_publish {
@@ -217,36 +224,86 @@ impl Storage {
                 }
                 Ok(())
             });
-            let writer = scope.spawn(move || -> Result<(), StorageError> {
-                for slice in received {
-                    let slice = self.stage_all(slice.into_iter().map(Ok))?;
-                    if staged.send(slice).is_err() {
-                        // The syncer stopped on an error, which its join returns.
+            let creator = scope.spawn(move || -> Result<(), StorageError> {
+                self.create_dir()?;
+                for slice in tenants.chunks(SLICE) {
+                    let files = (slice.iter())
+                        .map(|name| self.create_files(name))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    if created_tx.send(files).is_err() {
+                        // The caller stopped on an error, which it returns.
                         break;
                     }
                 }
                 Ok(())
             });
-            for slice in tenants.chunks(SLICE) {
-                let encoded = slice
-                    .par_iter()
-                    .filter_map(|name| documents(name))
-                    .map(|docs| self.encode_tenant(&docs))
-                    .collect::<Result<Vec<_>, _>>()?;
-                if slices.send(encoded).is_err() {
-                    // The writer stopped on an error, which the join below returns.
-                    break;
+            let writing = (|| -> Result<(), StorageError> {
+                for slice in tenants.chunks(SLICE) {
+                    let Ok(files) = created.recv() else {
+                        // The creator stopped on an error, which its join returns.
+                        break;
+                    };
+                    let staged = (slice.par_iter().zip(files))
+                        .map(|(name, files)| match documents(name) {
+                            Some(docs) => self.write_encoded(self.encode_tenant(&docs)?, files),
+                            // No documents: the temporary files are removed as they drop.
+                            None => Ok(Vec::new()),
+                        })
+                        .collect::<Result<Vec<_>, _>>()?;
+                    if staged_tx.send(staged.into_iter().flatten().collect()).is_err() {
+                        // The syncer stopped on an error, which its join returns.
+                        break;
+                    }
                 }
-            }
-            drop(slices);
+                Ok(())
+            })();
+            // Hanging up lets a stage blocked on a hand-over end.
+            drop((created, staged_tx));
             let join = |stage: std::thread::ScopedJoinHandle<'_, Result<(), StorageError>>| {
                 stage
                     .join()
                     .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
             };
-            let (staging, publishing) = (join(writer), join(syncer));
-            staging.and(publishing)
+            let (creating, publishing) = (join(creator), join(syncer));
+            writing.and(creating).and(publishing)
         })
+    }
+
+    /// Creates the documents' directory.
+    fn create_dir(&self) -> Result<(), StorageError> {
+        let dir = self.performance_dir();
+        fs::create_dir_all(&dir).map_err(|source| StorageError::CreateDir { path: dir, source })
+    }
+
+    /// The empty temporary files of a tenant's documents, in the order of [`Document::ALL`].
+    fn create_files(&self, tenant: &str) -> Result<[Staged; 3], StorageError> {
+        let [a, b, c] = Document::ALL.map(|doc| self.path(tenant, doc));
+        Ok([create_temporary(a?)?, create_temporary(b?)?, create_temporary(c?)?])
+    }
+
+    /// Writes a tenant's encoded documents into its temporary files from [`Storage::create_files`].
+    fn write_encoded(
+        &self,
+        encoded: EncodedTenant,
+        files: [Staged; 3],
+    ) -> Result<Vec<Staged>, StorageError> {
+        let mut staged = Vec::with_capacity(3);
+        for ((path, bytes), (mut tmp, target)) in encoded.files.into_iter().zip(files) {
+            if path != target {
+                // The documents are another tenant's than the name they were asked for.
+                return Err(StorageError::Write {
+                    path,
+                    source: std::io::Error::other(format!(
+                        "expected the document for {}",
+                        target.display()
+                    )),
+                });
+            }
+            tmp.write_all(&bytes)
+                .map_err(|source| StorageError::Write { path, source })?;
+            staged.push((tmp, target));
+        }
+        Ok(staged)
     }
 
     /// A tenant's three documents as JSON: the computing half of a write.
@@ -313,11 +370,7 @@ impl Storage {
         &self,
         encoded: impl IntoIterator<Item = Result<EncodedTenant, StorageError>>,
     ) -> Result<Vec<Staged>, StorageError> {
-        let dir = self.performance_dir();
-        fs::create_dir_all(&dir).map_err(|source| StorageError::CreateDir {
-            path: dir.clone(),
-            source,
-        })?;
+        self.create_dir()?;
         let mut staged = Vec::new();
         for tenant in encoded {
             for (path, bytes) in tenant?.files {
@@ -590,12 +643,23 @@ type Staged = (tempfile::NamedTempFile, PathBuf);
 
 /// Writes encoded bytes to a temporary file beside `path`, not yet synced nor renamed.
 fn stage(path: PathBuf, bytes: &[u8]) -> Result<Staged, StorageError> {
+    let (mut tmp, path) = create_temporary(path)?;
+    tmp.write_all(bytes)
+        .map_err(|source| StorageError::Write {
+            path: path.clone(),
+            source,
+        })?;
+    Ok((tmp, path))
+}
+
+/// An empty temporary file beside `path`, readable by all as a document is.
+fn create_temporary(path: PathBuf) -> Result<Staged, StorageError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let write_err = |source| StorageError::Write {
         path: path.clone(),
         source,
     };
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(write_err)?;
+    let tmp = tempfile::NamedTempFile::new_in(dir).map_err(write_err)?;
     // Temporary files are created 0600; a document is for the dashboard and operators too.
     #[cfg(unix)]
     {
@@ -603,7 +667,6 @@ fn stage(path: PathBuf, bytes: &[u8]) -> Result<Staged, StorageError> {
         let mode = fs::Permissions::from_mode(0o644);
         tmp.as_file().set_permissions(mode).map_err(write_err)?;
     }
-    tmp.write_all(bytes).map_err(write_err)?;
     Ok((tmp, path))
 }
 
