@@ -250,7 +250,10 @@ impl Storage {
                             None => Ok(Vec::new()),
                         })
                         .collect::<Result<Vec<_>, _>>()?;
-                    if staged_tx.send(staged.into_iter().flatten().collect()).is_err() {
+                    if staged_tx
+                        .send(staged.into_iter().flatten().collect())
+                        .is_err()
+                    {
                         // The syncer stopped on an error, which its join returns.
                         break;
                     }
@@ -278,7 +281,11 @@ impl Storage {
     /// The empty temporary files of a tenant's documents, in the order of [`Document::ALL`].
     fn create_files(&self, tenant: &str) -> Result<[Staged; 3], StorageError> {
         let [a, b, c] = Document::ALL.map(|doc| self.path(tenant, doc));
-        Ok([create_temporary(a?)?, create_temporary(b?)?, create_temporary(c?)?])
+        Ok([
+            create_temporary(a?)?,
+            create_temporary(b?)?,
+            create_temporary(c?)?,
+        ])
     }
 
     /// Writes a tenant's encoded documents into its temporary files from [`Storage::create_files`].
@@ -644,11 +651,10 @@ type Staged = (tempfile::NamedTempFile, PathBuf);
 /// Writes encoded bytes to a temporary file beside `path`, not yet synced nor renamed.
 fn stage(path: PathBuf, bytes: &[u8]) -> Result<Staged, StorageError> {
     let (mut tmp, path) = create_temporary(path)?;
-    tmp.write_all(bytes)
-        .map_err(|source| StorageError::Write {
-            path: path.clone(),
-            source,
-        })?;
+    tmp.write_all(bytes).map_err(|source| StorageError::Write {
+        path: path.clone(),
+        source,
+    })?;
     Ok((tmp, path))
 }
 

@@ -593,3 +593,37 @@ fn create_topics_passes_kafka_config_to_its_client() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("expected KEY=VALUE"));
 }
+
+#[test]
+fn run_stops_at_once_while_the_cluster_is_unreachable() {
+    // Nothing listens on port 1: `run` waits for the cluster at start, and a SIGTERM then
+    // stops it within a second or so (it waited out a 10 s metadata call before).
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_feedback"))
+        .args(["run", "--brokers", "127.0.0.1:1", "--http", "127.0.0.1:0"])
+        .arg("--storage-dir")
+        .arg(dir.path().join("storage"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    rustix::process::kill_process(
+        rustix::process::Pid::from_child(&child),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    let signalled = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if signalled.elapsed() > std::time::Duration::from_secs(4) {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!("feedback run did not stop within 4 s of SIGTERM");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+}

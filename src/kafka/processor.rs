@@ -51,6 +51,9 @@ use crate::storage::{Storage, SyncMode};
 
 /// Bound on each blocking call to the cluster; a call that times out is retried.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bound on each call while waiting for an unreachable cluster at start, so that a stop does
+/// not wait out a whole CALL_TIMEOUT.
+const WAIT_CALL: Duration = Duration::from_secs(1);
 /// How long the loop folds on while a commit is in flight before it waits for the commit.
 const MAX_IN_FLIGHT: Duration = Duration::from_secs(2);
 /// How many outputs may wait for the next transaction before the loop waits for the commit.
@@ -2554,20 +2557,31 @@ pub fn run(settings: Settings, handles: Handles) -> Result<RunSummary, RunError>
         .check_writable()
         .map_err(|e| RunError::Refused(format!("the storage directory is not writable: {e}")))?;
 
+    // The cluster may still be coming up: wait for it, as for any broker outage, in calls short
+    // enough that a stop is seen within a second, with a warning every CALL_TIMEOUT.
+    let mut unreachable_since: Option<Instant> = None;
+    let mut warned: Option<Instant> = None;
     let partitions = loop {
+        let asked = Instant::now();
         match admin::check_topics(
             consumer.client(),
             &settings.brokers,
             &settings.topics,
-            CALL_TIMEOUT,
+            WAIT_CALL,
         ) {
             Ok(n) => break n,
-            // The cluster may still be coming up: wait for it, as for any broker outage.
             Err(admin::TopicError::Metadata { source, .. })
                 if !handles.stop.load(Ordering::Relaxed) =>
             {
-                tracing::warn!(error = %source, brokers = %settings.brokers, "cannot reach the cluster; retrying");
-                std::thread::sleep(Duration::from_secs(1));
+                let since = *unreachable_since.get_or_insert(asked);
+                if since.elapsed() >= CALL_TIMEOUT
+                    && warned.is_none_or(|w| w.elapsed() >= CALL_TIMEOUT)
+                {
+                    tracing::warn!(error = %source, brokers = %settings.brokers, "cannot reach the cluster; retrying");
+                    warned = Some(Instant::now());
+                }
+                // A call refused at once is not repeated at once.
+                std::thread::sleep(WAIT_CALL.saturating_sub(asked.elapsed()));
             }
             // Stopped while waiting for the cluster: nothing was started, a clean stop.
             Err(_) if handles.stop.load(Ordering::Relaxed) => return Ok(RunSummary::default()),
