@@ -283,6 +283,20 @@ fn unknown_tenants_and_routes_are_404_with_a_json_error() {
         assert_error(&r, 404, "unknown_tenant");
         assert!(r.json()["message"].as_str().unwrap().contains("nobody"));
     }
+    // A known tenant missing one document: that document is named, the tenant is not unknown.
+    let perf = s.dir.path().join("metadata/performance");
+    std::fs::remove_file(perf.join("miscal-002_calibration.json")).unwrap();
+    let r = get(s.addr, "/api/v1/tenants/miscal-002/calibration", None);
+    assert_error(&r, 404, "missing_document");
+    let message = r.json()["message"].as_str().unwrap().to_owned();
+    assert!(
+        message.contains("no calibration document for tenant \"miscal-002\""),
+        "{message}"
+    );
+    assert_eq!(
+        get(s.addr, "/api/v1/tenants/miscal-002/drift", None).status,
+        200
+    );
     for path in [
         "/api/v1/tenants/miscal-002",
         "/api/v1/tenants/miscal-002/alerts",

@@ -37,6 +37,10 @@ pub enum ApiError {
     InvalidTenant(String),
     #[error("no {doc} document for tenant {tenant:?}")]
     UnknownTenant { tenant: String, doc: &'static str },
+    /// The tenant has documents, only not this one (removed by hand, or the storage
+    /// directory restored from an incomplete copy).
+    #[error("no {doc} document for tenant {tenant:?}, though the tenant has other documents")]
+    MissingDocument { tenant: String, doc: &'static str },
     #[error("cannot read the {doc} document of tenant {tenant:?}")]
     ReadDocument {
         tenant: String,
@@ -57,8 +61,8 @@ pub enum ApiError {
 /// The body of every error answer.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ErrorBody {
-    /// A stable code: `invalid_tenant`, `unknown_tenant`, `unauthorized`, `not_found`,
-    /// `method_not_allowed`, `internal`.
+    /// A stable code: `invalid_tenant`, `unknown_tenant`, `missing_document`, `unauthorized`,
+    /// `not_found`, `method_not_allowed`, `internal`.
     pub error: String,
     pub message: String,
 }
@@ -67,7 +71,9 @@ impl ApiError {
     fn status(&self) -> StatusCode {
         match self {
             ApiError::InvalidTenant(_) => StatusCode::BAD_REQUEST,
-            ApiError::UnknownTenant { .. } | ApiError::NoRoute => StatusCode::NOT_FOUND,
+            ApiError::UnknownTenant { .. }
+            | ApiError::MissingDocument { .. }
+            | ApiError::NoRoute => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::ReadDocument { .. } | ApiError::ListTenants(_) => {
@@ -80,6 +86,7 @@ impl ApiError {
         match self {
             ApiError::InvalidTenant(_) => "invalid_tenant",
             ApiError::UnknownTenant { .. } => "unknown_tenant",
+            ApiError::MissingDocument { .. } => "missing_document",
             ApiError::NoRoute => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::Unauthorized(_) => "unauthorized",
@@ -227,7 +234,16 @@ async fn document(
         )
             .into_response()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            Err(ApiError::UnknownTenant { tenant, doc: name })
+            let mut known = false;
+            for other in Document::ALL.into_iter().filter(|&d| d != doc) {
+                if let Ok(path) = storage.path(&tenant, other) {
+                    known |= tokio::fs::try_exists(&path).await.unwrap_or(false);
+                }
+            }
+            Err(match known {
+                true => ApiError::MissingDocument { tenant, doc: name },
+                false => ApiError::UnknownTenant { tenant, doc: name },
+            })
         }
         Err(source) => Err(ApiError::ReadDocument {
             tenant,
