@@ -196,9 +196,9 @@ impl Storage {
     /// Writes the documents of every tenant in `tenants`, as `documents` gives them, with all
     /// cores, a slice of tenants at a time: a creator thread makes the temporary files of the
     /// next slice, while the documents of this one are computed, encoded and written into its
-    /// files on every core (rayon), and a syncer thread syncs and renames the slice before. At
-    /// most two slices of JSON are held (a long calibration history runs to megabytes a
-    /// tenant), and at most three slices' files are open. Each slice is atomic as
+    /// files on every core (rayon), and a syncer thread syncs and renames the slice before. A
+    /// tenant's JSON (a long calibration history runs to megabytes) is freed once written, and
+    /// at most three slices' files are open (576). Each slice is atomic as
     /// [`Storage::write_tenants`] says, not the whole write: on an error the slices before it
     /// stay written. One `syncfs` per slice: for a one-off write of thousands of tenants
     /// (`fold`), not beside a broker or the processor.
@@ -231,7 +231,7 @@ impl Storage {
                         .map(|name| self.create_files(name))
                         .collect::<Result<Vec<_>, _>>()?;
                     if created_tx.send(files).is_err() {
-                        // The caller stopped on an error, which it returns.
+                        // The caller stopped, on its own error or the syncer's.
                         break;
                     }
                 }
@@ -267,8 +267,9 @@ impl Storage {
                     .join()
                     .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
             };
+            // The syncer's error is of the earliest slice, the creator's of the latest.
             let (creating, publishing) = (join(creator), join(syncer));
-            writing.and(creating).and(publishing)
+            publishing.and(writing).and(creating)
         })
     }
 
@@ -715,8 +716,8 @@ mod tests {
     }
 
     /// More tenants than one slice: every document lands, readable, with no temporary file
-    /// left; a tenant that cannot be encoded, or a directory the writer thread cannot write,
-    /// is an error, not a hang, and leaves no temporary file.
+    /// left; a tenant that cannot be encoded, a name the creator thread refuses mid-way, or a
+    /// directory it cannot write, is an error, not a hang, and leaves no temporary file.
     #[test]
     fn write_all_tenants_writes_every_slice() {
         use crate::fold::{Engine, FoldConfig};
@@ -761,7 +762,31 @@ mod tests {
             .collect();
         assert!(left.is_empty(), "temporary files left: {left:?}");
 
-        // The writer thread fails (the documents' directory is a file) while the caller still
+        // The creator fails mid-way (an invalid name, past the first slices): the slices
+        // before it are written, and no temporary file is left.
+        let midway = tempfile::tempdir().unwrap();
+        let storage = Storage::new(midway.path());
+        let mut with_bad = names.clone();
+        with_bad.insert(200, "../etc");
+        let err = storage
+            .write_all_tenants(&with_bad, |name| engine.documents(name))
+            .unwrap_err();
+        assert!(matches!(err, StorageError::InvalidTenant(_)), "{err}");
+        let written: Vec<_> = fs::read_dir(storage.performance_dir())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert!(
+            written.iter().all(|name| name.ends_with(".json")),
+            "{written:?}"
+        );
+        // The three slices of 64 tenants before the one holding the invalid name.
+        assert_eq!(written.len(), 3 * 3 * 64);
+        let doc: crate::fold::report::CalibrationDoc =
+            storage.read(names[0], Document::Calibration).unwrap();
+        assert_eq!(doc.tenant, names[0]);
+
+        // The creator fails at once (the documents' directory is a file) while the caller still
         // has slices to hand over.
         let blocked = tempfile::tempdir().unwrap();
         fs::create_dir_all(blocked.path().join("metadata")).unwrap();
@@ -772,7 +797,7 @@ mod tests {
         assert!(matches!(err, StorageError::CreateDir { .. }), "{err}");
 
         // The syncer fails (a document's path is a directory, so its rename fails) while the
-        // writer still stages slices after it: an error, not a hang; the slice before it is
+        // pool still writes slices after it: an error, not a hang; the slice before it is
         // published and no temporary file is left.
         let renamed = tempfile::tempdir().unwrap();
         let storage = Storage::new(renamed.path());

@@ -54,6 +54,18 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bound on each call while waiting for an unreachable cluster at start, so that a stop does
 /// not wait out a whole CALL_TIMEOUT.
 const WAIT_CALL: Duration = Duration::from_secs(1);
+
+/// The bound on the next metadata call at start after one failed with `error`: WAIT_CALL while
+/// no broker can be reached (nothing to wait for), twice the last one, up to CALL_TIMEOUT, after
+/// a call that timed out (a broker may be answering slowly).
+fn next_wait_call(last: Duration, error: &KafkaError) -> Duration {
+    match error.rdkafka_error_code() {
+        Some(RDKafkaErrorCode::BrokerTransportFailure | RDKafkaErrorCode::AllBrokersDown) => {
+            WAIT_CALL
+        }
+        _ => (last * 2).min(CALL_TIMEOUT),
+    }
+}
 /// How long the loop folds on while a commit is in flight before it waits for the commit.
 const MAX_IN_FLIGHT: Duration = Duration::from_secs(2);
 /// How many outputs may wait for the next transaction before the loop waits for the commit.
@@ -2557,22 +2569,24 @@ pub fn run(settings: Settings, handles: Handles) -> Result<RunSummary, RunError>
         .check_writable()
         .map_err(|e| RunError::Refused(format!("the storage directory is not writable: {e}")))?;
 
-    // The cluster may still be coming up: wait for it, as for any broker outage, in calls short
-    // enough that a stop is seen within a second, with a warning every CALL_TIMEOUT.
+    // The cluster may still be coming up: wait for it, as for any broker outage, with a warning
+    // every CALL_TIMEOUT. While no broker answers at all, each call is short, so that a stop is
+    // seen within a second; a call that timed out against a broker that answers slowly (a long
+    // handshake, a large cluster's metadata) is given twice as long the next time.
     let mut unreachable_since: Option<Instant> = None;
     let mut warned: Option<Instant> = None;
+    let mut call = WAIT_CALL;
     let partitions = loop {
+        if handles.stop.load(Ordering::Relaxed) {
+            return Ok(RunSummary::default());
+        }
         let asked = Instant::now();
-        match admin::check_topics(
-            consumer.client(),
-            &settings.brokers,
-            &settings.topics,
-            WAIT_CALL,
-        ) {
+        match admin::check_topics(consumer.client(), &settings.brokers, &settings.topics, call) {
             Ok(n) => break n,
             Err(admin::TopicError::Metadata { source, .. })
                 if !handles.stop.load(Ordering::Relaxed) =>
             {
+                call = next_wait_call(call, &source);
                 let since = *unreachable_since.get_or_insert(asked);
                 if since.elapsed() >= CALL_TIMEOUT
                     && warned.is_none_or(|w| w.elapsed() >= CALL_TIMEOUT)
@@ -2697,7 +2711,10 @@ pub fn run(settings: Settings, handles: Handles) -> Result<RunSummary, RunError>
             break Ok(());
         }
         let waited = Instant::now();
-        let mut polled = consumer.poll(Duration::from_millis(interval.as_millis().min(100) as u64));
+        // At most 100 ms, so a stop is seen soon; at least 10 ms, so that an idle processor
+        // with a commit interval of 0 does not spin.
+        let wait = interval.clamp(Duration::from_millis(10), Duration::from_millis(100));
+        let mut polled = consumer.poll(wait);
         // Whatever else is ready joins the first record, up to MAX_BATCH. The pipeline is not
         // locked while polling (a rebalance callback locks it). A rebalance revokes and
         // reassigns every partition (eager), and their reading resumes from the committed
@@ -2851,6 +2868,28 @@ fn close_with_bound(consumer: BaseConsumer<ConsumerHooks>, slot: Arc<Mutex<Optio
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// At start, calls stay short while no broker answers, and grow after a timeout (a broker
+    /// that answers slowly) up to the usual bound.
+    #[test]
+    fn metadata_calls_at_start_grow_only_after_a_timeout() {
+        let failed = |code| KafkaError::MetadataFetch(code);
+        let down = failed(RDKafkaErrorCode::BrokerTransportFailure);
+        let timed_out = failed(RDKafkaErrorCode::OperationTimedOut);
+        assert_eq!(next_wait_call(WAIT_CALL, &down), WAIT_CALL);
+        assert_eq!(
+            next_wait_call(WAIT_CALL, &failed(RDKafkaErrorCode::AllBrokersDown)),
+            WAIT_CALL
+        );
+        let mut call = WAIT_CALL;
+        let mut seen = vec![];
+        for _ in 0..6 {
+            call = next_wait_call(call, &timed_out);
+            seen.push(call.as_secs());
+        }
+        assert_eq!(seen, [2, 4, 8, 10, 10, 10]);
+        assert_eq!(next_wait_call(CALL_TIMEOUT, &down), WAIT_CALL);
+    }
 
     /// Any change of the inputs' partition count moves half of a thousand tenants or more to
     /// another partition (half when it doubles or halves), so a quarter tells it from a few
