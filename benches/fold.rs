@@ -135,6 +135,7 @@ fn bench(c: &mut Criterion) {
                 topics: TopicNames::default(),
                 config: FoldConfig::default(),
                 progress: false,
+                stop: None,
             };
             fold_files(&job).expect("fold")
         })

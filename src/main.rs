@@ -31,7 +31,9 @@ enum Command {
     /// come in order, grouped by tenant within a batch. Writes the storage documents of every
     /// tenant, the alerts and the refused records, then prints a summary.
     /// Exit code 0 on success (refused records included), 2 when an input cannot be read or an
-    /// output cannot be written.
+    /// output cannot be written. SIGTERM or Ctrl-C stops it before the next chunk of records
+    /// (no document written) or the next slice of documents (the slices before written), with
+    /// no temporary file left, and exit code 130; a second one exits at once.
     Fold(FoldArgs),
     /// Generate a seeded synthetic history of the three input topics: JSONL for `fold`, or
     /// records produced to Kafka (--brokers).
@@ -547,6 +549,17 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 /// when this returns, so a signal that comes during start-up stops cleanly too instead of
 /// killing the process.
 fn stop_on_signal(stop: std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    stop_on_signal_saying(
+        stop,
+        "stopping: finishing the current transaction, then committing and leaving the group if one was joined (signal again to exit at once)",
+    )
+}
+
+/// [`stop_on_signal`], logging `stopping` at the first signal.
+fn stop_on_signal_saying(
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    stopping: &'static str,
+) {
     use tokio::signal::unix::{signal, SignalKind};
     let (mut term, mut int) = match (
         signal(SignalKind::terminate()),
@@ -565,9 +578,7 @@ fn stop_on_signal(stop: std::sync::Arc<std::sync::atomic::AtomicBool>) {
                 _ = int.recv() => {}
             }
             if round == 0 {
-                tracing::info!(
-                    "stopping: finishing the current transaction, then committing and leaving the group if one was joined (signal again to exit at once)"
-                );
+                tracing::info!("{stopping}");
                 stop.store(true, std::sync::atomic::Ordering::Relaxed);
             } else {
                 print_stderr("exiting at once");
@@ -788,6 +799,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Fold(args) => {
             let config = Config::load(args.config.as_deref())?;
+            // The signals are watched from a runtime of their own; the fold runs on this thread.
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let signals = runtime()?;
+            signals.block_on(async {
+                stop_on_signal_saying(
+                    stop.clone(),
+                    "stopping: the fold ends before its next chunk of records or slice of documents (signal again to exit at once)",
+                )
+            });
             let job = FoldJob {
                 inputs: args.inputs,
                 storage_dir: args.storage_dir,
@@ -796,8 +816,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 topics: config.topics.clone(),
                 config: config.fold(),
                 progress: !args.quiet && !args.json,
+                stop: Some(stop),
             };
-            let summary = fold_files(&job)?;
+            let summary = match fold_files(&job) {
+                Err(e @ feedback::offline::OfflineError::Interrupted(_)) => {
+                    print_stderr(&format!("{e}"));
+                    return Ok(ExitCode::from(130));
+                }
+                summary => summary?,
+            };
             let text = if args.json {
                 serde_json::to_string_pretty(&summary)?
             } else {

@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rayon::prelude::*;
@@ -40,6 +42,9 @@ pub enum OfflineError {
     },
     #[error(transparent)]
     Storage(#[from] StorageError),
+    /// Stopped by [`FoldJob::stop`] (SIGTERM or Ctrl-C) before the end.
+    #[error("{0}")]
+    Interrupted(String),
 }
 
 /// What `feedback fold` was asked to do.
@@ -52,6 +57,9 @@ pub struct FoldJob {
     pub topics: TopicNames,
     pub config: FoldConfig,
     pub progress: bool,
+    /// Set (by a signal) to stop: before the next chunk of records, or the next slice of
+    /// documents, with [`OfflineError::Interrupted`] and no temporary file left behind.
+    pub stop: Option<Arc<AtomicBool>>,
 }
 
 /// What it did.
@@ -190,6 +198,7 @@ pub fn fold_files(job: &FoldJob) -> Result<FoldSummary, OfflineError> {
         indicatif::ProgressBar::hidden()
     };
 
+    let stopped = || job.stop.as_ref().is_some_and(|s| s.load(Ordering::Relaxed));
     let schemas = AvroSchemas::builtin();
     let mut engine = Engine::new(job.config.clone());
     let mut summary = FoldSummary::default();
@@ -204,6 +213,13 @@ pub fn fold_files(job: &FoldJob) -> Result<FoldSummary, OfflineError> {
         let schemas = &schemas;
         scope.spawn(move || read_chunks(readers, topics, schemas, &chunks));
         for chunk in received {
+            if stopped() {
+                return Err(OfflineError::Interrupted(format!(
+                    "interrupted after {} records: the storage documents were not written \
+                     (the alerts and refused records written so far stay in their files)",
+                    summary.records
+                )));
+            }
             let chunk = chunk?;
             for (line_no, decoded) in chunk.records {
                 summary.records += 1;
@@ -247,7 +263,15 @@ pub fn fold_files(job: &FoldJob) -> Result<FoldSummary, OfflineError> {
 
     let storage = Storage::new(&job.storage_dir);
     let names = engine.tenants();
-    storage.write_all_tenants(&names, |name| engine.documents(name))?;
+    let written = storage.write_all_tenants(&names, |name| engine.documents(name), stopped);
+    if let Err(StorageError::Interrupted { written }) = written {
+        return Err(OfflineError::Interrupted(format!(
+            "interrupted while writing the storage documents: those of {written} of {} tenants \
+             were written, the others are as they were",
+            names.len()
+        )));
+    }
+    written?;
     for out in [&mut outputs.alerts, &mut outputs.dlq]
         .into_iter()
         .flatten()

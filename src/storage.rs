@@ -45,6 +45,10 @@ pub enum StorageError {
     },
     #[error("invalid tenant name {0:?}")]
     InvalidTenant(String),
+    /// [`Storage::write_all_tenants`] was asked to stop; the documents of `written` tenants
+    /// were written.
+    #[error("interrupted after writing the documents of {written} tenants")]
+    Interrupted { written: usize },
 }
 
 /// The storage directory (default `./storage`).
@@ -208,7 +212,15 @@ impl Storage {
     /// fold`'s cycles when it did). Their bytes are written on every core: copying 843 MB into
     /// the page cache from one thread kept it busy for 2.7 s of a 3.3 s end, the pool's
     /// threads half idle (docs/PERFORMANCE.md).
-    pub fn write_all_tenants<F>(&self, tenants: &[&str], documents: F) -> Result<(), StorageError>
+    ///
+    /// `stop` is asked before each slice: once it answers true the write ends with
+    /// [`StorageError::Interrupted`], the slices before published, no temporary file left.
+    pub fn write_all_tenants<F>(
+        &self,
+        tenants: &[&str],
+        documents: F,
+        stop: impl Fn() -> bool,
+    ) -> Result<(), StorageError>
     where
         F: Fn(&str) -> Option<TenantDocuments> + Sync,
     {
@@ -238,7 +250,10 @@ impl Storage {
                 Ok(())
             });
             let writing = (|| -> Result<(), StorageError> {
-                for slice in tenants.chunks(SLICE) {
+                for (i, slice) in tenants.chunks(SLICE).enumerate() {
+                    if stop() {
+                        return Err(StorageError::Interrupted { written: i * SLICE });
+                    }
                     let Ok(files) = created.recv() else {
                         // The creator stopped on an error, which its join returns.
                         break;
@@ -734,7 +749,7 @@ mod tests {
         let names = engine.tenants();
         assert_eq!(names.len(), 300);
         storage
-            .write_all_tenants(&names, |name| engine.documents(name))
+            .write_all_tenants(&names, |name| engine.documents(name), || false)
             .unwrap();
         assert_eq!(
             fs::read_dir(storage.performance_dir()).unwrap().count(),
@@ -753,7 +768,9 @@ mod tests {
             }
             Some(docs)
         };
-        let err = storage.write_all_tenants(&names, bad).unwrap_err();
+        let err = storage
+            .write_all_tenants(&names, bad, || false)
+            .unwrap_err();
         assert!(matches!(err, StorageError::InvalidTenant(_)), "{err}");
         let left: Vec<_> = fs::read_dir(storage.performance_dir())
             .unwrap()
@@ -769,7 +786,7 @@ mod tests {
         let mut with_bad = names.clone();
         with_bad.insert(200, "../etc");
         let err = storage
-            .write_all_tenants(&with_bad, |name| engine.documents(name))
+            .write_all_tenants(&with_bad, |name| engine.documents(name), || false)
             .unwrap_err();
         assert!(matches!(err, StorageError::InvalidTenant(_)), "{err}");
         let written: Vec<_> = fs::read_dir(storage.performance_dir())
@@ -786,13 +803,39 @@ mod tests {
             storage.read(names[0], Document::Calibration).unwrap();
         assert_eq!(doc.tenant, names[0]);
 
+        // Asked to stop before the second slice: the first is written, nothing else, and no
+        // temporary file is left (the creator had made the second's files already).
+        let stopped = tempfile::tempdir().unwrap();
+        let storage = Storage::new(stopped.path());
+        let asked = std::sync::atomic::AtomicUsize::new(0);
+        let err = storage
+            .write_all_tenants(
+                &names,
+                |name| engine.documents(name),
+                || asked.fetch_add(1, std::sync::atomic::Ordering::Relaxed) >= 1,
+            )
+            .unwrap_err();
+        assert!(
+            matches!(err, StorageError::Interrupted { written: 64 }),
+            "{err}"
+        );
+        let written: Vec<_> = fs::read_dir(storage.performance_dir())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert!(
+            written.iter().all(|name| name.ends_with(".json")),
+            "{written:?}"
+        );
+        assert_eq!(written.len(), 3 * 64);
+
         // The creator fails at once (the documents' directory is a file) while the caller still
         // has slices to hand over.
         let blocked = tempfile::tempdir().unwrap();
         fs::create_dir_all(blocked.path().join("metadata")).unwrap();
         fs::write(blocked.path().join("metadata/performance"), b"").unwrap();
         let err = Storage::new(blocked.path())
-            .write_all_tenants(&names, |name| engine.documents(name))
+            .write_all_tenants(&names, |name| engine.documents(name), || false)
             .unwrap_err();
         assert!(matches!(err, StorageError::CreateDir { .. }), "{err}");
 
@@ -804,7 +847,7 @@ mod tests {
         let in_the_way = storage.path(names[200], Document::Calibration).unwrap();
         fs::create_dir_all(&in_the_way).unwrap();
         let err = storage
-            .write_all_tenants(&names, |name| engine.documents(name))
+            .write_all_tenants(&names, |name| engine.documents(name), || false)
             .unwrap_err();
         assert!(matches!(err, StorageError::Write { .. }), "{err}");
         let doc: crate::fold::report::CalibrationDoc =

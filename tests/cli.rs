@@ -627,3 +627,56 @@ fn run_stops_at_once_while_the_cluster_is_unreachable() {
     };
     assert!(status.success(), "{status:?}");
 }
+
+#[test]
+fn fold_stops_on_sigint_with_exit_code_130_and_no_document_written() {
+    // The input is a named pipe, so the signal surely comes before the end of the input: the
+    // fold stops before the next chunk, writes no document and leaves no temporary file.
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("input.jsonl");
+    let made = Command::new("mkfifo").arg(&input).status().unwrap();
+    assert!(made.success());
+    let storage = dir.path().join("storage");
+    let child = Command::new(env!("CARGO_BIN_EXE_feedback"))
+        .arg("fold")
+        .arg(&input)
+        .arg("--storage-dir")
+        .arg(&storage)
+        .arg("--quiet")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut pipe = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&input)
+        .unwrap();
+    // A hundred lines: less than a chunk, so the fold waits for more.
+    let history = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/history.jsonl"
+    ))
+    .unwrap();
+    for line in history.lines().take(100) {
+        std::io::Write::write_all(&mut pipe, format!("{line}\n").as_bytes()).unwrap();
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    rustix::process::kill_process(
+        rustix::process::Pid::from_child(&child),
+        rustix::process::Signal::INT,
+    )
+    .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    drop(pipe);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(
+        stderr.contains("interrupted after 0 records: the storage documents were not written"),
+        "{stderr}"
+    );
+    let left: Vec<_> = std::fs::read_dir(storage.join("metadata/performance"))
+        .map(|d| d.map(|e| e.unwrap().file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
+}

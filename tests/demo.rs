@@ -154,6 +154,7 @@ fn processor_on_the_mock_cluster_folds_what_fold_folds() {
         topics,
         config: Default::default(),
         progress: false,
+        stop: None,
     })
     .unwrap();
     let docs = |root: &std::path::Path| -> Vec<(String, serde_json::Value)> {

@@ -187,6 +187,7 @@ impl Cluster {
             topics: self.topics.clone(),
             config: feedback::fold::FoldConfig::default(),
             progress: false,
+            stop: None,
         })
         .unwrap();
         let alerts = std::fs::read_to_string(&alerts)
