@@ -31,9 +31,10 @@ enum Command {
     /// come in order, grouped by tenant within a batch. Writes the storage documents of every
     /// tenant, the alerts and the refused records, then prints a summary.
     /// Exit code 0 on success (refused records included), 2 when an input cannot be read or an
-    /// output cannot be written. SIGTERM or Ctrl-C stops it before the next chunk of records
-    /// (no document written) or the next slice of documents (the slices before written), with
-    /// no temporary file left, and exit code 130; a second one exits at once.
+    /// output cannot be written. SIGTERM or Ctrl-C stops it while it reads (no document
+    /// written) or before the next slice of documents (the slices before written), with no
+    /// temporary file left, and exit code 130; a second one exits at once (and can leave
+    /// `.tmp*` files beside the documents).
     Fold(FoldArgs),
     /// Generate a seeded synthetic history of the three input topics: JSONL for `fold`, or
     /// records produced to Kafka (--brokers).
@@ -805,7 +806,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             signals.block_on(async {
                 stop_on_signal_saying(
                     stop.clone(),
-                    "stopping: the fold ends before its next chunk of records or slice of documents (signal again to exit at once)",
+                    "stopping: the fold ends before its next chunk of records or slice of documents (signal again to exit at once, which can leave temporary files)",
                 )
             });
             let job = FoldJob {

@@ -630,14 +630,15 @@ fn run_stops_at_once_while_the_cluster_is_unreachable() {
 
 #[test]
 fn fold_stops_on_sigint_with_exit_code_130_and_no_document_written() {
-    // The input is a named pipe, so the signal surely comes before the end of the input: the
-    // fold stops before the next chunk, writes no document and leaves no temporary file.
+    // The input is a named pipe whose writer stays open, so the fold is waiting for more when
+    // the signal comes: it stops at once all the same (it does not wait for the reader), writes
+    // no document and leaves no temporary file.
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("input.jsonl");
     let made = Command::new("mkfifo").arg(&input).status().unwrap();
     assert!(made.success());
     let storage = dir.path().join("storage");
-    let child = Command::new(env!("CARGO_BIN_EXE_feedback"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_feedback"))
         .arg("fold")
         .arg(&input)
         .arg("--storage-dir")
@@ -647,6 +648,7 @@ fn fold_stops_on_sigint_with_exit_code_130_and_no_document_written() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    // Opened once the fold opened it, which it does after its signal handlers are in place.
     let mut pipe = std::fs::OpenOptions::new()
         .write(true)
         .open(&input)
@@ -660,15 +662,21 @@ fn fold_stops_on_sigint_with_exit_code_130_and_no_document_written() {
     for line in history.lines().take(100) {
         std::io::Write::write_all(&mut pipe, format!("{line}\n").as_bytes()).unwrap();
     }
-    std::thread::sleep(std::time::Duration::from_millis(500));
     rustix::process::kill_process(
         rustix::process::Pid::from_child(&child),
         rustix::process::Signal::INT,
     )
     .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(500));
-    drop(pipe);
+    let signalled = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if signalled.elapsed() > std::time::Duration::from_secs(10) {
+            child.kill().unwrap();
+            panic!("feedback fold did not stop within 10 s of SIGINT");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     let out = child.wait_with_output().unwrap();
+    drop(pipe);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(130), "{stderr}");
     assert!(
