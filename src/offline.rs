@@ -223,6 +223,8 @@ pub fn fold_files(job: &FoldJob) -> Result<FoldSummary, OfflineError> {
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
         };
         if stopped() {
+            // The records read so far are folded, so the alerts written are all they caused.
+            fold_batch(&mut engine, &mut batch, &mut summary, &mut outputs)?;
             progress.finish_and_clear();
             flush(&mut outputs)?;
             return Err(OfflineError::Interrupted(format!(
