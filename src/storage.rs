@@ -730,6 +730,20 @@ mod tests {
             .ends_with("metadata/performance/acme_drift.json"));
     }
 
+    /// The names of the files in the documents' directory, checked to be documents only (no
+    /// temporary file).
+    fn only_documents(storage: &Storage) -> Vec<String> {
+        let names: Vec<_> = fs::read_dir(storage.performance_dir())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert!(
+            names.iter().all(|name| name.ends_with(".json")),
+            "{names:?}"
+        );
+        names
+    }
+
     /// More tenants than one slice: every document lands, readable, with no temporary file
     /// left; a tenant that cannot be encoded, a name the creator thread refuses mid-way, or a
     /// directory it cannot write, is an error, not a hang, and leaves no temporary file.
@@ -789,14 +803,7 @@ mod tests {
             .write_all_tenants(&with_bad, |name| engine.documents(name), || false)
             .unwrap_err();
         assert!(matches!(err, StorageError::InvalidTenant(_)), "{err}");
-        let written: Vec<_> = fs::read_dir(storage.performance_dir())
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
-        assert!(
-            written.iter().all(|name| name.ends_with(".json")),
-            "{written:?}"
-        );
+        let written = only_documents(&storage);
         // The three slices of 64 tenants before the one holding the invalid name.
         assert_eq!(written.len(), 3 * 3 * 64);
         let doc: crate::fold::report::CalibrationDoc =
@@ -819,14 +826,7 @@ mod tests {
             matches!(err, StorageError::Interrupted { written: 64 }),
             "{err}"
         );
-        let written: Vec<_> = fs::read_dir(storage.performance_dir())
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
-        assert!(
-            written.iter().all(|name| name.ends_with(".json")),
-            "{written:?}"
-        );
+        let written = only_documents(&storage);
         assert_eq!(written.len(), 3 * 64);
 
         // The creator fails at once (the documents' directory is a file) while the caller still

@@ -54,18 +54,6 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bound on each call while waiting for an unreachable cluster at start, so that a stop does
 /// not wait out a whole CALL_TIMEOUT.
 const WAIT_CALL: Duration = Duration::from_secs(1);
-
-/// The bound on the next metadata call at start after one failed with `error`: WAIT_CALL while
-/// no broker can be reached (nothing to wait for), twice the last one, up to CALL_TIMEOUT, after
-/// a call that timed out (a broker may be answering slowly).
-fn next_wait_call(last: Duration, error: &KafkaError) -> Duration {
-    match error.rdkafka_error_code() {
-        Some(RDKafkaErrorCode::BrokerTransportFailure | RDKafkaErrorCode::AllBrokersDown) => {
-            WAIT_CALL
-        }
-        _ => (last * 2).min(CALL_TIMEOUT),
-    }
-}
 /// How long the loop folds on while a commit is in flight before it waits for the commit.
 const MAX_IN_FLIGHT: Duration = Duration::from_secs(2);
 /// How many outputs may wait for the next transaction before the loop waits for the commit.
@@ -87,6 +75,18 @@ const DOCUMENTS_SHARE: f64 = 0.1;
 /// and decoding them is worth spreading over the cores, few enough that a batch folds in
 /// milliseconds.
 const MAX_BATCH: usize = 1024;
+
+/// The bound on the next metadata call at start after one failed with `error`: WAIT_CALL while
+/// no broker can be reached (nothing to wait for), twice the last one, up to CALL_TIMEOUT, after
+/// a call that timed out (a broker may be answering slowly).
+fn next_wait_call(last: Duration, error: &KafkaError) -> Duration {
+    match error.rdkafka_error_code() {
+        Some(RDKafkaErrorCode::BrokerTransportFailure | RDKafkaErrorCode::AllBrokersDown) => {
+            WAIT_CALL
+        }
+        _ => (last * 2).min(CALL_TIMEOUT),
+    }
+}
 
 /// Batches at least this large are decoded, and a partition's events at least this many folded, on
 /// every core.
