@@ -6,6 +6,8 @@
 //!   fold, write the storage documents and the alerts.
 //! - `drift/feature_importances`: the history's feature-importance events alone, pre-decoded
 //!   (the drift figures and PSI of SPEC 4).
+//! - `decode/json`: decoding and validating the JSON payloads of the history's first 500,000
+//!   records on one thread, as the processor and `feedback fold` decode each record.
 //!
 //! The history comes from the seeded simulator: `BENCH_TENANTS` tenants (default 1000) over
 //! `BENCH_DAYS` days (default 550, about 5 million records), 3 channels, 2 campaigns, mixed
@@ -95,6 +97,32 @@ fn bench(c: &mut Criterion) {
     });
     drift.finish();
     drop(importances);
+
+    // Decoding alone: the payloads as a producer sends them, decoded one after another.
+    let payloads: Vec<(feedback::event::Topic, Vec<u8>)> = (records.iter())
+        .filter(|r| matches!(r.payload, SimPayload::Event(_)))
+        .take(500_000)
+        .map(|r| (r.topic, r.payload_json().into_bytes()))
+        .collect();
+    let bytes: usize = payloads.iter().map(|(_, p)| p.len()).sum();
+    eprintln!("decode: {} payloads, {} bytes", payloads.len(), bytes);
+    let schemas = feedback::codec::AvroSchemas::builtin();
+    let mut decode = c.benchmark_group("decode");
+    decode.sample_size(10);
+    decode.throughput(Throughput::Elements(payloads.len() as u64));
+    decode.bench_function("json", |b| {
+        b.iter(|| {
+            let mut decoded = 0usize;
+            for (topic, payload) in &payloads {
+                let event = feedback::codec::decode(*topic, payload, &schemas);
+                decoded += usize::from(event.is_ok());
+                drop(std::hint::black_box(event));
+            }
+            assert_eq!(decoded, payloads.len());
+        })
+    });
+    decode.finish();
+    drop(payloads);
 
     let mut group = c.benchmark_group("fold");
     group.sample_size(10);

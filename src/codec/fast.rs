@@ -131,6 +131,91 @@ pub(super) fn string_end(bytes: &[u8]) -> Option<usize> {
         .map(|i| at + i)
 }
 
+/// The powers of ten a double holds exactly.
+const POWERS: [f64; 23] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
+    1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+];
+
+/// The bytes of a little-endian word that are not ASCII digits, each marked by its high bit.
+#[inline]
+fn non_digits(word: u64) -> u64 {
+    const LOWS: u64 = u64::from_ne_bytes([0x7F; 8]);
+    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+    // A digit becomes 0 to 9; adding 0x76 to the low seven bits of a byte carries into its
+    // high bit exactly when they are 10 or more (and never into the next byte).
+    let x = word ^ u64::from_ne_bytes([b'0'; 8]);
+    (((x & LOWS) + u64::from_ne_bytes([0x76; 8])) | x) & HIGHS
+}
+
+/// How many ASCII digits `word` starts with (its lowest bytes first), 0 to 8.
+#[inline]
+fn leading_digits(word: u64) -> usize {
+    (non_digits(word).trailing_zeros() / 8) as usize
+}
+
+/// The integer the first `n` (1 to 7) bytes of `word` spell, all of them ASCII digits: the
+/// eight-digit conversion of "Fast numeric string to int" (Lemire), the digits moved to the top
+/// of the word so that zeros lead.
+#[inline]
+fn digits_value(word: u64, n: usize) -> u64 {
+    const MASK: u64 = 0x0000_00FF_0000_00FF;
+    const MUL1: u64 = 100 + (1_000_000 << 32);
+    const MUL2: u64 = 1 + (10_000 << 32);
+    let v = (word ^ u64::from_ne_bytes([b'0'; 8])) << (8 * (8 - n));
+    let v = v.wrapping_mul(10).wrapping_add(v >> 8);
+    ((v & MASK)
+        .wrapping_mul(MUL1)
+        .wrapping_add(((v >> 16) & MASK).wrapping_mul(MUL2))
+        >> 32)
+        & 0xFFFF_FFFF
+}
+
+/// The usual number at `at` in `bytes`, as [`Json::number_digit_by_digit`] reads it, and where
+/// it ends: an optional minus, one to seven digits (no leading zero), and optionally a point and
+/// one to seven digits, with no exponent. Eight bytes are read at a time; `None` for any other
+/// number, or where fewer than eight bytes follow the sign or the point, leaves it to the
+/// digit-by-digit reading. Prices and counts (`921.02`, `1074.14`) are nearly every number
+/// producers write, and reading their digits one at a time was most of decoding them.
+#[inline]
+fn short_decimal(bytes: &[u8], at: usize) -> Option<(f64, usize)> {
+    let word_at = |i: usize| -> Option<u64> {
+        Some(u64::from_le_bytes(bytes.get(i..i + 8)?.try_into().ok()?))
+    };
+    let negative = bytes.get(at) == Some(&b'-');
+    let at = at + usize::from(negative);
+    let word = word_at(at)?;
+    let whole = leading_digits(word);
+    if whole == 0 || whole == 8 || (whole > 1 && bytes[at] == b'0') {
+        return None;
+    }
+    let mut significand = digits_value(word, whole);
+    let mut end = at + whole;
+    let mut fraction = 0;
+    if bytes[end] == b'.' {
+        let word = word_at(end + 1)?;
+        fraction = leading_digits(word);
+        if fraction == 0 || fraction == 8 {
+            return None;
+        }
+        const TENS: [u64; 8] = [1, 10, 100, 1_000, 10_000, 100_000, 1_000_000, 10_000_000];
+        significand = significand * TENS[fraction] + digits_value(word, fraction);
+        end += 1 + fraction;
+    }
+    // The byte after the digits is there: it was in the word just read.
+    if matches!(bytes[end], b'e' | b'E') {
+        return None;
+    }
+    // At most 14 digits: an exact double, divided by an exact power of ten, as the general
+    // reading does.
+    let magnitude = if fraction > 0 {
+        significand as f64 / POWERS[fraction]
+    } else {
+        significand as f64
+    };
+    Some((if negative { -magnitude } else { magnitude }, end))
+}
+
 impl<'a> Json<'a> {
     pub(super) fn new(text: &'a str) -> Self {
         Json { text, at: 0 }
@@ -223,8 +308,20 @@ impl<'a> Json<'a> {
     /// The usual number (at most 2^53 as an integer of its digits, at most 22 places from the
     /// point) is that integer times or over an exact power of ten, one correctly rounded
     /// operation (Clinger's fast path); any other goes to the standard library's parser.
-    fn number(&mut self) -> Option<f64> {
+    pub(super) fn number(&mut self) -> Option<f64> {
         self.skip_whitespace();
+        match short_decimal(self.bytes(), self.at) {
+            Some((value, end)) => {
+                self.at = end;
+                Some(value)
+            }
+            None => self.number_digit_by_digit(),
+        }
+    }
+
+    /// [`Json::number`] read a digit at a time: every number, the ones
+    /// [`short_decimal`] leaves included. The reader is past any whitespace.
+    pub(super) fn number_digit_by_digit(&mut self) -> Option<f64> {
         let bytes = self.bytes();
         let start = self.at;
         let mut at = start;
@@ -286,10 +383,6 @@ impl<'a> Json<'a> {
             }
         }
         const EXACT: u64 = 1 << 53;
-        const POWERS: [f64; 23] = [
-            1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
-            1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
-        ];
         let value = match POWERS.get(exponent.unsigned_abs() as usize) {
             Some(&power) if plain && significand <= EXACT => {
                 let magnitude = if exponent < 0 {
@@ -558,5 +651,75 @@ impl<'a> Json<'a> {
             importances: importances?,
             samples: samples.unwrap_or_default(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(20_000))]
+
+        /// The eight-bytes-at-a-time reading gives what reading a digit at a time gives, value
+        /// (to the bit), end and refusal alike, whatever follows the number and however close
+        /// to the end of the text it is.
+        #[test]
+        fn short_decimals_read_as_digit_by_digit(
+            text in r"-?[0-9]{0,9}(\.[0-9]{0,9})?([eE][+-]?[0-9]{0,3})?[-.,}\] xeE0-9]{0,10}"
+        ) {
+            let mut word_wise = Json::new(&text);
+            let mut digit_wise = Json::new(&text);
+            digit_wise.skip_whitespace();
+            let a = word_wise.number().map(|v| (v.to_bits(), word_wise.at));
+            let b = digit_wise.number_digit_by_digit().map(|v| (v.to_bits(), digit_wise.at));
+            prop_assert_eq!(a, b);
+        }
+
+        #[test]
+        fn non_digits_marks_every_byte_that_is_not_a_digit(bytes in any::<[u8; 8]>()) {
+            let marks = non_digits(u64::from_le_bytes(bytes));
+            for (i, b) in bytes.iter().enumerate() {
+                prop_assert_eq!(marks >> (8 * i + 7) & 1 == 1, !b.is_ascii_digit(), "{:?}", bytes);
+            }
+            prop_assert_eq!(marks & !u64::from_ne_bytes([0x80; 8]), 0);
+        }
+
+        #[test]
+        fn digits_value_is_the_number_the_digits_spell(
+            digits in "[0-9]{1,7}",
+            after in any::<[u8; 7]>(),
+        ) {
+            let mut bytes = digits.clone().into_bytes();
+            bytes.extend_from_slice(&after);
+            let word = u64::from_le_bytes(bytes[..8].try_into().unwrap());
+            prop_assert_eq!(digits_value(word, digits.len()), digits.parse::<u64>().unwrap());
+        }
+    }
+
+    #[test]
+    fn short_decimals_at_their_edges() {
+        // (text, what the word-wise reading does: Some(value) or left to the general path)
+        let cases: [(&str, Option<f64>); 14] = [
+            ("921.02,\"p90\":1", Some(921.02)),
+            ("-0.5}}}}}}}}", Some(-0.5)),
+            ("-0}}}}}}}}", Some(-0.0)),
+            ("1234567.1234567}", Some(1234567.1234567)),
+            ("12345678.5}}}}}}}", None),
+            ("1.12345678}}}}}}", None),
+            ("00.5}}}}}}}}", None),
+            ("1.}}}}}}}}}}", None),
+            ("1.5e3}}}}}}}", None),
+            ("15E3}}}}}}}}", None),
+            (".5}}}}}}}}}}", None),
+            ("-}}}}}}}}}}}", None),
+            ("921.02", None),
+            ("7}}}}}}}", Some(7.0)),
+        ];
+        for (text, expected) in cases {
+            let read = short_decimal(text.as_bytes(), 0).map(|(v, _)| v.to_bits());
+            assert_eq!(read, expected.map(f64::to_bits), "{text}");
+        }
     }
 }
