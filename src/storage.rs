@@ -333,9 +333,7 @@ impl Storage {
     fn encode_tenant(&self, docs: &TenantDocuments) -> Result<EncodedTenant, StorageError> {
         self.encode_tenant_with(docs, |_, history| {
             let mut bytes = Vec::with_capacity(history.json_size_hint());
-            // The history's Serialize has no fallible part (its pieces are written with the
-            // same expectation by `write_entry`).
-            serde_json::to_writer(&mut bytes, history).expect("a calibration history serializes");
+            history.write_json(&mut bytes);
             bytes
         })
     }
