@@ -38,20 +38,22 @@ pub(super) fn decode(topic: Topic, text: &str) -> Option<Event> {
     (json.at == text.len()).then_some(event)
 }
 
-/// A key as producers usually write it, `"name"`, with the words that recognise it: its first
-/// eight bytes (`mask` selects those of a shorter key) and, past eight, its last eight.
-pub(super) struct Known {
+/// A key as producers usually write it, `"name"`, the field `F` it names, and the words that
+/// recognise it: its first eight bytes (`mask` selects those of a shorter key) and, past eight,
+/// its last eight.
+pub(super) struct Known<F> {
     name: &'static str,
+    field: F,
     len: usize,
     head: u64,
     mask: u64,
     tail: u64,
 }
 
-impl Known {
+impl<F: Copy> Known<F> {
     /// `name` (at most 14 bytes, without quotes, backslashes or control characters: checked
-    /// when the constant is built), quoted.
-    const fn new(name: &'static str) -> Known {
+    /// when the constant is built), quoted, naming `field`.
+    const fn new(name: &'static str, field: F) -> Known<F> {
         let bytes = name.as_bytes();
         let len = bytes.len() + 2;
         assert!(len <= 16);
@@ -78,6 +80,7 @@ impl Known {
         };
         Known {
             name,
+            field,
             len,
             head,
             mask,
@@ -182,17 +185,23 @@ fn short_decimal(bytes: &[u8], at: usize) -> Option<(f64, usize)> {
     let word_at = |i: usize| -> Option<u64> {
         Some(u64::from_le_bytes(bytes.get(i..i + 8)?.try_into().ok()?))
     };
-    let negative = bytes.get(at) == Some(&b'-');
-    let at = at + usize::from(negative);
-    let word = word_at(at)?;
+    let first = word_at(at)?;
+    let negative = first as u8 == b'-';
+    let (at, word) = if negative {
+        (at + 1, word_at(at + 1)?)
+    } else {
+        (at, first)
+    };
     let whole = leading_digits(word);
-    if whole == 0 || whole == 8 || (whole > 1 && bytes[at] == b'0') {
+    if whole == 0 || whole == 8 || (whole > 1 && word as u8 == b'0') {
         return None;
     }
     let mut significand = digits_value(word, whole);
     let mut end = at + whole;
     let mut fraction = 0;
-    if bytes[end] == b'.' {
+    // The byte after the digits (in the word just read, as they are fewer than eight).
+    let mut after = (word >> (8 * whole)) as u8;
+    if after == b'.' {
         let word = word_at(end + 1)?;
         fraction = leading_digits(word);
         if fraction == 0 || fraction == 8 {
@@ -201,9 +210,10 @@ fn short_decimal(bytes: &[u8], at: usize) -> Option<(f64, usize)> {
         const TENS: [u64; 8] = [1, 10, 100, 1_000, 10_000, 100_000, 1_000_000, 10_000_000];
         significand = significand * TENS[fraction] + digits_value(word, fraction);
         end += 1 + fraction;
+        after = (word >> (8 * fraction)) as u8;
     }
-    // The byte after the digits is there: it was in the word just read.
-    if matches!(bytes[end], b'e' | b'E') {
+    // `e` or `E`.
+    if after | 0x20 == b'e' {
         return None;
     }
     // At most 14 digits: an exact double, divided by an exact power of ten, as the general
@@ -260,7 +270,7 @@ impl<'a> Json<'a> {
     /// The key at the reader, when it is `key`, consumed; `None`, with nothing consumed but
     /// whitespace, otherwise. The same key [`Json::string`] would read, recognised by comparing
     /// a word or two.
-    fn known_key(&mut self, key: &Known) -> Option<&'static str> {
+    fn known_key<F: Copy>(&mut self, key: &Known<F>) -> Option<F> {
         self.skip_whitespace();
         let rest = self.bytes().get(self.at..self.at + 16)?;
         let word = |at: usize| u64::from_le_bytes(rest[at..at + 8].try_into().unwrap_or([0; 8]));
@@ -270,7 +280,7 @@ impl<'a> Json<'a> {
             return None;
         }
         self.at += key.len;
-        Some(key.name)
+        Some(key.field)
     }
 
     fn compact(&mut self) -> Option<CompactString> {
@@ -308,7 +318,21 @@ impl<'a> Json<'a> {
     /// The usual number (at most 2^53 as an integer of its digits, at most 22 places from the
     /// point) is that integer times or over an exact power of ten, one correctly rounded
     /// operation (Clinger's fast path); any other goes to the standard library's parser.
+    #[inline]
     pub(super) fn number(&mut self) -> Option<f64> {
+        match short_decimal(self.bytes(), self.at) {
+            Some((value, end)) => {
+                self.at = end;
+                Some(value)
+            }
+            None => self.number_past_whitespace(),
+        }
+    }
+
+    /// [`Json::number`] after whitespace, or any number [`short_decimal`] leaves (kept out of
+    /// line, so that the usual number is read where it is asked for).
+    #[inline(never)]
+    fn number_past_whitespace(&mut self) -> Option<f64> {
         self.skip_whitespace();
         match short_decimal(self.bytes(), self.at) {
             Some((value, end)) => {
@@ -419,15 +443,35 @@ impl<'a> Json<'a> {
         self.number().map(Some)
     }
 
-    /// Reads an object, calling `field` with each key and the reader at its value. `usual` lists
-    /// the keys in the order producers usually write them: while the keys come in that order
-    /// each is recognised by comparing one or two words instead of being scanned (the first
-    /// other key and all after it are read as strings, so the order changes nothing but the
+    /// Reads an object of fields, calling `field` with the field each key names and the reader
+    /// at its value; `None` for a key that names none. `usual` lists the fields' keys in the
+    /// order producers usually write them: while the keys come in that order each is recognised
+    /// by comparing one or two words instead of being scanned and compared (the first other key
+    /// and all after it are read as strings and looked up, so the order changes nothing but the
     /// speed).
-    fn object(
+    fn object<F: Copy>(
         &mut self,
-        usual: &[Known],
-        mut field: impl FnMut(&mut Self, &'a str) -> Option<()>,
+        usual: &[Known<F>],
+        field: impl FnMut(&mut Self, F) -> Option<()>,
+    ) -> Option<()> {
+        let look_up = |name: &str| usual.iter().find(|k| k.name == name).map(|k| k.field);
+        self.entries(usual, look_up, field)
+    }
+
+    /// Reads an object whose keys are names (a map), calling `entry` with each name and the
+    /// reader at its value.
+    fn map(&mut self, entry: impl FnMut(&mut Self, &'a str) -> Option<()>) -> Option<()> {
+        self.entries(&[], Some, entry)
+    }
+
+    /// Reads an object, calling `entry` with what `name` makes of each key (`None` ends the
+    /// reading) and the reader at its value; keys in the order of `usual` are recognised by
+    /// their words and give the `Known`'s own `F`.
+    fn entries<F: Copy>(
+        &mut self,
+        usual: &[Known<F>],
+        name: impl Fn(&'a str) -> Option<F>,
+        mut entry: impl FnMut(&mut Self, F) -> Option<()>,
     ) -> Option<()> {
         self.expect(b'{')?;
         self.skip_whitespace();
@@ -441,11 +485,11 @@ impl<'a> Json<'a> {
                 Some(key) => key,
                 None => {
                     next = [].iter();
-                    self.string()?
+                    name(self.string()?)?
                 }
             };
             self.expect(b':')?;
-            field(self, key)?;
+            entry(self, key)?;
             match self.next()? {
                 b',' => continue,
                 b'}' => return Some(()),
@@ -475,25 +519,36 @@ impl<'a> Json<'a> {
     fn outcome(&mut self) -> Option<Outcome> {
         let (mut tenant, mut date, mut channel, mut campaign_id) = (None, None, None, None);
         let (mut spend, mut revenue, mut source, mut observed_at) = (None, None, None, None);
-        const USUAL: [Known; 8] = [
-            Known::new("tenant"),
-            Known::new("date"),
-            Known::new("channel"),
-            Known::new("campaign_id"),
-            Known::new("spend"),
-            Known::new("revenue"),
-            Known::new("source"),
-            Known::new("observed_at"),
+        #[derive(Clone, Copy)]
+        enum Field {
+            Tenant,
+            Date,
+            Channel,
+            CampaignId,
+            Spend,
+            Revenue,
+            Source,
+            ObservedAt,
+        }
+        const USUAL: [Known<Field>; 8] = [
+            Known::new("tenant", Field::Tenant),
+            Known::new("date", Field::Date),
+            Known::new("channel", Field::Channel),
+            Known::new("campaign_id", Field::CampaignId),
+            Known::new("spend", Field::Spend),
+            Known::new("revenue", Field::Revenue),
+            Known::new("source", Field::Source),
+            Known::new("observed_at", Field::ObservedAt),
         ];
-        self.object(&USUAL, |json, key| match key {
-            "tenant" => set(&mut tenant, json.compact()?),
-            "date" => set(&mut date, json.date()?),
-            "channel" => set(&mut channel, json.compact()?),
-            "campaign_id" => set(&mut campaign_id, json.compact()?),
-            "spend" => set(&mut spend, json.number()?),
-            "revenue" => set(&mut revenue, json.number()?),
-            "source" => set(&mut source, json.compact()?),
-            "observed_at" => {
+        self.object(&USUAL, |json, field| match field {
+            Field::Tenant => set(&mut tenant, json.compact()?),
+            Field::Date => set(&mut date, json.date()?),
+            Field::Channel => set(&mut channel, json.compact()?),
+            Field::CampaignId => set(&mut campaign_id, json.compact()?),
+            Field::Spend => set(&mut spend, json.number()?),
+            Field::Revenue => set(&mut revenue, json.number()?),
+            Field::Source => set(&mut source, json.compact()?),
+            Field::ObservedAt => {
                 let time = if json.null() {
                     None
                 } else {
@@ -501,7 +556,6 @@ impl<'a> Json<'a> {
                 };
                 set(&mut observed_at, time)
             }
-            _ => None,
         })?;
         Some(Outcome {
             tenant: tenant?,
@@ -518,19 +572,27 @@ impl<'a> Json<'a> {
     fn forecast(&mut self) -> Option<Forecast> {
         let (mut tenant, mut plan_id, mut model_version) = (None, None, None);
         let (mut issued_at, mut lines) = (None, None);
-        const USUAL: [Known; 5] = [
-            Known::new("tenant"),
-            Known::new("plan_id"),
-            Known::new("model_version"),
-            Known::new("issued_at"),
-            Known::new("lines"),
+        #[derive(Clone, Copy)]
+        enum Field {
+            Tenant,
+            PlanId,
+            ModelVersion,
+            IssuedAt,
+            Lines,
+        }
+        const USUAL: [Known<Field>; 5] = [
+            Known::new("tenant", Field::Tenant),
+            Known::new("plan_id", Field::PlanId),
+            Known::new("model_version", Field::ModelVersion),
+            Known::new("issued_at", Field::IssuedAt),
+            Known::new("lines", Field::Lines),
         ];
-        self.object(&USUAL, |json, key| match key {
-            "tenant" => set(&mut tenant, json.compact()?),
-            "plan_id" => set(&mut plan_id, json.compact()?),
-            "model_version" => set(&mut model_version, json.optional_string()?),
-            "issued_at" => set(&mut issued_at, json.time()?),
-            "lines" => {
+        self.object(&USUAL, |json, field| match field {
+            Field::Tenant => set(&mut tenant, json.compact()?),
+            Field::PlanId => set(&mut plan_id, json.compact()?),
+            Field::ModelVersion => set(&mut model_version, json.optional_string()?),
+            Field::IssuedAt => set(&mut issued_at, json.time()?),
+            Field::Lines => {
                 // Room, after the first line, for as many more as the rest of the text would
                 // hold at its length (at most the lines validation allows): one allocation for
                 // a plan of similar lines, where doubling copied each plan's lines about twice.
@@ -547,7 +609,6 @@ impl<'a> Json<'a> {
                 })?;
                 set(&mut lines, read)
             }
-            _ => None,
         })?;
         Some(Forecast {
             tenant: tenant?,
@@ -561,20 +622,27 @@ impl<'a> Json<'a> {
     fn line(&mut self) -> Option<ForecastLine> {
         let (mut date, mut channel, mut campaign_id) = (None, None, None);
         let (mut spend, mut revenue) = (None, None);
-        const USUAL: [Known; 5] = [
-            Known::new("date"),
-            Known::new("channel"),
-            Known::new("campaign_id"),
-            Known::new("spend"),
-            Known::new("revenue"),
+        #[derive(Clone, Copy)]
+        enum Field {
+            Date,
+            Channel,
+            CampaignId,
+            Spend,
+            Revenue,
+        }
+        const USUAL: [Known<Field>; 5] = [
+            Known::new("date", Field::Date),
+            Known::new("channel", Field::Channel),
+            Known::new("campaign_id", Field::CampaignId),
+            Known::new("spend", Field::Spend),
+            Known::new("revenue", Field::Revenue),
         ];
-        self.object(&USUAL, |json, key| match key {
-            "date" => set(&mut date, json.date()?),
-            "channel" => set(&mut channel, json.compact()?),
-            "campaign_id" => set(&mut campaign_id, json.compact()?),
-            "spend" => set(&mut spend, json.optional_number()?),
-            "revenue" => set(&mut revenue, json.quantiles()?),
-            _ => None,
+        self.object(&USUAL, |json, field| match field {
+            Field::Date => set(&mut date, json.date()?),
+            Field::Channel => set(&mut channel, json.compact()?),
+            Field::CampaignId => set(&mut campaign_id, json.compact()?),
+            Field::Spend => set(&mut spend, json.optional_number()?),
+            Field::Revenue => set(&mut revenue, json.quantiles()?),
         })?;
         Some(ForecastLine {
             date: date?,
@@ -587,9 +655,13 @@ impl<'a> Json<'a> {
 
     pub(super) fn quantiles(&mut self) -> Option<Quantiles> {
         let mut pairs: SmallVec<[(u8, f64); 3]> = SmallVec::new();
-        const USUAL: [Known; 3] = [Known::new("p10"), Known::new("p50"), Known::new("p90")];
-        self.object(&USUAL, |json, key| {
-            let level = parse_quantile_key(key)?;
+        // The keys name quantile levels: `p10` is 10.
+        const USUAL: [Known<u8>; 3] = [
+            Known::new("p10", 10),
+            Known::new("p50", 50),
+            Known::new("p90", 90),
+        ];
+        self.entries(&USUAL, parse_quantile_key, |json, level| {
             if pairs.iter().any(|&(l, _)| l == level) {
                 return None;
             }
@@ -603,32 +675,41 @@ impl<'a> Json<'a> {
     fn importance(&mut self) -> Option<FeatureImportance> {
         let (mut tenant, mut model_version, mut computed_at) = (None, None, None);
         let (mut method, mut importances, mut samples) = (None, None, None);
-        const USUAL: [Known; 6] = [
-            Known::new("tenant"),
-            Known::new("model_version"),
-            Known::new("computed_at"),
-            Known::new("method"),
-            Known::new("importances"),
-            Known::new("samples"),
+        #[derive(Clone, Copy)]
+        enum Field {
+            Tenant,
+            ModelVersion,
+            ComputedAt,
+            Method,
+            Importances,
+            Samples,
+        }
+        const USUAL: [Known<Field>; 6] = [
+            Known::new("tenant", Field::Tenant),
+            Known::new("model_version", Field::ModelVersion),
+            Known::new("computed_at", Field::ComputedAt),
+            Known::new("method", Field::Method),
+            Known::new("importances", Field::Importances),
+            Known::new("samples", Field::Samples),
         ];
-        self.object(&USUAL, |json, key| match key {
-            "tenant" => set(&mut tenant, json.compact()?),
-            "model_version" => set(&mut model_version, json.optional_string()?),
-            "computed_at" => set(&mut computed_at, json.time()?.with_timezone(&Utc)),
-            "method" => set(&mut method, json.optional_string()?),
-            "importances" => {
+        self.object(&USUAL, |json, field| match field {
+            Field::Tenant => set(&mut tenant, json.compact()?),
+            Field::ModelVersion => set(&mut model_version, json.optional_string()?),
+            Field::ComputedAt => set(&mut computed_at, json.time()?.with_timezone(&Utc)),
+            Field::Method => set(&mut method, json.optional_string()?),
+            Field::Importances => {
                 let mut read = BTreeMap::new();
-                json.object(&[], |json, name| {
-                    match read.insert(name.to_owned(), json.number()?) {
+                json.map(
+                    |json, name| match read.insert(name.to_owned(), json.number()?) {
                         Some(_) => None,
                         None => Some(()),
-                    }
-                })?;
+                    },
+                )?;
                 set(&mut importances, read)
             }
-            "samples" => {
+            Field::Samples => {
                 let mut read = BTreeMap::new();
-                json.object(&[], |json, name| {
+                json.map(|json, name| {
                     let mut values = Vec::new();
                     json.array(|json| {
                         values.push(json.number()?);
@@ -641,7 +722,6 @@ impl<'a> Json<'a> {
                 })?;
                 set(&mut samples, read)
             }
-            _ => None,
         })?;
         Some(FeatureImportance {
             tenant: tenant?,
