@@ -38,7 +38,7 @@ pub(super) fn decode(topic: Topic, text: &str) -> Option<Event> {
     (json.at == text.len()).then_some(event)
 }
 
-/// A key as producers usually write it, `"name"`, the field `F` it names, and the words that
+/// A key as producers usually write it, `"name":`, the field `F` it names, and the words that
 /// recognise it: its first eight bytes (`mask` selects those of a shorter key) and, past eight,
 /// its last eight.
 pub(super) struct Known<F> {
@@ -51,20 +51,22 @@ pub(super) struct Known<F> {
 }
 
 impl<F: Copy> Known<F> {
-    /// `name` (at most 14 bytes, without quotes, backslashes or control characters: checked
-    /// when the constant is built), quoted, naming `field`.
+    /// `name` (at most 13 bytes, without quotes, backslashes or control characters: checked
+    /// when the constant is built), quoted and followed by the colon, naming `field`.
     const fn new(name: &'static str, field: F) -> Known<F> {
         let bytes = name.as_bytes();
-        let len = bytes.len() + 2;
+        let len = bytes.len() + 3;
         assert!(len <= 16);
         let (mut head, mut tail, mut i) = (0u64, 0u64, 0);
         while i < len {
-            let byte = if i == 0 || i == len - 1 {
+            let byte = if i == 0 || i == len - 2 {
                 b'"'
+            } else if i == len - 1 {
+                b':'
             } else {
                 bytes[i - 1]
             };
-            assert!(byte >= 0x20 && byte != b'\\' && (byte != b'"' || i == 0 || i == len - 1));
+            assert!(byte >= 0x20 && byte != b'\\' && (byte != b'"' || i == 0 || i == len - 2));
             if i < 8 {
                 head |= (byte as u64) << (8 * i);
             }
@@ -254,6 +256,7 @@ impl<'a> Json<'a> {
     }
 
     /// A string without escapes or control characters.
+    #[inline]
     fn string(&mut self) -> Option<&'a str> {
         self.expect(b'"')?;
         let start = self.at;
@@ -267,9 +270,9 @@ impl<'a> Json<'a> {
         self.text.get(start..end)
     }
 
-    /// The key at the reader, when it is `key`, consumed; `None`, with nothing consumed but
-    /// whitespace, otherwise. The same key [`Json::string`] would read, recognised by comparing
-    /// a word or two.
+    /// The key at the reader and the colon right after it, when they are `key`'s, consumed;
+    /// `None`, with nothing consumed but whitespace, otherwise. The same key [`Json::string`]
+    /// would read, recognised by comparing a word or two.
     fn known_key<F: Copy>(&mut self, key: &Known<F>) -> Option<F> {
         self.skip_whitespace();
         let rest = self.bytes().get(self.at..self.at + 16)?;
@@ -485,10 +488,11 @@ impl<'a> Json<'a> {
                 Some(key) => key,
                 None => {
                     next = [].iter();
-                    name(self.string()?)?
+                    let key = name(self.string()?)?;
+                    self.expect(b':')?;
+                    key
                 }
             };
-            self.expect(b':')?;
             entry(self, key)?;
             match self.next()? {
                 b',' => continue,

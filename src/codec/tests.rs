@@ -1374,6 +1374,20 @@ fn the_fast_path_takes_exactly_the_plain_edge_cases() {
             usual(r#""tenant":"a","date":"2026-11-20","channel":"c","campaign_id!:"k","#),
             false,
         ),
+        // A usual key with whitespace before its colon (read as a string), or another byte
+        // where the colon belongs.
+        (
+            usual(r#""tenant" :"a","date":"2026-11-20","channel":"c","#),
+            true,
+        ),
+        (
+            usual(r#""tenant":"a","date";"2026-11-20","channel":"c","#),
+            false,
+        ),
+        (
+            usual(r#""tenant":"a","date":"2026-11-20","channel":"c","campaign_id" :"k","#),
+            true,
+        ),
         // A usual key with a value one byte short.
         (
             usual(r#""tenant":"a","date":"2026-11-2","channel":"c","#),
