@@ -180,8 +180,8 @@ fn digits_value(word: u64, n: usize) -> u64 {
 /// The usual number at `at` in `bytes`, as [`Json::number_digit_by_digit`] reads it, and where
 /// it ends: an optional minus, one to seven digits (no leading zero), and optionally a point and
 /// one to seven digits, with no exponent. Eight bytes are read at a time; `None` for any other
-/// number, or where fewer than eight bytes follow the sign or the point, leaves it to the
-/// digit-by-digit reading. Prices and counts (`921.02`, `1074.14`) are nearly every number
+/// number, or where fewer than eight bytes follow the sign (or, for a number that does not end
+/// within its first word, the point), leaves it to the digit-by-digit reading. Prices and counts (`921.02`, `1074.14`) are nearly every number
 /// producers write, and reading their digits one at a time was most of decoding them. A number
 /// that ends within its first word (`1074.14,`) has its point taken out of the word and its
 /// digits converted at once; a longer one reads a second word for the digits after the point.
@@ -491,8 +491,8 @@ impl<'a> Json<'a> {
         self.entries(&[], Some, entry)
     }
 
-    /// Reads an object, calling `entry` with what `name` makes of each key (`None` ends the
-    /// reading) and the reader at its value; keys in the order of `usual` are recognised by
+    /// Reads an object, calling `entry` with what `name` makes of each key (`None` refuses the
+    /// object) and the reader at its value; keys in the order of `usual` are recognised by
     /// their words and give the `Known`'s own `F`.
     fn entries<F: Copy>(
         &mut self,
