@@ -368,6 +368,26 @@ fn flip<A: smallvec::Array<Item = (u8, Coverage)>>(
     }
 }
 
+/// The entries as slices when they are exactly `layout`'s levels and intervals, in its order
+/// (the usual case: every pair of a day or a window carries the same levels); borrowed once, so
+/// that the loops over them need no look at whether a list is inline.
+#[inline]
+fn in_layout<'a>(
+    levels: &'a mut SmallVec<[(u8, Coverage); 3]>,
+    intervals: &'a mut SmallVec<[(u8, Coverage); 1]>,
+    layout: &Layout,
+) -> Option<(&'a mut [(u8, Coverage)], &'a mut [(u8, Coverage)])> {
+    let (levels, intervals) = (levels.as_mut_slice(), intervals.as_mut_slice());
+    let same = levels.len() == layout.levels.len()
+        && intervals.len() == layout.intervals.len()
+        && levels.iter().zip(&*layout.levels).all(|(e, &l)| e.0 == l)
+        && intervals
+            .iter()
+            .zip(&layout.intervals)
+            .all(|(e, x)| e.0 == x.0);
+    same.then_some((levels, intervals))
+}
+
 /// Adds the entries of `from` to those of `into`, each to the entry of its level. Summing a
 /// window's days mostly adds days of the same levels to a sum that has them, or to an empty one
 /// (the daily report's 28 days): then the entries pair up in order, or are copied.
@@ -375,12 +395,14 @@ fn merge_entries<A: smallvec::Array<Item = (u8, Coverage)>>(
     into: &mut SmallVec<A>,
     from: &SmallVec<A>,
 ) {
-    if into.is_empty() {
-        into.extend_from_slice(from);
-    } else if same_levels(into, from.iter().map(|e| e.0)) {
-        for (e, f) in into.iter_mut().zip(from) {
+    // Each list borrowed once as a slice: the loops then need no look at whether it is inline.
+    let (a, b) = (into.as_mut_slice(), from.as_slice());
+    if a.len() == b.len() && a.iter().zip(b).all(|(e, f)| e.0 == f.0) {
+        for (e, f) in a.iter_mut().zip(b) {
             e.1.merge(&f.1);
         }
+    } else if into.is_empty() {
+        into.extend_from_slice(from);
     } else {
         for (l, c) in from {
             let i = slot(into, *l);
@@ -393,6 +415,45 @@ impl CoverageCounts {
     /// Adds (`add` true) or removes one pair: quantile `values` laid out as `layout`, actual `y`.
     #[inline]
     pub fn apply(&mut self, layout: &Layout, values: &[f64], y: f64, add: bool) {
+        if !self.apply_in_layout(layout, values, y, add) {
+            self.apply_anywhere(layout, values, y, add);
+        }
+    }
+
+    /// [`CoverageCounts::apply`] when the entries are exactly the layout's, in its order (the
+    /// usual case: every pair of a day or a window carries the same levels), with each list
+    /// borrowed once as a slice and each count moved without a branch; false, with nothing
+    /// changed, otherwise.
+    #[inline]
+    fn apply_in_layout(&mut self, layout: &Layout, values: &[f64], y: f64, add: bool) -> bool {
+        let Some((levels, intervals)) = in_layout(&mut self.levels, &mut self.intervals, layout)
+        else {
+            return false;
+        };
+        // +1 or -1, in two's complement; a hit moves `hits` by the same.
+        let step = if add { 1 } else { u64::MAX };
+        let by = |c: &mut Coverage, hit: bool| {
+            c.n = c.n.wrapping_add(step);
+            c.hits = c.hits.wrapping_add(step & u64::from(hit).wrapping_neg());
+        };
+        self.n = self.n.wrapping_add(step);
+        for ((_, c), &v) in levels.iter_mut().zip(values) {
+            by(c, y <= v);
+        }
+        for ((_, c), &(_, i, j)) in intervals.iter_mut().zip(&layout.intervals) {
+            by(c, values[i] <= y && y <= values[j]);
+        }
+        // An entry that falls to zero goes, as in `apply_anywhere`.
+        if !add && (levels.iter().any(|e| e.1.n == 0) || intervals.iter().any(|e| e.1.n == 0)) {
+            self.levels.retain(|e| e.1.n > 0);
+            self.intervals.retain(|e| e.1.n > 0);
+        }
+        true
+    }
+
+    /// [`CoverageCounts::apply`] for any entries: each of the pair's levels found, or added.
+    #[inline(never)]
+    fn apply_anywhere(&mut self, layout: &Layout, values: &[f64], y: f64, add: bool) {
         if add {
             self.n += 1
         } else {
@@ -442,6 +503,23 @@ impl CoverageCounts {
             (None, Some(n)) => return self.apply(layout, values, n, true),
             (None, None) => return,
         };
+        let moved = |c: &mut Coverage, was: bool, is: bool| {
+            c.hits = c
+                .hits
+                .wrapping_add(u64::from(is))
+                .wrapping_sub(u64::from(was));
+        };
+        if let Some((levels, intervals)) = in_layout(&mut self.levels, &mut self.intervals, layout)
+        {
+            for ((_, c), &v) in levels.iter_mut().zip(values) {
+                moved(c, old <= v, new <= v);
+            }
+            for ((_, c), &(_, i, j)) in intervals.iter_mut().zip(&layout.intervals) {
+                let inside = |y: f64| values[i] <= y && y <= values[j];
+                moved(c, inside(old), inside(new));
+            }
+            return;
+        }
         for (&level, &v) in layout.levels.iter().zip(values) {
             flip(&mut self.levels, level, old <= v, new <= v);
         }
