@@ -368,6 +368,9 @@ fn flip<A: smallvec::Array<Item = (u8, Coverage)>>(
     }
 }
 
+/// A level (or an interval's lower level) and its counts.
+type Entry = (u8, Coverage);
+
 /// The entries as slices when they are exactly `layout`'s levels and intervals, in its order
 /// (the usual case: every pair of a day or a window carries the same levels); borrowed once, so
 /// that the loops over them need no look at whether a list is inline.
@@ -376,7 +379,7 @@ fn in_layout<'a>(
     levels: &'a mut SmallVec<[(u8, Coverage); 3]>,
     intervals: &'a mut SmallVec<[(u8, Coverage); 1]>,
     layout: &Layout,
-) -> Option<(&'a mut [(u8, Coverage)], &'a mut [(u8, Coverage)])> {
+) -> Option<(&'a mut [Entry], &'a mut [Entry])> {
     let (levels, intervals) = (levels.as_mut_slice(), intervals.as_mut_slice());
     let same = levels.len() == layout.levels.len()
         && intervals.len() == layout.intervals.len()
