@@ -85,7 +85,9 @@ pub struct Report {
 /// The outcomes of one (date, channel, campaign): one report per source.
 #[derive(Debug, Clone, Default)]
 pub struct Cell {
-    pub reports: SmallVec<[Report; 1]>,
+    /// Two inline: a cell usually has one or two sources (a connector and the shop), and a
+    /// second report then needs no allocation.
+    pub reports: SmallVec<[Report; 2]>,
 }
 
 /// The sum of a channel-day's reconciled cells, kept incrementally.
@@ -790,13 +792,12 @@ impl TenantState {
         };
 
         let ranks = &self.source_ranks;
-        let cell = self
-            .days
-            .entry(day)
-            .or_default()
-            .cells
-            .entry((channel, campaign))
-            .or_default();
+        let cells = &mut self.days.entry(day).or_default().cells;
+        if cells.capacity() == 0 {
+            // Room for a usual day's cells at once, rather than growing through 3 to 7.
+            cells.reserve(7);
+        }
+        let cell = cells.entry((channel, campaign)).or_default();
         let old = reconcile(ranks, cell);
         match cell.reports.iter_mut().find(|r| r.source == source) {
             Some(r) => {
@@ -887,63 +888,82 @@ impl TenantState {
         let mut dirty = Dirty::default();
         let mut last_levels = None;
         let mut stored = false;
-        for fl in &f.lines {
-            let day = day_of(fl.date);
+        // A plan's lines usually come a date at a time: each run of lines of one date has its day
+        // looked up, its span widened and its horizon worked out once. Lines of a date that are
+        // not together are simply separate runs, with the same result.
+        for run in f.lines.chunk_by(|a, b| a.date == b.date) {
+            let day = day_of(run[0].date);
             if cutoff.is_some_and(|c| day < c) {
-                self.counters.expired += 1;
+                self.counters.expired += run.len() as u64;
                 continue;
             }
             let horizon = (day - issued).max(0) as u32;
+            let bucket = shared.config.horizon_bucket(horizon);
             stored = true;
             self.plan_meta[plan as usize].widen_span(day);
-            let channel = self.channel(&fl.channel);
-            let campaign = self.campaigns.intern(&fl.campaign_id);
-            let levels = self.level_set(&fl.revenue, last_levels, shared);
-            last_levels = Some(levels);
-            let line = Line {
-                campaign,
-                plan,
-                horizon,
-                levels,
-                records: 1,
-                bucket: shared.config.horizon_bucket(horizon),
-                spend: fl.spend.unwrap_or(f64::NAN),
-                values: fl.revenue.iter().map(|(_, v)| v).collect(),
-            };
+            // The names first (interning needs the whole state), in line order as before.
+            let mut ids: SmallVec<[(u32, u32, u32); 8]> = SmallVec::with_capacity(run.len());
+            for fl in run {
+                let channel = self.channel(&fl.channel);
+                let campaign = self.campaigns.intern(&fl.campaign_id);
+                let levels = self.level_set(&fl.revenue, last_levels, shared);
+                last_levels = Some(levels);
+                ids.push((channel, campaign, levels));
+            }
             let (mut scorer, days, ranks) = self.scorer();
             let data = days.entry(day).or_default();
-            let actual = line_actual(ranks, data, channel, campaign);
-            let cd = data.channels.entry(channel).or_default();
-            let (i, old) = match cd
-                .lines
-                .binary_search_by_key(&(campaign, plan), |l| (l.campaign, l.plan))
-            {
-                Ok(i) => {
-                    let records = line.records + cd.lines[i].records;
-                    let old = std::mem::replace(&mut cd.lines[i], line);
-                    cd.lines[i].records = records;
-                    (i, Some(old))
+            for (fl, &(channel, campaign, levels)) in run.iter().zip(&ids) {
+                let line = Line {
+                    campaign,
+                    plan,
+                    horizon,
+                    levels,
+                    records: 1,
+                    bucket,
+                    spend: fl.spend.unwrap_or(f64::NAN),
+                    values: fl.revenue.iter().map(|(_, v)| v).collect(),
+                };
+                let actual = line_actual(ranks, data, channel, campaign);
+                let cd = data.channels.entry(channel).or_default();
+                let (i, old) = match cd
+                    .lines
+                    .binary_search_by_key(&(campaign, plan), |l| (l.campaign, l.plan))
+                {
+                    Ok(i) => {
+                        let records = line.records + cd.lines[i].records;
+                        let old = std::mem::replace(&mut cd.lines[i], line);
+                        cd.lines[i].records = records;
+                        (i, Some(old))
+                    }
+                    Err(i) => {
+                        cd.lines.insert(i, line);
+                        (i, None)
+                    }
+                };
+                if let Some(a) = actual {
+                    let scores = &mut data.scores;
+                    if let Some(old) = &old {
+                        scorer.rescore(
+                            scores,
+                            day,
+                            channel,
+                            old,
+                            Some(a.revenue),
+                            None,
+                            &mut dirty,
+                        );
+                    }
+                    let line = &cd.lines[i];
+                    scorer.rescore(
+                        scores,
+                        day,
+                        channel,
+                        line,
+                        None,
+                        Some(a.revenue),
+                        &mut dirty,
+                    );
                 }
-                Err(i) => {
-                    cd.lines.insert(i, line);
-                    (i, None)
-                }
-            };
-            if let Some(a) = actual {
-                let scores = &mut data.scores;
-                if let Some(old) = &old {
-                    scorer.rescore(scores, day, channel, old, Some(a.revenue), None, &mut dirty);
-                }
-                let line = &cd.lines[i];
-                scorer.rescore(
-                    scores,
-                    day,
-                    channel,
-                    line,
-                    None,
-                    Some(a.revenue),
-                    &mut dirty,
-                );
             }
         }
         if let Some(c) = self.changes.as_mut().filter(|_| stored) {
