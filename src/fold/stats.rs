@@ -427,7 +427,7 @@ impl CoverageCounts {
     /// usual case: every pair of a day or a window carries the same levels), with each list
     /// borrowed once as a slice and each count moved without a branch; false, with nothing
     /// changed, otherwise.
-    #[inline]
+    #[inline(always)]
     fn apply_in_layout(&mut self, layout: &Layout, values: &[f64], y: f64, add: bool) -> bool {
         let Some((levels, intervals)) = in_layout(&mut self.levels, &mut self.intervals, layout)
         else {
