@@ -176,6 +176,9 @@ fn scope_horizon(shared: &Shared, bucket: usize) -> String {
     format!("horizon:{}", shared.config.horizon_labels()[bucket])
 }
 
+/// Evaluates a performance scope; publishes on a change. Inlined, as
+/// [`evaluate_calibration`] is, with the publishing apart.
+#[inline]
 fn evaluate_performance(state: &mut TenantState, channel: Option<u32>, out: &mut Vec<Alert>) {
     let Some(as_of) = state.as_of else { return };
     let (windows, was) = match channel {
@@ -187,10 +190,24 @@ fn evaluate_performance(state: &mut TenantState, channel: Option<u32>, out: &mut
     };
     let l = &state.limits.performance;
     let now = performance_firing(was, &windows.recent, &windows.baseline, l);
-    if now == was {
-        return;
+    if now != was {
+        publish_performance(state, channel, as_of, now, out);
     }
-    let windows = *windows;
+}
+
+/// The performance alert of a scope that now fires (`now`) or has resolved.
+#[inline(never)]
+fn publish_performance(
+    state: &mut TenantState,
+    channel: Option<u32>,
+    as_of: Day,
+    now: bool,
+    out: &mut Vec<Alert>,
+) {
+    let windows = match channel {
+        None => state.windows.tenant,
+        Some(c) => state.windows.channels[c as usize],
+    };
     let scope = match channel {
         None => "tenant".to_owned(),
         Some(c) => scope_channel(state, c),
@@ -243,6 +260,10 @@ fn performance_data(
 }
 
 /// Evaluates a calibration scope; publishes on a change of status, or always for the as_of report.
+///
+/// Inlined where the rules run after every record: most calls find the status unchanged, and
+/// the publishing (its own function) is then not even entered.
+#[inline]
 fn evaluate_calibration(
     state: &mut TenantState,
     shared: &Shared,
@@ -261,6 +282,21 @@ fn evaluate_calibration(
     if now == was && !as_of_report {
         return;
     }
+    publish_calibration(state, shared, bucket, as_of_report, as_of, now, out);
+}
+
+/// The calibration alert of a scope whose status is now `now`: a change, or the daily report.
+#[inline(never)]
+fn publish_calibration(
+    state: &mut TenantState,
+    shared: &Shared,
+    bucket: Option<usize>,
+    as_of_report: bool,
+    as_of: Day,
+    now: CalStatus,
+    out: &mut Vec<Alert>,
+) {
+    let l = &state.limits.calibration;
     match bucket {
         None => state.rules.cal_tenant = now,
         Some(b) => state.rules.cal_horizons[b] = now,
