@@ -85,9 +85,7 @@ pub struct Report {
 /// The outcomes of one (date, channel, campaign): one report per source.
 #[derive(Debug, Clone, Default)]
 pub struct Cell {
-    /// Two inline: a cell usually has one or two sources (a connector and the shop), and a
-    /// second report then needs no allocation.
-    pub reports: SmallVec<[Report; 2]>,
+    pub reports: SmallVec<[Report; 1]>,
 }
 
 /// The sum of a channel-day's reconciled cells, kept incrementally.
