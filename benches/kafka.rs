@@ -57,35 +57,53 @@ fn create(brokers: &str, t: &TopicNames) {
         .unwrap();
 }
 
-/// Sum over the inputs of (committed offset of `group`, end offset).
-fn progress(brokers: &str, group: &str, t: &TopicNames) -> (i64, i64) {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", group)
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    let mut end = 0;
-    for topic in t.inputs() {
-        for p in 0..PARTITIONS {
-            tpl.add_partition(topic, p);
-            end += c
-                .fetch_watermarks(topic, p, Duration::from_secs(10))
-                .unwrap()
-                .1;
+/// How far `group` has committed over the inputs, read with one client. The inputs are filled
+/// before the run, so their end offsets are read once.
+struct Progress {
+    client: BaseConsumer,
+    partitions: TopicPartitionList,
+    /// The inputs' end offsets, summed.
+    end: i64,
+}
+
+impl Progress {
+    fn new(brokers: &str, group: &str, t: &TopicNames) -> Self {
+        let client: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("group.id", group)
+            .create()
+            .unwrap();
+        let mut partitions = TopicPartitionList::new();
+        let mut end = 0;
+        for topic in t.inputs() {
+            for p in 0..PARTITIONS {
+                partitions.add_partition(topic, p);
+                end += client
+                    .fetch_watermarks(topic, p, Duration::from_secs(10))
+                    .unwrap()
+                    .1;
+            }
+        }
+        Progress {
+            client,
+            partitions,
+            end,
         }
     }
-    let committed = c
-        .committed_offsets(tpl, Duration::from_secs(10))
-        .unwrap()
-        .elements()
-        .iter()
-        .map(|e| match e.offset() {
-            Offset::Offset(o) => o,
-            _ => 0,
-        })
-        .sum();
-    (committed, end)
+
+    /// The group's committed offsets, summed (0 for a partition with none).
+    fn committed(&self) -> i64 {
+        self.client
+            .committed_offsets(self.partitions.clone(), Duration::from_secs(10))
+            .unwrap()
+            .elements()
+            .iter()
+            .map(|e| match e.offset() {
+                Offset::Offset(o) => o,
+                _ => 0,
+            })
+            .sum()
+    }
 }
 
 /// A bare consumer reading the inputs to their end: records and seconds.
@@ -356,6 +374,7 @@ fn main() {
     let handles = Handles::new();
     let s = settings(&brokers, &t, &group, &dir.path().join("run"));
     let h = handles.clone();
+    let progress = Progress::new(&brokers, &group, &t);
     let cpu = CpuMeter::start(broker_pid);
     let start = Instant::now();
     // Named, so a profile can tell the processor's loop from the rest.
@@ -365,28 +384,23 @@ fn main() {
         .expect("processor thread");
     // The processor's start (clients, the co-partitioning check, joining the group, restoring
     // its partitions) is timed apart: the bare consumer's clock starts after its `assign`, so
-    // the two rates compare from the moment each can read (`/readyz`) to its end.
-    let mut ready_at = None;
-    loop {
-        std::thread::sleep(Duration::from_millis(if ready_at.is_some() {
-            50
-        } else {
-            5
-        }));
-        if ready_at.is_none() && handles.ready.load(Ordering::Relaxed) {
-            ready_at = Some(start.elapsed().as_secs_f64());
-            continue;
-        }
-        let (committed, end) = progress(&brokers, &group, &t);
-        if committed >= end {
-            break;
-        }
+    // the two rates compare from the moment each can read (`/readyz`) to its end. Until then
+    // only the flag is looked at, every millisecond; then the commits, every 50 ms.
+    while !handles.ready.load(Ordering::Relaxed) {
+        assert!(
+            !worker.is_finished(),
+            "the processor stopped before it was ready"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let startup_s = start.elapsed().as_secs_f64();
+    while progress.committed() < progress.end {
         assert!(!worker.is_finished(), "the processor stopped early");
+        std::thread::sleep(Duration::from_millis(50));
     }
     let total_s = start.elapsed().as_secs_f64();
-    let startup_s = ready_at.expect("the processor turned ready");
     let run_s = total_s - startup_s;
-    let cpu_run = cpu.report(progress(&brokers, &group, &t).1 as u64);
+    let cpu_run = cpu.report(progress.end as u64);
     handles.stop.store(true, Ordering::Relaxed);
     let summary = worker.join().unwrap().unwrap();
     let commit = handles.metrics.commit_seconds.get_sample_sum()

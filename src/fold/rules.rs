@@ -3,6 +3,7 @@
 //!
 //! Rules read the running windows of `tenant`, never the clock; an alert's time is event time.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 
 use chrono::SecondsFormat;
@@ -409,7 +410,7 @@ fn calibration_json(d: &CalibrationData<'_>) -> AlertData {
     // The limits are the same for every report of a tenant (and usually of every tenant): their
     // text is kept from the last report written on this thread.
     thread_local! {
-        static LIMITS: std::cell::RefCell<Option<([u64; 3], Vec<u8>)>> = const { std::cell::RefCell::new(None) };
+        static LIMITS: RefCell<Option<([u64; 3], Vec<u8>)>> = const { RefCell::new(None) };
     }
     let l = &d.limits;
     let key = [l.low.to_bits(), l.high.to_bits(), l.min_n];

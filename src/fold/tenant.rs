@@ -790,12 +790,13 @@ impl TenantState {
         };
 
         let ranks = &self.source_ranks;
-        let cells = &mut self.days.entry(day).or_default().cells;
-        if cells.capacity() == 0 {
-            // Room for a usual day's cells at once, rather than growing through 3 to 7.
-            cells.reserve(7);
-        }
-        let cell = cells.entry((channel, campaign)).or_default();
+        let cell = self
+            .days
+            .entry(day)
+            .or_default()
+            .cells
+            .entry((channel, campaign))
+            .or_default();
         let old = reconcile(ranks, cell);
         match cell.reports.iter_mut().find(|r| r.source == source) {
             Some(r) => {
