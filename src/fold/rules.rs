@@ -192,7 +192,8 @@ fn evaluate_performance(state: &mut TenantState, channel: Option<u32>, out: &mut
     let l = &state.limits.performance;
     let now = performance_firing(was, &windows.recent, &windows.baseline, l);
     if now != was {
-        publish_performance(state, channel, as_of, now, out);
+        let windows = *windows;
+        publish_performance(state, channel, as_of, now, &windows, out);
     }
 }
 
@@ -203,12 +204,9 @@ fn publish_performance(
     channel: Option<u32>,
     as_of: Day,
     now: bool,
+    windows: &RuleWindows,
     out: &mut Vec<Alert>,
 ) {
-    let windows = match channel {
-        None => state.windows.tenant,
-        Some(c) => state.windows.channels[c as usize],
-    };
     let scope = match channel {
         None => "tenant".to_owned(),
         Some(c) => scope_channel(state, c),
@@ -219,7 +217,7 @@ fn publish_performance(
     }
     let status = if now { "firing" } else { "resolved" };
     let date = date_text(as_of);
-    let data = performance_data(state, &scope, status, &date, &windows);
+    let data = performance_data(state, &scope, status, &date, windows);
     let occurrence = state
         .rules
         .occurrence(AlertType::PerformanceDegraded, &scope, status);
@@ -435,9 +433,7 @@ fn calibration_json(d: &CalibrationData<'_>) -> AlertData {
 /// Channels in name order, so alerts come out in the same order whatever the interning order.
 fn channels_by_name(state: &TenantState, ids: impl IntoIterator<Item = u32>) -> SmallVec<[u32; 8]> {
     let mut ids: SmallVec<[u32; 8]> = ids.into_iter().collect();
-    if ids.len() > 1 {
-        ids.sort_unstable_by(|a, b| state.channels.name(*a).cmp(state.channels.name(*b)));
-    }
+    ids.sort_unstable_by(|a, b| state.channels.name(*a).cmp(state.channels.name(*b)));
     ids
 }
 
